@@ -1,0 +1,158 @@
+#ifndef STRUCTD_SHM_ALLOCATOR_H_
+#define STRUCTD_SHM_ALLOCATOR_H_
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "structd/shm/arena.h"
+#include "structd/shm/format.h"
+#include "structd/shm/layout.h"
+#include "structd/shm/ref.h"
+
+namespace structd::shm {
+
+// What Adopt() found while scanning an arena.
+struct AdoptReport {
+  uint64_t live_instances = 0;
+  uint64_t free_blocks = 0;
+  uint64_t large_spans = 0;
+  // Published instances whose refcount is zero: a previous owner died in
+  // the middle of freeing them. The caller finishes the job (Release-like)
+  // once it knows the types.
+  std::vector<Ref> condemned;
+  // Damage found and worked around (quarantined slabs, unreadable extents).
+  std::vector<std::string> problems;
+};
+
+struct AllocatorStats {
+  uint64_t live_instances = 0;
+  uint64_t live_block_bytes = 0;  // bytes of blocks in use, headers included
+  uint64_t free_blocks = 0;       // on free lists
+  uint64_t class_slabs = 0;       // slabs dedicated to a size class
+  uint64_t large_slabs = 0;       // slabs in large spans
+  uint64_t unassigned_slabs = 0;
+  uint64_t extents = 0;
+  uint64_t extent_bytes = 0;
+};
+
+struct ReleaseResult {
+  // Instances freed by this call (the released one and any it owned,
+  // transitively).
+  uint64_t freed = 0;
+  // Ref fields of freed instances that named nothing valid (stale or
+  // malformed refs written by a client); skipped, reported here.
+  uint64_t dangling = 0;
+};
+
+// Allocates and frees instances in an arena. Owner side only: exactly one
+// Allocator per arena may exist across all processes (the daemon's); other
+// processes only read and write fields.
+//
+// Thread safety: none. The caller serializes all calls (the daemon holds the
+// channel's lock). Readers in other processes may run concurrently: a block
+// is zeroed and initialized before its type_index is published (release).
+//
+// The arena's contents are untrusted: every free-list link, descriptor and
+// header is validated before use. Damage makes a call fail or quarantines a
+// slab; it never makes the allocator read or write outside the arena.
+//
+// State that lives here (free-list heads, bump slabs, a scan hint) is a
+// cache of what the arena says; Adopt() rebuilds it from the arena alone,
+// which is how a restarted daemon re-adopts an arena (invariant 7).
+class Allocator {
+ public:
+  using TypeLookup = std::function<const Layout*(uint32_t type_index)>;
+
+  // Scans `arena` (opened read-write) and rebuilds the allocation state.
+  // `report` (optional) receives what the scan found.
+  static absl::StatusOr<std::unique_ptr<Allocator>> Adopt(
+      Arena* arena, AdoptReport* report = nullptr);
+
+  // Allocates one zeroed instance of `layout` with refcount 1 and publishes
+  // it under `type_index` (non-zero). Grows the arena when needed;
+  // ResourceExhausted when it cannot.
+  absl::StatusOr<Ref> Allocate(uint32_t type_index, const Layout& layout);
+  // Allocates `count` instances, appending their refs to `out`. All or
+  // nothing: on failure nothing is left allocated and `out` is unchanged.
+  absl::Status AllocateBatch(uint32_t type_index, const Layout& layout,
+                             size_t count, std::vector<Ref>& out);
+
+  // Adds one reference. NotFound/InvalidArgument for a stale or malformed
+  // ref; ResourceExhausted if the refcount would overflow.
+  absl::Status Retain(Ref ref);
+  // Drops one reference. At zero the instance is freed, and the references
+  // held in its ref fields are released in turn, iteratively (no recursion:
+  // a chain of a million instances is fine). `types` maps a type index to
+  // its layout; an unknown type frees the block without following refs.
+  absl::StatusOr<ReleaseResult> Release(Ref ref, const TypeLookup& types);
+  // Frees an instance whose refcount is already zero (see
+  // AdoptReport::condemned). FailedPrecondition if its refcount is not zero.
+  absl::StatusOr<ReleaseResult> FinishCondemned(Ref ref,
+                                                const TypeLookup& types);
+
+  AllocatorStats Stats() const;
+  Arena& arena() const { return *arena_; }
+
+ private:
+  // (extent << 32) | offset. 0 means none (offsets are never 0).
+  using Loc = uint64_t;
+  struct ClassState {
+    Loc free_head = 0;
+    uint64_t free_count = 0;
+    // Slab with never-used blocks: (extent << 32) | slab index, or ~0.
+    uint64_t bump_slab = ~uint64_t{0};
+  };
+
+  explicit Allocator(Arena* arena);
+  absl::Status Scan(AdoptReport& report);
+  absl::StatusOr<Loc> TakeClassBlock(size_t cls);
+  absl::StatusOr<Loc> TakeLargeSpan(uint32_t slabs);
+  // Finds `n` consecutive unassigned slabs, growing the arena if needed.
+  absl::StatusOr<uint64_t> FindUnassignedRun(uint32_t n);
+  Ref Publish(Loc loc, uint32_t type_index, const Layout& layout);
+  void FreeBlock(Loc loc);
+  absl::StatusOr<ReleaseResult> FreeCascade(Loc first,
+                                            const TypeLookup& types);
+  // Decrements the refcount behind `ref`; true if it reached zero.
+  absl::StatusOr<bool> DropOne(Ref ref, Loc* loc);
+
+  uint8_t* Base(uint32_t extent) const { return bases_[extent]; }
+  ExtentHeader& Header(uint32_t extent) const {
+    return *reinterpret_cast<ExtentHeader*>(bases_[extent]);
+  }
+  SlabDescriptor& Desc(uint32_t extent, uint32_t slab) const {
+    return reinterpret_cast<SlabDescriptor*>(bases_[extent] +
+                                             sizeof(ExtentHeader))[slab];
+  }
+  InstanceHeader& HeaderAt(Loc loc) const {
+    return *reinterpret_cast<InstanceHeader*>(
+        bases_[loc >> 32] + static_cast<uint32_t>(loc));
+  }
+  uint32_t SlabOf(uint32_t offset) const {
+    return (offset - geometry_.data_offset) / kSlabSize;
+  }
+  uint32_t SlabOffset(uint32_t slab) const {
+    return geometry_.data_offset + slab * kSlabSize;
+  }
+  // Maps every published extent into bases_.
+  absl::Status RefreshExtents();
+
+  Arena* const arena_;
+  const ExtentGeometry geometry_;
+  std::vector<uint8_t*> bases_;  // extents usable by the allocator
+  std::vector<bool> quarantined_extent_;
+  std::array<ClassState, kNumSizeClasses> classes_;
+  // Where FindUnassignedRun starts looking: (extent << 32) | slab.
+  uint64_t scan_hint_ = 0;
+  uint64_t live_instances_ = 0;
+  uint64_t live_block_bytes_ = 0;
+};
+
+}  // namespace structd::shm
+
+#endif  // STRUCTD_SHM_ALLOCATOR_H_

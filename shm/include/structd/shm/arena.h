@@ -1,0 +1,136 @@
+#ifndef STRUCTD_SHM_ARENA_H_
+#define STRUCTD_SHM_ARENA_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "structd/shm/format.h"
+#include "structd/shm/ref.h"
+
+namespace structd::shm {
+
+struct ArenaOptions {
+  // Bytes per extent: a multiple of 64 KiB between 128 KiB and 256 MiB.
+  uint64_t extent_size = 64ull << 20;
+  // Upper bound on extents (at most kMaxExtents); growth past it fails with
+  // RESOURCE_EXHAUSTED.
+  uint32_t max_extents = 1024;
+  // Extents created (and backed) by Create().
+  uint32_t initial_extents = 1;
+  // Permission bits of the files the arena creates.
+  uint32_t file_mode = 0600;
+};
+
+enum class Access { kReadOnly, kReadWrite };
+
+// A resolved instance: where its header is mapped in this process. Valid
+// as long as the Arena that produced it lives (extents are never unmapped
+// or moved while the Arena is open). Cheap to copy.
+class InstancePtr {
+ public:
+  InstancePtr() = default;
+  InstancePtr(uint8_t* block, Ref ref) : block_(block), ref_(ref) {}
+
+  Ref ref() const { return ref_; }
+  InstanceHeader& header() const {
+    return *reinterpret_cast<InstanceHeader*>(block_);
+  }
+  uint32_t type_index() const {
+    return header().type_index.load(std::memory_order_acquire);
+  }
+  // The first payload byte; field offsets are relative to it.
+  uint8_t* payload() const { return block_ + kInstanceHeaderSize; }
+  uint8_t* block() const { return block_; }
+  explicit operator bool() const { return block_ != nullptr; }
+
+ private:
+  uint8_t* block_ = nullptr;
+  Ref ref_;
+};
+
+// An Arena is the shared memory of one channel: a header file and a list of
+// extents in one directory (on tmpfs by default). The owner (the daemon)
+// creates it, grows it, allocates and frees in it; other processes open it
+// and map extents lazily, the first time they resolve a Ref into one.
+//
+// Thread safety: every method may be called concurrently from many threads
+// and processes. Grow() serializes growers across processes with a file
+// lock on DIR/arena, released by the kernel if a grower dies.
+class Arena {
+ public:
+  // Creates a new arena in `dir` (created if missing, must not already hold
+  // an arena), with options.initial_extents backed extents.
+  // InvalidArgument for bad options, AlreadyExists if `dir` holds an arena,
+  // ResourceExhausted if the file system cannot back the extents.
+  static absl::StatusOr<std::unique_ptr<Arena>> Create(
+      const std::string& dir, const ArenaOptions& options);
+  // Opens an existing arena. NotFound if `dir` holds none;
+  // FailedPrecondition if its format version differs from this build's;
+  // DataLoss if its header is damaged.
+  static absl::StatusOr<std::unique_ptr<Arena>> Open(const std::string& dir,
+                                                     Access access);
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  // Adds one extent, fully backed before it is published, and returns its
+  // id. ResourceExhausted if max_extents are in use or the file system is
+  // full (nothing is published then). REQUIRES: Access::kReadWrite.
+  absl::StatusOr<uint32_t> Grow();
+
+  // Published extents (acquire).
+  uint32_t extent_count() const {
+    return header_->extent_count.load(std::memory_order_acquire);
+  }
+  uint64_t epoch() const { return header_->epoch; }
+  uint64_t extent_size() const { return extent_size_; }
+  uint32_t max_extents() const { return max_extents_; }
+  uint32_t format_version() const { return header_->format_version; }
+  const std::string& dir() const { return dir_; }
+  Access access() const { return access_; }
+  // The mapped arena header (for owners and inspectors).
+  ArenaHeader& header() const { return *header_; }
+
+  // The base address of extent `id`, mapping it on first use. NotFound if
+  // the extent is not published; DataLoss if its file is damaged. Lock-free
+  // once mapped.
+  absl::StatusOr<uint8_t*> ExtentBase(uint32_t id) const;
+
+  // Validates `ref` and returns the instance it names. InvalidArgument for a
+  // malformed ref (null, unknown extent, out of bounds, misaligned, not at a
+  // block start); NotFound for a stale one (the instance was freed, or its
+  // memory reused). Never reads outside a mapped extent.
+  absl::StatusOr<InstancePtr> Resolve(Ref ref) const;
+
+  // Like Resolve but accepts blocks that are free or not yet published
+  // (type_index 0); checks location only. For the owner and checkers.
+  absl::StatusOr<uint8_t*> BlockAt(uint32_t extent_id, uint32_t offset) const;
+
+  // Where `extent_id`'s file lives.
+  std::string ExtentPath(uint32_t extent_id) const;
+
+ private:
+  Arena(std::string dir, Access access, int header_fd, ArenaHeader* header);
+  absl::StatusOr<uint8_t*> MapExtent(uint32_t id) const;
+  absl::Status CreateExtentLocked(uint32_t id);
+
+  const std::string dir_;
+  const Access access_;
+  const int header_fd_;
+  ArenaHeader* const header_;
+  // Copied from the header at open, so a later scribble cannot change them.
+  uint64_t extent_size_ = 0;
+  uint32_t max_extents_ = 0;
+  uint64_t epoch_ = 0;
+  // maps_[i]: base of extent i in this process, or null until first use.
+  std::unique_ptr<std::atomic<uint8_t*>[]> maps_;
+  mutable std::mutex map_mu_;  // serializes first-time mapping
+};
+
+}  // namespace structd::shm
+
+#endif  // STRUCTD_SHM_ARENA_H_

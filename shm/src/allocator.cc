@@ -1,0 +1,549 @@
+#include "structd/shm/allocator.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "structd/shm/sync.h"
+
+namespace structd::shm {
+namespace {
+
+constexpr uint64_t kNoSlab = ~uint64_t{0};
+
+uint64_t Pack(uint32_t hi, uint32_t lo) { return (uint64_t{hi} << 32) | lo; }
+uint32_t Hi(uint64_t v) { return static_cast<uint32_t>(v >> 32); }
+uint32_t Lo(uint64_t v) { return static_cast<uint32_t>(v); }
+
+// The free-list link lives in the first payload word of a free block.
+std::atomic_ref<uint64_t> Link(InstanceHeader& h) {
+  return std::atomic_ref<uint64_t>(
+      *reinterpret_cast<uint64_t*>(reinterpret_cast<uint8_t*>(&h) +
+                                   kInstanceHeaderSize));
+}
+
+}  // namespace
+
+Allocator::Allocator(Arena* arena)
+    : arena_(arena), geometry_(ComputeExtentGeometry(arena->extent_size())) {}
+
+absl::StatusOr<std::unique_ptr<Allocator>> Allocator::Adopt(
+    Arena* arena, AdoptReport* report) {
+  if (arena->access() != Access::kReadWrite) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "allocator: arena ", arena->dir(),
+        " is open read-only (the owner opens it read-write)"));
+  }
+  std::unique_ptr<Allocator> a(new Allocator(arena));
+  AdoptReport local;
+  if (absl::Status s = a->Scan(report ? *report : local); !s.ok()) return s;
+  return a;
+}
+
+absl::Status Allocator::RefreshExtents() {
+  uint32_t n = arena_->extent_count();
+  while (bases_.size() < n) {
+    uint32_t id = static_cast<uint32_t>(bases_.size());
+    absl::StatusOr<uint8_t*> base = arena_->ExtentBase(id);
+    if (!base.ok()) {
+      // An unreadable extent is kept out of allocation for good.
+      bases_.push_back(nullptr);
+      quarantined_extent_.push_back(true);
+      continue;
+    }
+    bases_.push_back(*base);
+    quarantined_extent_.push_back(false);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Allocator::Scan(AdoptReport& report) {
+  uint32_t n = arena_->extent_count();
+  for (uint32_t e = 0; e < n; ++e) {
+    absl::StatusOr<uint8_t*> base = arena_->ExtentBase(e);
+    bases_.push_back(base.ok() ? *base : nullptr);
+    quarantined_extent_.push_back(!base.ok());
+    if (!base.ok()) {
+      report.problems.push_back(absl::StrFormat(
+          "extent %d: unusable, kept out of allocation: %s", e,
+          base.status().message()));
+    }
+  }
+  for (uint32_t e = 0; e < n; ++e) {
+    if (quarantined_extent_[e]) continue;
+    uint32_t watermark = 0;
+    for (uint32_t s = 0; s < geometry_.slab_count; ++s) {
+      SlabDescriptor& d = Desc(e, s);
+      uint32_t bs = d.block_size.load(std::memory_order_acquire);
+      if (bs == kSlabUnassigned) continue;
+      if (IsSizeClass(bs)) {
+        uint32_t per = kSlabSize / bs;
+        uint32_t used = d.next_unused.load(std::memory_order_relaxed);
+        if (used > per) {
+          report.problems.push_back(absl::StrFormat(
+              "extent %d slab %d: next_unused %d exceeds %d blocks; slab "
+              "treated as full",
+              e, s, used, per));
+          used = per;
+          d.next_unused.store(per, std::memory_order_relaxed);
+        }
+        size_t cls = SizeClassFor(bs);
+        uint32_t live = 0;
+        for (uint32_t i = 0; i < used; ++i) {
+          Loc loc = Pack(e, SlabOffset(s) + i * bs);
+          InstanceHeader& h = HeaderAt(loc);
+          watermark = std::max(watermark,
+                               h.generation.load(std::memory_order_relaxed));
+          uint32_t flags = h.flags.load(std::memory_order_relaxed);
+          if (h.type_index.load(std::memory_order_acquire) == 0) {
+            if (flags & kInstanceRetired) continue;
+            Link(h).store(classes_[cls].free_head, std::memory_order_relaxed);
+            h.flags.store(kInstanceFreeListed, std::memory_order_relaxed);
+            classes_[cls].free_head = loc;
+            ++classes_[cls].free_count;
+            ++report.free_blocks;
+          } else {
+            ++live;
+            ++live_instances_;
+            live_block_bytes_ += bs;
+            ++report.live_instances;
+            if (h.refcount.load(std::memory_order_relaxed) == 0) {
+              report.condemned.push_back(Ref::Make(
+                  e, Lo(loc), h.generation.load(std::memory_order_relaxed)));
+            }
+          }
+        }
+        d.live.store(live, std::memory_order_relaxed);
+        if (used < per && classes_[cls].bump_slab == kNoSlab) {
+          classes_[cls].bump_slab = Pack(e, s);
+        }
+      } else if (bs == kSlabLargeHead) {
+        uint32_t span = d.span_slabs.load(std::memory_order_relaxed);
+        bool ok = span >= 1 && span <= geometry_.slab_count - s;
+        for (uint32_t t = 1; ok && t < span; ++t) {
+          ok = Desc(e, s + t).block_size.load(std::memory_order_relaxed) ==
+               kSlabLargeTail;
+        }
+        if (!ok) {
+          report.problems.push_back(absl::StrFormat(
+              "extent %d slab %d: damaged large span (span %d); slab "
+              "quarantined",
+              e, s, span));
+          continue;
+        }
+        InstanceHeader& h = HeaderAt(Pack(e, SlabOffset(s)));
+        watermark =
+            std::max(watermark, h.generation.load(std::memory_order_relaxed));
+        if (h.type_index.load(std::memory_order_acquire) == 0) {
+          for (uint32_t t = span; t-- > 0;) {
+            Desc(e, s + t).block_size.store(kSlabUnassigned,
+                                            std::memory_order_release);
+          }
+          ++report.free_blocks;
+        } else {
+          ++live_instances_;
+          live_block_bytes_ += uint64_t{span} * kSlabSize;
+          ++report.live_instances;
+          ++report.large_spans;
+          if (h.refcount.load(std::memory_order_relaxed) == 0) {
+            report.condemned.push_back(Ref::Make(
+                e, SlabOffset(s), h.generation.load(std::memory_order_relaxed)));
+          }
+        }
+        s += span - 1;
+      } else if (bs == kSlabLargeTail) {
+        report.problems.push_back(absl::StrFormat(
+            "extent %d slab %d: large-span tail without a head; slab "
+            "quarantined",
+            e, s));
+      } else {
+        report.problems.push_back(absl::StrFormat(
+            "extent %d slab %d: damaged descriptor (block size %d); slab "
+            "quarantined",
+            e, s, bs));
+      }
+    }
+    // Generations seen in live or free headers must stay below the
+    // watermark too, or a recycled slab could repeat one.
+    ExtentHeader& eh = Header(e);
+    if (eh.generation_watermark.load(std::memory_order_relaxed) < watermark) {
+      eh.generation_watermark.store(watermark, std::memory_order_relaxed);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Allocator::FindUnassignedRun(uint32_t n) {
+  if (n == 0 || n > geometry_.slab_count) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "arena %s: an instance of %d slabs does not fit an extent of %d "
+        "slabs (raise extent_size, or split the struct)",
+        arena_->dir(), n, geometry_.slab_count));
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    if (absl::Status s = RefreshExtents(); !s.ok()) return s;
+    uint32_t start_extent = pass == 0 ? Hi(scan_hint_) : 0;
+    for (uint32_t e = start_extent; e < bases_.size(); ++e) {
+      if (quarantined_extent_[e]) continue;
+      // A watermark near the end of the generation space stops recycling
+      // in this extent (a recycled block must start above it).
+      if (Header(e).generation_watermark.load(std::memory_order_relaxed) >=
+          kGenerationMask - 1) {
+        continue;
+      }
+      uint32_t first = (pass == 0 && e == start_extent) ? Lo(scan_hint_) : 0;
+      uint32_t run = 0;
+      for (uint32_t s = first; s < geometry_.slab_count; ++s) {
+        if (Desc(e, s).block_size.load(std::memory_order_relaxed) ==
+            kSlabUnassigned) {
+          if (++run == n) {
+            uint32_t head = s + 1 - n;
+            scan_hint_ = Pack(e, head + n);
+            return Pack(e, head);
+          }
+        } else {
+          run = 0;
+        }
+      }
+    }
+  }
+  absl::StatusOr<uint32_t> grown = arena_->Grow();
+  if (!grown.ok()) return grown.status();
+  if (absl::Status s = RefreshExtents(); !s.ok()) return s;
+  if (*grown >= bases_.size() || quarantined_extent_[*grown]) {
+    return absl::InternalError(absl::StrFormat(
+        "arena %s: new extent %d could not be mapped", arena_->dir(), *grown));
+  }
+  scan_hint_ = Pack(*grown, n);
+  return Pack(*grown, 0);
+}
+
+absl::StatusOr<Allocator::Loc> Allocator::TakeClassBlock(size_t cls) {
+  ClassState& c = classes_[cls];
+  const uint32_t bs = kSizeClasses[cls];
+  // 1. The free list. Every link came through shared memory: validate it.
+  while (c.free_head != 0) {
+    Loc loc = c.free_head;
+    uint32_t e = Hi(loc);
+    uint32_t off = Lo(loc);
+    bool valid = e < bases_.size() && !quarantined_extent_[e] &&
+                 off >= geometry_.data_offset &&
+                 SlabOf(off) < geometry_.slab_count &&
+                 Desc(e, SlabOf(off)).block_size.load() == bs &&
+                 (off - SlabOffset(SlabOf(off))) % bs == 0;
+    if (valid) {
+      InstanceHeader& h = HeaderAt(loc);
+      valid = h.type_index.load(std::memory_order_acquire) == 0 &&
+              (h.flags.load(std::memory_order_relaxed) & kInstanceFreeListed);
+      if (valid) {
+        c.free_head = Link(h).load(std::memory_order_relaxed);
+        --c.free_count;
+        h.flags.store(0, std::memory_order_relaxed);
+        return loc;
+      }
+    }
+    // Damaged list: drop the rest (those blocks leak until the next Adopt
+    // rebuilds the lists from the headers).
+    c.free_head = 0;
+    c.free_count = 0;
+  }
+  // 2. Never-used blocks of the current bump slab, then of a new slab.
+  for (;;) {
+    if (c.bump_slab != kNoSlab) {
+      uint32_t e = Hi(c.bump_slab);
+      uint32_t s = Lo(c.bump_slab);
+      SlabDescriptor& d = Desc(e, s);
+      uint32_t per = kSlabSize / bs;
+      uint32_t watermark =
+          Header(e).generation_watermark.load(std::memory_order_relaxed);
+      for (uint32_t i = d.next_unused.load(std::memory_order_relaxed);
+           i < per; i = d.next_unused.load(std::memory_order_relaxed)) {
+        d.next_unused.store(i + 1, std::memory_order_relaxed);
+        Loc loc = Pack(e, SlabOffset(s) + i * bs);
+        InstanceHeader& h = HeaderAt(loc);
+        // Recycled memory may hold anything: start the block's generation
+        // above every generation ever freed in this extent.
+        h.type_index.store(0, std::memory_order_relaxed);
+        h.refcount.store(0, std::memory_order_relaxed);
+        if (watermark >= kGenerationMask) {
+          h.flags.store(kInstanceRetired, std::memory_order_relaxed);
+          continue;
+        }
+        h.generation.store(watermark + 1, std::memory_order_relaxed);
+        h.flags.store(0, std::memory_order_relaxed);
+        return loc;
+      }
+      c.bump_slab = kNoSlab;
+    }
+    absl::StatusOr<uint64_t> slab = FindUnassignedRun(1);
+    if (!slab.ok()) return slab.status();
+    SlabDescriptor& d = Desc(Hi(*slab), Lo(*slab));
+    d.next_unused.store(0, std::memory_order_relaxed);
+    d.live.store(0, std::memory_order_relaxed);
+    d.span_slabs.store(0, std::memory_order_relaxed);
+    d.block_size.store(bs, std::memory_order_release);
+    c.bump_slab = *slab;
+  }
+}
+
+absl::StatusOr<Allocator::Loc> Allocator::TakeLargeSpan(uint32_t slabs) {
+  absl::StatusOr<uint64_t> run = FindUnassignedRun(slabs);
+  if (!run.ok()) return run.status();
+  uint32_t e = Hi(*run);
+  uint32_t head = Lo(*run);
+  for (uint32_t t = 1; t < slabs; ++t) {
+    Desc(e, head + t).span_slabs.store(0, std::memory_order_relaxed);
+    Desc(e, head + t).block_size.store(kSlabLargeTail,
+                                       std::memory_order_release);
+  }
+  SlabDescriptor& d = Desc(e, head);
+  d.span_slabs.store(slabs, std::memory_order_relaxed);
+  d.next_unused.store(1, std::memory_order_relaxed);
+  d.live.store(0, std::memory_order_relaxed);
+  d.block_size.store(kSlabLargeHead, std::memory_order_release);
+  Loc loc = Pack(e, SlabOffset(head));
+  InstanceHeader& h = HeaderAt(loc);
+  uint32_t watermark =
+      Header(e).generation_watermark.load(std::memory_order_relaxed);
+  h.type_index.store(0, std::memory_order_relaxed);
+  h.refcount.store(0, std::memory_order_relaxed);
+  h.flags.store(0, std::memory_order_relaxed);
+  h.generation.store(watermark + 1, std::memory_order_relaxed);
+  return loc;
+}
+
+Ref Allocator::Publish(Loc loc, uint32_t type_index, const Layout& layout) {
+  uint32_t e = Hi(loc);
+  uint32_t off = Lo(loc);
+  InstanceHeader& h = HeaderAt(loc);
+  uint8_t* payload = reinterpret_cast<uint8_t*>(&h) + kInstanceHeaderSize;
+  // Zero every field (and the free-list link) before anyone can see it.
+  std::memset(payload, 0, std::max<size_t>(layout.size(), sizeof(uint64_t)));
+  for (uint32_t m : layout.mutex_offsets()) MutexField::Initialize(payload + m);
+  h.refcount.store(1, std::memory_order_relaxed);
+  h.flags.store(0, std::memory_order_relaxed);
+  uint32_t gen = h.generation.load(std::memory_order_relaxed);
+  SlabDescriptor& d = Desc(e, SlabOf(off));
+  d.live.store(d.live.load(std::memory_order_relaxed) + 1,
+               std::memory_order_relaxed);
+  uint32_t bs = d.block_size.load(std::memory_order_relaxed);
+  live_block_bytes_ +=
+      bs == kSlabLargeHead
+          ? uint64_t{d.span_slabs.load(std::memory_order_relaxed)} * kSlabSize
+          : bs;
+  ++live_instances_;
+  // Publication: a reader that sees type_index (acquire) sees all of the
+  // above (invariant 2).
+  h.type_index.store(type_index, std::memory_order_release);
+  return Ref::Make(e, off, gen);
+}
+
+absl::StatusOr<Ref> Allocator::Allocate(uint32_t type_index,
+                                        const Layout& layout) {
+  if (type_index == 0) {
+    return absl::InvalidArgumentError(
+        "allocate: type index 0 is reserved (register the type first)");
+  }
+  if (absl::Status s = RefreshExtents(); !s.ok()) return s;
+  uint64_t block = kInstanceHeaderSize +
+                   std::max<uint64_t>(layout.size(), sizeof(uint64_t));
+  size_t cls = SizeClassFor(block);
+  absl::StatusOr<Loc> loc =
+      cls < kNumSizeClasses
+          ? TakeClassBlock(cls)
+          : TakeLargeSpan(static_cast<uint32_t>((block + kSlabSize - 1) /
+                                                kSlabSize));
+  if (!loc.ok()) return loc.status();
+  return Publish(*loc, type_index, layout);
+}
+
+absl::Status Allocator::AllocateBatch(uint32_t type_index,
+                                      const Layout& layout, size_t count,
+                                      std::vector<Ref>& out) {
+  size_t before = out.size();
+  out.reserve(before + count);
+  for (size_t i = 0; i < count; ++i) {
+    absl::StatusOr<Ref> r = Allocate(type_index, layout);
+    if (!r.ok()) {
+      // Roll back: these instances were never handed out.
+      for (size_t j = before; j < out.size(); ++j) {
+        Loc loc = Pack(out[j].extent_id(), out[j].offset());
+        HeaderAt(loc).refcount.store(0, std::memory_order_relaxed);
+        FreeBlock(loc);
+      }
+      out.resize(before);
+      return r.status();
+    }
+    out.push_back(*r);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Allocator::Retain(Ref ref) {
+  absl::StatusOr<InstancePtr> inst = arena_->Resolve(ref);
+  if (!inst.ok()) return inst.status();
+  InstanceHeader& h = inst->header();
+  uint32_t rc = h.refcount.load(std::memory_order_relaxed);
+  if (rc == 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ref %s: refcount is zero, the instance is being freed (retain it "
+        "before releasing the last reference)",
+        ref.ToString()));
+  }
+  if (rc == UINT32_MAX) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "ref %s: refcount at its maximum of %d (release references first)",
+        ref.ToString(), UINT32_MAX));
+  }
+  h.refcount.store(rc + 1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Allocator::DropOne(Ref ref, Loc* loc) {
+  absl::StatusOr<InstancePtr> inst = arena_->Resolve(ref);
+  if (!inst.ok()) return inst.status();
+  if (absl::Status s = RefreshExtents(); !s.ok()) return s;
+  if (ref.extent_id() >= bases_.size() ||
+      quarantined_extent_[ref.extent_id()]) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ref %s: its extent is quarantined as damaged (run 'structctl "
+        "check')",
+        ref.ToString()));
+  }
+  InstanceHeader& h = inst->header();
+  uint32_t rc = h.refcount.load(std::memory_order_relaxed);
+  if (rc == 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ref %s: refcount already zero (released more often than retained, "
+        "or the arena is damaged; run 'structctl check')",
+        ref.ToString()));
+  }
+  h.refcount.store(rc - 1, std::memory_order_relaxed);
+  *loc = Pack(ref.extent_id(), ref.offset());
+  return rc == 1;
+}
+
+absl::StatusOr<ReleaseResult> Allocator::Release(Ref ref,
+                                                 const TypeLookup& types) {
+  Loc loc = 0;
+  absl::StatusOr<bool> zero = DropOne(ref, &loc);
+  if (!zero.ok()) return zero.status();
+  if (!*zero) return ReleaseResult{};
+  return FreeCascade(loc, types);
+}
+
+absl::StatusOr<ReleaseResult> Allocator::FinishCondemned(
+    Ref ref, const TypeLookup& types) {
+  absl::StatusOr<InstancePtr> inst = arena_->Resolve(ref);
+  if (!inst.ok()) return inst.status();
+  if (inst->header().refcount.load(std::memory_order_relaxed) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ref %s: refcount is not zero; release it instead", ref.ToString()));
+  }
+  return FreeCascade(Pack(ref.extent_id(), ref.offset()), types);
+}
+
+absl::StatusOr<ReleaseResult> Allocator::FreeCascade(Loc first,
+                                                     const TypeLookup& types) {
+  ReleaseResult result;
+  // Instances whose refcount reached zero and still need freeing. A heap
+  // vector, not recursion: depth is unbounded.
+  std::vector<Loc> pending{first};
+  while (!pending.empty()) {
+    Loc loc = pending.back();
+    pending.pop_back();
+    InstanceHeader& h = HeaderAt(loc);
+    uint32_t type_index = h.type_index.load(std::memory_order_acquire);
+    const Layout* layout = types ? types(type_index) : nullptr;
+    if (layout != nullptr) {
+      uint8_t* payload = reinterpret_cast<uint8_t*>(&h) + kInstanceHeaderSize;
+      for (uint32_t off : layout->ref_offsets()) {
+        Ref child = Ref::FromBits(
+            std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(payload + off))
+                .exchange(0, std::memory_order_acq_rel));
+        if (child.is_null()) continue;
+        Loc child_loc = 0;
+        absl::StatusOr<bool> zero = DropOne(child, &child_loc);
+        if (!zero.ok()) {
+          ++result.dangling;
+        } else if (*zero) {
+          pending.push_back(child_loc);
+        }
+      }
+    }
+    FreeBlock(loc);
+    ++result.freed;
+  }
+  return result;
+}
+
+void Allocator::FreeBlock(Loc loc) {
+  uint32_t e = Hi(loc);
+  uint32_t off = Lo(loc);
+  InstanceHeader& h = HeaderAt(loc);
+  SlabDescriptor& d = Desc(e, SlabOf(off));
+  uint32_t bs = d.block_size.load(std::memory_order_relaxed);
+  h.type_index.store(0, std::memory_order_release);
+  uint32_t gen = h.generation.load(std::memory_order_relaxed) + 1;
+  h.generation.store(gen, std::memory_order_release);
+  h.refcount.store(0, std::memory_order_relaxed);
+  ExtentHeader& eh = Header(e);
+  if (eh.generation_watermark.load(std::memory_order_relaxed) < gen) {
+    eh.generation_watermark.store(gen, std::memory_order_relaxed);
+  }
+  uint32_t live = d.live.load(std::memory_order_relaxed);
+  if (live > 0) d.live.store(live - 1, std::memory_order_relaxed);
+  --live_instances_;
+  if (bs == kSlabLargeHead) {
+    uint32_t span = d.span_slabs.load(std::memory_order_relaxed);
+    live_block_bytes_ -= uint64_t{span} * kSlabSize;
+    h.flags.store(0, std::memory_order_relaxed);
+    // Return the span's slabs. Tails first, head last, so the span is never
+    // seen as unassigned slabs with a live head.
+    uint32_t head = SlabOf(off);
+    for (uint32_t t = span; t-- > 0;) {
+      Desc(e, head + t).span_slabs.store(0, std::memory_order_relaxed);
+      Desc(e, head + t).block_size.store(kSlabUnassigned,
+                                         std::memory_order_release);
+    }
+    scan_hint_ = std::min(scan_hint_, Pack(e, head));
+    return;
+  }
+  live_block_bytes_ -= bs;
+  if (gen > kGenerationMask) {
+    // The generation tag would wrap: retire the block for good.
+    h.flags.store(kInstanceRetired, std::memory_order_relaxed);
+    return;
+  }
+  size_t cls = SizeClassFor(bs);
+  Link(h).store(classes_[cls].free_head, std::memory_order_relaxed);
+  h.flags.store(kInstanceFreeListed, std::memory_order_relaxed);
+  classes_[cls].free_head = loc;
+  ++classes_[cls].free_count;
+}
+
+AllocatorStats Allocator::Stats() const {
+  AllocatorStats s;
+  s.live_instances = live_instances_;
+  s.live_block_bytes = live_block_bytes_;
+  for (const ClassState& c : classes_) s.free_blocks += c.free_count;
+  for (uint32_t e = 0; e < bases_.size(); ++e) {
+    ++s.extents;
+    s.extent_bytes += arena_->extent_size();
+    if (quarantined_extent_[e]) continue;
+    for (uint32_t sl = 0; sl < geometry_.slab_count; ++sl) {
+      uint32_t bs = Desc(e, sl).block_size.load(std::memory_order_relaxed);
+      if (bs == kSlabUnassigned) {
+        ++s.unassigned_slabs;
+      } else if (bs == kSlabLargeHead || bs == kSlabLargeTail) {
+        ++s.large_slabs;
+      } else {
+        ++s.class_slabs;
+      }
+    }
+  }
+  return s;
+}
+
+}  // namespace structd::shm

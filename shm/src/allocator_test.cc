@@ -1,0 +1,329 @@
+#include "structd/shm/allocator.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "structd/shm/field.h"
+#include "structd/shm/sync.h"
+#include "testing/temp_dir.h"
+
+namespace structd::shm {
+namespace {
+
+using ::testing::HasSubstr;
+
+class AllocatorTest : public ::testing::Test {
+ protected:
+  void Init(uint32_t max_extents = 4, uint64_t extent_size = 256 * 1024) {
+    ArenaOptions o;
+    o.extent_size = extent_size;
+    o.max_extents = max_extents;
+    path_ = dir_.Sub("arena" + std::to_string(arenas_++));
+    auto a = Arena::Create(path_, o);
+    ASSERT_TRUE(a.ok()) << a.status();
+    arena_ = std::move(*a);
+    auto alloc = Allocator::Adopt(arena_.get());
+    ASSERT_TRUE(alloc.ok()) << alloc.status();
+    alloc_ = std::move(*alloc);
+  }
+  void SetUp() override {
+    Init();
+    node_ = *Layout::Compute({FieldSpec::Scalar("value", FieldKind::kU64),
+                              FieldSpec::Ref("next"),
+                              FieldSpec::Ref("other")});
+    small_ = *Layout::Compute({FieldSpec::Array("data", FieldKind::kU8, 48)});
+  }
+  Allocator::TypeLookup Types() {
+    return [this](uint32_t i) -> const Layout* {
+      if (i == 1) return &node_;
+      if (i == 2) return &small_;
+      return nullptr;
+    };
+  }
+  uint32_t Refcount(Ref r) {
+    auto inst = arena_->Resolve(r);
+    EXPECT_TRUE(inst.ok()) << inst.status();
+    return inst.ok() ? inst->header().refcount.load() : 0;
+  }
+
+  structd::testing::TempDir dir_;
+  int arenas_ = 0;
+  std::string path_;
+  std::unique_ptr<Arena> arena_;
+  std::unique_ptr<Allocator> alloc_;
+  Layout node_, small_;
+};
+
+TEST_F(AllocatorTest, NewInstanceIsZeroedWithRefcountOne) {
+  auto r = alloc_->Allocate(2, small_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto inst = arena_->Resolve(*r);
+  ASSERT_TRUE(inst.ok());
+  EXPECT_EQ(inst->header().refcount.load(), 1u);
+  EXPECT_EQ(inst->type_index(), 2u);
+  // Dirty it, free it, and get the same block back: zero again.
+  std::memset(inst->payload(), 0xAB, small_.size());
+  ASSERT_TRUE(alloc_->Release(*r, Types()).ok());
+  auto r2 = alloc_->Allocate(2, small_);
+  ASSERT_TRUE(r2.ok());
+  ASSERT_EQ(r2->offset(), r->offset());
+  auto inst2 = arena_->Resolve(*r2);
+  ASSERT_TRUE(inst2.ok());
+  for (uint32_t i = 0; i < small_.size(); ++i) {
+    ASSERT_EQ(inst2->payload()[i], 0) << "byte " << i;
+  }
+}
+
+TEST_F(AllocatorTest, ReuseBumpsTheGeneration) {
+  auto r = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(r.ok());
+  uint32_t gen = r->generation_tag();
+  ASSERT_TRUE(alloc_->Release(*r, Types()).ok());
+  auto r2 = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->offset(), r->offset());
+  EXPECT_EQ(r2->generation_tag(), gen + 1);
+}
+
+TEST_F(AllocatorTest, DistinctLiveInstancesNeverShareABlock) {
+  std::set<uint64_t> seen;
+  std::vector<Ref> refs;
+  ASSERT_TRUE(alloc_->AllocateBatch(1, node_, 3000, refs).ok());
+  for (Ref r : refs) {
+    EXPECT_TRUE(seen.insert(uint64_t{r.extent_id()} << 32 | r.offset()).second);
+  }
+  EXPECT_EQ(alloc_->Stats().live_instances, 3000u);
+}
+
+TEST_F(AllocatorTest, ExhaustionIsResourceExhaustedAndBatchIsAllOrNothing) {
+  Init(/*max_extents=*/1, /*extent_size=*/128 * 1024);
+  // One extent of 128 KiB holds one 64 KiB slab.
+  std::vector<Ref> refs;
+  absl::Status s = alloc_->AllocateBatch(1, node_, 100000, refs);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("extents"));
+  EXPECT_TRUE(refs.empty());
+  EXPECT_EQ(alloc_->Stats().live_instances, 0u);
+  // Everything rolled back is reusable.
+  ASSERT_TRUE(alloc_->AllocateBatch(1, node_, kSlabSize / 48, refs).ok());
+  EXPECT_EQ(alloc_->Allocate(1, node_).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(AllocatorTest, GrowsTheArenaWhenFull) {
+  EXPECT_EQ(arena_->extent_count(), 1u);
+  std::vector<Ref> refs;
+  // 256 KiB extents hold 3 slabs: 4 slabs of 64-byte blocks need 2 extents.
+  ASSERT_TRUE(alloc_->AllocateBatch(2, small_, 4 * kSlabSize / 64, refs).ok());
+  EXPECT_EQ(arena_->extent_count(), 2u);
+}
+
+TEST_F(AllocatorTest, LargeInstancesUseWholeSlabSpans) {
+  Layout big = *Layout::Compute({FieldSpec::Bytes("blob", 40 * 1024)});
+  auto r = alloc_->Allocate(3, big);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto inst = arena_->Resolve(*r);
+  ASSERT_TRUE(inst.ok()) << inst.status();
+  AllocatorStats st = alloc_->Stats();
+  EXPECT_EQ(st.large_slabs, 2u);
+  ASSERT_TRUE(alloc_->Release(*r, Types()).ok());
+  EXPECT_EQ(alloc_->Stats().large_slabs, 0u);
+  EXPECT_EQ(arena_->Resolve(*r).status().code(), absl::StatusCode::kNotFound);
+  // The freed span is recycled into a size class; the old ref stays stale.
+  std::vector<Ref> refs;
+  ASSERT_TRUE(alloc_->AllocateBatch(2, small_, 3 * kSlabSize / 64, refs).ok());
+  EXPECT_FALSE(arena_->Resolve(*r).ok());
+  auto r2 = alloc_->Allocate(3, big);
+  ASSERT_TRUE(r2.ok());
+  EXPECT_FALSE(arena_->Resolve(*r).ok());
+}
+
+TEST_F(AllocatorTest, InstanceLargerThanAnExtentIsRejected) {
+  Layout huge = *Layout::Compute({FieldSpec::Bytes("blob", 200 * 1024)});
+  auto s = alloc_->Allocate(3, huge).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("raise extent_size"));
+}
+
+TEST_F(AllocatorTest, RetainAndReleaseCountReferences) {
+  auto r = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(alloc_->Retain(*r).ok());
+  ASSERT_TRUE(alloc_->Retain(*r).ok());
+  EXPECT_EQ(Refcount(*r), 3u);
+  auto rel = alloc_->Release(*r, Types());
+  ASSERT_TRUE(rel.ok());
+  EXPECT_EQ(rel->freed, 0u);
+  EXPECT_EQ(Refcount(*r), 2u);
+  ASSERT_TRUE(alloc_->Release(*r, Types()).ok());
+  rel = alloc_->Release(*r, Types());
+  ASSERT_TRUE(rel.ok());
+  EXPECT_EQ(rel->freed, 1u);
+  // Released once too often: the ref is stale now.
+  EXPECT_EQ(alloc_->Release(*r, Types()).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(alloc_->Retain(*r).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(AllocatorTest, RetainOverflowIsResourceExhausted) {
+  auto r = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(r.ok());
+  arena_->Resolve(*r)->header().refcount.store(UINT32_MAX);
+  EXPECT_EQ(alloc_->Retain(*r).code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(AllocatorTest, FreeingReleasesRefFieldsTransitively) {
+  auto a = alloc_->Allocate(1, node_);
+  auto b = alloc_->Allocate(1, node_);
+  auto c = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  FieldHandle next = *FieldHandle::Bind(node_, "next", FieldKind::kRef);
+  FieldHandle other = *FieldHandle::Bind(node_, "other", FieldKind::kRef);
+  // a -> b -> c, and a -> c. A ref field owns one reference: b's only
+  // reference moves into a.next; c gets two more, one per field.
+  next.ref(*arena_->Resolve(*a)).store(*b);
+  ASSERT_TRUE(alloc_->Retain(*c).ok());
+  next.ref(*arena_->Resolve(*b)).store(*c);
+  ASSERT_TRUE(alloc_->Retain(*c).ok());
+  other.ref(*arena_->Resolve(*a)).store(*c);
+  // The caller drops its own reference to c: the fields keep it alive.
+  ASSERT_TRUE(alloc_->Release(*c, Types()).ok());
+  EXPECT_EQ(Refcount(*c), 2u);
+  EXPECT_EQ(Refcount(*b), 1u);
+  auto rel = alloc_->Release(*a, Types());
+  ASSERT_TRUE(rel.ok());
+  EXPECT_EQ(rel->freed, 3u);
+  EXPECT_EQ(rel->dangling, 0u);
+  EXPECT_EQ(alloc_->Stats().live_instances, 0u);
+}
+
+TEST_F(AllocatorTest, AMillionLongChainIsFreedWithoutRecursion) {
+  Init(/*max_extents=*/64, /*extent_size=*/64ull << 20);
+  FieldHandle next = *FieldHandle::Bind(node_, "next", FieldKind::kRef);
+  const int kChain = 1000000;
+  auto head = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(head.ok());
+  Ref prev = *head;
+  for (int i = 1; i < kChain; ++i) {
+    auto r = alloc_->Allocate(1, node_);
+    ASSERT_TRUE(r.ok()) << r.status();
+    next.ref(*arena_->Resolve(prev)).store(*r);  // prev owns r now
+    prev = *r;
+  }
+  EXPECT_EQ(alloc_->Stats().live_instances, uint64_t(kChain));
+  auto rel = alloc_->Release(*head, Types());
+  ASSERT_TRUE(rel.ok()) << rel.status();
+  EXPECT_EQ(rel->freed, uint64_t(kChain));
+  EXPECT_EQ(alloc_->Stats().live_instances, 0u);
+}
+
+TEST_F(AllocatorTest, DanglingRefFieldsAreCountedNotFollowed) {
+  auto a = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(a.ok());
+  FieldHandle next = *FieldHandle::Bind(node_, "next", FieldKind::kRef);
+  FieldHandle other = *FieldHandle::Bind(node_, "other", FieldKind::kRef);
+  next.ref(*arena_->Resolve(*a)).store(Ref::Make(0, 17 * 16, 3));  // forged
+  other.ref(*arena_->Resolve(*a)).store(Ref::FromBits(~uint64_t{0}));
+  auto rel = alloc_->Release(*a, Types());
+  ASSERT_TRUE(rel.ok());
+  EXPECT_EQ(rel->freed, 1u);
+  EXPECT_EQ(rel->dangling, 2u);
+}
+
+TEST_F(AllocatorTest, MutexFieldsAreInitializedOnAllocation) {
+  Layout l = *Layout::Compute({FieldSpec::Mutex("mu")});
+  auto r = alloc_->Allocate(4, l);
+  ASSERT_TRUE(r.ok());
+  FieldHandle h = *FieldHandle::Bind(l, "mu", FieldKind::kMutex);
+  MutexField mu(h.address(*arena_->Resolve(*r)));
+  auto g = mu.Lock();
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_FALSE(g->owner_died());
+}
+
+TEST_F(AllocatorTest, AdoptRebuildsStateFromTheArena) {
+  std::vector<Ref> keep, drop;
+  ASSERT_TRUE(alloc_->AllocateBatch(1, node_, 100, keep).ok());
+  ASSERT_TRUE(alloc_->AllocateBatch(1, node_, 50, drop).ok());
+  for (Ref r : drop) ASSERT_TRUE(alloc_->Release(r, Types()).ok());
+  alloc_.reset();
+  // A new owner (a restarted daemon) adopts the arena.
+  auto reopened = Arena::Open(path_, Access::kReadWrite);
+  ASSERT_TRUE(reopened.ok());
+  AdoptReport report;
+  auto adopted = Allocator::Adopt(reopened->get(), &report);
+  ASSERT_TRUE(adopted.ok());
+  EXPECT_EQ(report.live_instances, 100u);
+  EXPECT_EQ(report.free_blocks, 50u);
+  EXPECT_TRUE(report.problems.empty());
+  EXPECT_TRUE(report.condemned.empty());
+  for (Ref r : keep) EXPECT_TRUE((*reopened)->Resolve(r).ok());
+  // New allocations reuse the freed blocks, never a live one.
+  std::set<uint64_t> live;
+  for (Ref r : keep) live.insert(r.offset());
+  for (int i = 0; i < 200; ++i) {
+    auto r = (*adopted)->Allocate(1, node_);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(live.count(r->offset()), 0u);
+  }
+}
+
+TEST_F(AllocatorTest, AdoptReportsCondemnedInstances) {
+  auto r = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(r.ok());
+  // An owner died between refcount 0 and the free.
+  arena_->Resolve(*r)->header().refcount.store(0);
+  alloc_.reset();
+  AdoptReport report;
+  auto adopted = Allocator::Adopt(arena_.get(), &report);
+  ASSERT_TRUE(adopted.ok());
+  ASSERT_EQ(report.condemned.size(), 1u);
+  EXPECT_EQ(report.condemned[0], *r);
+  auto fin = (*adopted)->FinishCondemned(*r, Types());
+  ASSERT_TRUE(fin.ok()) << fin.status();
+  EXPECT_EQ(fin->freed, 1u);
+}
+
+TEST_F(AllocatorTest, DamagedFreeListIsDroppedNotFollowed) {
+  std::vector<Ref> refs;
+  ASSERT_TRUE(alloc_->AllocateBatch(1, node_, 10, refs).ok());
+  for (Ref r : refs) ASSERT_TRUE(alloc_->Release(r, Types()).ok());
+  // Scribble on the head free block's link: point it outside the arena.
+  auto base = arena_->ExtentBase(refs.back().extent_id());
+  ASSERT_TRUE(base.ok());
+  auto* link = reinterpret_cast<uint64_t*>(*base + refs.back().offset() +
+                                           kInstanceHeaderSize);
+  *link = 0xDEADBEEFDEADBEEFull;
+  for (int i = 0; i < 20; ++i) {
+    auto r = alloc_->Allocate(1, node_);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE(arena_->Resolve(*r).ok());
+  }
+}
+
+TEST_F(AllocatorTest, DamagedSlabDescriptorIsQuarantinedOnAdopt) {
+  std::vector<Ref> refs;
+  ASSERT_TRUE(alloc_->AllocateBatch(1, node_, 10, refs).ok());
+  auto base = arena_->ExtentBase(0);
+  ASSERT_TRUE(base.ok());
+  auto* desc = reinterpret_cast<SlabDescriptor*>(*base + sizeof(ExtentHeader));
+  desc[0].block_size.store(12345);
+  desc[1].block_size.store(kSlabLargeTail);
+  alloc_.reset();
+  AdoptReport report;
+  auto adopted = Allocator::Adopt(arena_.get(), &report);
+  ASSERT_TRUE(adopted.ok());
+  ASSERT_EQ(report.problems.size(), 2u);
+  EXPECT_THAT(report.problems[0], HasSubstr("damaged descriptor"));
+  EXPECT_THAT(report.problems[1], HasSubstr("tail without a head"));
+  // Refs into the damaged slab are refused, not followed.
+  EXPECT_EQ(arena_->Resolve(refs[0]).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto r = (*adopted)->Allocate(1, node_);
+  ASSERT_TRUE(r.ok()) << r.status();
+}
+
+}  // namespace
+}  // namespace structd::shm
