@@ -79,7 +79,7 @@ absl::Status BytesField::Write(std::string_view value) {
   uint64_t cur = st.load(std::memory_order_relaxed);
   for (int attempt = 0;; ++attempt) {
     uint32_t owner = Owner(cur);
-    if (owner == 0 || (attempt > 1000 && ProcessIsGone(owner))) {
+    if (owner == 0 || (attempt > 100 && ProcessIsGone(owner))) {
       // Take the lock (or take it over from a dead writer: its partial
       // write went to the inactive slot, so nothing visible is lost).
       uint64_t locked = (cur & 0xFFFFFFFFull) | me;
