@@ -7,7 +7,7 @@
 // Field access. One u64 field of one instance, allocated once in a real
 // arena (a mkdtemp directory under /dev/shm) and resolved once, is compared
 // with a std::atomic<uint64_t> placed in a plain MAP_SHARED|MAP_ANONYMOUS
-// page. Both sit at the start of a 64-byte line, both use relaxed order
+// page. Each lies within one 64-byte line, both use relaxed order
 // (structd's default), and every result goes through DoNotOptimize (stores
 // through ClobberMemory) so no access is folded away. Two pairs per op:
 //   * Scalar:  the Scalar<uint64_t> is built from the FieldHandle once,
@@ -35,11 +35,22 @@
 // Differences that remain, by design of the two allocators:
 //   * structd zeroes the payload and publishes a header (refcount, type
 //     index with release); Boost hands back uninitialized memory.
+//   * allocate(64) gives Boost 64 usable bytes plus its own block header;
+//     the structd block is 64 bytes in all, 48 of them payload.
 //   * Boost's default segment manager locks an interprocess mutex per call;
 //     structd's Allocator takes no lock (its caller, the daemon, already
 //     serializes). The target row uses Boost's default, as users would; an
 //     extra informational row uses Boost with null_mutex_family, comparing
 //     allocation algorithms alone.
+//
+// Loop alignment. The field loops are a handful of instructions, one or two
+// cycles per iteration, so where the compiler happens to place them matters:
+// on the AMD EPYC this was written on, the same add/mov/cmp/jne loop ran at
+// 0.33 ns or 0.63 ns depending on whether it straddled a 64-byte boundary,
+// which made identical code look 1.9x slower. shm/CMakeLists.txt builds this
+// file with -falign-loops=64 so every loop starts on a fresh line and the
+// pairs differ only in the code they run. If a field ratio moves a lot after
+// an unrelated edit, check the loops' addresses (objdump -d) first.
 //
 // Ratios. A custom reporter forwards everything to the console reporter and
 // records each benchmark's CPU time per iteration (CPU time, because this
@@ -53,6 +64,7 @@
 // STRUCTD_BENCH_SMOKE=1 runs every benchmark with a 10 ms minimum time, for
 // the shm_bench_smoke CTest entry that checks the program still runs.
 
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -72,16 +84,14 @@
 #include <system_error>
 #include <vector>
 
-#include <benchmark/benchmark.h>
-
-#include <boost/interprocess/indexes/iset_index.hpp>
-#include <boost/interprocess/managed_mapped_file.hpp>
-#include <boost/interprocess/mem_algo/rbtree_best_fit.hpp>
-#include <boost/interprocess/offset_ptr.hpp>
-#include <boost/interprocess/sync/mutex_family.hpp>
-
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "benchmark/benchmark.h"
+#include "boost/interprocess/indexes/iset_index.hpp"
+#include "boost/interprocess/managed_mapped_file.hpp"
+#include "boost/interprocess/mem_algo/rbtree_best_fit.hpp"
+#include "boost/interprocess/offset_ptr.hpp"
+#include "boost/interprocess/sync/mutex_family.hpp"
 #include "structd/shm/allocator.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/field.h"
@@ -97,16 +107,15 @@ constexpr uint32_t kTypeIndex = 1;
 constexpr size_t kBatch = 10000;
 constexpr size_t kAllocBytes = 64;
 constexpr uint64_t kExtentSize = 64ull << 20;
-// One batch needs ~640 KiB; a few extents leave room for slabs that the
-// generation watermark keeps out of reuse, and still bound tmpfs usage.
+// One batch needs ~640 KiB of the first extent. The spare extents are
+// headroom in case the allocator grows; each one costs 64 MiB of tmpfs.
 constexpr uint32_t kMaxExtents = 4;
 constexpr size_t kBoostSegmentBytes = 64ull << 20;
 
 // Boost with its default (mutex) and with no locking; see the top comment.
 using BoostFile = bip::managed_mapped_file;
 using BoostFileNoLock = bip::basic_managed_mapped_file<
-    char,
-    bip::rbtree_best_fit<bip::null_mutex_family, bip::offset_ptr<void>>,
+    char, bip::rbtree_best_fit<bip::null_mutex_family, bip::offset_ptr<void>>,
     bip::iset_index>;
 
 // Everything the benchmarks share. Built in main() before any benchmark
@@ -117,7 +126,7 @@ struct Fixture {
   std::unique_ptr<Allocator> allocator;
   Layout layout;
   FieldHandle counter;
-  InstancePtr instance;  // the field benchmarks' instance
+  InstancePtr instance;                  // the field benchmarks' instance
   std::atomic<uint64_t>* raw = nullptr;  // in a MAP_SHARED|MAP_ANONYMOUS page
   void* raw_page = nullptr;
   std::unique_ptr<BoostFile> boost;
@@ -143,6 +152,50 @@ struct Fixture {
 
 Fixture* g_fixture = nullptr;
 
+// A run killed by a signal (Ctrl-C, a CTest timeout, SIGPIPE from
+// `shm_bench | head`, a crash) would otherwise leave its directory, with a
+// fully backed 64 MiB extent, in /dev/shm. The handler removes every path
+// the run can create, using only unlink/rmdir (async-signal-safe) on strings
+// built before it is installed, then re-raises so the exit status still
+// shows the signal.
+constexpr int kCleanupSignals[] = {SIGHUP, SIGINT, SIGQUIT, SIGILL,  SIGABRT,
+                                   SIGBUS, SIGFPE, SIGSEGV, SIGPIPE, SIGTERM};
+// Files first, then the directories holding them. Written only while no
+// handler is installed.
+std::vector<std::string> g_cleanup_paths;
+
+extern "C" void CleanupAndReraise(int sig) {
+  for (const std::string& path : g_cleanup_paths) {
+    if (unlink(path.c_str()) != 0) rmdir(path.c_str());
+  }
+  // SA_RESETHAND restored the default action: this one ends the process
+  // (delivered once the handler returns, as the signal is blocked here).
+  raise(sig);
+}
+
+void InstallCleanupHandlers(const std::string& dir) {
+  const std::string arena = dir + "/arena";
+  // Arena file names: format.h (DIR/arena, DIR/extent.N) plus the
+  // temporaries Create and Grow use while building them.
+  g_cleanup_paths = {dir + "/boost", dir + "/boost_nolock", arena + "/arena",
+                     arena + "/arena.tmp." + std::to_string(getpid())};
+  for (uint32_t i = 0; i < kMaxExtents; ++i) {
+    g_cleanup_paths.push_back(arena + "/extent." + std::to_string(i));
+    g_cleanup_paths.push_back(arena + "/extent." + std::to_string(i) + ".tmp");
+  }
+  g_cleanup_paths.push_back(arena);
+  g_cleanup_paths.push_back(dir);
+  struct sigaction sa = {};
+  sa.sa_handler = CleanupAndReraise;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : kCleanupSignals) sigaction(sig, &sa, nullptr);
+}
+
+void RestoreDefaultHandlers() {
+  for (int sig : kCleanupSignals) signal(sig, SIG_DFL);
+}
+
 absl::Status SetUpFixture(Fixture& f) {
   char tmpl[] = "/dev/shm/structd_bench.XXXXXX";
   if (mkdtemp(tmpl) == nullptr) {
@@ -150,6 +203,7 @@ absl::Status SetUpFixture(Fixture& f) {
                                std::strerror(errno));
   }
   f.dir = tmpl;
+  InstallCleanupHandlers(f.dir);
 
   ArenaOptions options;
   options.extent_size = kExtentSize;
@@ -410,6 +464,9 @@ BENCHMARK(BM_Alloc64_BoostMappedFileNoLock);
 // per iteration (ns) of each run and the median aggregate if there is one.
 class CollectingReporter : public benchmark::ConsoleReporter {
  public:
+  explicit CollectingReporter(OutputOptions options)
+      : ConsoleReporter(options) {}
+
   void ReportRuns(const std::vector<Run>& reports) override {
     for (const Run& run : reports) {
       if (run.error_occurred) {
@@ -498,7 +555,7 @@ void PrintRatios(const CollectingReporter& reporter) {
     std::optional<double> b = reporter.NsPerOp(p.baseline);
     if (!s || !b || *b <= 0) {
       // Filtered out or failed: nothing to compare.
-      std::printf("%s: n/a (not run)\n", p.label);
+      std::printf("%s: n/a (filtered out or failed)\n", p.label);
       continue;
     }
     double ratio = *s / *b;
@@ -511,13 +568,39 @@ void PrintRatios(const CollectingReporter& reporter) {
                     ok ? "OK" : "MISS");
       verdict = buf;
     }
-    std::printf("%s: structd %.2f ns, %s %.2f ns, ratio %.2f %s\n", p.label,
-                *s, p.baseline_label, *b, ratio, verdict.c_str());
+    std::printf("%s: structd %.2f ns, %s %.2f ns, ratio %.2f %s\n", p.label, *s,
+                p.baseline_label, *b, ratio, verdict.c_str());
   }
   if (misses > 0) {
     std::printf("%d ratio(s) MISS the target (reported, not enforced)\n",
                 misses);
   }
+}
+
+// Only the library's default reporter reads --benchmark_color; a
+// ConsoleReporter built here would always print escape codes. Mirror the
+// flag (default "auto": color only on a terminal). Called before
+// benchmark::Initialize, which strips the flags it knows from argv.
+benchmark::ConsoleReporter::OutputOptions ConsoleOptions(int argc,
+                                                         char** argv) {
+  const char* term = std::getenv("TERM");
+  const bool tty = isatty(STDOUT_FILENO) && term != nullptr &&
+                   std::string_view(term) != "dumb";
+  bool color = tty;
+  constexpr std::string_view kFlag = "--benchmark_color=";
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (!arg.starts_with(kFlag)) continue;
+    std::string_view v = arg.substr(kFlag.size());
+    if (v == "auto") {
+      color = tty;
+    } else {
+      color = !(v == "false" || v == "no" || v == "0" || v == "off" ||
+                v == "never");
+    }
+  }
+  return color ? benchmark::ConsoleReporter::OO_ColorTabular
+               : benchmark::ConsoleReporter::OO_Tabular;
 }
 
 }  // namespace
@@ -537,6 +620,8 @@ int main(int argc, char** argv) {
   }
   int args_count = static_cast<int>(args.size());
   args.push_back(nullptr);
+  const benchmark::ConsoleReporter::OutputOptions console_options =
+      structd::shm::ConsoleOptions(args_count, args.data());
   benchmark::Initialize(&args_count, args.data());
   if (benchmark::ReportUnrecognizedArguments(args_count, args.data())) {
     return 1;
@@ -546,18 +631,19 @@ int main(int argc, char** argv) {
   // temp directory goes away on every normal exit path.
   auto fixture = std::make_unique<Fixture>();
   if (absl::Status s = structd::shm::SetUpFixture(*fixture); !s.ok()) {
-    std::fprintf(stderr, "shm_bench: setup failed: %s\n",
-                 s.ToString().c_str());
-    return 1;
+    std::fprintf(stderr, "shm_bench: setup failed: %s\n", s.ToString().c_str());
+    structd::shm::RestoreDefaultHandlers();
+    return 1;  // ~Fixture removes whatever was created
   }
   structd::shm::g_fixture = fixture.get();
 
-  CollectingReporter reporter;
+  CollectingReporter reporter(console_options);
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
   structd::shm::PrintRatios(reporter);
 
   structd::shm::g_fixture = nullptr;
+  structd::shm::RestoreDefaultHandlers();
   fixture.reset();
 
   if (!reporter.errors().empty()) {

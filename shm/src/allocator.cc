@@ -72,9 +72,11 @@ absl::Status Allocator::Scan(AdoptReport& report) {
   }
   for (uint32_t e = 0; e < n; ++e) {
     if (quarantined_extent_[e]) continue;
-    uint32_t watermark = 0;
     for (uint32_t s = 0; s < geometry_.slab_count; ++s) {
       SlabDescriptor& d = Desc(e, s);
+      // Generations seen in headers must stay at or below the watermark,
+      // or a recycled slab could repeat one.
+      uint32_t watermark = d.generation_watermark.load(std::memory_order_relaxed);
       uint32_t bs = d.block_size.load(std::memory_order_acquire);
       if (bs == kSlabUnassigned) continue;
       if (IsSizeClass(bs)) {
@@ -115,6 +117,7 @@ absl::Status Allocator::Scan(AdoptReport& report) {
           }
         }
         d.live.store(live, std::memory_order_relaxed);
+        d.generation_watermark.store(watermark, std::memory_order_relaxed);
         if (used < per && classes_[cls].bump_slab == kNoSlab) {
           classes_[cls].bump_slab = Pack(e, s);
         }
@@ -135,6 +138,7 @@ absl::Status Allocator::Scan(AdoptReport& report) {
         InstanceHeader& h = HeaderAt(Pack(e, SlabOffset(s)));
         watermark =
             std::max(watermark, h.generation.load(std::memory_order_relaxed));
+        d.generation_watermark.store(watermark, std::memory_order_relaxed);
         if (h.type_index.load(std::memory_order_acquire) == 0) {
           for (uint32_t t = span; t-- > 0;) {
             Desc(e, s + t).block_size.store(kSlabUnassigned,
@@ -164,12 +168,6 @@ absl::Status Allocator::Scan(AdoptReport& report) {
             e, s, bs));
       }
     }
-    // Generations seen in live or free headers must stay below the
-    // watermark too, or a recycled slab could repeat one.
-    ExtentHeader& eh = Header(e);
-    if (eh.generation_watermark.load(std::memory_order_relaxed) < watermark) {
-      eh.generation_watermark.store(watermark, std::memory_order_relaxed);
-    }
   }
   return absl::OkStatus();
 }
@@ -186,17 +184,15 @@ absl::StatusOr<uint64_t> Allocator::FindUnassignedRun(uint32_t n) {
     uint32_t start_extent = pass == 0 ? Hi(scan_hint_) : 0;
     for (uint32_t e = start_extent; e < bases_.size(); ++e) {
       if (quarantined_extent_[e]) continue;
-      // A watermark near the end of the generation space stops recycling
-      // in this extent (a recycled block must start above it).
-      if (Header(e).generation_watermark.load(std::memory_order_relaxed) >=
-          kGenerationMask - 1) {
-        continue;
-      }
       uint32_t first = (pass == 0 && e == start_extent) ? Lo(scan_hint_) : 0;
       uint32_t run = 0;
       for (uint32_t s = first; s < geometry_.slab_count; ++s) {
-        if (Desc(e, s).block_size.load(std::memory_order_relaxed) ==
-            kSlabUnassigned) {
+        const SlabDescriptor& d = Desc(e, s);
+        // A slab whose watermark reached the end of the generation space
+        // is never recycled: a recycled block must start above it.
+        if (d.block_size.load(std::memory_order_relaxed) == kSlabUnassigned &&
+            d.generation_watermark.load(std::memory_order_relaxed) <
+                kGenerationMask - 1) {
           if (++run == n) {
             uint32_t head = s + 1 - n;
             scan_hint_ = Pack(e, head + n);
@@ -251,34 +247,32 @@ absl::StatusOr<Allocator::Loc> Allocator::TakeClassBlock(size_t cls) {
   // 2. Never-used blocks of the current bump slab, then of a new slab.
   for (;;) {
     if (c.bump_slab != kNoSlab) {
-      uint32_t e = Hi(c.bump_slab);
-      uint32_t s = Lo(c.bump_slab);
-      SlabDescriptor& d = Desc(e, s);
-      uint32_t per = kSlabSize / bs;
-      uint32_t watermark =
-          Header(e).generation_watermark.load(std::memory_order_relaxed);
-      for (uint32_t i = d.next_unused.load(std::memory_order_relaxed);
-           i < per; i = d.next_unused.load(std::memory_order_relaxed)) {
+      SlabDescriptor& d = Desc(Hi(c.bump_slab), Lo(c.bump_slab));
+      uint32_t i = d.next_unused.load(std::memory_order_relaxed);
+      if (i < kSlabSize / bs) {
         d.next_unused.store(i + 1, std::memory_order_relaxed);
-        Loc loc = Pack(e, SlabOffset(s) + i * bs);
-        InstanceHeader& h = HeaderAt(loc);
-        // Recycled memory may hold anything: start the block's generation
-        // above every generation ever freed in this extent.
-        h.type_index.store(0, std::memory_order_relaxed);
-        h.refcount.store(0, std::memory_order_relaxed);
-        if (watermark >= kGenerationMask) {
-          h.flags.store(kInstanceRetired, std::memory_order_relaxed);
-          continue;
-        }
-        h.generation.store(watermark + 1, std::memory_order_relaxed);
-        h.flags.store(0, std::memory_order_relaxed);
-        return loc;
+        return Pack(Hi(c.bump_slab), SlabOffset(Lo(c.bump_slab)) + i * bs);
       }
       c.bump_slab = kNoSlab;
     }
     absl::StatusOr<uint64_t> slab = FindUnassignedRun(1);
     if (!slab.ok()) return slab.status();
-    SlabDescriptor& d = Desc(Hi(*slab), Lo(*slab));
+    uint32_t e = Hi(*slab);
+    uint32_t s = Lo(*slab);
+    SlabDescriptor& d = Desc(e, s);
+    // Recycled memory may hold anything. Give every block a clean header,
+    // with a generation above any this slab ever had, *before* the
+    // descriptor makes the blocks addressable: a stale ref that lands here
+    // then sees a free block, never garbage that might pass as live.
+    uint32_t first_gen =
+        d.generation_watermark.load(std::memory_order_relaxed) + 1;
+    for (uint32_t off = 0; off + bs <= kSlabSize; off += bs) {
+      InstanceHeader& h = HeaderAt(Pack(e, SlabOffset(s) + off));
+      h.type_index.store(0, std::memory_order_relaxed);
+      h.refcount.store(0, std::memory_order_relaxed);
+      h.flags.store(0, std::memory_order_relaxed);
+      h.generation.store(first_gen, std::memory_order_relaxed);
+    }
     d.next_unused.store(0, std::memory_order_relaxed);
     d.live.store(0, std::memory_order_relaxed);
     d.span_slabs.store(0, std::memory_order_relaxed);
@@ -292,24 +286,24 @@ absl::StatusOr<Allocator::Loc> Allocator::TakeLargeSpan(uint32_t slabs) {
   if (!run.ok()) return run.status();
   uint32_t e = Hi(*run);
   uint32_t head = Lo(*run);
+  SlabDescriptor& d = Desc(e, head);
+  // Clean header first, descriptors after (see TakeClassBlock).
+  Loc loc = Pack(e, SlabOffset(head));
+  InstanceHeader& h = HeaderAt(loc);
+  h.type_index.store(0, std::memory_order_relaxed);
+  h.refcount.store(0, std::memory_order_relaxed);
+  h.flags.store(0, std::memory_order_relaxed);
+  h.generation.store(d.generation_watermark.load(std::memory_order_relaxed) + 1,
+                     std::memory_order_relaxed);
   for (uint32_t t = 1; t < slabs; ++t) {
     Desc(e, head + t).span_slabs.store(0, std::memory_order_relaxed);
     Desc(e, head + t).block_size.store(kSlabLargeTail,
                                        std::memory_order_release);
   }
-  SlabDescriptor& d = Desc(e, head);
   d.span_slabs.store(slabs, std::memory_order_relaxed);
   d.next_unused.store(1, std::memory_order_relaxed);
   d.live.store(0, std::memory_order_relaxed);
   d.block_size.store(kSlabLargeHead, std::memory_order_release);
-  Loc loc = Pack(e, SlabOffset(head));
-  InstanceHeader& h = HeaderAt(loc);
-  uint32_t watermark =
-      Header(e).generation_watermark.load(std::memory_order_relaxed);
-  h.type_index.store(0, std::memory_order_relaxed);
-  h.refcount.store(0, std::memory_order_relaxed);
-  h.flags.store(0, std::memory_order_relaxed);
-  h.generation.store(watermark + 1, std::memory_order_relaxed);
   return loc;
 }
 
@@ -447,6 +441,15 @@ absl::StatusOr<ReleaseResult> Allocator::FinishCondemned(
 absl::StatusOr<ReleaseResult> Allocator::FreeCascade(Loc first,
                                                      const TypeLookup& types) {
   ReleaseResult result;
+  const Layout* first_layout =
+      types ? types(HeaderAt(first).type_index.load(std::memory_order_acquire))
+            : nullptr;
+  if (first_layout == nullptr || first_layout->ref_offsets().empty()) {
+    // Nothing to follow: free without building a worklist.
+    FreeBlock(first);
+    result.freed = 1;
+    return result;
+  }
   // Instances whose refcount reached zero and still need freeing. A heap
   // vector, not recursion: depth is unbounded.
   std::vector<Loc> pending{first};
@@ -488,9 +491,8 @@ void Allocator::FreeBlock(Loc loc) {
   uint32_t gen = h.generation.load(std::memory_order_relaxed) + 1;
   h.generation.store(gen, std::memory_order_release);
   h.refcount.store(0, std::memory_order_relaxed);
-  ExtentHeader& eh = Header(e);
-  if (eh.generation_watermark.load(std::memory_order_relaxed) < gen) {
-    eh.generation_watermark.store(gen, std::memory_order_relaxed);
+  if (d.generation_watermark.load(std::memory_order_relaxed) < gen) {
+    d.generation_watermark.store(gen, std::memory_order_relaxed);
   }
   uint32_t live = d.live.load(std::memory_order_relaxed);
   if (live > 0) d.live.store(live - 1, std::memory_order_relaxed);

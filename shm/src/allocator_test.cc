@@ -140,6 +140,35 @@ TEST_F(AllocatorTest, LargeInstancesUseWholeSlabSpans) {
   EXPECT_FALSE(arena_->Resolve(*r).ok());
 }
 
+TEST_F(AllocatorTest, ABlockWhoseGenerationIsExhaustedIsRetiredAlone) {
+  auto hot = alloc_->Allocate(1, node_);
+  auto neighbor = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(hot.ok() && neighbor.ok());
+  // Pretend the block was reused 2^26 - 1 times already.
+  arena_->Resolve(*hot)->header().generation.store(kGenerationMask);
+  Ref hot_now = Ref::Make(hot->extent_id(), hot->offset(), kGenerationMask);
+  ASSERT_TRUE(alloc_->Release(hot_now, Types()).ok());
+  auto base = arena_->ExtentBase(0);
+  auto* h = reinterpret_cast<InstanceHeader*>(*base + hot->offset());
+  EXPECT_EQ(h->flags.load() & kInstanceRetired, kInstanceRetired);
+  // The retired block is never handed out again; its neighbors are.
+  ASSERT_TRUE(alloc_->Release(*neighbor, Types()).ok());
+  std::vector<Ref> refs;
+  ASSERT_TRUE(alloc_->AllocateBatch(1, node_, 2000, refs).ok());
+  for (Ref r : refs) EXPECT_NE(r.offset(), hot->offset());
+  EXPECT_EQ(refs[0].offset(), neighbor->offset());
+  // Other slabs of the extent still recycle: a freed large span is reused.
+  Layout big = *Layout::Compute({FieldSpec::Bytes("blob", 40 * 1024)});
+  auto b1 = alloc_->Allocate(3, big);
+  ASSERT_TRUE(b1.ok());
+  ASSERT_TRUE(alloc_->Release(*b1, Types()).ok());
+  auto b2 = alloc_->Allocate(3, big);
+  ASSERT_TRUE(b2.ok());
+  EXPECT_EQ(b2->extent_id(), b1->extent_id());
+  EXPECT_EQ(b2->offset(), b1->offset());
+  EXPECT_GT(b2->generation_tag(), b1->generation_tag());
+}
+
 TEST_F(AllocatorTest, InstanceLargerThanAnExtentIsRejected) {
   Layout huge = *Layout::Compute({FieldSpec::Bytes("blob", 200 * 1024)});
   auto s = alloc_->Allocate(3, huge).status();

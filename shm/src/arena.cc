@@ -244,7 +244,6 @@ absl::Status Arena::CreateExtentLocked(uint32_t id) {
   eh->extent_id = id;
   eh->slab_count = g.slab_count;
   eh->data_offset = g.data_offset;
-  eh->generation_watermark.store(0, std::memory_order_relaxed);
   if (rename(tmp_path.c_str(), final_path.c_str()) != 0) {
     int err = errno;
     munmap(p, extent_size_);

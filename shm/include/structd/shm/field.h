@@ -16,6 +16,7 @@
 // previous value intact (the next writer takes over its lock).
 
 #include <atomic>
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -188,6 +189,7 @@ class FieldHandle {
   // handle's kind matches the accessor.
   template <ScalarType T>
   Scalar<T> scalar(const InstancePtr& instance) const {
+    assert(kind_ == KindOf<T>() && "FieldHandle::scalar<T>: T does not match");
     return Scalar<T>(instance.payload() + offset_);
   }
   RefField ref(const InstancePtr& instance) const {

@@ -66,8 +66,15 @@ struct SlabDescriptor {
   std::atomic<uint32_t> span_slabs;  // large head: slabs in the span
   std::atomic<uint32_t> next_unused;  // class slab: blocks ever handed out
   std::atomic<uint32_t> live;  // blocks (or the large block) in use
+  // Every generation any freed block starting in this slab ever had is <=
+  // this watermark. Blocks carved from the slab's memory when it is
+  // recycled start above it, so a stale Ref to recycled memory can never
+  // match (invariant 4). Per slab, so one hot block cannot use up the
+  // generation space of others.
+  std::atomic<uint32_t> generation_watermark;
+  uint32_t reserved[3];
 };
-static_assert(sizeof(SlabDescriptor) == 16);
+static_assert(sizeof(SlabDescriptor) == 32);
 
 // Offset 0 of every extent file.
 struct ExtentHeader {
@@ -77,11 +84,7 @@ struct ExtentHeader {
   uint32_t extent_id;
   uint32_t slab_count;
   uint32_t data_offset;  // offset of slab 0; slabs follow back to back
-  // Every generation any freed block of this extent ever had is <= this
-  // watermark. Blocks in recycled slabs start above it, so a stale Ref to
-  // recycled memory can never match (invariant 4).
-  std::atomic<uint32_t> generation_watermark;
-  uint8_t reserved[24];
+  uint8_t reserved[28];
 };
 static_assert(sizeof(ExtentHeader) == 64);
 static_assert(std::is_standard_layout_v<ExtentHeader>);
