@@ -28,6 +28,41 @@ std::atomic_ref<uint64_t> Link(InstanceHeader& h) {
 Allocator::Allocator(Arena* arena)
     : arena_(arena), geometry_(ComputeExtentGeometry(arena->extent_size())) {}
 
+absl::StatusOr<Allocator::Block> Allocator::Locate(Loc loc) const {
+  uint32_t e = Hi(loc);
+  uint32_t off = Lo(loc);
+  auto damaged = [&] {
+    return absl::DataLossError(absl::StrFormat(
+        "arena %s: slab descriptor for r:%x:%x is damaged (run 'structctl "
+        "check')",
+        arena_->dir(), e, off));
+  };
+  if (e >= bases_.size() || quarantined_extent_[e] ||
+      off < geometry_.data_offset ||
+      SlabOf(off) >= geometry_.slab_count) {
+    return damaged();
+  }
+  uint32_t slab = SlabOf(off);
+  uint32_t in_slab = off - SlabOffset(slab);
+  const SlabDescriptor& d = Desc(e, slab);
+  uint32_t bs = d.block_size.load(std::memory_order_acquire);
+  Block b;
+  b.loc = loc;
+  if (bs == kSlabLargeHead) {
+    uint32_t span = d.span_slabs.load(std::memory_order_acquire);
+    if (in_slab != 0 || span == 0 || span > geometry_.slab_count - slab) {
+      return damaged();
+    }
+    b.span = span;
+    b.capacity = span * kSlabSize;
+    return b;
+  }
+  if (!IsClassBlockStart(bs, in_slab)) return damaged();
+  b.class_size = bs;
+  b.capacity = bs;
+  return b;
+}
+
 absl::StatusOr<std::unique_ptr<Allocator>> Allocator::Adopt(
     Arena* arena, AdoptReport* report) {
   if (arena->access() != Access::kReadWrite) {
@@ -47,10 +82,9 @@ absl::Status Allocator::RefreshExtents() {
     uint32_t id = static_cast<uint32_t>(bases_.size());
     absl::StatusOr<uint8_t*> base = arena_->ExtentBase(id);
     if (!base.ok()) {
-      // An unreadable extent is kept out of allocation for good.
-      bases_.push_back(nullptr);
-      quarantined_extent_.push_back(true);
-      continue;
+      // Not (yet) mappable, e.g. a count scribbled high: use what we have
+      // and look again next time. Adopt() quarantines damaged extents.
+      break;
     }
     bases_.push_back(*base);
     quarantined_extent_.push_back(false);
@@ -100,6 +134,18 @@ absl::Status Allocator::Scan(AdoptReport& report) {
           uint32_t flags = h.flags.load(std::memory_order_relaxed);
           if (h.type_index.load(std::memory_order_acquire) == 0) {
             if (flags & kInstanceRetired) continue;
+            if (!(flags & kInstanceFreeListed)) {
+              // Free but not listed: an owner died between taking it and
+              // publishing it, or between freeing and listing it. Bump the
+              // generation so no ref it may have been issued under matches.
+              uint32_t g = h.generation.load(std::memory_order_relaxed) + 1;
+              h.generation.store(g, std::memory_order_relaxed);
+              watermark = std::max(watermark, g);
+              if (g > kGenerationMask) {
+                h.flags.store(kInstanceRetired, std::memory_order_relaxed);
+                continue;
+              }
+            }
             Link(h).store(classes_[cls].free_head, std::memory_order_relaxed);
             h.flags.store(kInstanceFreeListed, std::memory_order_relaxed);
             classes_[cls].free_head = loc;
@@ -221,13 +267,8 @@ absl::StatusOr<Allocator::Loc> Allocator::TakeClassBlock(size_t cls) {
   // 1. The free list. Every link came through shared memory: validate it.
   while (c.free_head != 0) {
     Loc loc = c.free_head;
-    uint32_t e = Hi(loc);
-    uint32_t off = Lo(loc);
-    bool valid = e < bases_.size() && !quarantined_extent_[e] &&
-                 off >= geometry_.data_offset &&
-                 SlabOf(off) < geometry_.slab_count &&
-                 Desc(e, SlabOf(off)).block_size.load() == bs &&
-                 (off - SlabOffset(SlabOf(off))) % bs == 0;
+    absl::StatusOr<Block> located = Locate(loc);
+    bool valid = located.ok() && located->class_size == bs;
     if (valid) {
       InstanceHeader& h = HeaderAt(loc);
       valid = h.type_index.load(std::memory_order_acquire) == 0 &&
@@ -307,7 +348,8 @@ absl::StatusOr<Allocator::Loc> Allocator::TakeLargeSpan(uint32_t slabs) {
   return loc;
 }
 
-Ref Allocator::Publish(Loc loc, uint32_t type_index, const Layout& layout) {
+Ref Allocator::Publish(Loc loc, uint32_t capacity, uint32_t type_index,
+                       const Layout& layout) {
   uint32_t e = Hi(loc);
   uint32_t off = Lo(loc);
   InstanceHeader& h = HeaderAt(loc);
@@ -321,11 +363,7 @@ Ref Allocator::Publish(Loc loc, uint32_t type_index, const Layout& layout) {
   SlabDescriptor& d = Desc(e, SlabOf(off));
   d.live.store(d.live.load(std::memory_order_relaxed) + 1,
                std::memory_order_relaxed);
-  uint32_t bs = d.block_size.load(std::memory_order_relaxed);
-  live_block_bytes_ +=
-      bs == kSlabLargeHead
-          ? uint64_t{d.span_slabs.load(std::memory_order_relaxed)} * kSlabSize
-          : bs;
+  live_block_bytes_ += capacity;
   ++live_instances_;
   // Publication: a reader that sees type_index (acquire) sees all of the
   // above (invariant 2).
@@ -343,13 +381,13 @@ absl::StatusOr<Ref> Allocator::Allocate(uint32_t type_index,
   uint64_t block = kInstanceHeaderSize +
                    std::max<uint64_t>(layout.size(), sizeof(uint64_t));
   size_t cls = SizeClassFor(block);
+  uint32_t span = static_cast<uint32_t>((block + kSlabSize - 1) / kSlabSize);
   absl::StatusOr<Loc> loc =
-      cls < kNumSizeClasses
-          ? TakeClassBlock(cls)
-          : TakeLargeSpan(static_cast<uint32_t>((block + kSlabSize - 1) /
-                                                kSlabSize));
+      cls < kNumSizeClasses ? TakeClassBlock(cls) : TakeLargeSpan(span);
   if (!loc.ok()) return loc.status();
-  return Publish(*loc, type_index, layout);
+  uint32_t capacity =
+      cls < kNumSizeClasses ? kSizeClasses[cls] : span * kSlabSize;
+  return Publish(*loc, capacity, type_index, layout);
 }
 
 absl::Status Allocator::AllocateBatch(uint32_t type_index,
@@ -364,7 +402,7 @@ absl::Status Allocator::AllocateBatch(uint32_t type_index,
       for (size_t j = before; j < out.size(); ++j) {
         Loc loc = Pack(out[j].extent_id(), out[j].offset());
         HeaderAt(loc).refcount.store(0, std::memory_order_relaxed);
-        FreeBlock(loc);
+        if (absl::StatusOr<Block> b = Locate(loc); b.ok()) FreeBlock(*b);
       }
       out.resize(before);
       return r.status();
@@ -441,84 +479,91 @@ absl::StatusOr<ReleaseResult> Allocator::FinishCondemned(
 absl::StatusOr<ReleaseResult> Allocator::FreeCascade(Loc first,
                                                      const TypeLookup& types) {
   ReleaseResult result;
-  const Layout* first_layout =
-      types ? types(HeaderAt(first).type_index.load(std::memory_order_acquire))
-            : nullptr;
-  if (first_layout == nullptr || first_layout->ref_offsets().empty()) {
-    // Nothing to follow: free without building a worklist.
-    FreeBlock(first);
-    result.freed = 1;
-    return result;
-  }
   // Instances whose refcount reached zero and still need freeing. A heap
-  // vector, not recursion: depth is unbounded.
-  std::vector<Loc> pending{first};
-  while (!pending.empty()) {
-    Loc loc = pending.back();
-    pending.pop_back();
-    InstanceHeader& h = HeaderAt(loc);
-    uint32_t type_index = h.type_index.load(std::memory_order_acquire);
-    const Layout* layout = types ? types(type_index) : nullptr;
-    if (layout != nullptr) {
-      uint8_t* payload = reinterpret_cast<uint8_t*>(&h) + kInstanceHeaderSize;
-      for (uint32_t off : layout->ref_offsets()) {
-        Ref child = Ref::FromBits(
-            std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(payload + off))
-                .exchange(0, std::memory_order_acq_rel));
-        if (child.is_null()) continue;
-        Loc child_loc = 0;
-        absl::StatusOr<bool> zero = DropOne(child, &child_loc);
-        if (!zero.ok()) {
-          ++result.dangling;
-        } else if (*zero) {
-          pending.push_back(child_loc);
+  // vector, not recursion: depth is unbounded. Most releases free one
+  // instance with no refs to follow and never grow it.
+  std::vector<Loc> pending;
+  for (Loc loc = first;;) {
+    absl::StatusOr<Block> block = Locate(loc);
+    if (!block.ok()) {
+      ++result.damaged;  // leave it allocated rather than free into damage
+    } else {
+      InstanceHeader& h = HeaderAt(loc);
+      uint32_t type_index = h.type_index.load(std::memory_order_acquire);
+      const Layout* layout = types ? types(type_index) : nullptr;
+      if (layout != nullptr &&
+          uint64_t{kInstanceHeaderSize} + layout->size() > block->capacity) {
+        // The type index is shared memory: it names a layout bigger than
+        // the block. Following its ref offsets would write past the block.
+        ++result.damaged;
+        layout = nullptr;
+      }
+      if (layout != nullptr) {
+        uint8_t* payload = reinterpret_cast<uint8_t*>(&h) + kInstanceHeaderSize;
+        for (uint32_t off : layout->ref_offsets()) {
+          Ref child = Ref::FromBits(
+              std::atomic_ref<uint64_t>(
+                  *reinterpret_cast<uint64_t*>(payload + off))
+                  .exchange(0, std::memory_order_acq_rel));
+          if (child.is_null()) continue;
+          Loc child_loc = 0;
+          absl::StatusOr<bool> zero = DropOne(child, &child_loc);
+          if (!zero.ok()) {
+            ++result.dangling;
+          } else if (*zero) {
+            pending.push_back(child_loc);
+          }
         }
       }
+      FreeBlock(*block);
+      ++result.freed;
     }
-    FreeBlock(loc);
-    ++result.freed;
+    if (pending.empty()) break;
+    loc = pending.back();
+    pending.pop_back();
   }
   return result;
 }
 
-void Allocator::FreeBlock(Loc loc) {
-  uint32_t e = Hi(loc);
-  uint32_t off = Lo(loc);
+void Allocator::FreeBlock(const Block& block) {
+  const Loc loc = block.loc;
+  const uint32_t e = Hi(loc);
+  const uint32_t off = Lo(loc);
   InstanceHeader& h = HeaderAt(loc);
   SlabDescriptor& d = Desc(e, SlabOf(off));
-  uint32_t bs = d.block_size.load(std::memory_order_relaxed);
-  h.type_index.store(0, std::memory_order_release);
+  // Generation first, type index second: an owner killed between the two
+  // leaves a live-looking instance with refcount 0, which Adopt reports as
+  // condemned, never a free block that still carries the old generation.
   uint32_t gen = h.generation.load(std::memory_order_relaxed) + 1;
   h.generation.store(gen, std::memory_order_release);
+  h.type_index.store(0, std::memory_order_release);
   h.refcount.store(0, std::memory_order_relaxed);
   if (d.generation_watermark.load(std::memory_order_relaxed) < gen) {
     d.generation_watermark.store(gen, std::memory_order_relaxed);
   }
   uint32_t live = d.live.load(std::memory_order_relaxed);
   if (live > 0) d.live.store(live - 1, std::memory_order_relaxed);
-  --live_instances_;
-  if (bs == kSlabLargeHead) {
-    uint32_t span = d.span_slabs.load(std::memory_order_relaxed);
-    live_block_bytes_ -= uint64_t{span} * kSlabSize;
+  if (live_instances_ > 0) --live_instances_;
+  live_block_bytes_ -= std::min<uint64_t>(live_block_bytes_, block.capacity);
+  if (block.span != 0) {
     h.flags.store(0, std::memory_order_relaxed);
-    // Return the span's slabs. Tails first, head last, so the span is never
-    // seen as unassigned slabs with a live head.
+    // Return the span's slabs, head first (so a racing resolver sees a
+    // freed head, not a damaged one), using the validated span length.
     uint32_t head = SlabOf(off);
-    for (uint32_t t = span; t-- > 0;) {
-      Desc(e, head + t).span_slabs.store(0, std::memory_order_relaxed);
+    for (uint32_t t = 0; t < block.span; ++t) {
       Desc(e, head + t).block_size.store(kSlabUnassigned,
                                          std::memory_order_release);
+      Desc(e, head + t).span_slabs.store(0, std::memory_order_relaxed);
     }
     scan_hint_ = std::min(scan_hint_, Pack(e, head));
     return;
   }
-  live_block_bytes_ -= bs;
   if (gen > kGenerationMask) {
     // The generation tag would wrap: retire the block for good.
     h.flags.store(kInstanceRetired, std::memory_order_relaxed);
     return;
   }
-  size_t cls = SizeClassFor(bs);
+  size_t cls = SizeClassFor(block.class_size);  // validated: a real class
   Link(h).store(classes_[cls].free_head, std::memory_order_relaxed);
   h.flags.store(kInstanceFreeListed, std::memory_order_relaxed);
   classes_[cls].free_head = loc;

@@ -332,6 +332,46 @@ TEST_F(AllocatorTest, DamagedFreeListIsDroppedNotFollowed) {
   }
 }
 
+TEST_F(AllocatorTest, ScribbledTypeIndexNamingABiggerLayoutIsNotFollowed) {
+  // A 32-byte block whose type index a client rewrote to name a layout with
+  // a ref field far beyond the block's end.
+  Layout tiny = *Layout::Compute({FieldSpec::Scalar("x", FieldKind::kU8)});
+  Layout huge = *Layout::Compute(
+      {FieldSpec::Array("pad", FieldKind::kU8, 500000), FieldSpec::Ref("far")});
+  auto r = alloc_->Allocate(7, tiny);
+  ASSERT_TRUE(r.ok());
+  arena_->Resolve(*r)->header().type_index.store(8);
+  Allocator::TypeLookup types = [&](uint32_t i) -> const Layout* {
+    return i == 7 ? &tiny : i == 8 ? &huge : nullptr;
+  };
+  auto rel = alloc_->Release(*r, types);
+  ASSERT_TRUE(rel.ok()) << rel.status();
+  EXPECT_EQ(rel->freed, 1u);
+  EXPECT_EQ(rel->damaged, 1u);
+}
+
+TEST_F(AllocatorTest, FreeListLinkPastTheLastWholeBlockIsRefused) {
+  // Class 48 does not divide 64 KiB: offset 1365 * 48 = 65520 is a multiple
+  // of 48 but the block would cross into the next slab.
+  std::vector<Ref> refs;
+  ASSERT_TRUE(alloc_->AllocateBatch(1, node_, 2, refs).ok());
+  ASSERT_TRUE(alloc_->Release(refs[1], Types()).ok());  // head of the list
+  auto base = arena_->ExtentBase(0);
+  uint32_t slab0 = ComputeExtentGeometry(arena_->extent_size()).data_offset;
+  uint32_t bad_off = slab0 + 1365 * 48;
+  auto* link = reinterpret_cast<uint64_t*>(*base + refs[1].offset() +
+                                           kInstanceHeaderSize);
+  *link = bad_off;  // extent 0, bad offset
+  auto* bad = reinterpret_cast<InstanceHeader*>(*base + bad_off);
+  bad->flags.store(kInstanceFreeListed);
+  auto r1 = alloc_->Allocate(1, node_);
+  auto r2 = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(r1.ok() && r2.ok());
+  EXPECT_EQ(r1->offset(), refs[1].offset());
+  EXPECT_NE(r2->offset(), bad_off);
+  EXPECT_TRUE(arena_->Resolve(*r2).ok());
+}
+
 TEST_F(AllocatorTest, DamagedSlabDescriptorIsQuarantinedOnAdopt) {
   std::vector<Ref> refs;
   ASSERT_TRUE(alloc_->AllocateBatch(1, node_, 10, refs).ok());

@@ -25,6 +25,18 @@ using internal::UniqueFd;
 
 constexpr const char* kHeaderFile = "arena";
 
+// posix_fallocate, retried on EINTR (tmpfs returns it when a signal is
+// pending during a large allocation).
+int Fallocate(int fd, off_t bytes) {
+  int err;
+  do {
+    err = posix_fallocate(fd, 0, bytes);
+  } while (err == EINTR);
+  return err;
+}
+
+constexpr const char* kGrowLockFile = "grow.lock";
+
 bool IsNoSpace(int err) {
   return err == ENOSPC || err == EDQUOT || err == EFBIG;
 }
@@ -54,14 +66,16 @@ absl::Status ValidateOptions(const ArenaOptions& o) {
 }  // namespace
 
 Arena::Arena(std::string dir, Access access, int header_fd,
-             ArenaHeader* header)
+             ArenaHeader* header, uint64_t extent_size, uint32_t max_extents,
+             uint64_t epoch)
     : dir_(std::move(dir)),
       access_(access),
       header_fd_(header_fd),
       header_(header) {
-  extent_size_ = header_->extent_size;
-  max_extents_ = header_->max_extents;
-  epoch_ = header_->epoch;
+  // Validated copies, never re-read from shared memory.
+  extent_size_ = extent_size;
+  max_extents_ = max_extents;
+  epoch_ = epoch;
   maps_ = std::make_unique<std::atomic<uint8_t*>[]>(max_extents_);
   for (uint32_t i = 0; i < max_extents_; ++i) maps_[i].store(nullptr);
 }
@@ -98,10 +112,18 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
   // opener sees either no arena or a complete header.
   std::string tmp_path =
       absl::StrCat(dir, "/", kHeaderFile, ".tmp.", getpid());
-  UniqueFd fd(open(tmp_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+  unlink(tmp_path.c_str());  // a leftover of a creator with our pid
+  UniqueFd fd(open(tmp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
                    options.file_mode));
   if (!fd) return ErrnoStatus(errno, "arena: create " + tmp_path);
-  if (int err = posix_fallocate(fd.get(), 0, sizeof(ArenaHeader)); err != 0) {
+  // The grow lock lives in its own file, readable by the owner only, so a
+  // client that may open the arena cannot hold up the owner's growth.
+  {
+    std::string lock_path = absl::StrCat(dir, "/", kGrowLockFile);
+    UniqueFd lock(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!lock) return ErrnoStatus(errno, "arena: create " + lock_path);
+  }
+  if (int err = Fallocate(fd.get(), sizeof(ArenaHeader)); err != 0) {
     unlink(tmp_path.c_str());
     if (IsNoSpace(err)) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -145,11 +167,22 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
     return ErrnoStatus(err, "arena: publish " + final_path);
   }
   unlink(tmp_path.c_str());
-  std::unique_ptr<Arena> arena(
-      new Arena(dir, Access::kReadWrite, fd.release(), h));
+  std::unique_ptr<Arena> arena(new Arena(dir, Access::kReadWrite, fd.release(),
+                                         h, options.extent_size,
+                                         options.max_extents, epoch));
   for (uint32_t i = 0; i < options.initial_extents; ++i) {
     absl::StatusOr<uint32_t> id = arena->Grow();
-    if (!id.ok()) return id.status();
+    if (!id.ok()) {
+      // Leave nothing behind: a retry must be able to create the arena.
+      arena.reset();
+      for (uint32_t j = 0; j <= i; ++j) {
+        unlink(absl::StrCat(dir, "/extent.", j).c_str());
+        unlink(absl::StrCat(dir, "/extent.", j, ".tmp").c_str());
+      }
+      unlink(absl::StrCat(dir, "/", kGrowLockFile).c_str());
+      unlink(final_path.c_str());
+      return id.status();
+    }
   }
   return arena;
 }
@@ -195,6 +228,7 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
   }
   uint64_t es = h->extent_size;
   uint32_t me = h->max_extents;
+  uint64_t epoch = h->epoch;
   if (h->header_size != sizeof(ArenaHeader) || es < kMinExtentSize ||
       es > kMaxExtentSize || es % kSlabSize != 0 || me == 0 ||
       me > kMaxExtents ||
@@ -204,7 +238,8 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
         "extent_count %d); restore it or create a new arena",
         path, es, me, h->extent_count.load())));
   }
-  return std::unique_ptr<Arena>(new Arena(dir, access, fd.release(), h));
+  return std::unique_ptr<Arena>(
+      new Arena(dir, access, fd.release(), h, es, me, epoch));
 }
 
 absl::Status Arena::CreateExtentLocked(uint32_t id) {
@@ -218,7 +253,7 @@ absl::Status Arena::CreateExtentLocked(uint32_t id) {
   struct stat st;
   if (fstat(header_fd_, &st) == 0) fchmod(fd.get(), st.st_mode & 07777);
   // Back every page now: a full tmpfs fails here, never with SIGBUS later.
-  if (int err = posix_fallocate(fd.get(), 0, static_cast<off_t>(extent_size_));
+  if (int err = Fallocate(fd.get(), static_cast<off_t>(extent_size_));
       err != 0) {
     unlink(tmp_path.c_str());
     if (IsNoSpace(err)) {
@@ -244,17 +279,40 @@ absl::Status Arena::CreateExtentLocked(uint32_t id) {
   eh->extent_id = id;
   eh->slab_count = g.slab_count;
   eh->data_offset = g.data_offset;
-  if (rename(tmp_path.c_str(), final_path.c_str()) != 0) {
+  // link(), not rename(): never replace an extent file that exists (a
+  // live extent is never moved or remapped).
+  if (link(tmp_path.c_str(), final_path.c_str()) != 0) {
     int err = errno;
     munmap(p, extent_size_);
     unlink(tmp_path.c_str());
     return ErrnoStatus(err, "arena: publish extent " + final_path);
   }
-  // Keep this process's mapping; the count below publishes the extent.
-  if (uint8_t* old = maps_[id].exchange(static_cast<uint8_t*>(p))) {
-    munmap(old, extent_size_);
+  unlink(tmp_path.c_str());
+  // Keep this process's mapping; the count published next makes the
+  // extent visible. A slot already mapped is never replaced.
+  uint8_t* expected = nullptr;
+  if (!maps_[id].compare_exchange_strong(expected, static_cast<uint8_t*>(p))) {
+    munmap(p, extent_size_);
   }
   return absl::OkStatus();
+}
+
+bool Arena::ExtentFileIsComplete(uint32_t id) const {
+  UniqueFd fd(open(ExtentPath(id).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return false;
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0 ||
+      static_cast<uint64_t>(st.st_size) != extent_size_) {
+    return false;
+  }
+  ExtentHeader eh;
+  if (pread(fd.get(), &eh, sizeof eh, 0) != static_cast<ssize_t>(sizeof eh)) {
+    return false;
+  }
+  ExtentGeometry g = ComputeExtentGeometry(extent_size_);
+  return eh.magic == kExtentMagic && eh.epoch == epoch_ &&
+         eh.extent_id == id && eh.extent_size == extent_size_ &&
+         eh.slab_count == g.slab_count && eh.data_offset == g.data_offset;
 }
 
 absl::StatusOr<uint32_t> Arena::Grow() {
@@ -266,12 +324,32 @@ absl::StatusOr<uint32_t> Arena::Grow() {
   // A fresh descriptor per call: flock excludes open file descriptions, and
   // a descriptor inherited over fork() (or shared by threads) would not
   // exclude its twin.
-  std::string header_path = absl::StrCat(dir_, "/", kHeaderFile);
-  UniqueFd lock_fd(open(header_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!lock_fd) return ErrnoStatus(errno, "arena: open " + header_path);
-  internal::FileLock lock(lock_fd.get());
-  if (!lock.ok()) return ErrnoStatus(lock.error(), "arena: lock " + dir_);
+  std::string lock_path = absl::StrCat(dir_, "/", kGrowLockFile);
+  UniqueFd lock_fd(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock_fd) return ErrnoStatus(errno, "arena: open " + lock_path);
+  internal::FileLock lock(lock_fd.get(), std::chrono::seconds(10));
+  if (!lock.ok()) {
+    if (lock.error() == EWOULDBLOCK) {
+      return absl::UnavailableError(absl::StrCat(
+          "arena ", dir_, ": another process has held the grow lock for 10 s "
+          "(only the daemon should grow an arena; find the holder with "
+          "'fuser ", lock_path, "')"));
+    }
+    return ErrnoStatus(lock.error(), "arena: lock " + lock_path);
+  }
+  // The published count is shared memory: check it against the files.
   uint32_t n = header_->extent_count.load(std::memory_order_acquire);
+  if (n > max_extents_ || (n > 0 && !ExtentFileIsComplete(n - 1))) {
+    n = 0;  // scribbled high: count the complete extents from the start
+    while (n < max_extents_ && ExtentFileIsComplete(n)) ++n;
+  }
+  // Extents that are complete but unpublished (a grower died after
+  // creating one, or the count was scribbled low) are adopted, never
+  // overwritten.
+  while (n < max_extents_ && ExtentFileIsComplete(n)) ++n;
+  if (n != header_->extent_count.load(std::memory_order_acquire)) {
+    header_->extent_count.store(n, std::memory_order_release);
+  }
   if (n >= max_extents_) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "arena %s: all %d extents of %d bytes are in use (raise max_extents "
@@ -325,8 +403,8 @@ absl::StatusOr<uint8_t*> Arena::MapExtent(uint32_t id) const {
   return static_cast<uint8_t*>(p);
 }
 
-absl::StatusOr<uint8_t*> Arena::BlockAt(uint32_t extent_id,
-                                        uint32_t offset) const {
+absl::StatusOr<BlockSpan> Arena::BlockAt(uint32_t extent_id,
+                                         uint32_t offset) const {
   absl::StatusOr<uint8_t*> base = ExtentBase(extent_id);
   if (!base.ok()) return base.status();
   // Geometry comes from our own copy of extent_size, never from the extent
@@ -348,17 +426,21 @@ absl::StatusOr<uint8_t*> Arena::BlockAt(uint32_t extent_id,
   uint32_t in_slab = rel % kSlabSize;
   const auto* descs = reinterpret_cast<const SlabDescriptor*>(
       *base + sizeof(ExtentHeader));
+  // One snapshot of the descriptor, validated, is all this call uses.
   uint32_t bs = descs[slab].block_size.load(std::memory_order_acquire);
+  uint32_t capacity = 0;
   if (bs == kSlabLargeHead) {
     uint32_t span = descs[slab].span_slabs.load(std::memory_order_acquire);
     if (in_slab != 0) return bad("not at the start of an instance");
     if (span == 0 || span > g.slab_count - slab) {
       return bad("its slab descriptor is damaged");
     }
+    capacity = span * kSlabSize;
   } else if (IsSizeClass(bs)) {
-    if (in_slab % bs != 0 || in_slab + bs > kSlabSize) {
+    if (!IsClassBlockStart(bs, in_slab)) {
       return bad("not at the start of an instance");
     }
+    capacity = bs;
   } else if (bs == kSlabUnassigned && in_slab == 0 &&
              reinterpret_cast<const InstanceHeader*>(*base + offset)
                      ->generation.load(std::memory_order_acquire) != 0) {
@@ -371,7 +453,7 @@ absl::StatusOr<uint8_t*> Arena::BlockAt(uint32_t extent_id,
   } else {
     return bad("no instance at that offset");
   }
-  return *base + offset;
+  return BlockSpan{*base + offset, capacity};
 }
 
 absl::StatusOr<InstancePtr> Arena::Resolve(Ref ref) const {
@@ -387,9 +469,9 @@ absl::StatusOr<InstancePtr> Arena::Resolve(Ref ref) const {
         "forged or from another channel)",
         ref.ToString(), e, extent_count()));
   }
-  absl::StatusOr<uint8_t*> block = BlockAt(e, ref.offset());
+  absl::StatusOr<BlockSpan> block = BlockAt(e, ref.offset());
   if (!block.ok()) return block.status();
-  const auto* h = reinterpret_cast<const InstanceHeader*>(*block);
+  const auto* h = reinterpret_cast<const InstanceHeader*>(block->block);
   uint32_t type_index = h->type_index.load(std::memory_order_acquire);
   uint32_t gen = h->generation.load(std::memory_order_acquire);
   if (type_index == 0 || (gen & kGenerationMask) != ref.generation_tag()) {
@@ -398,7 +480,7 @@ absl::StatusOr<InstancePtr> Arena::Resolve(Ref ref) const {
         "reference while you use an instance)",
         ref.ToString()));
   }
-  return InstancePtr(*block, ref);
+  return InstancePtr(block->block, ref, block->capacity);
 }
 
 }  // namespace structd::shm

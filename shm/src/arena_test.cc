@@ -171,6 +171,45 @@ TEST(ArenaTest, GrowPastMaxExtentsIsResourceExhausted) {
   EXPECT_EQ((*a)->extent_count(), 2u);
 }
 
+TEST(ArenaTest, GrowNeverReplacesAnExtentWhenTheCountWasScribbledLow) {
+  TempDir dir;
+  auto a = Arena::Create(dir.Sub("a"), Small(8, 3));
+  ASSERT_TRUE(a.ok());
+  struct stat before;
+  ASSERT_EQ(stat(dir.Sub("a/extent.1").c_str(), &before), 0);
+  (*a)->header().extent_count.store(1);  // a client scribbles
+  auto id = (*a)->Grow();
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(*id, 3u);  // extents 1 and 2 were adopted, not overwritten
+  EXPECT_EQ((*a)->extent_count(), 4u);
+  struct stat after;
+  ASSERT_EQ(stat(dir.Sub("a/extent.1").c_str(), &after), 0);
+  EXPECT_EQ(before.st_ino, after.st_ino);
+}
+
+TEST(ArenaTest, GrowRecountsWhenTheCountWasScribbledHigh) {
+  TempDir dir;
+  auto a = Arena::Create(dir.Sub("a"), Small(8, 2));
+  ASSERT_TRUE(a.ok());
+  (*a)->header().extent_count.store(8);  // claims every extent exists
+  auto id = (*a)->Grow();
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(*id, 2u);
+  EXPECT_EQ((*a)->extent_count(), 3u);
+}
+
+TEST(ArenaTest, ExtentLeftUnpublishedByADeadGrowerIsAdopted) {
+  TempDir dir;
+  auto a = Arena::Create(dir.Sub("a"), Small(8, 2));
+  ASSERT_TRUE(a.ok());
+  // Simulate: extent 1 was created, then the grower died before publishing.
+  (*a)->header().extent_count.store(1);
+  auto id = (*a)->Grow();
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(*id, 2u);
+  EXPECT_TRUE((*a)->ExtentBase(1).ok());
+}
+
 TEST(ArenaTest, ReadOnlyOpenerCannotGrow) {
   TempDir dir;
   ASSERT_TRUE(Arena::Create(dir.Sub("a"), Small()).ok());

@@ -76,45 +76,55 @@ absl::Status BytesField::Write(std::string_view value) {
   std::atomic_ref<uint64_t> st(*state);
   const uint64_t me = static_cast<uint64_t>(getpid()) << kOwnerShift;
   const uint32_t words = SlotWords(capacity_);
-  uint64_t cur = st.load(std::memory_order_relaxed);
-  for (int attempt = 0;; ++attempt) {
-    uint32_t owner = Owner(cur);
-    if (owner == 0 || (attempt > 100 && ProcessIsGone(owner))) {
-      // Take the lock (or take it over from a dead writer: its partial
-      // write went to the inactive slot, so nothing visible is lost).
-      uint64_t locked = (cur & 0xFFFFFFFFull) | me;
-      if (st.compare_exchange_weak(cur, locked, std::memory_order_acquire,
-                                   std::memory_order_relaxed)) {
-        cur = locked;
-        break;
+  for (;;) {
+    uint64_t cur = st.load(std::memory_order_relaxed);
+    for (int attempt = 0;; ++attempt) {
+      uint32_t owner = Owner(cur);
+      if (owner == 0 || (attempt > 100 && ProcessIsGone(owner))) {
+        // Take the lock (or take it over from a dead writer: its partial
+        // write went to the inactive slot, so nothing visible is lost).
+        uint64_t locked = (cur & 0xFFFFFFFFull) | me;
+        if (st.compare_exchange_weak(cur, locked, std::memory_order_acquire,
+                                     std::memory_order_relaxed)) {
+          cur = locked;
+          break;
+        }
+        continue;
       }
-      continue;
+      if (attempt > 100) {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      } else if (attempt > 10) {
+        std::this_thread::yield();
+      }
+      cur = st.load(std::memory_order_relaxed);
     }
-    if (attempt > 100) {
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-    } else if (attempt > 10) {
-      std::this_thread::yield();
+    // Order the lock before the slot writes for readers (seqlock writer
+    // fence): a reader that sees any of the writes below sees the new state.
+    std::atomic_thread_fence(std::memory_order_release);
+    uint64_t target = (cur & kActiveBit) ^ 1;
+    auto* slot = reinterpret_cast<uint64_t*>(
+        p_ + 8 + target * (8 + uint64_t{words} * 8));
+    std::atomic_ref<uint64_t>(slot[0]).store(value.size(),
+                                             std::memory_order_relaxed);
+    uint32_t n = static_cast<uint32_t>((value.size() + 7) / 8);
+    for (uint32_t i = 0; i < n; ++i) {
+      uint64_t w = 0;
+      std::memcpy(&w, value.data() + i * 8,
+                  std::min<size_t>(8, value.size() - i * 8));
+      std::atomic_ref<uint64_t>(slot[1 + i]).store(w,
+                                                   std::memory_order_relaxed);
     }
-    cur = st.load(std::memory_order_relaxed);
+    uint64_t next_version = (Version(cur) + 2) & kVersionMask;
+    // Publish only if we still hold the lock. If another writer took it
+    // over (it believed us dead), our copy may be mixed with its: publish
+    // nothing and write again.
+    uint64_t expected = cur;
+    if (st.compare_exchange_strong(expected, next_version | target,
+                                   std::memory_order_release,
+                                   std::memory_order_relaxed)) {
+      return absl::OkStatus();
+    }
   }
-  // Order the lock before the slot writes for readers (seqlock writer
-  // fence): a reader that sees any of the writes below sees the new state.
-  std::atomic_thread_fence(std::memory_order_release);
-  uint64_t target = (cur & kActiveBit) ^ 1;
-  auto* slot = reinterpret_cast<uint64_t*>(
-      p_ + 8 + target * (8 + uint64_t{words} * 8));
-  std::atomic_ref<uint64_t>(slot[0]).store(value.size(),
-                                           std::memory_order_relaxed);
-  uint32_t n = static_cast<uint32_t>((value.size() + 7) / 8);
-  for (uint32_t i = 0; i < n; ++i) {
-    uint64_t w = 0;
-    std::memcpy(&w, value.data() + i * 8,
-                std::min<size_t>(8, value.size() - i * 8));
-    std::atomic_ref<uint64_t>(slot[1 + i]).store(w, std::memory_order_relaxed);
-  }
-  uint64_t next_version = (Version(cur) + 2) & kVersionMask;
-  st.store(next_version | target, std::memory_order_release);
-  return absl::OkStatus();
 }
 
 absl::Status ArrayIndexError(uint32_t index, uint32_t size) {

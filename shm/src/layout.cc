@@ -253,7 +253,7 @@ absl::StatusOr<Layout> Layout::Compute(std::vector<FieldSpec> specs,
       return absl::InvalidArgumentError(absl::StrCat(
           where, ": duplicate field name (each field needs its own name)"));
     }
-    uint32_t size = 0;
+    uint64_t size = 0;  // 64-bit: N times an element must not wrap
     uint32_t align = 0;
     switch (spec.kind) {
       case FieldKind::kBool:
@@ -287,10 +287,10 @@ absl::StatusOr<Layout> Layout::Compute(std::vector<FieldSpec> specs,
                 "' is not allowed (use bool, an integer or a float)"));
           }
           align = static_cast<uint32_t>(ScalarSize(spec.element));
-          size = align * spec.count;
+          size = uint64_t{align} * spec.count;
         } else {
           align = 8;
-          size = BytesFieldSize(spec.count);
+          size = 8 + 2 * (8 + (uint64_t{spec.count} + 7) / 8 * 8);
         }
         break;
       case FieldKind::kMutex:
@@ -311,7 +311,7 @@ absl::StatusOr<Layout> Layout::Compute(std::vector<FieldSpec> specs,
     }
     if (spec.kind != FieldKind::kArray) spec.element = FieldKind::kU64;
     if (spec.kind != FieldKind::kRef) spec.ref_target = {};
-    offset = RoundUp(static_cast<uint32_t>(offset), align) + uint64_t{size};
+    offset = (offset + align - 1) / align * align + size;
     if (offset > limits.max_payload_size) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "%s: the struct grows to at least %d bytes, more than the limit of "
@@ -321,7 +321,7 @@ absl::StatusOr<Layout> Layout::Compute(std::vector<FieldSpec> specs,
     }
     Field f;
     f.offset = static_cast<uint32_t>(offset - size);
-    f.size = size;
+    f.size = static_cast<uint32_t>(size);
     f.align = align;
     f.spec = std::move(spec);
     layout.align_ = std::max(layout.align_, align);

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 
@@ -43,12 +44,18 @@ UniqueFd& UniqueFd::operator=(UniqueFd&& o) noexcept {
   return *this;
 }
 
-FileLock::FileLock(int fd) : fd_(fd) {
-  while (flock(fd_, LOCK_EX) != 0) {
-    if (errno != EINTR) {
+FileLock::FileLock(int fd, std::chrono::milliseconds timeout) : fd_(fd) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto pause = std::chrono::microseconds(50);
+  while (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EINTR) continue;
+    if (errno != EWOULDBLOCK || std::chrono::steady_clock::now() > deadline) {
       error_ = errno;
       return;
     }
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::microseconds>(pause * 2,
+                                                std::chrono::milliseconds(5));
   }
 }
 

@@ -82,8 +82,11 @@ MutexGuard& MutexGuard::operator=(MutexGuard&& o) noexcept {
 
 void MutexGuard::Unlock() {
   if (mutex_ == nullptr) return;
-  OwnerPid(mutex_).store(0, std::memory_order_relaxed);
-  pthread_mutex_unlock(&Data(mutex_)->mutex);
+  uint32_t pid = OwnerPid(mutex_).exchange(0, std::memory_order_relaxed);
+  if (pthread_mutex_unlock(&Data(mutex_)->mutex) != 0) {
+    // Not ours to unlock (the guard crossed threads): leave it as it was.
+    OwnerPid(mutex_).store(pid, std::memory_order_relaxed);
+  }
   mutex_ = nullptr;
 }
 
@@ -178,6 +181,7 @@ absl::Status ConditionField::WaitUntil(
   waiters.fetch_add(1, std::memory_order_seq_cst);
   uint32_t observed = seq.load(std::memory_order_seq_cst);
   void* mutex = guard.mutex_;
+  bool died_before = guard.owner_died_;
   guard.Unlock();
   absl::Status result = absl::OkStatus();
   long rc;
@@ -195,9 +199,8 @@ absl::Status ConditionField::WaitUntil(
   MutexField m(mutex);
   absl::StatusOr<MutexGuard> relocked = m.Lock();
   if (!relocked.ok()) return relocked.status();
-  bool died = relocked->owner_died();
   guard = std::move(*relocked);
-  guard.owner_died_ = guard.owner_died_ || died;
+  guard.owner_died_ = guard.owner_died_ || died_before;
   return result;
 }
 

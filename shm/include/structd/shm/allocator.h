@@ -47,6 +47,11 @@ struct ReleaseResult {
   // Ref fields of freed instances that named nothing valid (stale or
   // malformed refs written by a client); skipped, reported here.
   uint64_t dangling = 0;
+  // Instances whose header or slab descriptor had been damaged by a client
+  // (type index of a layout that does not fit the block, descriptor changed
+  // under us): their ref fields were not followed, or the block was left
+  // allocated rather than freed into a damaged slab.
+  uint64_t damaged = 0;
 };
 
 // Allocates and frees instances in an arena. Owner side only: exactly one
@@ -108,14 +113,26 @@ class Allocator {
     uint64_t bump_slab = ~uint64_t{0};
   };
 
+  // A block located from one validated snapshot of its slab descriptor.
+  struct Block {
+    Loc loc = 0;
+    uint32_t capacity = 0;    // bytes, header included
+    uint32_t class_size = 0;  // size-class slab: the block size; else 0
+    uint32_t span = 0;        // large span: slabs in it; else 0
+  };
+
   explicit Allocator(Arena* arena);
+  // DataLoss if the descriptor no longer describes a block at `loc` (a
+  // client scribbled on it): the caller then leaves the block alone.
+  absl::StatusOr<Block> Locate(Loc loc) const;
   absl::Status Scan(AdoptReport& report);
   absl::StatusOr<Loc> TakeClassBlock(size_t cls);
   absl::StatusOr<Loc> TakeLargeSpan(uint32_t slabs);
   // Finds `n` consecutive unassigned slabs, growing the arena if needed.
   absl::StatusOr<uint64_t> FindUnassignedRun(uint32_t n);
-  Ref Publish(Loc loc, uint32_t type_index, const Layout& layout);
-  void FreeBlock(Loc loc);
+  Ref Publish(Loc loc, uint32_t capacity, uint32_t type_index,
+              const Layout& layout);
+  void FreeBlock(const Block& block);
   absl::StatusOr<ReleaseResult> FreeCascade(Loc first,
                                             const TypeLookup& types);
   // Decrements the refcount behind `ref`; true if it reached zero.

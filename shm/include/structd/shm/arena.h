@@ -33,7 +33,8 @@ enum class Access { kReadOnly, kReadWrite };
 class InstancePtr {
  public:
   InstancePtr() = default;
-  InstancePtr(uint8_t* block, Ref ref) : block_(block), ref_(ref) {}
+  InstancePtr(uint8_t* block, Ref ref, uint32_t capacity)
+      : block_(block), ref_(ref), capacity_(capacity) {}
 
   Ref ref() const { return ref_; }
   InstanceHeader& header() const {
@@ -45,11 +46,25 @@ class InstancePtr {
   // The first payload byte; field offsets are relative to it.
   uint8_t* payload() const { return block_ + kInstanceHeaderSize; }
   uint8_t* block() const { return block_; }
+  // Bytes of the block, header included. A layout whose payload does not
+  // fit (kInstanceHeaderSize + size > capacity) must not be applied: the
+  // header's type index is shared memory, and may lie.
+  uint32_t capacity() const { return capacity_; }
+  bool Fits(uint32_t payload_size) const {
+    return uint64_t{kInstanceHeaderSize} + payload_size <= capacity_;
+  }
   explicit operator bool() const { return block_ != nullptr; }
 
  private:
   uint8_t* block_ = nullptr;
   Ref ref_;
+  uint32_t capacity_ = 0;
+};
+
+// A located block: where it is mapped and how big it is.
+struct BlockSpan {
+  uint8_t* block = nullptr;
+  uint32_t capacity = 0;  // bytes, header included
 };
 
 // An Arena is the shared memory of one channel: a header file and a list of
@@ -108,15 +123,18 @@ class Arena {
 
   // Like Resolve but accepts blocks that are free or not yet published
   // (type_index 0); checks location only. For the owner and checkers.
-  absl::StatusOr<uint8_t*> BlockAt(uint32_t extent_id, uint32_t offset) const;
+  absl::StatusOr<BlockSpan> BlockAt(uint32_t extent_id, uint32_t offset) const;
 
   // Where `extent_id`'s file lives.
   std::string ExtentPath(uint32_t extent_id) const;
 
  private:
-  Arena(std::string dir, Access access, int header_fd, ArenaHeader* header);
+  Arena(std::string dir, Access access, int header_fd, ArenaHeader* header,
+        uint64_t extent_size, uint32_t max_extents, uint64_t epoch);
   absl::StatusOr<uint8_t*> MapExtent(uint32_t id) const;
   absl::Status CreateExtentLocked(uint32_t id);
+  // True if DIR/extent.ID exists with this arena's size, epoch and id.
+  bool ExtentFileIsComplete(uint32_t id) const;
 
   const std::string dir_;
   const Access access_;

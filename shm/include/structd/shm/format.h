@@ -137,6 +137,13 @@ constexpr bool IsSizeClass(uint32_t block_size) {
   return false;
 }
 
+// True if a block of class `block_size` may start `in_slab` bytes into a
+// slab: the one rule every reader of untrusted descriptors applies.
+constexpr bool IsClassBlockStart(uint32_t block_size, uint32_t in_slab) {
+  return IsSizeClass(block_size) && in_slab % block_size == 0 &&
+         uint64_t{in_slab} + block_size <= kSlabSize;
+}
+
 // Bytes of header area (ExtentHeader + descriptors, page-rounded) and the
 // number of slabs for an extent of `extent_size` bytes.
 struct ExtentGeometry {

@@ -4,6 +4,7 @@
 // Small RAII wrappers over POSIX calls used by the shm library. Not part of
 // the public API.
 
+#include <chrono>
 #include <string>
 
 #include "absl/status/status.h"
@@ -39,10 +40,11 @@ class UniqueFd {
 };
 
 // Holds flock(LOCK_EX) on a descriptor for its lifetime. The kernel drops
-// the lock if the holder dies, so a crashed holder never blocks others.
+// the lock if the holder dies, so a crashed holder never blocks others; a
+// live holder blocks us at most `timeout` (error() is then EWOULDBLOCK).
 class FileLock {
  public:
-  explicit FileLock(int fd);
+  FileLock(int fd, std::chrono::milliseconds timeout);
   ~FileLock();
   FileLock(const FileLock&) = delete;
   FileLock& operator=(const FileLock&) = delete;

@@ -1,0 +1,157 @@
+#ifndef STRUCTD_SERVER_CORE_CHANNEL_H_
+#define STRUCTD_SERVER_CORE_CHANNEL_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "server/src/core/ledger.h"
+#include "server/src/core/type_registry.h"
+#include "structd/shm/allocator.h"
+#include "structd/shm/arena.h"
+
+namespace structd::server {
+
+enum class Role { kMember, kOwner };
+
+struct ArenaSummary {
+  std::string path;
+  uint64_t extent_size = 0;
+  uint32_t max_extents = 0;
+  uint32_t extent_count = 0;
+  uint32_t format_version = 0;
+  uint64_t epoch = 0;
+};
+
+struct RootEntry {
+  std::string name;
+  shm::Ref ref;
+  shm::TypeToken token;
+};
+
+struct ChannelStats {
+  uint32_t types = 0;
+  uint32_t roots = 0;
+  uint32_t sessions = 0;
+  bool sealed = false;
+  bool dropped = false;
+  shm::AllocatorStats alloc;
+};
+
+// One channel: its arena and allocator, type registry, roots, and the
+// ledgers of the sessions that joined it. The domain rules for all of them
+// live here; the Core decides who may call what.
+//
+// Files, under the channel's directory (mode 0700):
+//   meta.toml           name, capabilities, registry, roots (rewritten
+//                       atomically on every change)
+//   arena/              the arena (doc/arena-format.md)
+//   ledgers/SESSION     one ledger per joined session
+//
+// Thread safety: every public method locks the channel's mutex.
+class Channel {
+ public:
+  struct Options {
+    std::string id;
+    std::string name;
+    std::string dir;
+    shm::ArenaOptions arena;
+    shm::LayoutLimits limits;
+  };
+  // Creates the directory, arena and meta file, with fresh capabilities.
+  static absl::StatusOr<std::unique_ptr<Channel>> Create(const Options& options);
+
+  const std::string& id() const { return id_; }
+  const std::string& name() const { return name_; }
+  const std::string& dir() const { return dir_; }
+  const std::string& owner_capability() const { return owner_capability_; }
+  const std::string& member_capability() const { return member_capability_; }
+
+  // PermissionDenied for a capability that is neither.
+  absl::StatusOr<Role> CheckCapability(const std::string& capability) const;
+  // Joins `session_id` (idempotent) and creates its ledger.
+  absl::Status Join(const std::string& session_id);
+  // Releases every reference in the session's ledger and deletes it.
+  // Returns how many references were released.
+  uint64_t Leave(const std::string& session_id);
+  bool HasSession(const std::string& session_id) const;
+  uint64_t RefsHeld(const std::string& session_id) const;
+  ArenaSummary Arena() const;
+
+  absl::StatusOr<TypeRegistry::RegisterResult> RegisterType(
+      const std::string& key, std::vector<shm::FieldSpec> fields);
+  absl::StatusOr<RegisteredType> DescribeType(shm::TypeToken token) const;
+  std::vector<RegisteredType> ListTypes(bool* sealed) const;
+  absl::Status Seal();
+
+  // Allocates `count` instances owned by `session_id` (all or nothing).
+  absl::StatusOr<std::vector<shm::Ref>> Allocate(const std::string& session_id,
+                                                 shm::TypeToken token,
+                                                 uint32_t count);
+  absl::Status Retain(const std::string& session_id,
+                      const std::vector<shm::Ref>& refs);
+  // Returns instances freed (transitively).
+  absl::StatusOr<uint64_t> Release(const std::string& session_id,
+                                   const std::vector<shm::Ref>& refs);
+
+  // Returns the previous ref (null if the root is new).
+  absl::StatusOr<shm::Ref> SetRoot(const std::string& name, shm::Ref ref);
+  absl::StatusOr<RootEntry> GetRoot(const std::string& name) const;
+  absl::Status DeleteRoot(const std::string& name);
+  std::vector<RootEntry> ListRoots() const;
+
+  // Marks the channel dropped: no new joins. Returns true if no session is
+  // joined any more, i.e. the caller may Destroy() it now.
+  bool MarkDropped();
+  bool dropped() const;
+  // Deletes the channel's files. Only after every session has left.
+  void Destroy();
+
+  ChannelStats Stats() const;
+
+  // For admin inspection under the channel lock: `fn(arena, registry)`.
+  template <typename Fn>
+  auto WithArena(Fn fn) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fn(*arena_, registry_);
+  }
+
+ private:
+  Channel() = default;
+  absl::Status SaveMetaLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  shm::Allocator::TypeLookup TypesLocked() const;
+  absl::StatusOr<Ledger*> LedgerLocked(const std::string& session_id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ResolveAllLocked(const std::vector<shm::Ref>& refs) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  std::string id_;
+  std::string name_;
+  std::string dir_;
+  std::string owner_capability_;
+  std::string member_capability_;
+  uint64_t created_unix_ms_ = 0;
+
+  mutable std::mutex mu_;
+  std::unique_ptr<shm::Arena> arena_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<shm::Allocator> allocator_ ABSL_GUARDED_BY(mu_);
+  TypeRegistry registry_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, shm::Ref> roots_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::unique_ptr<Ledger>> ledgers_ ABSL_GUARDED_BY(mu_);
+  bool dropped_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Channel names: 1 to 64 characters of [A-Za-z0-9_.-].
+absl::Status ValidateChannelName(const std::string& name);
+// Root names: 1 to 128 characters of [A-Za-z0-9_.:/-].
+absl::Status ValidateRootName(const std::string& name);
+
+}  // namespace structd::server
+
+#endif  // STRUCTD_SERVER_CORE_CHANNEL_H_

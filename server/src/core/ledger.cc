@@ -1,0 +1,280 @@
+#include "server/src/core/ledger.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace structd::server {
+namespace {
+
+constexpr uint64_t kLedgerMagic = 0x315245474445444cull;  // "LDEDGER1"
+constexpr uint64_t kEmpty = 0;
+// Never a valid Ref: valid refs have extent bits (>= 2^50) set.
+constexpr uint64_t kTombstone = 1;
+constexpr uint64_t kInitialCapacity = 64;
+
+uint64_t Hash(uint64_t v) {
+  v ^= v >> 33;
+  v *= 0xff51afd7ed558ccdull;
+  v ^= v >> 33;
+  return v;
+}
+
+absl::Status Errno(int err, const std::string& what) {
+  if (err == ENOSPC || err == EDQUOT || err == EFBIG || err == ENOMEM) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": ", strerror(err),
+                     " (free space on the state directory's file system)"));
+  }
+  return absl::InternalError(absl::StrCat(what, ": ", strerror(err)));
+}
+
+}  // namespace
+
+// Lives at offset 0 of the file; `capacity` slots of one word follow.
+struct Ledger::Header {
+  uint64_t magic;
+  uint64_t session_tag;  // which session this ledger belongs to
+  uint64_t capacity;     // power of two
+  uint64_t used;         // live entries
+  uint64_t tombstones;
+  uint64_t reserved[3];
+};
+
+Ledger::Ledger(std::string path, int fd, uint8_t* map, uint64_t map_bytes)
+    : path_(std::move(path)), fd_(fd), map_(map), map_bytes_(map_bytes) {}
+
+Ledger::~Ledger() {
+  if (map_ != nullptr) munmap(map_, map_bytes_);
+  if (fd_ >= 0) close(fd_);
+}
+
+uint64_t Ledger::capacity() const {
+  return reinterpret_cast<Header*>(map_)->capacity;
+}
+uint64_t* Ledger::slots() const {
+  return reinterpret_cast<uint64_t*>(map_ + sizeof(Header));
+}
+uint64_t Ledger::size() const { return reinterpret_cast<Header*>(map_)->used; }
+uint64_t Ledger::session_tag() const {
+  return reinterpret_cast<Header*>(map_)->session_tag;
+}
+
+absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Create(const std::string& path,
+                                                       uint64_t session_tag) {
+  std::string tmp = path + ".tmp";
+  int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Errno(errno, "ledger: create " + tmp);
+  uint64_t bytes = sizeof(Header) + kInitialCapacity * sizeof(uint64_t);
+  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
+    close(fd);
+    unlink(tmp.c_str());
+    return Errno(err, "ledger: allocate " + tmp);
+  }
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    close(fd);
+    unlink(tmp.c_str());
+    return Errno(err, "ledger: map " + tmp);
+  }
+  auto* h = static_cast<Header*>(p);
+  h->magic = kLedgerMagic;
+  h->session_tag = session_tag;
+  h->capacity = kInitialCapacity;
+  h->used = 0;
+  h->tombstones = 0;
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    munmap(p, bytes);
+    close(fd);
+    unlink(tmp.c_str());
+    return Errno(err, "ledger: publish " + path);
+  }
+  return std::unique_ptr<Ledger>(
+      new Ledger(path, fd, static_cast<uint8_t*>(p), bytes));
+}
+
+absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("ledger: no file ", path));
+    }
+    return Errno(errno, "ledger: open " + path);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(Header))) {
+    close(fd);
+    return absl::DataLossError(absl::StrCat("ledger ", path, ": truncated"));
+  }
+  uint64_t bytes = static_cast<uint64_t>(st.st_size);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    close(fd);
+    return Errno(err, "ledger: map " + path);
+  }
+  auto* h = static_cast<Header*>(p);
+  uint64_t cap = h->capacity;
+  bool ok = h->magic == kLedgerMagic && cap >= kInitialCapacity &&
+            (cap & (cap - 1)) == 0 && cap < (uint64_t{1} << 40) &&
+            sizeof(Header) + cap * sizeof(uint64_t) == bytes;
+  if (ok) {
+    // Recount instead of trusting the counters.
+    uint64_t used = 0, tomb = 0;
+    auto* s = reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(p) +
+                                          sizeof(Header));
+    for (uint64_t i = 0; i < cap; ++i) {
+      if (s[i] == kTombstone) {
+        ++tomb;
+      } else if (s[i] != kEmpty) {
+        ++used;
+      }
+    }
+    ok = used + tomb < cap;  // probing needs an empty slot to terminate
+    h->used = used;
+    h->tombstones = tomb;
+  }
+  if (!ok) {
+    munmap(p, bytes);
+    close(fd);
+    return absl::DataLossError(absl::StrCat(
+        "ledger ", path, ": damaged header (its references cannot be "
+        "released automatically; run 'structctl check')"));
+  }
+  return std::unique_ptr<Ledger>(
+      new Ledger(path, fd, static_cast<uint8_t*>(p), bytes));
+}
+
+absl::Status Ledger::Rehash(uint64_t new_capacity) {
+  std::vector<shm::Ref> entries = Entries();
+  uint64_t tag = session_tag();
+  std::string tmp = path_ + ".grow";
+  int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Errno(errno, "ledger: create " + tmp);
+  uint64_t bytes = sizeof(Header) + new_capacity * sizeof(uint64_t);
+  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
+    close(fd);
+    unlink(tmp.c_str());
+    return Errno(err, "ledger: grow " + tmp);
+  }
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    close(fd);
+    unlink(tmp.c_str());
+    return Errno(err, "ledger: map " + tmp);
+  }
+  auto* h = static_cast<Header*>(p);
+  h->magic = kLedgerMagic;
+  h->session_tag = tag;
+  h->capacity = new_capacity;
+  h->used = 0;
+  h->tombstones = 0;
+  auto* s = reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(p) +
+                                        sizeof(Header));
+  for (shm::Ref r : entries) {
+    uint64_t i = Hash(r.bits()) & (new_capacity - 1);
+    while (s[i] != kEmpty) i = (i + 1) & (new_capacity - 1);
+    s[i] = r.bits();
+    ++h->used;
+  }
+  // rename() swaps the complete new table in atomically: a crash leaves
+  // either the old or the new ledger, never a mix.
+  if (rename(tmp.c_str(), path_.c_str()) != 0) {
+    int err = errno;
+    munmap(p, bytes);
+    close(fd);
+    unlink(tmp.c_str());
+    return Errno(err, "ledger: publish " + path_);
+  }
+  munmap(map_, map_bytes_);
+  close(fd_);
+  map_ = static_cast<uint8_t*>(p);
+  map_bytes_ = bytes;
+  fd_ = fd;
+  return absl::OkStatus();
+}
+
+absl::Status Ledger::Add(shm::Ref ref) {
+  auto* h = reinterpret_cast<Header*>(map_);
+  // Keep the load (entries + tombstones) under 3/4.
+  if ((h->used + h->tombstones + 1) * 4 > h->capacity * 3) {
+    uint64_t cap = h->capacity;
+    while ((h->used + 1) * 2 > cap) cap *= 2;
+    if (absl::Status s = Rehash(cap); !s.ok()) return s;
+    h = reinterpret_cast<Header*>(map_);
+  }
+  uint64_t mask = h->capacity - 1;
+  uint64_t* s = slots();
+  uint64_t i = Hash(ref.bits()) & mask;
+  while (s[i] != kEmpty && s[i] != kTombstone) i = (i + 1) & mask;
+  if (s[i] == kTombstone) --h->tombstones;
+  s[i] = ref.bits();
+  ++h->used;
+  return absl::OkStatus();
+}
+
+absl::Status Ledger::AddAll(const std::vector<shm::Ref>& refs) {
+  for (size_t i = 0; i < refs.size(); ++i) {
+    if (absl::Status s = Add(refs[i]); !s.ok()) {
+      for (size_t j = 0; j < i; ++j) Remove(refs[j]);
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool Ledger::Remove(shm::Ref ref) {
+  auto* h = reinterpret_cast<Header*>(map_);
+  uint64_t mask = h->capacity - 1;
+  uint64_t* s = slots();
+  for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
+       i = (i + 1) & mask, ++n) {
+    if (s[i] == kEmpty) return false;
+    if (s[i] == ref.bits()) {
+      s[i] = kTombstone;
+      --h->used;
+      ++h->tombstones;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool Ledger::Contains(shm::Ref ref) const {
+  uint64_t mask = capacity() - 1;
+  uint64_t* s = slots();
+  for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
+       i = (i + 1) & mask, ++n) {
+    if (s[i] == kEmpty) return false;
+    if (s[i] == ref.bits()) return true;
+  }
+  return false;
+}
+
+std::vector<shm::Ref> Ledger::Entries() const {
+  std::vector<shm::Ref> out;
+  out.reserve(size());
+  uint64_t cap = capacity();
+  uint64_t* s = slots();
+  for (uint64_t i = 0; i < cap; ++i) {
+    if (s[i] != kEmpty && s[i] != kTombstone) {
+      out.push_back(shm::Ref::FromBits(s[i]));
+    }
+  }
+  return out;
+}
+
+void Ledger::Unlink() { unlink(path_.c_str()); }
+
+}  // namespace structd::server
