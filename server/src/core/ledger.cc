@@ -68,39 +68,64 @@ uint64_t Ledger::session_tag() const {
   return reinterpret_cast<Header*>(map_)->session_tag;
 }
 
-absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Create(const std::string& path,
-                                                       uint64_t session_tag) {
-  std::string tmp = path + ".tmp";
+// A complete table file at `path` + ".new", filled with `entries`, then
+// renamed over `path`: a crash leaves the old file or the new one, never a
+// mix.
+struct Ledger::Table {
+  int fd = -1;
+  uint8_t* map = nullptr;
+  uint64_t bytes = 0;
+};
+
+absl::StatusOr<Ledger::Table> Ledger::WriteTable(
+    const std::string& path, uint64_t session_tag, uint64_t capacity,
+    const std::vector<shm::Ref>& entries) {
+  std::string tmp = path + ".new";
   int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Errno(errno, "ledger: create " + tmp);
-  uint64_t bytes = sizeof(Header) + kInitialCapacity * sizeof(uint64_t);
-  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
+  uint64_t bytes = sizeof(Header) + capacity * sizeof(uint64_t);
+  int err;
+  do {
+    err = posix_fallocate(fd, 0, static_cast<off_t>(bytes));
+  } while (err == EINTR);
+  void* p = err == 0 ? mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                            MAP_SHARED, fd, 0)
+                     : MAP_FAILED;
+  if (p == MAP_FAILED) {
+    if (err == 0) err = errno;
     close(fd);
     unlink(tmp.c_str());
     return Errno(err, "ledger: allocate " + tmp);
   }
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) {
-    int err = errno;
-    close(fd);
-    unlink(tmp.c_str());
-    return Errno(err, "ledger: map " + tmp);
-  }
   auto* h = static_cast<Header*>(p);
   h->magic = kLedgerMagic;
   h->session_tag = session_tag;
-  h->capacity = kInitialCapacity;
+  h->capacity = capacity;
   h->used = 0;
   h->tombstones = 0;
+  auto* s = reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(p) +
+                                        sizeof(Header));
+  for (shm::Ref r : entries) {
+    uint64_t i = Hash(r.bits()) & (capacity - 1);
+    while (s[i] != kEmpty) i = (i + 1) & (capacity - 1);
+    s[i] = r.bits();
+    ++h->used;
+  }
   if (rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
+    err = errno;
     munmap(p, bytes);
     close(fd);
     unlink(tmp.c_str());
     return Errno(err, "ledger: publish " + path);
   }
-  return std::unique_ptr<Ledger>(
-      new Ledger(path, fd, static_cast<uint8_t*>(p), bytes));
+  return Table{fd, static_cast<uint8_t*>(p), bytes};
+}
+
+absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Create(const std::string& path,
+                                                       uint64_t session_tag) {
+  absl::StatusOr<Table> t = WriteTable(path, session_tag, kInitialCapacity, {});
+  if (!t.ok()) return t.status();
+  return std::unique_ptr<Ledger>(new Ledger(path, t->fd, t->map, t->bytes));
 }
 
 absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
@@ -156,52 +181,14 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
 }
 
 absl::Status Ledger::Rehash(uint64_t new_capacity) {
-  std::vector<shm::Ref> entries = Entries();
-  uint64_t tag = session_tag();
-  std::string tmp = path_ + ".grow";
-  int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Errno(errno, "ledger: create " + tmp);
-  uint64_t bytes = sizeof(Header) + new_capacity * sizeof(uint64_t);
-  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
-    close(fd);
-    unlink(tmp.c_str());
-    return Errno(err, "ledger: grow " + tmp);
-  }
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) {
-    int err = errno;
-    close(fd);
-    unlink(tmp.c_str());
-    return Errno(err, "ledger: map " + tmp);
-  }
-  auto* h = static_cast<Header*>(p);
-  h->magic = kLedgerMagic;
-  h->session_tag = tag;
-  h->capacity = new_capacity;
-  h->used = 0;
-  h->tombstones = 0;
-  auto* s = reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(p) +
-                                        sizeof(Header));
-  for (shm::Ref r : entries) {
-    uint64_t i = Hash(r.bits()) & (new_capacity - 1);
-    while (s[i] != kEmpty) i = (i + 1) & (new_capacity - 1);
-    s[i] = r.bits();
-    ++h->used;
-  }
-  // rename() swaps the complete new table in atomically: a crash leaves
-  // either the old or the new ledger, never a mix.
-  if (rename(tmp.c_str(), path_.c_str()) != 0) {
-    int err = errno;
-    munmap(p, bytes);
-    close(fd);
-    unlink(tmp.c_str());
-    return Errno(err, "ledger: publish " + path_);
-  }
+  absl::StatusOr<Table> t =
+      WriteTable(path_, session_tag(), new_capacity, Entries());
+  if (!t.ok()) return t.status();
   munmap(map_, map_bytes_);
   close(fd_);
-  map_ = static_cast<uint8_t*>(p);
-  map_bytes_ = bytes;
-  fd_ = fd;
+  fd_ = t->fd;
+  map_ = t->map;
+  map_bytes_ = t->bytes;
   return absl::OkStatus();
 }
 

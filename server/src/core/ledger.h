@@ -51,6 +51,11 @@ class Ledger {
 
  private:
   struct Header;
+  struct Table;
+  static absl::StatusOr<Table> WriteTable(const std::string& path,
+                                          uint64_t session_tag,
+                                          uint64_t capacity,
+                                          const std::vector<shm::Ref>& entries);
   Ledger(std::string path, int fd, uint8_t* map, uint64_t map_bytes);
   absl::Status Rehash(uint64_t new_capacity);
   uint64_t capacity() const;

@@ -1,0 +1,464 @@
+#include "server/src/core/channel.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/src/core/random.h"
+
+namespace structd::server {
+namespace {
+
+bool AllChars(const std::string& s, std::string_view extra) {
+  for (char c : s) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || extra.find(c) != std::string_view::npos;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+uint64_t NowUnixMs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+std::string LedgerPath(const std::string& dir, const std::string& session) {
+  return absl::StrCat(dir, "/ledgers/", session);
+}
+
+}  // namespace
+
+absl::Status ValidateChannelName(const std::string& name) {
+  if (name.empty() || name.size() > 64 || !AllChars(name, "_.-")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "channel name '", name,
+        "': use 1 to 64 characters of letters, digits, '_', '.' and '-'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRootName(const std::string& name) {
+  if (name.empty() || name.size() > 128 || !AllChars(name, "_.:/-")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "root name '", name,
+        "': use 1 to 128 characters of letters, digits, '_', '.', ':', '/' "
+        "and '-'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
+    const Options& options) {
+  if (absl::Status s = ValidateChannelName(options.name); !s.ok()) return s;
+  std::unique_ptr<Channel> c(new Channel());
+  c->id_ = options.id;
+  c->name_ = options.name;
+  c->dir_ = options.dir;
+  c->owner_capability_ = RandomHex128();
+  c->member_capability_ = RandomHex128();
+  c->created_unix_ms_ = NowUnixMs();
+  c->registry_ = TypeRegistry(options.limits);
+  std::error_code ec;
+  std::filesystem::create_directories(options.dir + "/ledgers", ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("channel '", options.name,
+                                            "': cannot create ", options.dir,
+                                            ": ", ec.message()));
+  }
+  chmod(options.dir.c_str(), 0700);
+  absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
+      shm::Arena::Create(options.dir + "/arena", options.arena);
+  if (!arena.ok()) {
+    std::filesystem::remove_all(options.dir, ec);
+    return arena.status();
+  }
+  absl::StatusOr<std::unique_ptr<shm::Allocator>> alloc =
+      shm::Allocator::Adopt(arena->get());
+  if (!alloc.ok()) {
+    std::filesystem::remove_all(options.dir, ec);
+    return alloc.status();
+  }
+  std::lock_guard<std::mutex> lock(c->mu_);
+  c->arena_ = std::move(*arena);
+  c->allocator_ = std::move(*alloc);
+  if (absl::Status s = c->SaveMetaLocked(); !s.ok()) {
+    std::filesystem::remove_all(options.dir, ec);
+    return s;
+  }
+  return c;
+}
+
+absl::Status Channel::SaveMetaLocked() const {
+  toml::table meta;
+  meta.insert("format", 1);
+  meta.insert("id", id_);
+  meta.insert("name", name_);
+  meta.insert("created_unix_ms", static_cast<int64_t>(created_unix_ms_));
+  meta.insert("owner_capability", owner_capability_);
+  meta.insert("member_capability", member_capability_);
+  meta.insert("sealed", registry_.sealed());
+  meta.insert("dropped", dropped_);
+  toml::array types;
+  for (const RegisteredType* t : registry_.List()) {
+    toml::array fields;
+    for (const shm::Field& f : t->layout.fields()) {
+      fields.push_back(absl::StrCat(f.name(), ":", shm::FieldTypeName(f.spec)));
+    }
+    types.push_back(toml::table{{"key", t->key},
+                                {"token", t->token.ToHex()},
+                                {"type_index", static_cast<int64_t>(t->type_index)},
+                                {"fields", std::move(fields)}});
+  }
+  meta.insert("types", std::move(types));
+  toml::table roots;
+  for (const auto& [name, ref] : roots_) roots.insert(name, ref.ToString());
+  meta.insert("roots", std::move(roots));
+
+  std::ostringstream text;
+  text << "# structd channel metadata; written by the daemon, do not edit.\n"
+       << meta << "\n";
+  std::string path = dir_ + "/meta.toml";
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text.str();
+    out.flush();
+    if (!out) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "channel '", name_, "': cannot write ", tmp,
+          " (free space on the state directory's file system)"));
+    }
+  }
+  chmod(tmp.c_str(), 0600);
+  // rename() makes the new metadata appear whole or not at all.
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("channel '", name_,
+                                            "': cannot replace ", path, ": ",
+                                            strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Role> Channel::CheckCapability(
+    const std::string& capability) const {
+  if (ConstantTimeEquals(capability, owner_capability_)) return Role::kOwner;
+  if (ConstantTimeEquals(capability, member_capability_)) return Role::kMember;
+  return absl::PermissionDeniedError(absl::StrCat(
+      "channel '", name_,
+      "': wrong capability (use the owner or member capability that "
+      "CreateChannel returned)"));
+}
+
+absl::Status Channel::Join(const std::string& session_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (dropped_) {
+    return absl::NotFoundError(absl::StrCat(
+        "channel '", name_, "': dropped (create a new channel)"));
+  }
+  if (ledgers_.count(session_id)) return absl::OkStatus();
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger =
+      Ledger::Create(LedgerPath(dir_, session_id), 0);
+  if (!ledger.ok()) return ledger.status();
+  ledgers_[session_id] = std::move(*ledger);
+  return absl::OkStatus();
+}
+
+uint64_t Channel::Leave(const std::string& session_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = ledgers_.find(session_id);
+  if (it == ledgers_.end()) return 0;
+  uint64_t released = 0;
+  shm::Allocator::TypeLookup types = TypesLocked();
+  for (shm::Ref ref : it->second->Entries()) {
+    // A ref that no longer resolves was already damaged; nothing to undo.
+    if (allocator_->Release(ref, types).ok()) ++released;
+  }
+  it->second->Unlink();
+  ledgers_.erase(it);
+  return released;
+}
+
+bool Channel::HasSession(const std::string& session_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ledgers_.count(session_id) != 0;
+}
+
+uint64_t Channel::RefsHeld(const std::string& session_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = ledgers_.find(session_id);
+  return it == ledgers_.end() ? 0 : it->second->size();
+}
+
+ArenaSummary Channel::Arena() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ArenaSummary a;
+  a.path = arena_->dir();
+  a.extent_size = arena_->extent_size();
+  a.max_extents = arena_->max_extents();
+  a.extent_count = arena_->extent_count();
+  a.format_version = arena_->format_version();
+  a.epoch = arena_->epoch();
+  return a;
+}
+
+shm::Allocator::TypeLookup Channel::TypesLocked() const {
+  return [this](uint32_t index) -> const shm::Layout* {
+    const RegisteredType* t = registry_.FindByIndex(index);
+    return t ? &t->layout : nullptr;
+  };
+}
+
+absl::StatusOr<Ledger*> Channel::LedgerLocked(
+    const std::string& session_id) const {
+  auto it = ledgers_.find(session_id);
+  if (it == ledgers_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "channel '", name_, "': this session has not joined it (call "
+        "JoinChannel first)"));
+  }
+  return it->second.get();
+}
+
+absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
+    const std::string& key, std::vector<shm::FieldSpec> fields) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<TypeRegistry::RegisterResult> r =
+      registry_.Register(key, std::move(fields));
+  if (r.ok() && r->created) {
+    if (absl::Status s = SaveMetaLocked(); !s.ok()) return s;
+  }
+  return r;
+}
+
+absl::StatusOr<RegisteredType> Channel::DescribeType(
+    shm::TypeToken token) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<const RegisteredType*> t = registry_.Find(token);
+  if (!t.ok()) return t.status();
+  return **t;
+}
+
+std::vector<RegisteredType> Channel::ListTypes(bool* sealed) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<RegisteredType> out;
+  for (const RegisteredType* t : registry_.List()) out.push_back(*t);
+  if (sealed) *sealed = registry_.sealed();
+  return out;
+}
+
+absl::Status Channel::Seal() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (registry_.sealed()) return absl::OkStatus();
+  registry_.Seal();
+  return SaveMetaLocked();
+}
+
+absl::StatusOr<std::vector<shm::Ref>> Channel::Allocate(
+    const std::string& session_id, shm::TypeToken token, uint32_t count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
+  if (!ledger.ok()) return ledger.status();
+  absl::StatusOr<const RegisteredType*> type = registry_.Find(token);
+  if (!type.ok()) return type.status();
+  std::vector<shm::Ref> refs;
+  absl::Status s = allocator_->AllocateBatch((*type)->type_index,
+                                             (*type)->layout, count, refs);
+  if (!s.ok()) return s;
+  if (absl::Status ls = (*ledger)->AddAll(refs); !ls.ok()) {
+    shm::Allocator::TypeLookup types = TypesLocked();
+    for (shm::Ref r : refs) (void)allocator_->Release(r, types);
+    return ls;
+  }
+  return refs;
+}
+
+absl::Status Channel::ResolveAllLocked(
+    const std::vector<shm::Ref>& refs) const {
+  for (size_t i = 0; i < refs.size(); ++i) {
+    absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(refs[i]);
+    if (!inst.ok()) {
+      return absl::Status(inst.status().code(),
+                          absl::StrCat("refs[", i, "]: ", inst.status().message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Channel::Retain(const std::string& session_id,
+                             const std::vector<shm::Ref>& refs) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
+  if (!ledger.ok()) return ledger.status();
+  if (absl::Status s = ResolveAllLocked(refs); !s.ok()) return s;
+  shm::Allocator::TypeLookup types = TypesLocked();
+  auto undo = [&](size_t upto) {
+    for (size_t j = 0; j < upto; ++j) {
+      (*ledger)->Remove(refs[j]);
+      (void)allocator_->Release(refs[j], types);
+    }
+  };
+  for (size_t i = 0; i < refs.size(); ++i) {
+    absl::Status s = allocator_->Retain(refs[i]);
+    if (s.ok()) {
+      s = (*ledger)->Add(refs[i]);
+      if (!s.ok()) (void)allocator_->Release(refs[i], types);
+    }
+    if (!s.ok()) {
+      undo(i);  // all or none
+      return absl::Status(s.code(),
+                          absl::StrCat("refs[", i, "]: ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
+                                          const std::vector<shm::Ref>& refs) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
+  if (!ledger.ok()) return ledger.status();
+  // Check ownership of every ref (with multiplicity) before changing
+  // anything: all or none.
+  std::vector<shm::Ref> taken;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    if (!(*ledger)->Remove(refs[i])) {
+      for (shm::Ref r : taken) (void)(*ledger)->Add(r);
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "refs[%d] %s: this session does not own that reference (release "
+          "only refs you allocated or retained, once per reference)",
+          i, refs[i].ToString()));
+    }
+    taken.push_back(refs[i]);
+  }
+  uint64_t freed = 0;
+  shm::Allocator::TypeLookup types = TypesLocked();
+  for (shm::Ref r : refs) {
+    absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(r, types);
+    if (rr.ok()) freed += rr->freed;
+  }
+  return freed;
+}
+
+absl::StatusOr<shm::Ref> Channel::SetRoot(const std::string& name,
+                                          shm::Ref ref) {
+  if (absl::Status s = ValidateRootName(name); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = allocator_->Retain(ref); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("root '", name, "': ", s.message()));
+  }
+  shm::Ref previous;
+  auto it = roots_.find(name);
+  if (it != roots_.end()) previous = it->second;
+  roots_[name] = ref;
+  if (absl::Status s = SaveMetaLocked(); !s.ok()) {
+    // Undo: keep memory and metadata in agreement.
+    if (previous) {
+      roots_[name] = previous;
+    } else {
+      roots_.erase(name);
+    }
+    (void)allocator_->Release(ref, TypesLocked());
+    return s;
+  }
+  if (previous) (void)allocator_->Release(previous, TypesLocked());
+  return previous;
+}
+
+absl::StatusOr<RootEntry> Channel::GetRoot(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = roots_.find(name);
+  if (it == roots_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "root '", name, "': not set in channel '", name_,
+        "' (set it with SetRoot, or list roots with ListRoots)"));
+  }
+  RootEntry e{name, it->second, {}};
+  absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(it->second);
+  if (inst.ok()) {
+    if (const RegisteredType* t = registry_.FindByIndex(inst->type_index())) {
+      e.token = t->token;
+    }
+  }
+  return e;
+}
+
+absl::Status Channel::DeleteRoot(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = roots_.find(name);
+  if (it == roots_.end()) {
+    return absl::NotFoundError(absl::StrCat("root '", name,
+                                            "': not set in channel '", name_,
+                                            "' (nothing to delete)"));
+  }
+  shm::Ref ref = it->second;
+  roots_.erase(it);
+  if (absl::Status s = SaveMetaLocked(); !s.ok()) {
+    roots_[name] = ref;
+    return s;
+  }
+  (void)allocator_->Release(ref, TypesLocked());
+  return absl::OkStatus();
+}
+
+std::vector<RootEntry> Channel::ListRoots() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<RootEntry> out;
+  for (const auto& [name, ref] : roots_) {
+    RootEntry e{name, ref, {}};
+    absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
+    if (inst.ok()) {
+      if (const RegisteredType* t = registry_.FindByIndex(inst->type_index())) {
+        e.token = t->token;
+      }
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+bool Channel::MarkDropped() {
+  std::lock_guard<std::mutex> lock(mu_);
+  dropped_ = true;
+  (void)SaveMetaLocked();
+  return ledgers_.empty();
+}
+
+bool Channel::dropped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dropped_;
+}
+
+void Channel::Destroy() {
+  std::lock_guard<std::mutex> lock(mu_);
+  allocator_.reset();
+  arena_.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+ChannelStats Channel::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ChannelStats s;
+  s.types = static_cast<uint32_t>(registry_.size());
+  s.roots = static_cast<uint32_t>(roots_.size());
+  s.sessions = static_cast<uint32_t>(ledgers_.size());
+  s.sealed = registry_.sealed();
+  s.dropped = dropped_;
+  if (allocator_) s.alloc = allocator_->Stats();
+  return s;
+}
+
+}  // namespace structd::server

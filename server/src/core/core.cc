@@ -1,0 +1,343 @@
+#include "server/src/core/core.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/src/core/random.h"
+#include "spdlog/spdlog.h"
+
+namespace structd::server {
+namespace {
+
+uint64_t NowUnixMs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+absl::Status UnknownChannel(const std::string& channel) {
+  return absl::NotFoundError(absl::StrCat(
+      "channel '", channel,
+      "': no such channel (create it with CreateChannel, or check the "
+      "name)"));
+}
+
+}  // namespace
+
+Core::Core(CoreOptions options)
+    : options_(std::move(options)), instance_id_(RandomU64()) {}
+
+Core::~Core() = default;
+
+absl::StatusOr<std::unique_ptr<Core>> Core::Open(CoreOptions options) {
+  std::error_code ec;
+  std::filesystem::create_directories(options.state_dir + "/channels", ec);
+  if (ec) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "state dir ", options.state_dir, ": cannot create: ", ec.message(),
+        " (choose a writable --state-dir)"));
+  }
+  chmod(options.state_dir.c_str(), 0700);
+  return std::unique_ptr<Core>(new Core(std::move(options)));
+}
+
+absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
+                                         const std::string& client_name) {
+  if (!peer.known) {
+    return absl::UnauthenticatedError(
+        "attach: the daemon cannot identify the calling process (connect "
+        "over the daemon's Unix socket)");
+  }
+  if (client_name.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "attach: client_name is %d characters, more than 128 (shorten it)",
+        client_name.size()));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sessions_.size() >= options_.max_sessions) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "attach: %d sessions already (raise max_sessions in the daemon's "
+        "config, or end idle clients)",
+        sessions_.size()));
+  }
+  Session s;
+  s.info.id = RandomHex128();
+  s.info.secret = RandomHex128();
+  s.info.client_name = client_name;
+  s.info.pid = peer.pid;
+  s.info.uid = peer.uid;
+  s.info.attached_unix_ms = NowUnixMs();
+  s.last_heartbeat = std::chrono::steady_clock::now();
+  SessionInfo info = s.info;
+  sessions_[info.id] = std::move(s);
+  spdlog::info("session {} attached: pid {} uid {} name '{}'",
+               info.id.substr(0, 8), info.pid, info.uid, client_name);
+  return info;
+}
+
+void Core::Heartbeat(const std::string& session_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(session_id);
+  if (it != sessions_.end()) {
+    it->second.last_heartbeat = std::chrono::steady_clock::now();
+  }
+}
+
+uint64_t Core::Detach(const std::string& session_id) {
+  std::vector<std::shared_ptr<Channel>> joined;
+  SessionInfo info;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(session_id);
+    if (it == sessions_.end()) return 0;
+    info = it->second.info;
+    for (const std::string& id : it->second.joined) {
+      auto c = channels_by_id_.find(id);
+      if (c != channels_by_id_.end()) joined.push_back(c->second);
+    }
+    sessions_.erase(it);
+  }
+  uint64_t released = 0;
+  for (const auto& channel : joined) released += channel->Leave(session_id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& channel : joined) ReapLocked(channel);
+  }
+  spdlog::info("session {} ended (pid {}): released {} references in {} "
+               "channels",
+               session_id.substr(0, 8), info.pid, released, joined.size());
+  return released;
+}
+
+std::vector<std::string> Core::ExpiredSessions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  auto now = std::chrono::steady_clock::now();
+  for (const auto& [id, s] : sessions_) {
+    if (now - s.last_heartbeat > options_.lease) out.push_back(id);
+  }
+  return out;
+}
+
+absl::Status Core::CheckSession(const std::string& session_id,
+                                const PeerCredentials& peer) const {
+  if (session_id.empty()) {
+    return absl::UnauthenticatedError(
+        "session: missing (attach first and send the session id in the "
+        "'structd-session' metadata)");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) {
+    return absl::UnauthenticatedError(
+        "session: unknown or ended (attach again; after a daemon restart, "
+        "re-attach and re-join)");
+  }
+  if (peer.known && peer.pid != it->second.info.pid) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "session: belongs to pid %d, not to the calling pid %d (each "
+        "process attaches for itself)",
+        it->second.info.pid, peer.pid));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<SessionInfo> Core::Sessions() const {
+  std::vector<std::pair<SessionInfo, std::vector<std::shared_ptr<Channel>>>>
+      snapshot;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, s] : sessions_) {
+      std::vector<std::shared_ptr<Channel>> chans;
+      for (const std::string& cid : s.joined) {
+        auto c = channels_by_id_.find(cid);
+        if (c != channels_by_id_.end()) chans.push_back(c->second);
+      }
+      snapshot.emplace_back(s.info, std::move(chans));
+    }
+  }
+  std::vector<SessionInfo> out;
+  for (auto& [info, chans] : snapshot) {
+    for (const auto& c : chans) {
+      info.channels.push_back(c->name());
+      info.refs_held += c->RefsHeld(info.id);
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+absl::StatusOr<ChannelCreated> Core::CreateChannel(
+    const std::string& session_id, const std::string& name,
+    uint64_t extent_size, uint32_t max_extents) {
+  if (absl::Status s = ValidateChannelName(name); !s.ok()) return s;
+  Channel::Options o;
+  o.name = name;
+  o.arena = options_.arena;
+  o.arena.initial_extents = 1;
+  if (extent_size != 0) o.arena.extent_size = extent_size;
+  if (max_extents != 0) o.arena.max_extents = max_extents;
+  o.limits = options_.limits;
+  std::shared_ptr<Channel> channel;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sessions_.count(session_id) == 0) {
+      return absl::UnauthenticatedError("session: unknown or ended (attach again)");
+    }
+    if (channel_ids_by_name_.count(name)) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "channel '", name, "': already exists (join it, or pick another "
+          "name)"));
+    }
+    if (channels_by_id_.size() >= options_.max_channels) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "channel '%s': the daemon already has %d channels (drop unused "
+          "ones, or raise max_channels)",
+          name, channels_by_id_.size()));
+    }
+    do {
+      o.id = absl::StrFormat("%016x", RandomU64());
+    } while (channels_by_id_.count(o.id));
+    o.dir = absl::StrCat(options_.state_dir, "/channels/", o.id);
+    // Creating the arena takes time (backing the first extent); the name is
+    // reserved meanwhile so a concurrent create of the same name fails.
+    channel_ids_by_name_[name] = o.id;
+  }
+  absl::StatusOr<std::unique_ptr<Channel>> created = Channel::Create(o);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!created.ok()) {
+    channel_ids_by_name_.erase(name);
+    return created.status();
+  }
+  channel = std::move(*created);
+  channels_by_id_[o.id] = channel;
+  ChannelCreated out{o.id, channel->owner_capability(),
+                     channel->member_capability(), channel->Arena()};
+  spdlog::info("channel '{}' created (id {}, extents of {} bytes, at most {})",
+               name, o.id, o.arena.extent_size, o.arena.max_extents);
+  // The creator joins as owner.
+  auto s = sessions_.find(session_id);
+  if (s != sessions_.end() && channel->Join(session_id).ok()) {
+    s->second.joined.insert(o.id);
+  }
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<Channel>> Core::FindLocked(
+    const std::string& channel) const {
+  auto by_id = channels_by_id_.find(channel);
+  if (by_id != channels_by_id_.end() && !by_id->second->dropped()) {
+    return by_id->second;
+  }
+  auto by_name = channel_ids_by_name_.find(channel);
+  if (by_name != channel_ids_by_name_.end()) {
+    auto c = channels_by_id_.find(by_name->second);
+    if (c != channels_by_id_.end() && !c->second->dropped()) return c->second;
+  }
+  return UnknownChannel(channel);
+}
+
+absl::StatusOr<std::shared_ptr<Channel>> Core::Find(
+    const std::string& channel) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return FindLocked(channel);
+}
+
+absl::StatusOr<ChannelJoined> Core::JoinChannel(const std::string& session_id,
+                                                const std::string& channel,
+                                                const std::string& capability) {
+  std::shared_ptr<Channel> c;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sessions_.count(session_id) == 0) {
+      return absl::UnauthenticatedError("session: unknown or ended (attach again)");
+    }
+    absl::StatusOr<std::shared_ptr<Channel>> found = FindLocked(channel);
+    if (!found.ok()) return found.status();
+    c = *found;
+  }
+  absl::StatusOr<Role> role = c->CheckCapability(capability);
+  if (!role.ok()) {
+    spdlog::debug("join '{}' refused: wrong capability", channel);
+    return role.status();
+  }
+  if (absl::Status s = c->Join(session_id); !s.ok()) return s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto s = sessions_.find(session_id);
+    if (s == sessions_.end()) {
+      c->Leave(session_id);
+      return absl::UnauthenticatedError("session: ended while joining");
+    }
+    s->second.joined.insert(c->id());
+  }
+  return ChannelJoined{c->id(), c->name(), *role, c->Arena()};
+}
+
+absl::Status Core::DropChannel(const std::string& channel,
+                               const std::string& owner_capability) {
+  absl::StatusOr<std::shared_ptr<Channel>> c = Owned(channel, owner_capability);
+  if (!c.ok()) return c.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  (*c)->MarkDropped();
+  channel_ids_by_name_.erase((*c)->name());
+  spdlog::info("channel '{}' dropped; its arena goes when its sessions leave",
+               (*c)->name());
+  ReapLocked(*c);
+  return absl::OkStatus();
+}
+
+void Core::ReapLocked(const std::shared_ptr<Channel>& channel) {
+  if (!channel->dropped()) return;
+  for (const auto& [id, s] : sessions_) {
+    if (s.joined.count(channel->id()) && channel->HasSession(id)) return;
+  }
+  if (channel->Stats().sessions != 0) return;
+  channels_by_id_.erase(channel->id());
+  channel->Destroy();
+  spdlog::info("channel '{}' (id {}) destroyed: arena deleted", channel->name(),
+               channel->id());
+}
+
+absl::StatusOr<std::shared_ptr<Channel>> Core::Joined(
+    const std::string& session_id, const std::string& channel) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::shared_ptr<Channel>> c = FindLocked(channel);
+  if (!c.ok()) return c.status();
+  auto s = sessions_.find(session_id);
+  if (s == sessions_.end() || !s->second.joined.count((*c)->id())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "channel '", channel,
+        "': this session has not joined it (call JoinChannel with a "
+        "capability first)"));
+  }
+  return *c;
+}
+
+absl::StatusOr<std::shared_ptr<Channel>> Core::Owned(
+    const std::string& channel, const std::string& owner_capability) const {
+  absl::StatusOr<std::shared_ptr<Channel>> c = Find(channel);
+  if (!c.ok()) return c.status();
+  absl::StatusOr<Role> role = (*c)->CheckCapability(owner_capability);
+  if (!role.ok() || *role != Role::kOwner) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "channel '", channel,
+        "': this needs the owner capability (the member capability or a "
+        "wrong value is not enough)"));
+  }
+  return *c;
+}
+
+std::vector<std::shared_ptr<Channel>> Core::Channels() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::shared_ptr<Channel>> out;
+  for (const auto& [id, c] : channels_by_id_) out.push_back(c);
+  return out;
+}
+
+}  // namespace structd::server

@@ -1,0 +1,146 @@
+#ifndef STRUCTD_SERVER_CORE_CORE_H_
+#define STRUCTD_SERVER_CORE_CORE_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "server/src/core/channel.h"
+#include "structd/shm/arena.h"
+#include "structd/shm/layout.h"
+
+namespace structd::server {
+
+// Who is calling, as the kernel says (SO_PEERCRED of the connection).
+struct PeerCredentials {
+  bool known = false;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+struct CoreOptions {
+  std::string state_dir;                 // channels/ lives here
+  shm::ArenaOptions arena;               // defaults for new channels
+  shm::LayoutLimits limits;              // for RegisterType
+  uint32_t max_channels = 256;
+  uint32_t max_sessions = 4096;
+  std::chrono::milliseconds lease{15000};  // heartbeat deadline
+  uint32_t max_batch = 1000000;          // AllocateBatch count
+  uint32_t max_refs_per_call = 100000;   // Retain/Release
+};
+
+struct SessionInfo {
+  std::string id;
+  std::string secret;
+  std::string client_name;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  uint64_t attached_unix_ms = 0;
+  std::vector<std::string> channels;  // names of joined channels
+  uint64_t refs_held = 0;
+};
+
+struct ChannelCreated {
+  std::string id;
+  std::string owner_capability;
+  std::string member_capability;
+  ArenaSummary arena;
+};
+
+struct ChannelJoined {
+  std::string id;
+  std::string name;
+  Role role = Role::kMember;
+  ArenaSummary arena;
+};
+
+// The domain core of the daemon: sessions, channels and who may do what.
+// No gRPC in here; the rpc layer translates requests into these calls and
+// statuses back.
+//
+// Thread safety: all methods may be called concurrently. Lock order: the
+// core's mutex, then a channel's; the core's mutex is never held while a
+// channel does arena work.
+class Core {
+ public:
+  static absl::StatusOr<std::unique_ptr<Core>> Open(CoreOptions options);
+  ~Core();
+
+  const CoreOptions& options() const { return options_; }
+  // Random per daemon start; clients use it to notice a restart.
+  uint64_t instance_id() const { return instance_id_; }
+
+  // Sessions. Attach requires known peer credentials.
+  absl::StatusOr<SessionInfo> Attach(const PeerCredentials& peer,
+                                     const std::string& client_name);
+  void Heartbeat(const std::string& session_id);
+  // Ends a session: leaves every joined channel, releasing every reference
+  // in its ledgers. Returns how many references were released. Idempotent.
+  uint64_t Detach(const std::string& session_id);
+  // Sessions whose last heartbeat is older than the lease.
+  std::vector<std::string> ExpiredSessions() const;
+  // Checks the "structd-session" value of a call: the session exists and
+  // (when the credentials are known) belongs to the calling process.
+  absl::Status CheckSession(const std::string& session_id,
+                            const PeerCredentials& peer) const;
+  std::vector<SessionInfo> Sessions() const;
+
+  // Channels.
+  absl::StatusOr<ChannelCreated> CreateChannel(const std::string& session_id,
+                                               const std::string& name,
+                                               uint64_t extent_size,
+                                               uint32_t max_extents);
+  absl::StatusOr<ChannelJoined> JoinChannel(const std::string& session_id,
+                                            const std::string& channel,
+                                            const std::string& capability);
+  absl::Status DropChannel(const std::string& channel,
+                           const std::string& owner_capability);
+  // The channel `channel` (name or id) if `session_id` joined it:
+  // NotFound for an unknown channel, FailedPrecondition if not joined.
+  absl::StatusOr<std::shared_ptr<Channel>> Joined(
+      const std::string& session_id, const std::string& channel) const;
+  // Owner-only operations check the owner capability.
+  absl::StatusOr<std::shared_ptr<Channel>> Owned(
+      const std::string& channel, const std::string& owner_capability) const;
+  // Any channel by name or id (admin).
+  absl::StatusOr<std::shared_ptr<Channel>> Find(
+      const std::string& channel) const;
+  std::vector<std::shared_ptr<Channel>> Channels() const;
+
+ private:
+  struct Session {
+    SessionInfo info;
+    std::set<std::string> joined;  // channel ids
+    std::chrono::steady_clock::time_point last_heartbeat;
+  };
+
+  explicit Core(CoreOptions options);
+  absl::StatusOr<std::shared_ptr<Channel>> FindLocked(
+      const std::string& channel) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Destroys a dropped channel once no session is joined to it.
+  void ReapLocked(const std::shared_ptr<Channel>& channel)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const CoreOptions options_;
+  const uint64_t instance_id_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Channel>> channels_by_id_
+      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> channel_ids_by_name_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace structd::server
+
+#endif  // STRUCTD_SERVER_CORE_CORE_H_

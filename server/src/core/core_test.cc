@@ -1,0 +1,261 @@
+#include "server/src/core/core.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "testing/temp_dir.h"
+
+namespace structd::server {
+namespace {
+
+using ::testing::HasSubstr;
+using shm::FieldKind;
+using shm::FieldSpec;
+
+class CoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CoreOptions o;
+    o.state_dir = dir_.path();
+    o.arena.extent_size = 1 << 20;
+    o.arena.max_extents = 8;
+    auto c = Core::Open(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    core_ = std::move(*c);
+    me_.known = true;
+    me_.pid = getpid();
+    me_.uid = getuid();
+  }
+  std::string Attach(const std::string& name = "test") {
+    auto s = core_->Attach(me_, name);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s->id;
+  }
+  std::vector<FieldSpec> Point() {
+    return {FieldSpec::Scalar("x", FieldKind::kF64),
+            FieldSpec::Scalar("y", FieldKind::kF64)};
+  }
+  std::vector<FieldSpec> Node() {
+    return {FieldSpec::Scalar("v", FieldKind::kU64), FieldSpec::Ref("next")};
+  }
+
+  structd::testing::TempDir dir_;
+  std::unique_ptr<Core> core_;
+  PeerCredentials me_;
+};
+
+TEST_F(CoreTest, CreateChannelReturnsDistinctCapabilitiesAndJoinsTheCreator) {
+  std::string s = Attach();
+  auto c = core_->CreateChannel(s, "orders", 0, 0);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->owner_capability.size(), 32u);
+  EXPECT_EQ(c->member_capability.size(), 32u);
+  EXPECT_NE(c->owner_capability, c->member_capability);
+  EXPECT_TRUE(std::filesystem::exists(c->arena.path + "/arena"));
+  EXPECT_TRUE(core_->Joined(s, "orders").ok());
+  EXPECT_TRUE(core_->Joined(s, c->id).ok());
+  EXPECT_EQ(core_->CreateChannel(s, "orders", 0, 0).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(core_->CreateChannel(s, "bad name!", 0, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->CreateChannel(s, "odd", 12345, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CoreTest, JoinChecksTheCapability) {
+  std::string owner = Attach("owner");
+  auto c = core_->CreateChannel(owner, "ch", 0, 0);
+  ASSERT_TRUE(c.ok());
+  std::string other = Attach("other");
+  EXPECT_EQ(core_->Joined(other, "ch").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto bad = core_->JoinChannel(other, "ch", std::string(32, '0'));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kPermissionDenied);
+  auto member = core_->JoinChannel(other, "ch", c->member_capability);
+  ASSERT_TRUE(member.ok());
+  EXPECT_EQ(member->role, Role::kMember);
+  EXPECT_EQ(core_->JoinChannel(other, "nope", c->member_capability)
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+  // Owner-only operations need the owner capability, not the member's.
+  EXPECT_EQ(core_->Owned("ch", c->member_capability).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(core_->Owned("ch", c->owner_capability).ok());
+}
+
+TEST_F(CoreTest, SameKeyAndLayoutMeetDifferentLayoutIsRejectedWithBoth) {
+  std::string s = Attach();
+  ASSERT_TRUE(core_->CreateChannel(s, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s, "ch");
+  auto a = ch->RegisterType("geo.Point", Point());
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(a->created);
+  auto b = ch->RegisterType("geo.Point", Point());
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE(b->created);
+  EXPECT_EQ(a->type->token, b->type->token);
+  auto c = ch->RegisterType("geo.Point", {FieldSpec::Scalar("x", FieldKind::kF32)});
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("registered:"));
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("requested:"));
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("f32"));
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("f64"));
+  auto bad = ch->RegisterType("geo.Bad", {});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CoreTest, TokensOfAnotherChannelAreNotFoundLikeUnknownOnes) {
+  std::string s = Attach();
+  ASSERT_TRUE(core_->CreateChannel(s, "a", 0, 0).ok());
+  ASSERT_TRUE(core_->CreateChannel(s, "b", 0, 0).ok());
+  auto a = *core_->Joined(s, "a");
+  auto b = *core_->Joined(s, "b");
+  auto t = a->RegisterType("P", Point());
+  ASSERT_TRUE(t.ok());
+  auto foreign = b->DescribeType(t->type->token);
+  auto guessed = b->DescribeType(shm::TypeToken{1, 2});
+  EXPECT_EQ(foreign.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(guessed.status().code(), absl::StatusCode::kNotFound);
+  bool sealed = true;
+  EXPECT_TRUE(b->ListTypes(&sealed).empty());
+  EXPECT_FALSE(sealed);
+  EXPECT_EQ(a->ListTypes(nullptr).size(), 1u);
+  EXPECT_EQ(b->Allocate(s, t->type->token, 1).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(CoreTest, SealedRegistryRefusesNewKeysButMeetsExistingOnes) {
+  std::string s = Attach();
+  auto c = core_->CreateChannel(s, "ch", 0, 0);
+  auto ch = *core_->Joined(s, "ch");
+  ASSERT_TRUE(ch->RegisterType("P", Point()).ok());
+  ASSERT_TRUE(ch->Seal().ok());
+  auto n = ch->RegisterType("Q", Point());
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(n.status().message()), HasSubstr("sealed"));
+  EXPECT_TRUE(ch->RegisterType("P", Point()).ok());
+}
+
+TEST_F(CoreTest, DetachReleasesEverythingTheSessionOwned) {
+  std::string keeper = Attach("keeper");
+  ASSERT_TRUE(core_->CreateChannel(keeper, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(keeper, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  auto kept = ch->Allocate(keeper, t.type->token, 1);
+  ASSERT_TRUE(kept.ok());
+
+  std::string worker = Attach("worker");
+  auto joined = core_->JoinChannel(worker, "ch", ch->member_capability());
+  ASSERT_TRUE(joined.ok());
+  auto mine = ch->Allocate(worker, t.type->token, 100);
+  ASSERT_TRUE(mine.ok());
+  ASSERT_TRUE(ch->Retain(worker, *kept).ok());  // also holds the keeper's
+  EXPECT_EQ(ch->RefsHeld(worker), 101u);
+  EXPECT_EQ(ch->Stats().alloc.live_instances, 101u);
+
+  EXPECT_EQ(core_->Detach(worker), 101u);
+  EXPECT_EQ(ch->Stats().alloc.live_instances, 1u);  // nothing else freed
+  EXPECT_EQ(ch->WithArena([&](const shm::Arena& a, const TypeRegistry&) {
+    return a.Resolve((*kept)[0])->header().refcount.load();
+  }), 1u);
+  EXPECT_EQ(core_->Detach(worker), 0u);  // idempotent
+}
+
+TEST_F(CoreTest, ReleaseOnlyWhatTheSessionOwns) {
+  std::string a = Attach("a");
+  ASSERT_TRUE(core_->CreateChannel(a, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(a, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  auto refs = *ch->Allocate(a, t.type->token, 2);
+  std::string b = Attach("b");
+  ASSERT_TRUE(core_->JoinChannel(b, "ch", ch->member_capability()).ok());
+  auto r = ch->Release(b, {refs[0]});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("does not own"));
+  // All or none: the second ref is not owned twice, so nothing changes.
+  auto twice = ch->Release(a, {refs[1], refs[1]});
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ch->RefsHeld(a), 2u);
+  auto ok = ch->Release(a, refs);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(*ok, 2u);
+}
+
+TEST_F(CoreTest, RootsKeepInstancesAliveAfterTheirCreatorLeaves) {
+  std::string s = Attach();
+  ASSERT_TRUE(core_->CreateChannel(s, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  auto refs = *ch->Allocate(s, t.type->token, 1);
+  auto prev = ch->SetRoot("config", refs[0]);
+  ASSERT_TRUE(prev.ok());
+  EXPECT_TRUE(prev->is_null());
+  EXPECT_EQ(ch->SetRoot("bad name", refs[0]).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  core_->Detach(s);
+  EXPECT_EQ(ch->Stats().alloc.live_instances, 1u);
+  auto root = ch->GetRoot("config");
+  ASSERT_TRUE(root.ok());
+  EXPECT_EQ(root->ref, refs[0]);
+  EXPECT_EQ(root->token, t.type->token);
+  EXPECT_EQ(ch->ListRoots().size(), 1u);
+  ASSERT_TRUE(ch->DeleteRoot("config").ok());
+  EXPECT_EQ(ch->Stats().alloc.live_instances, 0u);
+  EXPECT_EQ(ch->GetRoot("config").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ch->DeleteRoot("config").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CoreTest, DroppedChannelDisappearsAndIsDeletedWhenSessionsLeave) {
+  std::string s = Attach();
+  auto c = core_->CreateChannel(s, "ch", 0, 0);
+  ASSERT_TRUE(c.ok());
+  std::string dir = std::filesystem::path(c->arena.path).parent_path();
+  EXPECT_EQ(core_->DropChannel("ch", c->member_capability).code(),
+            absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(core_->DropChannel("ch", c->owner_capability).ok());
+  EXPECT_EQ(core_->Find("ch").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(std::filesystem::exists(dir));  // s is still joined
+  core_->Detach(s);
+  EXPECT_FALSE(std::filesystem::exists(dir));
+  // The name is free again.
+  std::string s2 = Attach();
+  EXPECT_TRUE(core_->CreateChannel(s2, "ch", 0, 0).ok());
+}
+
+TEST_F(CoreTest, SessionsAreBoundToTheirProcess) {
+  std::string s = Attach();
+  EXPECT_TRUE(core_->CheckSession(s, me_).ok());
+  PeerCredentials other = me_;
+  other.pid = me_.pid + 1;
+  EXPECT_EQ(core_->CheckSession(s, other).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_->CheckSession("", me_).code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(core_->CheckSession("nope", me_).code(),
+            absl::StatusCode::kUnauthenticated);
+  PeerCredentials unknown;
+  EXPECT_EQ(core_->Attach(unknown, "x").status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(CoreTest, ExpiredLeasesAreReported) {
+  CoreOptions o;
+  o.state_dir = dir_.Sub("b");
+  o.lease = std::chrono::milliseconds(10);
+  auto core = *Core::Open(o);
+  auto s = core->Attach(me_, "idle");
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(core->ExpiredSessions().empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  EXPECT_EQ(core->ExpiredSessions(), std::vector<std::string>{s->id});
+  core->Heartbeat(s->id);
+  EXPECT_TRUE(core->ExpiredSessions().empty());
+}
+
+}  // namespace
+}  // namespace structd::server

@@ -1,0 +1,87 @@
+#include "server/src/core/ledger.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include "testing/temp_dir.h"
+
+namespace structd::server {
+namespace {
+
+using shm::Ref;
+
+Ref R(uint32_t i) { return Ref::Make(i % 7, 4096 + 16 * i, i % 5); }
+
+TEST(LedgerTest, AddRemoveAndCountWithMultiplicity) {
+  structd::testing::TempDir dir;
+  auto l = Ledger::Create(dir.Sub("l"), 42);
+  ASSERT_TRUE(l.ok()) << l.status();
+  ASSERT_TRUE((*l)->Add(R(1)).ok());
+  ASSERT_TRUE((*l)->Add(R(1)).ok());
+  ASSERT_TRUE((*l)->Add(R(2)).ok());
+  EXPECT_EQ((*l)->size(), 3u);
+  EXPECT_TRUE((*l)->Remove(R(1)));
+  EXPECT_TRUE((*l)->Contains(R(1)));
+  EXPECT_TRUE((*l)->Remove(R(1)));
+  EXPECT_FALSE((*l)->Contains(R(1)));
+  EXPECT_FALSE((*l)->Remove(R(1)));  // owned twice, released twice
+  EXPECT_FALSE((*l)->Remove(R(3)));
+  EXPECT_EQ((*l)->size(), 1u);
+  EXPECT_EQ((*l)->session_tag(), 42u);
+}
+
+TEST(LedgerTest, GrowsAndSurvivesReopening) {
+  structd::testing::TempDir dir;
+  std::vector<Ref> added;
+  {
+    auto l = Ledger::Create(dir.Sub("l"), 7);
+    ASSERT_TRUE(l.ok());
+    for (uint32_t i = 0; i < 20000; ++i) {
+      ASSERT_TRUE((*l)->Add(R(i)).ok());
+      added.push_back(R(i));
+    }
+    for (uint32_t i = 0; i < 20000; i += 2) ASSERT_TRUE((*l)->Remove(R(i)));
+  }
+  // A restarted daemon reads the same file back.
+  auto l = Ledger::Open(dir.Sub("l"));
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ((*l)->size(), 10000u);
+  std::vector<Ref> entries = (*l)->Entries();
+  for (uint32_t i = 1; i < 20000; i += 2) {
+    EXPECT_TRUE((*l)->Contains(R(i))) << i;
+  }
+  EXPECT_FALSE((*l)->Contains(R(0)));
+  EXPECT_EQ(entries.size(), 10000u);
+}
+
+TEST(LedgerTest, DamagedFileIsDataLoss) {
+  structd::testing::TempDir dir;
+  {
+    std::ofstream f(dir.Sub("bad"));
+    f << std::string(200, 'x');
+  }
+  EXPECT_EQ(Ledger::Open(dir.Sub("bad")).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Ledger::Open(dir.Sub("missing")).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(LedgerTest, TombstonesDoNotFillTheTable) {
+  structd::testing::TempDir dir;
+  auto l = Ledger::Create(dir.Sub("l"), 1);
+  ASSERT_TRUE(l.ok());
+  // Churn far more than the capacity: tombstones must be cleaned up by
+  // rehashing, or lookups would never terminate.
+  for (uint32_t i = 0; i < 100000; ++i) {
+    ASSERT_TRUE((*l)->Add(R(i)).ok());
+    ASSERT_TRUE((*l)->Remove(R(i)));
+  }
+  EXPECT_EQ((*l)->size(), 0u);
+  EXPECT_FALSE((*l)->Contains(R(5)));
+}
+
+}  // namespace
+}  // namespace structd::server
