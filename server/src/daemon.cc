@@ -1,0 +1,188 @@
+#include "server/src/daemon.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server_posix.h>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace structd::server {
+namespace {
+
+absl::Status Errno(const std::string& what) {
+  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
+}
+
+// True if something accepts connections on `path`.
+bool SocketIsLive(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  bool live = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  close(fd);
+  return live;
+}
+
+}  // namespace
+
+Daemon::Daemon(DaemonConfig config) : config_(std::move(config)) {}
+
+Daemon::~Daemon() {
+  Shutdown();
+  if (accept_thread_.joinable()) accept_thread_.join();
+  if (reap_thread_.joinable()) reap_thread_.join();
+  if (listen_fd_ >= 0) {
+    close(listen_fd_);
+    unlink(config_.socket.c_str());
+  }
+  if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+absl::Status Daemon::Start() {
+  std::error_code ec;
+  std::filesystem::create_directories(config_.state_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "state dir ", config_.state_dir, ": ", ec.message(),
+        " (choose a writable --state-dir)"));
+  }
+  chmod(config_.state_dir.c_str(), 0700);
+  // One daemon per state directory: an flock the kernel drops if we die.
+  std::string lock_path = config_.state_dir + "/structd.pid";
+  lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd_ < 0) return Errno("open " + lock_path);
+  if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    std::string pid;
+    std::ifstream(lock_path) >> pid;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state dir ", config_.state_dir, " is in use by another structd (pid ",
+        pid.empty() ? "unknown" : pid,
+        "); stop it first, or use another --state-dir"));
+  }
+  if (ftruncate(lock_fd_, 0) == 0) {
+    std::string pid = std::to_string(getpid()) + "\n";
+    (void)!write(lock_fd_, pid.data(), pid.size());
+  }
+
+  CoreOptions o;
+  o.state_dir = config_.state_dir;
+  o.arena.extent_size = config_.extent_size;
+  o.arena.max_extents = config_.max_extents;
+  o.limits.max_fields = config_.max_fields;
+  o.limits.max_payload_size = config_.max_type_bytes;
+  o.max_channels = config_.max_channels;
+  o.max_sessions = config_.max_sessions;
+  o.lease = std::chrono::milliseconds(config_.lease_ms);
+  absl::StatusOr<std::unique_ptr<Core>> core = Core::Open(o);
+  if (!core.ok()) return core.status();
+  core_ = std::move(*core);
+
+  // The socket: refuse to steal a live one, replace a stale one.
+  std::filesystem::create_directories(
+      std::filesystem::path(config_.socket).parent_path(), ec);
+  if (config_.socket.size() >= sizeof(sockaddr_un::sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "socket path ", config_.socket, " is longer than ",
+        sizeof(sockaddr_un::sun_path) - 1, " bytes (use a shorter --socket)"));
+  }
+  if (SocketIsLive(config_.socket)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "socket ", config_.socket,
+        " is served by another process (stop it, or use another --socket)"));
+  }
+  unlink(config_.socket.c_str());
+  listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) return Errno("socket");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, config_.socket.c_str(), sizeof(addr.sun_path) - 1);
+  if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return Errno("bind " + config_.socket);
+  }
+  chmod(config_.socket.c_str(), 0600);
+  if (listen(listen_fd_, 128) != 0) return Errno("listen " + config_.socket);
+
+  session_service_ = std::make_unique<SessionService>(core_.get(), &peers_);
+  registry_service_ = std::make_unique<RegistryService>(core_.get(), &peers_);
+  instances_service_ = std::make_unique<InstancesService>(core_.get(), &peers_);
+  admin_service_ = std::make_unique<AdminService>(
+      core_.get(), &peers_,
+      AdminService::Info{STRUCTD_VERSION, config_.socket, config_.state_dir,
+                         std::chrono::steady_clock::now()});
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.RegisterService(session_service_.get());
+  builder.RegisterService(registry_service_.get());
+  builder.RegisterService(instances_service_.get());
+  builder.RegisterService(admin_service_.get());
+  // Connections arrive through AcceptLoop, not a listening port.
+  server_ = builder.BuildAndStart();
+  if (!server_) return absl::InternalError("grpc server failed to start");
+  accept_thread_ = std::thread([this] { AcceptLoop(); });
+  reap_thread_ = std::thread([this] { ReapLoop(); });
+  spdlog::info("structd {} serving on {} (state {}, pid {})", STRUCTD_VERSION,
+               config_.socket, config_.state_dir, getpid());
+  return absl::OkStatus();
+}
+
+void Daemon::AcceptLoop() {
+  while (!stopping_.load()) {
+    pollfd p{listen_fd_, POLLIN, 0};
+    int r = poll(&p, 1, 200);
+    if (r <= 0) continue;
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) continue;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    PeerCredentials peer;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+      peer = {true, cred.pid, cred.uid, cred.gid};
+    }
+    // Recorded before gRPC sees the connection, so its first call finds it.
+    peers_.Record(fd, peer);
+    grpc::AddInsecureChannelFromFd(server_.get(), fd);
+  }
+}
+
+void Daemon::ReapLoop() {
+  while (!stopping_.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    for (const std::string& id : core_->ExpiredSessions()) {
+      spdlog::warn("session {} missed its lease of {} ms: ending it",
+                   id.substr(0, 8), config_.lease_ms);
+      core_->Detach(id);
+    }
+  }
+}
+
+void Daemon::Wait() {
+  if (server_) server_->Wait();
+}
+
+void Daemon::Shutdown() {
+  if (stopping_.exchange(true)) return;
+  if (server_) {
+    spdlog::info("structd shutting down");
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::seconds(2));
+  }
+}
+
+}  // namespace structd::server

@@ -1,0 +1,54 @@
+#ifndef STRUCTD_SERVER_DAEMON_H_
+#define STRUCTD_SERVER_DAEMON_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "server/src/config.h"
+#include "server/src/core/core.h"
+#include "server/src/rpc/rpc_util.h"
+#include "server/src/rpc/services.h"
+
+namespace structd::server {
+
+// The running daemon: the core, the gRPC server, the Unix-socket listener
+// that records each connection's peer credentials, and the lease reaper.
+class Daemon {
+ public:
+  explicit Daemon(DaemonConfig config);
+  ~Daemon();
+
+  // Takes the state directory's lock, opens the core, binds the socket and
+  // starts serving. FailedPrecondition if another daemon holds the state
+  // directory or serves on the socket.
+  absl::Status Start();
+  // Blocks until Shutdown() is called (e.g. from a signal thread).
+  void Wait();
+  void Shutdown();
+
+ private:
+  void AcceptLoop();
+  void ReapLoop();
+
+  DaemonConfig config_;
+  int lock_fd_ = -1;
+  int listen_fd_ = -1;
+  std::unique_ptr<Core> core_;
+  PeerTable peers_;
+  std::unique_ptr<SessionService> session_service_;
+  std::unique_ptr<RegistryService> registry_service_;
+  std::unique_ptr<InstancesService> instances_service_;
+  std::unique_ptr<AdminService> admin_service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::atomic<bool> stopping_{false};
+  std::thread accept_thread_;
+  std::thread reap_thread_;
+};
+
+}  // namespace structd::server
+
+#endif  // STRUCTD_SERVER_DAEMON_H_

@@ -1,0 +1,46 @@
+// structd: the daemon. Flags and config in config.cc; the work in daemon.cc.
+#include <signal.h>
+
+#include <thread>
+
+#include "server/src/config.h"
+#include "server/src/daemon.h"
+#include "spdlog/spdlog.h"
+
+int main(int argc, char** argv) {
+  structd::server::DaemonConfig config;
+  switch (structd::server::LoadConfig(argc, argv, config)) {
+    case structd::server::ParseOutcome::kExitOk:
+      return 0;
+    case structd::server::ParseOutcome::kExitUsage:
+      return 2;
+    case structd::server::ParseOutcome::kRun:
+      break;
+  }
+  spdlog::set_level(spdlog::level::from_str(config.log_level));
+  // SIGTERM and SIGINT are handled by one thread; every other thread
+  // inherits the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  structd::server::Daemon daemon(config);
+  if (absl::Status s = daemon.Start(); !s.ok()) {
+    spdlog::error("structd: {}", std::string(s.message()));
+    return 1;
+  }
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    spdlog::info("structd: received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    daemon.Shutdown();
+  });
+  daemon.Wait();
+  // Wake the signal thread if the server stopped for another reason.
+  kill(getpid(), SIGTERM);
+  waiter.join();
+  return 0;
+}

@@ -1,0 +1,137 @@
+#include <unistd.h>
+
+#include "absl/strings/str_format.h"
+#include "server/src/rpc/services.h"
+
+namespace structd::server {
+
+absl::Status AdminService::CheckAdmin(grpc::ServerContext& context) const {
+  PeerCredentials peer = peers_->Lookup(context.peer());
+  if (!peer.known || (peer.uid != getuid() && peer.uid != 0)) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "admin: only the daemon's user (uid %d) or root may call the Admin "
+        "service (run structctl as that user)",
+        getuid()));
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
+                                     const v1::GetStatusRequest*,
+                                     v1::GetStatusResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  response->set_version(info_.version);
+  response->set_uptime_ms(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - info_.started)
+          .count()));
+  response->set_daemon_instance(core_->instance_id());
+  response->set_socket(info_.socket);
+  response->set_state_dir(info_.state_dir);
+  response->set_pid(static_cast<uint32_t>(getpid()));
+  uint64_t live = 0, bytes = 0;
+  std::vector<std::shared_ptr<Channel>> channels = core_->Channels();
+  for (const auto& c : channels) {
+    ChannelStats st = c->Stats();
+    live += st.alloc.live_instances;
+    bytes += st.alloc.extent_bytes;
+  }
+  response->set_channels(static_cast<uint32_t>(channels.size()));
+  response->set_sessions(static_cast<uint32_t>(core_->Sessions().size()));
+  response->set_live_instances(live);
+  response->set_arena_bytes(bytes);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListChannels(grpc::ServerContext* context,
+                                        const v1::ListChannelsRequest*,
+                                        v1::ListChannelsResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  for (const auto& c : core_->Channels()) {
+    ChannelStats st = c->Stats();
+    v1::ChannelSummary* out = response->add_channels();
+    out->set_channel_id(c->id());
+    out->set_name(c->name());
+    out->set_types(st.types);
+    out->set_roots(st.roots);
+    out->set_sessions(st.sessions);
+    out->set_live_instances(st.alloc.live_instances);
+    out->set_arena_bytes(st.alloc.extent_bytes);
+    out->set_sealed(st.sealed);
+    out->set_dropped(st.dropped);
+    out->set_epoch(c->Arena().epoch);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListSessions(grpc::ServerContext* context,
+                                        const v1::ListSessionsRequest*,
+                                        v1::ListSessionsResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  for (const SessionInfo& s : core_->Sessions()) {
+    v1::SessionSummary* out = response->add_sessions();
+    out->set_session_id(s.id);
+    out->set_client_name(s.client_name);
+    out->set_pid(static_cast<uint32_t>(s.pid));
+    out->set_uid(static_cast<uint32_t>(s.uid));
+    out->set_attached_unix_ms(s.attached_unix_ms);
+    out->set_refs_held(s.refs_held);
+    for (const std::string& c : s.channels) out->add_channels(c);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListTypes(grpc::ServerContext* context,
+                                     const v1::AdminListTypesRequest* request,
+                                     v1::AdminListTypesResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  bool sealed = false;
+  for (const RegisteredType& t : (*ch)->ListTypes(&sealed)) {
+    ToProto(t, response->add_types());
+  }
+  response->set_sealed(sealed);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListRoots(grpc::ServerContext* context,
+                                     const v1::AdminListRootsRequest* request,
+                                     v1::AdminListRootsResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  for (const RootEntry& r : (*ch)->ListRoots()) {
+    v1::AdminRoot* out = response->add_roots();
+    out->set_name(r.name);
+    out->set_ref(r.ref.bits());
+    if (!r.token.is_zero()) out->set_token(r.token.ToHex());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::GetMemory(grpc::ServerContext* context,
+                                     const v1::GetMemoryRequest* request,
+                                     v1::GetMemoryResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  ChannelStats st = (*ch)->Stats();
+  ArenaSummary a = (*ch)->Arena();
+  response->set_extents(static_cast<uint32_t>(st.alloc.extents));
+  response->set_extent_size(a.extent_size);
+  response->set_arena_bytes(st.alloc.extent_bytes);
+  response->set_live_bytes(st.alloc.live_block_bytes);
+  response->set_class_slabs(st.alloc.class_slabs);
+  response->set_large_slabs(st.alloc.large_slabs);
+  response->set_unassigned_slabs(st.alloc.unassigned_slabs);
+  uint64_t assigned =
+      (st.alloc.class_slabs + st.alloc.large_slabs) * uint64_t{shm::kSlabSize};
+  response->set_fragmentation(
+      assigned == 0 ? 0.0
+                    : 1.0 - static_cast<double>(st.alloc.live_block_bytes) /
+                                static_cast<double>(assigned));
+  return grpc::Status::OK;
+}
+
+}  // namespace structd::server

@@ -1,0 +1,153 @@
+#include "absl/strings/str_format.h"
+#include "server/src/rpc/services.h"
+
+namespace structd::server {
+namespace {
+
+// Validates a list of refs from a request: count bounds; refs stay opaque
+// (the channel validates them against the arena).
+absl::StatusOr<std::vector<shm::Ref>> RefsOf(
+    const google::protobuf::RepeatedField<uint64_t>& bits, uint32_t max) {
+  if (bits.empty() || static_cast<uint32_t>(bits.size()) > max) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "refs: %d given, allowed 1 to %d (split large calls)", bits.size(),
+        max));
+  }
+  std::vector<shm::Ref> refs;
+  refs.reserve(bits.size());
+  for (uint64_t b : bits) refs.push_back(shm::Ref::FromBits(b));
+  return refs;
+}
+
+}  // namespace
+
+grpc::Status InstancesService::Allocate(grpc::ServerContext* context,
+                                        const v1::AllocateRequest* request,
+                                        v1::AllocateResponse* response) {
+  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
+  if (!session.ok()) return ToGrpc(session.status());
+  absl::StatusOr<std::shared_ptr<Channel>> ch =
+      core_->Joined(*session, request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
+  if (!token.ok()) return ToGrpc(token.status());
+  absl::StatusOr<std::vector<shm::Ref>> refs =
+      (*ch)->Allocate(*session, *token, 1);
+  if (!refs.ok()) return ToGrpc(refs.status());
+  response->set_ref(refs->front().bits());
+  return grpc::Status::OK;
+}
+
+grpc::Status InstancesService::AllocateBatch(
+    grpc::ServerContext* context, const v1::AllocateBatchRequest* request,
+    v1::AllocateBatchResponse* response) {
+  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
+  if (!session.ok()) return ToGrpc(session.status());
+  if (request->count() == 0 || request->count() > core_->options().max_batch) {
+    return ToGrpc(absl::InvalidArgumentError(absl::StrFormat(
+        "count: %d, allowed 1 to %d (split large batches)", request->count(),
+        core_->options().max_batch)));
+  }
+  absl::StatusOr<std::shared_ptr<Channel>> ch =
+      core_->Joined(*session, request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
+  if (!token.ok()) return ToGrpc(token.status());
+  absl::StatusOr<std::vector<shm::Ref>> refs =
+      (*ch)->Allocate(*session, *token, request->count());
+  if (!refs.ok()) return ToGrpc(refs.status());
+  response->mutable_refs()->Reserve(static_cast<int>(refs->size()));
+  for (shm::Ref r : *refs) response->add_refs(r.bits());
+  return grpc::Status::OK;
+}
+
+grpc::Status InstancesService::Retain(grpc::ServerContext* context,
+                                      const v1::RetainRequest* request,
+                                      v1::RetainResponse*) {
+  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
+  if (!session.ok()) return ToGrpc(session.status());
+  absl::StatusOr<std::vector<shm::Ref>> refs =
+      RefsOf(request->refs(), core_->options().max_refs_per_call);
+  if (!refs.ok()) return ToGrpc(refs.status());
+  absl::StatusOr<std::shared_ptr<Channel>> ch =
+      core_->Joined(*session, request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  return ToGrpc((*ch)->Retain(*session, *refs));
+}
+
+grpc::Status InstancesService::Release(grpc::ServerContext* context,
+                                       const v1::ReleaseRequest* request,
+                                       v1::ReleaseResponse* response) {
+  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
+  if (!session.ok()) return ToGrpc(session.status());
+  absl::StatusOr<std::vector<shm::Ref>> refs =
+      RefsOf(request->refs(), core_->options().max_refs_per_call);
+  if (!refs.ok()) return ToGrpc(refs.status());
+  absl::StatusOr<std::shared_ptr<Channel>> ch =
+      core_->Joined(*session, request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<uint64_t> freed = (*ch)->Release(*session, *refs);
+  if (!freed.ok()) return ToGrpc(freed.status());
+  response->set_freed(*freed);
+  return grpc::Status::OK;
+}
+
+grpc::Status InstancesService::SetRoot(grpc::ServerContext* context,
+                                       const v1::SetRootRequest* request,
+                                       v1::SetRootResponse* response) {
+  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
+  if (!session.ok()) return ToGrpc(session.status());
+  absl::StatusOr<std::shared_ptr<Channel>> ch =
+      core_->Joined(*session, request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<shm::Ref> prev =
+      (*ch)->SetRoot(request->name(), shm::Ref::FromBits(request->ref()));
+  if (!prev.ok()) return ToGrpc(prev.status());
+  response->set_previous(prev->bits());
+  return grpc::Status::OK;
+}
+
+grpc::Status InstancesService::GetRoot(grpc::ServerContext* context,
+                                       const v1::GetRootRequest* request,
+                                       v1::GetRootResponse* response) {
+  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
+  if (!session.ok()) return ToGrpc(session.status());
+  absl::StatusOr<std::shared_ptr<Channel>> ch =
+      core_->Joined(*session, request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<RootEntry> root = (*ch)->GetRoot(request->name());
+  if (!root.ok()) return ToGrpc(root.status());
+  response->set_ref(root->ref.bits());
+  if (!root->token.is_zero()) response->set_token(root->token.ToHex());
+  return grpc::Status::OK;
+}
+
+grpc::Status InstancesService::DeleteRoot(grpc::ServerContext* context,
+                                          const v1::DeleteRootRequest* request,
+                                          v1::DeleteRootResponse*) {
+  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
+  if (!session.ok()) return ToGrpc(session.status());
+  absl::StatusOr<std::shared_ptr<Channel>> ch =
+      core_->Joined(*session, request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  return ToGrpc((*ch)->DeleteRoot(request->name()));
+}
+
+grpc::Status InstancesService::ListRoots(grpc::ServerContext* context,
+                                         const v1::ListRootsRequest* request,
+                                         v1::ListRootsResponse* response) {
+  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
+  if (!session.ok()) return ToGrpc(session.status());
+  absl::StatusOr<std::shared_ptr<Channel>> ch =
+      core_->Joined(*session, request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  for (const RootEntry& r : (*ch)->ListRoots()) {
+    v1::Root* out = response->add_roots();
+    out->set_name(r.name);
+    out->set_ref(r.ref.bits());
+    if (!r.token.is_zero()) out->set_token(r.token.ToHex());
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace structd::server

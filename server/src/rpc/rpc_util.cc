@@ -1,0 +1,64 @@
+#include "server/src/rpc/rpc_util.h"
+
+#include <charconv>
+
+#include "absl/strings/str_cat.h"
+
+namespace structd::server {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
+                      std::string(s.message()));
+}
+
+void PeerTable::Record(int fd, const PeerCredentials& creds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  by_fd_[fd] = creds;
+}
+
+PeerCredentials PeerTable::Lookup(const std::string& peer) const {
+  // gRPC names fd-adopted connections "fd:N".
+  if (peer.rfind("fd:", 0) != 0) return {};
+  int fd = -1;
+  const char* begin = peer.data() + 3;
+  auto [p, ec] = std::from_chars(begin, peer.data() + peer.size(), fd);
+  if (ec != std::errc() || p != peer.data() + peer.size()) return {};
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_fd_.find(fd);
+  return it == by_fd_.end() ? PeerCredentials{} : it->second;
+}
+
+std::string SessionIdOf(const grpc::ServerContext& context) {
+  const auto& md = context.client_metadata();
+  auto it = md.find("structd-session");
+  if (it == md.end()) return "";
+  return std::string(it->second.data(), it->second.size());
+}
+
+absl::StatusOr<shm::TypeToken> ParseToken(const std::string& text) {
+  std::optional<shm::TypeToken> t = shm::TypeToken::FromHex(text);
+  if (!t) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "token '", text.substr(0, 64),
+        "': not a type token (use the 32 hex digits RegisterType returned)"));
+  }
+  return *t;
+}
+
+}  // namespace structd::server
+
+namespace structd::server {
+
+absl::StatusOr<std::string> CallerSession(grpc::ServerContext& context,
+                                          const Core& core,
+                                          const PeerTable& peers) {
+  std::string id = SessionIdOf(context);
+  if (absl::Status s = core.CheckSession(id, peers.Lookup(context.peer()));
+      !s.ok()) {
+    return s;
+  }
+  return id;
+}
+
+}  // namespace structd::server

@@ -1,0 +1,137 @@
+#ifndef STRUCTD_SERVER_RPC_SERVICES_H_
+#define STRUCTD_SERVER_RPC_SERVICES_H_
+
+// gRPC services of structd.v1. They only translate: proto in, a call into
+// the domain core, proto and status out. Rules live in server/src/core.
+
+#include <atomic>
+#include <chrono>
+
+#include "server/src/core/core.h"
+#include "server/src/rpc/rpc_util.h"
+#include "structd/v1/admin.grpc.pb.h"
+#include "structd/v1/instances.grpc.pb.h"
+#include "structd/v1/registry.grpc.pb.h"
+#include "structd/v1/session.grpc.pb.h"
+
+namespace structd::server {
+
+class SessionService final : public v1::Session::Service {
+ public:
+  SessionService(Core* core, const PeerTable* peers) : core_(core), peers_(peers) {}
+  grpc::Status Attach(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>* stream)
+      override;
+
+ private:
+  Core* core_;
+  const PeerTable* peers_;
+};
+
+class RegistryService final : public v1::Registry::Service {
+ public:
+  RegistryService(Core* core, const PeerTable* peers) : core_(core), peers_(peers) {}
+  grpc::Status CreateChannel(grpc::ServerContext* context,
+                             const v1::CreateChannelRequest* request,
+                             v1::CreateChannelResponse* response) override;
+  grpc::Status JoinChannel(grpc::ServerContext* context,
+                           const v1::JoinChannelRequest* request,
+                           v1::JoinChannelResponse* response) override;
+  grpc::Status DropChannel(grpc::ServerContext* context,
+                           const v1::DropChannelRequest* request,
+                           v1::DropChannelResponse* response) override;
+  grpc::Status RegisterType(grpc::ServerContext* context,
+                            const v1::RegisterTypeRequest* request,
+                            v1::RegisterTypeResponse* response) override;
+  grpc::Status DescribeType(grpc::ServerContext* context,
+                            const v1::DescribeTypeRequest* request,
+                            v1::DescribeTypeResponse* response) override;
+  grpc::Status ListTypes(grpc::ServerContext* context,
+                         const v1::ListTypesRequest* request,
+                         v1::ListTypesResponse* response) override;
+  grpc::Status SealRegistry(grpc::ServerContext* context,
+                            const v1::SealRegistryRequest* request,
+                            v1::SealRegistryResponse* response) override;
+
+ private:
+  Core* core_;
+  const PeerTable* peers_;
+};
+
+class InstancesService final : public v1::Instances::Service {
+ public:
+  InstancesService(Core* core, const PeerTable* peers) : core_(core), peers_(peers) {}
+  grpc::Status Allocate(grpc::ServerContext* context,
+                        const v1::AllocateRequest* request,
+                        v1::AllocateResponse* response) override;
+  grpc::Status AllocateBatch(grpc::ServerContext* context,
+                             const v1::AllocateBatchRequest* request,
+                             v1::AllocateBatchResponse* response) override;
+  grpc::Status Retain(grpc::ServerContext* context,
+                      const v1::RetainRequest* request,
+                      v1::RetainResponse* response) override;
+  grpc::Status Release(grpc::ServerContext* context,
+                       const v1::ReleaseRequest* request,
+                       v1::ReleaseResponse* response) override;
+  grpc::Status SetRoot(grpc::ServerContext* context,
+                       const v1::SetRootRequest* request,
+                       v1::SetRootResponse* response) override;
+  grpc::Status GetRoot(grpc::ServerContext* context,
+                       const v1::GetRootRequest* request,
+                       v1::GetRootResponse* response) override;
+  grpc::Status DeleteRoot(grpc::ServerContext* context,
+                          const v1::DeleteRootRequest* request,
+                          v1::DeleteRootResponse* response) override;
+  grpc::Status ListRoots(grpc::ServerContext* context,
+                         const v1::ListRootsRequest* request,
+                         v1::ListRootsResponse* response) override;
+
+ private:
+  Core* core_;
+  const PeerTable* peers_;
+};
+
+class AdminService final : public v1::Admin::Service {
+ public:
+  struct Info {
+    std::string version;
+    std::string socket;
+    std::string state_dir;
+    std::chrono::steady_clock::time_point started;
+  };
+  AdminService(Core* core, const PeerTable* peers, Info info)
+      : core_(core), peers_(peers), info_(std::move(info)) {}
+  grpc::Status GetStatus(grpc::ServerContext* context,
+                         const v1::GetStatusRequest* request,
+                         v1::GetStatusResponse* response) override;
+  grpc::Status ListChannels(grpc::ServerContext* context,
+                            const v1::ListChannelsRequest* request,
+                            v1::ListChannelsResponse* response) override;
+  grpc::Status ListSessions(grpc::ServerContext* context,
+                            const v1::ListSessionsRequest* request,
+                            v1::ListSessionsResponse* response) override;
+  grpc::Status ListTypes(grpc::ServerContext* context,
+                         const v1::AdminListTypesRequest* request,
+                         v1::AdminListTypesResponse* response) override;
+  grpc::Status ListRoots(grpc::ServerContext* context,
+                         const v1::AdminListRootsRequest* request,
+                         v1::AdminListRootsResponse* response) override;
+  grpc::Status GetMemory(grpc::ServerContext* context,
+                         const v1::GetMemoryRequest* request,
+                         v1::GetMemoryResponse* response) override;
+
+ private:
+  // Admin calls: the daemon's uid (peer credentials) only, for now.
+  absl::Status CheckAdmin(grpc::ServerContext& context) const;
+  Core* core_;
+  const PeerTable* peers_;
+  Info info_;
+};
+
+// Fills a proto TypeInfo.
+void ToProto(const RegisteredType& t, v1::TypeInfo* out);
+
+}  // namespace structd::server
+
+#endif  // STRUCTD_SERVER_RPC_SERVICES_H_

@@ -1,0 +1,41 @@
+#include "server/src/rpc/services.h"
+#include "spdlog/spdlog.h"
+
+namespace structd::server {
+
+grpc::Status SessionService::Attach(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>* stream) {
+  v1::AttachRequest first;
+  if (!stream->Read(&first)) return grpc::Status::OK;  // gone before hello
+  if (!first.has_hello()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "attach: the first message must be hello (send "
+                        "AttachRequest.hello, then heartbeats)");
+  }
+  PeerCredentials peer = peers_->Lookup(context->peer());
+  absl::StatusOr<SessionInfo> s =
+      core_->Attach(peer, first.hello().client_name());
+  if (!s.ok()) return ToGrpc(s.status());
+  v1::AttachEvent attached;
+  v1::Attached* a = attached.mutable_attached();
+  a->set_session_id(s->id);
+  a->set_session_secret(s->secret);
+  a->set_pid(static_cast<uint32_t>(s->pid));
+  a->set_uid(static_cast<uint32_t>(s->uid));
+  a->set_lease_ms(static_cast<uint32_t>(core_->options().lease.count()));
+  a->set_daemon_instance(core_->instance_id());
+  a->set_daemon_version(STRUCTD_VERSION);
+  if (stream->Write(attached)) {
+    // The session lives as long as this stream: a closed stream or a dead
+    // process ends the Read loop at once.
+    v1::AttachRequest msg;
+    while (stream->Read(&msg)) {
+      if (msg.has_heartbeat()) core_->Heartbeat(s->id);
+    }
+  }
+  core_->Detach(s->id);
+  return grpc::Status::OK;
+}
+
+}  // namespace structd::server

@@ -1,0 +1,383 @@
+// The daemon over its real gRPC API: a structd child process per test with
+// its own socket and state directory.
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "structd/shm/arena.h"
+#include "structd/shm/field.h"
+#include "testing/daemon_process.h"
+#include "testing/grpc_client.h"
+
+namespace structd {
+namespace {
+
+using ::testing::HasSubstr;
+using structd::testing::DaemonProcess;
+using structd::testing::GrpcClient;
+
+struct Channel {
+  std::string id, owner, member;
+  v1::ArenaInfo arena;
+};
+
+Channel Create(GrpcClient& c, const std::string& name) {
+  v1::CreateChannelRequest req;
+  req.set_name(name);
+  v1::CreateChannelResponse resp;
+  grpc::Status s = c.registry().CreateChannel(c.Ctx().get(), req, &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return {resp.channel_id(), resp.owner_capability(), resp.member_capability(),
+          resp.arena()};
+}
+
+v1::TypeInfo Register(GrpcClient& c, const std::string& channel,
+                      const std::string& key,
+                      std::vector<std::pair<std::string, std::string>> fields,
+                      grpc::Status* status = nullptr) {
+  v1::RegisterTypeRequest req;
+  req.set_channel(channel);
+  req.set_key(key);
+  for (auto& [n, t] : fields) {
+    auto* f = req.add_fields();
+    f->set_name(n);
+    f->set_type(t);
+  }
+  v1::RegisterTypeResponse resp;
+  grpc::Status s = c.registry().RegisterType(c.Ctx().get(), req, &resp);
+  if (status) *status = s;
+  return resp.type();
+}
+
+std::vector<uint64_t> Alloc(GrpcClient& c, const std::string& channel,
+                            const std::string& token, uint32_t n,
+                            grpc::Status* status = nullptr) {
+  v1::AllocateBatchRequest req;
+  req.set_channel(channel);
+  req.set_token(token);
+  req.set_count(n);
+  v1::AllocateBatchResponse resp;
+  grpc::Status s = c.instances().AllocateBatch(c.Ctx().get(), req, &resp);
+  if (status) *status = s;
+  return {resp.refs().begin(), resp.refs().end()};
+}
+
+uint64_t LiveInstances(GrpcClient& c, const std::string& name) {
+  v1::ListChannelsResponse resp;
+  grpc::ClientContext ctx;
+  EXPECT_TRUE(c.admin().ListChannels(&ctx, {}, &resp).ok());
+  for (const auto& ch : resp.channels()) {
+    if (ch.name() == name) return ch.live_instances();
+  }
+  return ~uint64_t{0};
+}
+
+TEST(DaemonTest, ClientsShareFieldsThroughTheArenaTheDaemonCreated) {
+  DaemonProcess daemon;
+  GrpcClient a(daemon.target());
+  Channel ch = Create(a, "counters");
+  grpc::Status s;
+  v1::TypeInfo t = Register(a, "counters", "Counter", {{"hits", "u64"}}, &s);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(t.layout().size(), 8u);
+  std::vector<uint64_t> refs = Alloc(a, "counters", t.token(), 3, &s);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(refs.size(), 3u);
+
+  // Another client joins with the member capability and maps the arena.
+  GrpcClient b(daemon.target());
+  v1::JoinChannelRequest join;
+  join.set_channel("counters");
+  join.set_capability(ch.member);
+  v1::JoinChannelResponse joined;
+  ASSERT_TRUE(b.registry().JoinChannel(b.Ctx().get(), join, &joined).ok());
+  EXPECT_EQ(joined.role(), v1::ROLE_MEMBER);
+  auto arena = shm::Arena::Open(joined.arena().path(), shm::Access::kReadWrite);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  EXPECT_EQ((*arena)->epoch(), joined.arena().epoch());
+  auto inst = (*arena)->Resolve(shm::Ref::FromBits(refs[1]));
+  ASSERT_TRUE(inst.ok()) << inst.status();
+  shm::Scalar<uint64_t>(inst->payload()).fetch_add(41);
+  shm::Scalar<uint64_t>(inst->payload()).fetch_add(1);
+  auto mine = shm::Arena::Open(ch.arena.path(), shm::Access::kReadOnly);
+  ASSERT_TRUE(mine.ok());
+  EXPECT_EQ(shm::Scalar<uint64_t>((*mine)->Resolve(shm::Ref::FromBits(refs[1]))
+                                      ->payload())
+                .load(),
+            42u);
+}
+
+TEST(DaemonTest, EndingASessionReleasesItsReferences) {
+  DaemonProcess daemon;
+  GrpcClient owner(daemon.target());
+  Channel ch = Create(owner, "ch");
+  v1::TypeInfo t = Register(owner, "ch", "N", {{"v", "u64"}, {"next", "ref"}});
+  std::vector<uint64_t> kept = Alloc(owner, "ch", t.token(), 1);
+  {
+    GrpcClient worker(daemon.target());
+    v1::JoinChannelRequest join;
+    join.set_channel("ch");
+    join.set_capability(ch.member);
+    v1::JoinChannelResponse joined;
+    ASSERT_TRUE(worker.registry().JoinChannel(worker.Ctx().get(), join, &joined).ok());
+    Alloc(worker, "ch", t.token(), 50);
+    v1::RetainRequest retain;
+    retain.set_channel("ch");
+    retain.add_refs(kept[0]);
+    v1::RetainResponse rr;
+    ASSERT_TRUE(worker.instances().Retain(worker.Ctx().get(), retain, &rr).ok());
+    EXPECT_EQ(LiveInstances(owner, "ch"), 51u);
+  }  // the worker's stream closes
+  for (int i = 0; i < 500 && LiveInstances(owner, "ch") != 1u; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(LiveInstances(owner, "ch"), 1u);
+  auto arena = shm::Arena::Open(ch.arena.path(), shm::Access::kReadOnly);
+  EXPECT_EQ((*arena)->Resolve(shm::Ref::FromBits(kept[0]))->header().refcount.load(),
+            1u);
+}
+
+TEST(DaemonTest, CapabilitiesTokensAndSealingGiveTheirDocumentedCodes) {
+  DaemonProcess daemon;
+  GrpcClient a(daemon.target());
+  Channel c1 = Create(a, "one");
+  Channel c2 = Create(a, "two");
+  v1::TypeInfo t1 = Register(a, "one", "P", {{"x", "f64"}});
+  GrpcClient b(daemon.target());
+  v1::JoinChannelRequest join;
+  join.set_channel("one");
+  join.set_capability(c2.owner);  // another channel's capability
+  v1::JoinChannelResponse jr;
+  EXPECT_EQ(b.registry().JoinChannel(b.Ctx().get(), join, &jr).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  // A token of channel "one" used in channel "two": NOT_FOUND, like a
+  // guessed one.
+  v1::DescribeTypeRequest d;
+  d.set_channel("two");
+  d.set_token(t1.token());
+  v1::DescribeTypeResponse dr;
+  grpc::Status foreign = a.registry().DescribeType(a.Ctx().get(), d, &dr);
+  d.set_token(std::string(32, 'a'));
+  grpc::Status guessed = a.registry().DescribeType(a.Ctx().get(), d, &dr);
+  EXPECT_EQ(foreign.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(guessed.error_code(), grpc::StatusCode::NOT_FOUND);
+  // Same key, different layout: FAILED_PRECONDITION showing both.
+  grpc::Status s;
+  Register(a, "one", "P", {{"x", "f32"}}, &s);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("registered:"));
+  // Sealing needs the owner capability, then stops new keys.
+  v1::SealRegistryRequest seal;
+  seal.set_channel("one");
+  seal.set_owner_capability(c1.member);
+  v1::SealRegistryResponse sr;
+  EXPECT_EQ(a.registry().SealRegistry(a.Ctx().get(), seal, &sr).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  seal.set_owner_capability(c1.owner);
+  ASSERT_TRUE(a.registry().SealRegistry(a.Ctx().get(), seal, &sr).ok());
+  Register(a, "one", "Q", {{"x", "f64"}}, &s);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("sealed"));
+}
+
+TEST(DaemonTest, StaleAndForgedRefsGiveTheirDocumentedCodes) {
+  DaemonProcess daemon;
+  GrpcClient a(daemon.target());
+  Create(a, "ch");
+  v1::TypeInfo t = Register(a, "ch", "N", {{"v", "u64"}});
+  std::vector<uint64_t> refs = Alloc(a, "ch", t.token(), 1);
+  v1::ReleaseRequest rel;
+  rel.set_channel("ch");
+  rel.add_refs(refs[0]);
+  v1::ReleaseResponse rr;
+  ASSERT_TRUE(a.instances().Release(a.Ctx().get(), rel, &rr).ok());
+  EXPECT_EQ(rr.freed(), 1u);
+  v1::RetainRequest ret;
+  ret.set_channel("ch");
+  ret.add_refs(refs[0]);
+  v1::RetainResponse retr;
+  grpc::Status stale = a.instances().Retain(a.Ctx().get(), ret, &retr);
+  EXPECT_EQ(stale.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(stale.error_message(), HasSubstr("stale"));
+  ret.set_refs(0, 0x123456789abcdef0ull);
+  grpc::Status forged = a.instances().Retain(a.Ctx().get(), ret, &retr);
+  EXPECT_EQ(forged.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Releasing what the session does not own.
+  EXPECT_EQ(a.instances().Release(a.Ctx().get(), rel, &rr).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST(DaemonTest, MalformedRequestsGetClearErrorsAndTheDaemonKeepsAnswering) {
+  DaemonProcess daemon;
+  GrpcClient a(daemon.target());
+  Create(a, "ch");
+  v1::TypeInfo t = Register(a, "ch", "N", {{"v", "u64"}});
+  struct Case {
+    const char* what;
+    std::function<grpc::Status()> call;
+    grpc::StatusCode code;
+  };
+  GrpcClient anon(daemon.target(), /*attach=*/false);
+  std::vector<Case> cases = {
+      {"no session",
+       [&] {
+         v1::ListTypesRequest r;
+         r.set_channel("ch");
+         v1::ListTypesResponse resp;
+         return anon.registry().ListTypes(anon.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::UNAUTHENTICATED},
+      {"bad channel name",
+       [&] {
+         v1::CreateChannelRequest r;
+         r.set_name("no spaces allowed");
+         v1::CreateChannelResponse resp;
+         return a.registry().CreateChannel(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"bad extent size",
+       [&] {
+         v1::CreateChannelRequest r;
+         r.set_name("odd");
+         r.mutable_arena()->set_extent_size(1000);
+         v1::CreateChannelResponse resp;
+         return a.registry().CreateChannel(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"unknown channel",
+       [&] {
+         v1::JoinChannelRequest r;
+         r.set_channel("nope");
+         v1::JoinChannelResponse resp;
+         return a.registry().JoinChannel(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::NOT_FOUND},
+      {"bad field type",
+       [&] {
+         grpc::Status s;
+         Register(a, "ch", "B", {{"x", "int"}}, &s);
+         return s;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"no fields",
+       [&] {
+         grpc::Status s;
+         Register(a, "ch", "E", {}, &s);
+         return s;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"empty key",
+       [&] {
+         grpc::Status s;
+         Register(a, "ch", "", {{"x", "u8"}}, &s);
+         return s;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"malformed token",
+       [&] {
+         grpc::Status s;
+         Alloc(a, "ch", "xyz", 1, &s);
+         return s;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"batch of zero",
+       [&] {
+         grpc::Status s;
+         Alloc(a, "ch", t.token(), 0, &s);
+         return s;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"batch too large",
+       [&] {
+         grpc::Status s;
+         Alloc(a, "ch", t.token(), 2000000, &s);
+         return s;
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"empty release",
+       [&] {
+         v1::ReleaseRequest r;
+         r.set_channel("ch");
+         v1::ReleaseResponse resp;
+         return a.instances().Release(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"bad root name",
+       [&] {
+         v1::SetRootRequest r;
+         r.set_channel("ch");
+         r.set_name("has space");
+         v1::SetRootResponse resp;
+         return a.instances().SetRoot(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"missing root",
+       [&] {
+         v1::GetRootRequest r;
+         r.set_channel("ch");
+         r.set_name("absent");
+         v1::GetRootResponse resp;
+         return a.instances().GetRoot(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::NOT_FOUND},
+      {"root to null ref",
+       [&] {
+         v1::SetRootRequest r;
+         r.set_channel("ch");
+         r.set_name("config");
+         v1::SetRootResponse resp;
+         return a.instances().SetRoot(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+  };
+  for (const Case& c : cases) {
+    grpc::Status s = c.call();
+    EXPECT_EQ(s.error_code(), c.code) << c.what << ": " << s.error_message();
+    EXPECT_FALSE(s.error_message().empty()) << c.what;
+    // Still answering.
+    v1::ListTypesRequest r;
+    r.set_channel("ch");
+    v1::ListTypesResponse resp;
+    ASSERT_TRUE(a.registry().ListTypes(a.Ctx().get(), r, &resp).ok()) << c.what;
+  }
+}
+
+TEST(DaemonTest, ASecondDaemonOnTheSameStateDirRefusesNamingTheFirst) {
+  DaemonProcess daemon;
+  std::string out;
+  int code = structd::testing::RunDaemonToCompletion(
+      {"--socket", daemon.socket() + ".2", "--state-dir", daemon.state_dir()},
+      &out);
+  EXPECT_EQ(code, 1);
+  EXPECT_THAT(out, HasSubstr("in use by another structd (pid " +
+                             std::to_string(daemon.pid())));
+}
+
+TEST(DaemonTest, HelpDocumentsEveryOptionAndBadFlagsAreUsageErrors) {
+  std::string out;
+  EXPECT_EQ(structd::testing::RunDaemonToCompletion({"--help"}, &out), 0);
+  for (const char* opt : {"--socket", "--state-dir", "--config", "--log-level",
+                          "--extent-size", "--max-extents", "--lease-ms"}) {
+    EXPECT_THAT(out, HasSubstr(opt));
+  }
+  out.clear();
+  EXPECT_EQ(structd::testing::RunDaemonToCompletion({"--no-such-flag"}, &out), 2);
+  out.clear();
+  EXPECT_EQ(structd::testing::RunDaemonToCompletion({"--log-level", "loud"}, &out),
+            2);
+  EXPECT_THAT(out, HasSubstr("not one of"));
+}
+
+TEST(DaemonTest, SigtermShutsDownCleanlyAndRemovesTheSocket) {
+  DaemonProcess daemon;
+  std::string socket = daemon.socket();
+  EXPECT_EQ(daemon.Stop(), 0);
+  EXPECT_FALSE(std::filesystem::exists(socket));
+}
+
+}  // namespace
+}  // namespace structd

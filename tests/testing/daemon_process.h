@@ -1,0 +1,47 @@
+#ifndef STRUCTD_TESTS_TESTING_DAEMON_PROCESS_H_
+#define STRUCTD_TESTS_TESTING_DAEMON_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "testing/temp_dir.h"
+
+namespace structd::testing {
+
+// A real structd child process with its own socket and state directory in
+// a fresh temp dir. Started by the constructor (waits until the socket
+// accepts connections), stopped with SIGTERM (then SIGKILL) on destruction.
+class DaemonProcess {
+ public:
+  explicit DaemonProcess(std::vector<std::string> extra_args = {});
+  ~DaemonProcess();
+  DaemonProcess(const DaemonProcess&) = delete;
+  DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+  const std::string& socket() const { return socket_; }
+  const std::string& state_dir() const { return state_dir_; }
+  std::string target() const { return "unix:" + socket_; }
+  pid_t pid() const { return pid_; }
+  bool running() const { return pid_ > 0; }
+
+  // Sends SIGTERM and waits; returns the exit code (128 + signal if killed).
+  int Stop();
+  void Kill9();
+
+ private:
+  TempDir dir_;
+  std::string socket_;
+  std::string state_dir_;
+  pid_t pid_ = -1;
+};
+
+// Runs structd with `args` to completion; returns its exit code and
+// combined output.
+int RunDaemonToCompletion(const std::vector<std::string>& args,
+                          std::string* output);
+
+}  // namespace structd::testing
+
+#endif  // STRUCTD_TESTS_TESTING_DAEMON_PROCESS_H_

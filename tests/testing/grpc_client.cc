@@ -1,0 +1,41 @@
+#include "testing/grpc_client.h"
+
+#include <stdexcept>
+
+namespace structd::testing {
+
+GrpcClient::GrpcClient(const std::string& target, bool attach) {
+  channel_ = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  registry_ = v1::Registry::NewStub(channel_);
+  instances_ = v1::Instances::NewStub(channel_);
+  admin_ = v1::Admin::NewStub(channel_);
+  session_ = v1::Session::NewStub(channel_);
+  if (!attach) return;
+  attach_ctx_ = std::make_unique<grpc::ClientContext>();
+  attach_ = session_->Attach(attach_ctx_.get());
+  v1::AttachRequest hello;
+  hello.mutable_hello()->set_client_name("test");
+  v1::AttachEvent ev;
+  if (!attach_->Write(hello) || !attach_->Read(&ev) || !ev.has_attached()) {
+    throw std::runtime_error("attach failed");
+  }
+  session_id_ = ev.attached().session_id();
+}
+
+GrpcClient::~GrpcClient() { Detach(); }
+
+void GrpcClient::Detach() {
+  if (!attach_) return;
+  attach_->WritesDone();
+  attach_->Finish();
+  attach_.reset();
+}
+
+std::unique_ptr<grpc::ClientContext> GrpcClient::Ctx() const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!session_id_.empty()) ctx->AddMetadata("structd-session", session_id_);
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  return ctx;
+}
+
+}  // namespace structd::testing

@@ -1,0 +1,50 @@
+#ifndef STRUCTD_TESTS_TESTING_GRPC_CLIENT_H_
+#define STRUCTD_TESTS_TESTING_GRPC_CLIENT_H_
+
+// A raw gRPC client of structd.v1 for tests: one channel, the four stubs,
+// and an open Attach stream (the session).
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "structd/v1/admin.grpc.pb.h"
+#include "structd/v1/instances.grpc.pb.h"
+#include "structd/v1/registry.grpc.pb.h"
+#include "structd/v1/session.grpc.pb.h"
+
+namespace structd::testing {
+
+class GrpcClient {
+ public:
+  // Connects; attaches unless `attach` is false.
+  explicit GrpcClient(const std::string& target, bool attach = true);
+  ~GrpcClient();
+
+  // A context carrying this client's session id.
+  std::unique_ptr<grpc::ClientContext> Ctx() const;
+  const std::string& session_id() const { return session_id_; }
+  // Ends the session by closing the Attach stream.
+  void Detach();
+
+  v1::Registry::Stub& registry() { return *registry_; }
+  v1::Instances::Stub& instances() { return *instances_; }
+  v1::Admin::Stub& admin() { return *admin_; }
+  v1::Session::Stub& session() { return *session_; }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Registry::Stub> registry_;
+  std::unique_ptr<v1::Instances::Stub> instances_;
+  std::unique_ptr<v1::Admin::Stub> admin_;
+  std::unique_ptr<v1::Session::Stub> session_;
+  std::unique_ptr<grpc::ClientContext> attach_ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>>
+      attach_;
+  std::string session_id_;
+};
+
+}  // namespace structd::testing
+
+#endif  // STRUCTD_TESTS_TESTING_GRPC_CLIENT_H_
