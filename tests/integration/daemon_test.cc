@@ -66,16 +66,6 @@ std::vector<uint64_t> Alloc(GrpcClient& c, const std::string& channel,
   return {resp.refs().begin(), resp.refs().end()};
 }
 
-uint64_t LiveInstances(GrpcClient& c, const std::string& name) {
-  v1::ListChannelsResponse resp;
-  grpc::ClientContext ctx;
-  EXPECT_TRUE(c.admin().ListChannels(&ctx, {}, &resp).ok());
-  for (const auto& ch : resp.channels()) {
-    if (ch.name() == name) return ch.live_instances();
-  }
-  return ~uint64_t{0};
-}
-
 TEST(DaemonTest, ClientsShareFieldsThroughTheArenaTheDaemonCreated) {
   DaemonProcess daemon;
   GrpcClient a(daemon.target());
@@ -130,12 +120,12 @@ TEST(DaemonTest, EndingASessionReleasesItsReferences) {
     retain.add_refs(kept[0]);
     v1::RetainResponse rr;
     ASSERT_TRUE(worker.instances().Retain(worker.Ctx().get(), retain, &rr).ok());
-    EXPECT_EQ(LiveInstances(owner, "ch"), 51u);
+    EXPECT_EQ(owner.LiveInstances("ch"), 51u);
   }  // the worker's stream closes
-  for (int i = 0; i < 500 && LiveInstances(owner, "ch") != 1u; ++i) {
+  for (int i = 0; i < 500 && owner.LiveInstances("ch") != 1u; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_EQ(LiveInstances(owner, "ch"), 1u);
+  EXPECT_EQ(owner.LiveInstances("ch"), 1u);
   auto arena = shm::Arena::Open(ch.arena.path(), shm::Access::kReadOnly);
   EXPECT_EQ((*arena)->Resolve(shm::Ref::FromBits(kept[0]))->header().refcount.load(),
             1u);

@@ -31,6 +31,16 @@ void GrpcClient::Detach() {
   attach_.reset();
 }
 
+uint64_t GrpcClient::LiveInstances(const std::string& name) {
+  v1::ListChannelsResponse resp;
+  grpc::ClientContext ctx;
+  if (!admin_->ListChannels(&ctx, {}, &resp).ok()) return ~uint64_t{0};
+  for (const auto& ch : resp.channels()) {
+    if (ch.name() == name) return ch.live_instances();
+  }
+  return ~uint64_t{0};
+}
+
 std::unique_ptr<grpc::ClientContext> GrpcClient::Ctx() const {
   auto ctx = std::make_unique<grpc::ClientContext>();
   if (!session_id_.empty()) ctx->AddMetadata("structd-session", session_id_);

@@ -27,6 +27,9 @@ class GrpcClient {
   const std::string& session_id() const { return session_id_; }
   // Ends the session by closing the Attach stream.
   void Detach();
+  // Live instances in channel `name`, through Admin.ListChannels; ~0 if
+  // the channel is not listed.
+  uint64_t LiveInstances(const std::string& name);
 
   v1::Registry::Stub& registry() { return *registry_; }
   v1::Instances::Stub& instances() { return *instances_; }

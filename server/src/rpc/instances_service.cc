@@ -24,15 +24,13 @@ absl::StatusOr<std::vector<shm::Ref>> RefsOf(
 grpc::Status InstancesService::Allocate(grpc::ServerContext* context,
                                         const v1::AllocateRequest* request,
                                         v1::AllocateResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
   absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
   if (!token.ok()) return ToGrpc(token.status());
   absl::StatusOr<std::vector<shm::Ref>> refs =
-      (*ch)->Allocate(*session, *token, 1);
+      call->channel->Allocate(call->session, *token, 1);
   if (!refs.ok()) return ToGrpc(refs.status());
   response->set_ref(refs->front().bits());
   return grpc::Status::OK;
@@ -41,20 +39,18 @@ grpc::Status InstancesService::Allocate(grpc::ServerContext* context,
 grpc::Status InstancesService::AllocateBatch(
     grpc::ServerContext* context, const v1::AllocateBatchRequest* request,
     v1::AllocateBatchResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
   if (request->count() == 0 || request->count() > core_->options().max_batch) {
     return ToGrpc(absl::InvalidArgumentError(absl::StrFormat(
         "count: %d, allowed 1 to %d (split large batches)", request->count(),
         core_->options().max_batch)));
   }
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
   absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
   if (!token.ok()) return ToGrpc(token.status());
   absl::StatusOr<std::vector<shm::Ref>> refs =
-      (*ch)->Allocate(*session, *token, request->count());
+      call->channel->Allocate(call->session, *token, request->count());
   if (!refs.ok()) return ToGrpc(refs.status());
   response->mutable_refs()->Reserve(static_cast<int>(refs->size()));
   for (shm::Ref r : *refs) response->add_refs(r.bits());
@@ -64,29 +60,25 @@ grpc::Status InstancesService::AllocateBatch(
 grpc::Status InstancesService::Retain(grpc::ServerContext* context,
                                       const v1::RetainRequest* request,
                                       v1::RetainResponse*) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
   absl::StatusOr<std::vector<shm::Ref>> refs =
       RefsOf(request->refs(), core_->options().max_refs_per_call);
   if (!refs.ok()) return ToGrpc(refs.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  return ToGrpc((*ch)->Retain(*session, *refs));
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
+  return ToGrpc(call->channel->Retain(call->session, *refs));
 }
 
 grpc::Status InstancesService::Release(grpc::ServerContext* context,
                                        const v1::ReleaseRequest* request,
                                        v1::ReleaseResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
   absl::StatusOr<std::vector<shm::Ref>> refs =
       RefsOf(request->refs(), core_->options().max_refs_per_call);
   if (!refs.ok()) return ToGrpc(refs.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  absl::StatusOr<uint64_t> freed = (*ch)->Release(*session, *refs);
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
+  absl::StatusOr<uint64_t> freed = call->channel->Release(call->session, *refs);
   if (!freed.ok()) return ToGrpc(freed.status());
   response->set_freed(*freed);
   return grpc::Status::OK;
@@ -95,13 +87,11 @@ grpc::Status InstancesService::Release(grpc::ServerContext* context,
 grpc::Status InstancesService::SetRoot(grpc::ServerContext* context,
                                        const v1::SetRootRequest* request,
                                        v1::SetRootResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
   absl::StatusOr<shm::Ref> prev =
-      (*ch)->SetRoot(request->name(), shm::Ref::FromBits(request->ref()));
+      call->channel->SetRoot(request->name(), shm::Ref::FromBits(request->ref()));
   if (!prev.ok()) return ToGrpc(prev.status());
   response->set_previous(prev->bits());
   return grpc::Status::OK;
@@ -110,12 +100,10 @@ grpc::Status InstancesService::SetRoot(grpc::ServerContext* context,
 grpc::Status InstancesService::GetRoot(grpc::ServerContext* context,
                                        const v1::GetRootRequest* request,
                                        v1::GetRootResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  absl::StatusOr<RootEntry> root = (*ch)->GetRoot(request->name());
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
+  absl::StatusOr<RootEntry> root = call->channel->GetRoot(request->name());
   if (!root.ok()) return ToGrpc(root.status());
   response->set_ref(root->ref.bits());
   if (!root->token.is_zero()) response->set_token(root->token.ToHex());
@@ -125,23 +113,19 @@ grpc::Status InstancesService::GetRoot(grpc::ServerContext* context,
 grpc::Status InstancesService::DeleteRoot(grpc::ServerContext* context,
                                           const v1::DeleteRootRequest* request,
                                           v1::DeleteRootResponse*) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  return ToGrpc((*ch)->DeleteRoot(request->name()));
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
+  return ToGrpc(call->channel->DeleteRoot(request->name()));
 }
 
 grpc::Status InstancesService::ListRoots(grpc::ServerContext* context,
                                          const v1::ListRootsRequest* request,
                                          v1::ListRootsResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  for (const RootEntry& r : (*ch)->ListRoots()) {
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
+  for (const RootEntry& r : call->channel->ListRoots()) {
     v1::Root* out = response->add_roots();
     out->set_name(r.name);
     out->set_ref(r.ref.bits());

@@ -78,11 +78,9 @@ grpc::Status RegistryService::DropChannel(grpc::ServerContext* context,
 grpc::Status RegistryService::RegisterType(
     grpc::ServerContext* context, const v1::RegisterTypeRequest* request,
     v1::RegisterTypeResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
   if (static_cast<uint32_t>(request->fields_size()) >
       core_->options().limits.max_fields) {
     return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
@@ -103,7 +101,7 @@ grpc::Status RegistryService::RegisterType(
     fields.push_back(std::move(spec));
   }
   absl::StatusOr<TypeRegistry::RegisterResult> r =
-      (*ch)->RegisterType(request->key(), std::move(fields));
+      call->channel->RegisterType(request->key(), std::move(fields));
   if (!r.ok()) return ToGrpc(r.status());
   ToProto(*r->type, response->mutable_type());
   response->set_created(r->created);
@@ -113,14 +111,12 @@ grpc::Status RegistryService::RegisterType(
 grpc::Status RegistryService::DescribeType(
     grpc::ServerContext* context, const v1::DescribeTypeRequest* request,
     v1::DescribeTypeResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
   absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
   if (!token.ok()) return ToGrpc(token.status());
-  absl::StatusOr<RegisteredType> t = (*ch)->DescribeType(*token);
+  absl::StatusOr<RegisteredType> t = call->channel->DescribeType(*token);
   if (!t.ok()) return ToGrpc(t.status());
   ToProto(*t, response->mutable_type());
   return grpc::Status::OK;
@@ -129,13 +125,11 @@ grpc::Status RegistryService::DescribeType(
 grpc::Status RegistryService::ListTypes(grpc::ServerContext* context,
                                         const v1::ListTypesRequest* request,
                                         v1::ListTypesResponse* response) {
-  absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
-  if (!session.ok()) return ToGrpc(session.status());
-  absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Joined(*session, request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
   bool sealed = false;
-  for (const RegisteredType& t : (*ch)->ListTypes(&sealed)) {
+  for (const RegisteredType& t : call->channel->ListTypes(&sealed)) {
     ToProto(t, response->add_types());
   }
   response->set_sealed(sealed);

@@ -61,4 +61,15 @@ absl::StatusOr<std::string> CallerSession(grpc::ServerContext& context,
   return id;
 }
 
+absl::StatusOr<CallerChannel> JoinedChannel(grpc::ServerContext& context,
+                                            const Core& core,
+                                            const PeerTable& peers,
+                                            const std::string& channel) {
+  absl::StatusOr<std::string> session = CallerSession(context, core, peers);
+  if (!session.ok()) return session.status();
+  absl::StatusOr<std::shared_ptr<Channel>> ch = core.Joined(*session, channel);
+  if (!ch.ok()) return ch.status();
+  return CallerChannel{std::move(*session), std::move(*ch)};
+}
+
 }  // namespace structd::server

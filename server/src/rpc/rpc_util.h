@@ -38,11 +38,6 @@ std::string SessionIdOf(const grpc::ServerContext& context);
 // Parses a 32-digit hex token; InvalidArgument naming the field otherwise.
 absl::StatusOr<shm::TypeToken> ParseToken(const std::string& text);
 
-}  // namespace structd::server
-
-#endif  // STRUCTD_SERVER_RPC_RPC_UTIL_H_
-
-namespace structd::server {
 
 // The calling session of a session-bound rpc: the metadata value, checked
 // against the caller's peer credentials.
@@ -50,4 +45,17 @@ absl::StatusOr<std::string> CallerSession(grpc::ServerContext& context,
                                           const Core& core,
                                           const PeerTable& peers);
 
+// The calling session and a channel it has joined: what every
+// channel-scoped rpc starts with.
+struct CallerChannel {
+  std::string session;
+  std::shared_ptr<Channel> channel;
+};
+absl::StatusOr<CallerChannel> JoinedChannel(grpc::ServerContext& context,
+                                            const Core& core,
+                                            const PeerTable& peers,
+                                            const std::string& channel);
+
 }  // namespace structd::server
+
+#endif  // STRUCTD_SERVER_RPC_RPC_UTIL_H_
