@@ -336,6 +336,54 @@ TEST(DaemonTest, MalformedRequestsGetClearErrorsAndTheDaemonKeepsAnswering) {
   }
 }
 
+TEST(DaemonTest, AdminListsInspectsAndChecksAnArena) {
+  DaemonProcess daemon;
+  GrpcClient a(daemon.target());
+  Channel ch = Create(a, "ch");
+  v1::TypeInfo t = Register(a, "ch", "Item", {{"qty", "i32"}, {"name", "string[8]"}});
+  std::vector<uint64_t> refs = Alloc(a, "ch", t.token(), 4);
+  auto arena = shm::Arena::Open(ch.arena.path(), shm::Access::kReadWrite);
+  ASSERT_TRUE(arena.ok());
+  auto inst = (*arena)->Resolve(shm::Ref::FromBits(refs[2]));
+  shm::Scalar<int32_t>(inst->payload()).store(-5);
+  ASSERT_TRUE(shm::BytesField(inst->payload() + 8, 8).Write("bolt").ok());
+
+  v1::ListInstancesRequest li;
+  li.set_channel("ch");
+  li.set_limit(10);
+  v1::ListInstancesResponse lr;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(a.admin().ListInstances(&c1, li, &lr).ok());
+  ASSERT_EQ(lr.counts_size(), 1);
+  EXPECT_EQ(lr.counts(0).key(), "Item");
+  EXPECT_EQ(lr.counts(0).count(), 4u);
+  EXPECT_EQ(lr.instances_size(), 4);
+
+  v1::InspectInstanceRequest ir;
+  ir.set_channel("ch");
+  ir.set_ref(refs[2]);
+  v1::InspectInstanceResponse iresp;
+  grpc::ClientContext c2;
+  ASSERT_TRUE(a.admin().InspectInstance(&c2, ir, &iresp).ok());
+  ASSERT_EQ(iresp.instance().fields_size(), 2);
+  EXPECT_EQ(iresp.instance().fields(0).value(), "-5");
+  EXPECT_EQ(iresp.instance().fields(1).value(), "\"bolt\"");
+
+  v1::CheckArenaRequest cr;
+  cr.set_channel("ch");
+  v1::CheckArenaResponse check;
+  grpc::ClientContext c3;
+  ASSERT_TRUE(a.admin().CheckArena(&c3, cr, &check).ok());
+  EXPECT_TRUE(check.ok());
+  EXPECT_EQ(check.instances_checked(), 4u);
+  inst->header().refcount.store(9);  // damage on purpose
+  grpc::ClientContext c4;
+  ASSERT_TRUE(a.admin().CheckArena(&c4, cr, &check).ok());
+  EXPECT_FALSE(check.ok());
+  ASSERT_EQ(check.problems_size(), 1);
+  EXPECT_EQ(check.problems(0).ref(), refs[2]);
+}
+
 TEST(DaemonTest, ASecondDaemonOnTheSameStateDirRefusesNamingTheFirst) {
   DaemonProcess daemon;
   std::string out;

@@ -15,6 +15,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/src/core/random.h"
+#include "structd/shm/field.h"
+#include "structd/shm/format_value.h"
+#include "structd/shm/walk.h"
 
 namespace structd::server {
 namespace {
@@ -459,6 +462,169 @@ ChannelStats Channel::Stats() const {
   s.dropped = dropped_;
   if (allocator_) s.alloc = allocator_->Stats();
   return s;
+}
+
+}  // namespace structd::server
+
+namespace structd::server {
+
+InstanceListing Channel::ListInstances(shm::TypeToken filter,
+                                       uint32_t limit) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  InstanceListing out;
+  std::map<uint32_t, TypeCount> counts;
+  shm::ForEachInstance(*arena_, [&](const shm::InstancePtr& inst) {
+    uint32_t index = inst.type_index();
+    const RegisteredType* t = registry_.FindByIndex(index);
+    shm::TypeToken token = t ? t->token : shm::TypeToken{};
+    if (!filter.is_zero() && token != filter) return true;
+    TypeCount& c = counts[index];
+    c.token = token;
+    c.key = t ? t->key : absl::StrCat("<unknown type index ", index, ">");
+    ++c.count;
+    c.bytes += inst.capacity();
+    if (out.instances.size() < limit) {
+      out.instances.push_back(
+          {inst.ref(), token, inst.header().refcount.load()});
+    } else if (limit > 0) {
+      out.truncated = true;
+    }
+    return true;
+  });
+  for (auto& [index, c] : counts) out.counts.push_back(std::move(c));
+  return out;
+}
+
+void Channel::InspectLocked(shm::Ref ref, uint32_t depth,
+                            std::set<uint64_t>& seen,
+                            InstanceView& out) const {
+  out.ref = ref;
+  absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
+  if (!inst.ok()) {
+    out.error = std::string(inst.status().message());
+    return;
+  }
+  out.refcount = inst->header().refcount.load();
+  out.generation = inst->header().generation.load();
+  const RegisteredType* t = registry_.FindByIndex(inst->type_index());
+  if (t == nullptr) {
+    out.error = absl::StrCat("type index ", inst->type_index(),
+                             " is not registered in this channel (damaged "
+                             "header?)");
+    return;
+  }
+  out.token = t->token;
+  out.key = t->key;
+  if (!inst->Fits(t->layout.size())) {
+    out.error = absl::StrCat("layout of ", t->layout.size(),
+                             " bytes does not fit the block of ",
+                             inst->capacity(), " (damaged header?)");
+    return;
+  }
+  seen.insert(ref.bits());
+  for (const shm::Field& f : t->layout.fields()) {
+    FieldView fv;
+    fv.name = f.name();
+    fv.type = shm::FieldTypeName(f.spec);
+    fv.value = shm::FormatFieldValue(f, *inst);
+    if (f.kind() == shm::FieldKind::kRef && depth > 0) {
+      shm::Ref target = shm::RefField(inst->payload() + f.offset).load();
+      if (target && !seen.count(target.bits())) {
+        fv.target = std::make_unique<InstanceView>();
+        InspectLocked(target, depth - 1, seen, *fv.target);
+      }
+    }
+    out.fields.push_back(std::move(fv));
+  }
+}
+
+absl::StatusOr<InstanceView> Channel::Inspect(shm::Ref ref,
+                                              uint32_t depth) const {
+  if (depth > 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "depth ", depth, ": at most 8 ref hops are followed (lower it)"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
+      !inst.ok()) {
+    return inst.status();
+  }
+  InstanceView view;
+  std::set<uint64_t> seen;
+  InspectLocked(ref, depth, seen, view);
+  return view;
+}
+
+CheckReport Channel::Check() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckReport report;
+  // References that exist, by the instance they name.
+  std::map<uint64_t, uint64_t> expected;
+  for (const auto& [name, ref] : roots_) {
+    if (!arena_->Resolve(ref).ok()) {
+      report.problems.push_back(
+          {ref, absl::StrCat("root '", name, "' names no live instance")});
+      continue;
+    }
+    ++expected[ref.bits()];
+  }
+  for (const auto& [session, ledger] : ledgers_) {
+    for (shm::Ref ref : ledger->Entries()) {
+      if (!arena_->Resolve(ref).ok()) {
+        report.problems.push_back(
+            {ref, absl::StrCat("ledger of session ", session.substr(0, 8),
+                               " names no live instance")});
+        continue;
+      }
+      ++expected[ref.bits()];
+    }
+  }
+  std::vector<std::pair<shm::Ref, uint32_t>> live;  // ref, refcount
+  std::vector<shm::WalkProblem> walk =
+      shm::ForEachInstance(*arena_, [&](const shm::InstancePtr& inst) {
+        ++report.instances_checked;
+        live.emplace_back(inst.ref(), inst.header().refcount.load());
+        const RegisteredType* t = registry_.FindByIndex(inst.type_index());
+        if (t == nullptr) {
+          report.problems.push_back(
+              {inst.ref(), absl::StrCat("type index ", inst.type_index(),
+                                        " is not registered")});
+          return true;
+        }
+        if (!inst.Fits(t->layout.size())) {
+          report.problems.push_back(
+              {inst.ref(), absl::StrCat("type '", t->key, "' (",
+                                        t->layout.size(),
+                                        " bytes) does not fit its block of ",
+                                        inst.capacity())});
+          return true;
+        }
+        for (uint32_t off : t->layout.ref_offsets()) {
+          shm::Ref child = shm::RefField(inst.payload() + off).load();
+          if (!child) continue;
+          if (!arena_->Resolve(child).ok()) {
+            report.problems.push_back(
+                {inst.ref(), absl::StrCat("ref field at offset ", off,
+                                          " names no live instance (",
+                                          child.ToString(), ")")});
+            continue;
+          }
+          ++expected[child.bits()];
+        }
+        return true;
+      });
+  for (const shm::WalkProblem& p : walk) report.problems.push_back({p.ref, p.what});
+  for (const auto& [ref, refcount] : live) {
+    uint64_t want = expected.count(ref.bits()) ? expected[ref.bits()] : 0;
+    if (refcount != want) {
+      report.problems.push_back(
+          {ref, want == 0 ? absl::StrCat("leaked: refcount ", refcount,
+                                         " but no reference to it exists")
+                          : absl::StrCat("refcount ", refcount, ", but ", want,
+                                         " references exist")});
+    }
+  }
+  return report;
 }
 
 }  // namespace structd::server

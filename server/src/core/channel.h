@@ -35,6 +35,51 @@ struct RootEntry {
   shm::TypeToken token;
 };
 
+struct TypeCount {
+  shm::TypeToken token;  // zero for instances of an unknown type index
+  std::string key;
+  uint64_t count = 0;
+  uint64_t bytes = 0;  // block bytes, headers included
+};
+
+struct InstanceSummary {
+  shm::Ref ref;
+  shm::TypeToken token;
+  uint32_t refcount = 0;
+};
+
+struct InstanceListing {
+  std::vector<TypeCount> counts;
+  std::vector<InstanceSummary> instances;
+  bool truncated = false;
+};
+
+struct FieldView;
+struct InstanceView {
+  shm::Ref ref;
+  shm::TypeToken token;
+  std::string key;
+  uint32_t refcount = 0;
+  uint32_t generation = 0;
+  std::vector<FieldView> fields;
+  std::string error;  // why it could not be decoded, if so
+};
+struct FieldView {
+  std::string name;
+  std::string type;
+  std::string value;
+  std::unique_ptr<InstanceView> target;  // followed ref, if any
+};
+
+struct CheckProblem {
+  shm::Ref ref;
+  std::string what;
+};
+struct CheckReport {
+  uint64_t instances_checked = 0;
+  std::vector<CheckProblem> problems;
+};
+
 struct ChannelStats {
   uint32_t types = 0;
   uint32_t roots = 0;
@@ -115,6 +160,18 @@ class Channel {
 
   ChannelStats Stats() const;
 
+  // Admin inspection. `filter` (if non-zero) limits to one type; at most
+  // `limit` instances are listed (counts cover all).
+  InstanceListing ListInstances(shm::TypeToken filter, uint32_t limit) const;
+  // Decodes one instance, following ref fields `depth` hops (at most 8).
+  absl::StatusOr<InstanceView> Inspect(shm::Ref ref, uint32_t depth) const;
+  // Read-only consistency check: every live instance's refcount equals the
+  // references that exist (roots + ledger entries + ref fields of live
+  // instances); every ref field resolves; every type index is registered
+  // and its layout fits the block. One problem per finding, naming the
+  // instance.
+  CheckReport Check() const;
+
   // For admin inspection under the channel lock: `fn(arena, registry)`.
   template <typename Fn>
   auto WithArena(Fn fn) const {
@@ -130,6 +187,8 @@ class Channel {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ResolveAllLocked(const std::vector<shm::Ref>& refs) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void InspectLocked(shm::Ref ref, uint32_t depth, std::set<uint64_t>& seen,
+                     InstanceView& out) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::string id_;
   std::string name_;

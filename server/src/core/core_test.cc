@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "structd/shm/field.h"
 #include "testing/temp_dir.h"
 
 namespace structd::server {
@@ -255,6 +256,64 @@ TEST_F(CoreTest, ExpiredLeasesAreReported) {
   EXPECT_EQ(core->ExpiredSessions(), std::vector<std::string>{s->id});
   core->Heartbeat(s->id);
   EXPECT_TRUE(core->ExpiredSessions().empty());
+}
+
+TEST_F(CoreTest, CheckPassesOnAHealthyArenaAndNamesTheDamagedInstance) {
+  std::string s = Attach();
+  ASSERT_TRUE(core_->CreateChannel(s, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  auto refs = *ch->Allocate(s, t.type->token, 3);
+  // refs[0] -> refs[1] through a field, which owns one reference of its
+  // own (counted here by hand, as a daemon-side store into a field does),
+  // and refs[2] under a root.
+  ch->WithArena([&](const shm::Arena& a, const TypeRegistry&) {
+    shm::RefField(a.Resolve(refs[0])->payload() + 8).store(refs[1]);
+    a.Resolve(refs[1])->header().refcount.fetch_add(1);
+    return 0;
+  });
+  ASSERT_TRUE(ch->SetRoot("top", refs[2]).ok());
+  CheckReport ok = ch->Check();
+  EXPECT_EQ(ok.instances_checked, 3u);
+  EXPECT_TRUE(ok.problems.empty()) << ok.problems[0].what;
+  // Corrupt one refcount on purpose.
+  ch->WithArena([&](const shm::Arena& a, const TypeRegistry&) {
+    a.Resolve(refs[2])->header().refcount.store(7);
+    return 0;
+  });
+  CheckReport bad = ch->Check();
+  ASSERT_EQ(bad.problems.size(), 1u);
+  EXPECT_EQ(bad.problems[0].ref, refs[2]);
+  EXPECT_THAT(bad.problems[0].what, HasSubstr("refcount 7, but 2 references"));
+}
+
+TEST_F(CoreTest, InspectDecodesFieldsAndFollowsRefs) {
+  std::string s = Attach();
+  ASSERT_TRUE(core_->CreateChannel(s, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  auto refs = *ch->Allocate(s, t.type->token, 2);
+  ch->WithArena([&](const shm::Arena& a, const TypeRegistry&) {
+    shm::Scalar<uint64_t>(a.Resolve(refs[0])->payload()).store(42);
+    shm::RefField(a.Resolve(refs[0])->payload() + 8).store(refs[1]);
+    shm::Scalar<uint64_t>(a.Resolve(refs[1])->payload()).store(7);
+    return 0;
+  });
+  auto v = ch->Inspect(refs[0], 1);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->key, "N");
+  ASSERT_EQ(v->fields.size(), 2u);
+  EXPECT_EQ(v->fields[0].value, "42");
+  EXPECT_EQ(v->fields[1].value, refs[1].ToString());
+  ASSERT_NE(v->fields[1].target, nullptr);
+  EXPECT_EQ(v->fields[1].target->fields[0].value, "7");
+  EXPECT_EQ(ch->Inspect(refs[0], 9).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto listing = ch->ListInstances({}, 1);
+  ASSERT_EQ(listing.counts.size(), 1u);
+  EXPECT_EQ(listing.counts[0].count, 2u);
+  EXPECT_EQ(listing.instances.size(), 1u);
+  EXPECT_TRUE(listing.truncated);
 }
 
 }  // namespace

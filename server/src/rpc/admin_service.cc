@@ -134,4 +134,89 @@ grpc::Status AdminService::GetMemory(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+namespace {
+
+void ToProto(const InstanceView& v, v1::InstanceView* out) {
+  out->set_ref(v.ref.bits());
+  if (!v.token.is_zero()) out->set_token(v.token.ToHex());
+  out->set_key(v.key);
+  out->set_refcount(v.refcount);
+  out->set_generation(v.generation);
+  out->set_error(v.error);
+  for (const FieldView& f : v.fields) {
+    v1::FieldValue* pf = out->add_fields();
+    pf->set_name(f.name);
+    pf->set_type(f.type);
+    pf->set_value(f.value);
+    if (f.target) ToProto(*f.target, pf->mutable_target());
+  }
+}
+
+}  // namespace
+
+grpc::Status AdminService::ListInstances(
+    grpc::ServerContext* context, const v1::ListInstancesRequest* request,
+    v1::ListInstancesResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  if (request->limit() > 100000) {
+    return ToGrpc(absl::InvalidArgumentError(absl::StrFormat(
+        "limit: %d, at most 100000 (use counts, or filter by type)",
+        request->limit())));
+  }
+  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  shm::TypeToken filter;
+  if (!request->token().empty()) {
+    absl::StatusOr<shm::TypeToken> t = ParseToken(request->token());
+    if (!t.ok()) return ToGrpc(t.status());
+    filter = *t;
+  }
+  InstanceListing l = (*ch)->ListInstances(filter, request->limit());
+  for (const TypeCount& c : l.counts) {
+    v1::TypeCount* out = response->add_counts();
+    if (!c.token.is_zero()) out->set_token(c.token.ToHex());
+    out->set_key(c.key);
+    out->set_count(c.count);
+    out->set_bytes(c.bytes);
+  }
+  for (const InstanceSummary& i : l.instances) {
+    v1::InstanceSummary* out = response->add_instances();
+    out->set_ref(i.ref.bits());
+    if (!i.token.is_zero()) out->set_token(i.token.ToHex());
+    out->set_refcount(i.refcount);
+  }
+  response->set_truncated(l.truncated);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::InspectInstance(
+    grpc::ServerContext* context, const v1::InspectInstanceRequest* request,
+    v1::InspectInstanceResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  absl::StatusOr<InstanceView> v =
+      (*ch)->Inspect(shm::Ref::FromBits(request->ref()), request->depth());
+  if (!v.ok()) return ToGrpc(v.status());
+  ToProto(*v, response->mutable_instance());
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::CheckArena(grpc::ServerContext* context,
+                                      const v1::CheckArenaRequest* request,
+                                      v1::CheckArenaResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
+  if (!ch.ok()) return ToGrpc(ch.status());
+  CheckReport r = (*ch)->Check();
+  response->set_ok(r.problems.empty());
+  response->set_instances_checked(r.instances_checked);
+  for (const CheckProblem& p : r.problems) {
+    v1::Problem* out = response->add_problems();
+    out->set_ref(p.ref.bits());
+    out->set_what(p.what);
+  }
+  return grpc::Status::OK;
+}
+
 }  // namespace structd::server

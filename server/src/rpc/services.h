@@ -120,6 +120,15 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status GetMemory(grpc::ServerContext* context,
                          const v1::GetMemoryRequest* request,
                          v1::GetMemoryResponse* response) override;
+  grpc::Status ListInstances(grpc::ServerContext* context,
+                             const v1::ListInstancesRequest* request,
+                             v1::ListInstancesResponse* response) override;
+  grpc::Status InspectInstance(grpc::ServerContext* context,
+                               const v1::InspectInstanceRequest* request,
+                               v1::InspectInstanceResponse* response) override;
+  grpc::Status CheckArena(grpc::ServerContext* context,
+                          const v1::CheckArenaRequest* request,
+                          v1::CheckArenaResponse* response) override;
 
  private:
   // Admin calls: the daemon's uid (peer credentials) only, for now.
