@@ -205,6 +205,8 @@ TEST(DaemonTest, MalformedRequestsGetClearErrorsAndTheDaemonKeepsAnswering) {
   DaemonProcess daemon;
   GrpcClient a(daemon.target());
   Create(a, "ch");
+  GrpcClient b(daemon.target());
+  Create(b, "other");  // a has not joined it
   v1::TypeInfo t = Register(a, "ch", "N", {{"v", "u64"}});
   struct Case {
     const char* what;
@@ -314,6 +316,108 @@ TEST(DaemonTest, MalformedRequestsGetClearErrorsAndTheDaemonKeepsAnswering) {
          return a.instances().GetRoot(a.Ctx().get(), r, &resp);
        },
        grpc::StatusCode::NOT_FOUND},
+      {"describe with malformed token",
+       [&] {
+         v1::DescribeTypeRequest r;
+         r.set_channel("ch");
+         r.set_token("not-hex");
+         v1::DescribeTypeResponse resp;
+         return a.registry().DescribeType(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"list types of unknown channel",
+       [&] {
+         v1::ListTypesRequest r;
+         r.set_channel("ghost");
+         v1::ListTypesResponse resp;
+         return a.registry().ListTypes(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::NOT_FOUND},
+      {"seal with wrong capability",
+       [&] {
+         v1::SealRegistryRequest r;
+         r.set_channel("ch");
+         r.set_owner_capability("00");
+         v1::SealRegistryResponse resp;
+         return a.registry().SealRegistry(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::PERMISSION_DENIED},
+      {"drop with wrong capability",
+       [&] {
+         v1::DropChannelRequest r;
+         r.set_channel("ch");
+         r.set_owner_capability(std::string(32, 'f'));
+         v1::DropChannelResponse resp;
+         return a.registry().DropChannel(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::PERMISSION_DENIED},
+      {"allocate unknown token",
+       [&] {
+         v1::AllocateRequest r;
+         r.set_channel("ch");
+         r.set_token(std::string(32, '1'));
+         v1::AllocateResponse resp;
+         return a.instances().Allocate(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::NOT_FOUND},
+      {"empty retain",
+       [&] {
+         v1::RetainRequest r;
+         r.set_channel("ch");
+         v1::RetainResponse resp;
+         return a.instances().Retain(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"delete missing root",
+       [&] {
+         v1::DeleteRootRequest r;
+         r.set_channel("ch");
+         r.set_name("absent");
+         v1::DeleteRootResponse resp;
+         return a.instances().DeleteRoot(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::NOT_FOUND},
+      {"list roots of a channel not joined",
+       [&] {
+         v1::ListRootsRequest r;
+         r.set_channel("other");
+         v1::ListRootsResponse resp;
+         return a.instances().ListRoots(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::FAILED_PRECONDITION},
+      {"inspect a forged ref",
+       [&] {
+         v1::InspectInstanceRequest r;
+         r.set_channel("ch");
+         r.set_ref(0xfff0000000000001ull);
+         v1::InspectInstanceResponse resp;
+         grpc::ClientContext ctx;
+         return a.admin().InspectInstance(&ctx, r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"admin on unknown channel",
+       [&] {
+         v1::CheckArenaRequest r;
+         r.set_channel("ghost");
+         v1::CheckArenaResponse resp;
+         grpc::ClientContext ctx;
+         return a.admin().CheckArena(&ctx, r, &resp);
+       },
+       grpc::StatusCode::NOT_FOUND},
+      {"attach without hello",
+       [&] {
+         grpc::ClientContext ctx;
+         auto stream = a.session().Attach(&ctx);
+         v1::AttachRequest hb;
+         hb.mutable_heartbeat();
+         stream->Write(hb);
+         stream->WritesDone();
+         v1::AttachEvent ev;
+         while (stream->Read(&ev)) {
+         }
+         return stream->Finish();
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
       {"root to null ref",
        [&] {
          v1::SetRootRequest r;

@@ -1,6 +1,7 @@
 #include "testing/daemon_process.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -27,6 +28,9 @@ bool CanConnect(const std::string& path) {
 pid_t Spawn(const std::vector<std::string>& args, int out_fd) {
   pid_t pid = fork();
   if (pid == 0) {
+    // Die with the test: a test killed by a ctest timeout must not leave
+    // a daemon behind.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (out_fd >= 0) {
       dup2(out_fd, 1);
       dup2(out_fd, 2);

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "spdlog/spdlog.h"
 #include "server/src/core/random.h"
 #include "structd/shm/field.h"
 #include "structd/shm/format_value.h"
@@ -242,6 +243,10 @@ absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
       registry_.Register(key, std::move(fields));
   if (r.ok() && r->created) {
     if (absl::Status s = SaveMetaLocked(); !s.ok()) return s;
+    spdlog::info("channel '{}': type '{}' registered (token {}, {} bytes, "
+                 "fingerprint {})",
+                 name_, key, r->type->token.ShortHex(), r->type->layout.size(),
+                 shm::FingerprintHex(r->type->layout.fingerprint()));
   }
   return r;
 }
@@ -277,9 +282,19 @@ absl::StatusOr<std::vector<shm::Ref>> Channel::Allocate(
   absl::StatusOr<const RegisteredType*> type = registry_.Find(token);
   if (!type.ok()) return type.status();
   std::vector<shm::Ref> refs;
+  uint32_t extents_before = arena_->extent_count();
   absl::Status s = allocator_->AllocateBatch((*type)->type_index,
                                              (*type)->layout, count, refs);
-  if (!s.ok()) return s;
+  if (arena_->extent_count() != extents_before) {
+    spdlog::info("channel '{}': arena grown to {} extents ({} bytes)", name_,
+                 arena_->extent_count(),
+                 uint64_t{arena_->extent_count()} * arena_->extent_size());
+  }
+  if (!s.ok()) {
+    spdlog::warn("channel '{}': allocation of {} failed: {}", name_, count,
+                 std::string(s.message()));
+    return s;
+  }
   if (absl::Status ls = (*ledger)->AddAll(refs); !ls.ok()) {
     shm::Allocator::TypeLookup types = TypesLocked();
     for (shm::Ref r : refs) (void)allocator_->Release(r, types);

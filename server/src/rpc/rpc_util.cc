@@ -3,11 +3,14 @@
 #include <charconv>
 
 #include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
 
 namespace structd::server {
 
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
+  // Bad requests are the caller's business: debug level only.
+  spdlog::debug("request refused: {}", s.ToString());
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
                       std::string(s.message()));
 }
