@@ -574,7 +574,10 @@ AllocatorStats Allocator::Stats() const {
   AllocatorStats s;
   s.live_instances = live_instances_;
   s.live_block_bytes = live_block_bytes_;
-  for (const ClassState& c : classes_) s.free_blocks += c.free_count;
+  for (size_t i = 0; i < kNumSizeClasses; ++i) {
+    s.free_blocks += classes_[i].free_count;
+    s.free_block_bytes += classes_[i].free_count * kSizeClasses[i];
+  }
   for (uint32_t e = 0; e < bases_.size(); ++e) {
     ++s.extents;
     s.extent_bytes += arena_->extent_size();

@@ -190,6 +190,8 @@ TEST_F(AllocatorTest, RetainAndReleaseCountReferences) {
   rel = alloc_->Release(*r, Types());
   ASSERT_TRUE(rel.ok());
   EXPECT_EQ(rel->freed, 1u);
+  EXPECT_EQ(alloc_->Stats().free_blocks, 1u);
+  EXPECT_EQ(alloc_->Stats().free_block_bytes, 48u);  // node_: 40 -> class 48
   // Released once too often: the ref is stale now.
   EXPECT_EQ(alloc_->Release(*r, Types()).status().code(),
             absl::StatusCode::kNotFound);

@@ -122,6 +122,7 @@ grpc::Status AdminService::GetMemory(grpc::ServerContext* context,
   response->set_extent_size(a.extent_size);
   response->set_arena_bytes(st.alloc.extent_bytes);
   response->set_live_bytes(st.alloc.live_block_bytes);
+  response->set_free_block_bytes(st.alloc.free_block_bytes);
   response->set_class_slabs(st.alloc.class_slabs);
   response->set_large_slabs(st.alloc.large_slabs);
   response->set_unassigned_slabs(st.alloc.unassigned_slabs);

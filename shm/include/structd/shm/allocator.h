@@ -33,6 +33,7 @@ struct AllocatorStats {
   uint64_t live_instances = 0;
   uint64_t live_block_bytes = 0;  // bytes of blocks in use, headers included
   uint64_t free_blocks = 0;       // on free lists
+  uint64_t free_block_bytes = 0;  // bytes of those blocks
   uint64_t class_slabs = 0;       // slabs dedicated to a size class
   uint64_t large_slabs = 0;       // slabs in large spans
   uint64_t unassigned_slabs = 0;
