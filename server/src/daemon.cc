@@ -168,6 +168,7 @@ void Daemon::ReapLoop() {
       spdlog::warn("session {} missed its lease of {} ms: ending it",
                    id.substr(0, 8), config_.lease_ms);
       core_->Detach(id);
+      session_service_->Cancel(id);
     }
   }
 }
@@ -180,6 +181,9 @@ void Daemon::Shutdown() {
   if (stopping_.exchange(true)) return;
   if (server_) {
     spdlog::info("structd shutting down");
+    // Probes see NOT_SERVING while in-flight calls drain.
+    if (auto* health = server_->GetHealthCheckService()) health->Shutdown();
+    session_service_->AnnounceShutdown("daemon stopping");
     server_->Shutdown(std::chrono::system_clock::now() +
                       std::chrono::seconds(2));
   }

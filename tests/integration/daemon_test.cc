@@ -8,6 +8,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <grpcpp/generic/generic_stub.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/field.h"
 #include "testing/daemon_process.h"
@@ -131,6 +134,30 @@ TEST(DaemonTest, EndingASessionReleasesItsReferences) {
             1u);
 }
 
+// A client that stays connected but never heartbeats (hung while alive)
+// loses its session once the lease runs out; its references go with it.
+TEST(DaemonTest, ASessionThatStopsHeartbeatingIsEndedAfterItsLease) {
+  DaemonProcess daemon({"--lease-ms", "300"});
+  GrpcClient observer(daemon.target(), /*attach=*/false);
+  GrpcClient hung(daemon.target());  // the test client never heartbeats
+  Create(hung, "ch");
+  v1::TypeInfo t = Register(hung, "ch", "N", {{"v", "u64"}});
+  grpc::Status s;
+  Alloc(hung, "ch", t.token(), 7, &s);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(observer.LiveInstances("ch"), 7u);
+  for (int i = 0; i < 300 && observer.LiveInstances("ch") != 0u; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(observer.LiveInstances("ch"), 0u);
+  // The daemon ends the hung client's stream so it knows to re-attach.
+  EXPECT_EQ(hung.AwaitAttachEnd(std::chrono::seconds(5)).error_code(),
+            grpc::StatusCode::CANCELLED);
+  // The expired session id is no longer accepted.
+  Alloc(hung, "ch", t.token(), 1, &s);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << s.error_message();
+}
+
 TEST(DaemonTest, CapabilitiesTokensAndSealingGiveTheirDocumentedCodes) {
   DaemonProcess daemon;
   GrpcClient a(daemon.target());
@@ -196,9 +223,16 @@ TEST(DaemonTest, StaleAndForgedRefsGiveTheirDocumentedCodes) {
   ret.set_refs(0, 0x123456789abcdef0ull);
   grpc::Status forged = a.instances().Retain(a.Ctx().get(), ret, &retr);
   EXPECT_EQ(forged.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  // Releasing what the session does not own.
+  // Releasing a freed ref is NOT_FOUND; releasing a live ref more often
+  // than the session owns it is FAILED_PRECONDITION, and changes nothing.
+  EXPECT_EQ(a.instances().Release(a.Ctx().get(), rel, &rr).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  std::vector<uint64_t> live = Alloc(a, "ch", t.token(), 1);
+  rel.set_refs(0, live[0]);
+  rel.add_refs(live[0]);
   EXPECT_EQ(a.instances().Release(a.Ctx().get(), rel, &rr).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(a.LiveInstances("ch"), 1u);
 }
 
 TEST(DaemonTest, MalformedRequestsGetClearErrorsAndTheDaemonKeepsAnswering) {
@@ -488,6 +522,72 @@ TEST(DaemonTest, AdminListsInspectsAndChecksAnArena) {
   EXPECT_EQ(check.problems(0).ref(), refs[2]);
 }
 
+TEST(DaemonTest, ServesTheStandardHealthCheck) {
+  DaemonProcess daemon;
+  auto channel = grpc::CreateChannel(daemon.target(),
+                                     grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::Status s = health->Check(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  req.set_service("no.such.Service");
+  grpc::ClientContext ctx2;
+  ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  s = health->Check(&ctx2, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// Server reflection over a generic stream (Debian does not ship the
+// reflection .proto): a list_services request is field 7 = "" on the wire.
+TEST(DaemonTest, ServesReflectionListingEveryService) {
+  DaemonProcess daemon;
+  auto channel = grpc::CreateChannel(daemon.target(),
+                                     grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto call = stub.PrepareCall(
+      &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+      &cq);
+  void* tag;
+  bool ok;
+  auto next = [&](intptr_t want) {
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(next(1));
+  const char list_services[] = {0x3a, 0x00};
+  grpc::Slice slice(list_services, sizeof list_services);
+  call->Write(grpc::ByteBuffer(&slice, 1), reinterpret_cast<void*>(2));
+  ASSERT_TRUE(next(2));
+  grpc::ByteBuffer reply;
+  call->Read(&reply, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(next(3));
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(reply.Dump(&slices).ok());
+  std::string text;
+  for (const auto& sl : slices) text += std::string(sl.begin(), sl.end());
+  for (const char* service : {"structd.v1.Session", "structd.v1.Registry",
+                              "structd.v1.Instances", "structd.v1.Admin",
+                              "grpc.health.v1.Health"}) {
+    EXPECT_THAT(text, HasSubstr(service));
+  }
+  call->WritesDone(reinterpret_cast<void*>(4));
+  next(4);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  next(5);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
 TEST(DaemonTest, ASecondDaemonOnTheSameStateDirRefusesNamingTheFirst) {
   DaemonProcess daemon;
   std::string out;
@@ -512,6 +612,20 @@ TEST(DaemonTest, HelpDocumentsEveryOptionAndBadFlagsAreUsageErrors) {
   EXPECT_EQ(structd::testing::RunDaemonToCompletion({"--log-level", "loud"}, &out),
             2);
   EXPECT_THAT(out, HasSubstr("not one of"));
+}
+
+TEST(DaemonTest, AttachedClientsAreToldWhenTheDaemonStops) {
+  DaemonProcess daemon;
+  GrpcClient client(daemon.target());
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    daemon.Stop();
+  });
+  v1::AttachEvent last;
+  grpc::Status s = client.AwaitAttachEnd(std::chrono::seconds(10), &last);
+  stopper.join();
+  EXPECT_NE(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(last.has_shutting_down()) << last.DebugString();
 }
 
 TEST(DaemonTest, SigtermShutsDownCleanlyAndRemovesTheSocket) {

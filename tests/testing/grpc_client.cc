@@ -1,5 +1,6 @@
 #include "testing/grpc_client.h"
 
+#include <future>
 #include <stdexcept>
 
 namespace structd::testing {
@@ -23,6 +24,27 @@ GrpcClient::GrpcClient(const std::string& target, bool attach) {
 }
 
 GrpcClient::~GrpcClient() { Detach(); }
+
+grpc::Status GrpcClient::AwaitAttachEnd(std::chrono::milliseconds timeout,
+                                        v1::AttachEvent* last_event) {
+  if (!attach_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "not attached");
+  auto reader = std::async(std::launch::async, [this, last_event] {
+    v1::AttachEvent ev;
+    while (attach_->Read(&ev)) {
+      if (last_event) *last_event = ev;
+    }
+    return attach_->Finish();
+  });
+  bool timed_out = reader.wait_for(timeout) == std::future_status::timeout;
+  if (timed_out) attach_ctx_->TryCancel();
+  grpc::Status status = reader.get();
+  attach_.reset();
+  if (timed_out) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        "the attach stream did not end in time");
+  }
+  return status;
+}
 
 void GrpcClient::Detach() {
   if (!attach_) return;

@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -27,6 +28,11 @@ class GrpcClient {
   const std::string& session_id() const { return session_id_; }
   // Ends the session by closing the Attach stream.
   void Detach();
+  // Waits for the daemon to end the Attach stream; returns its final status
+  // (DEADLINE_EXCEEDED if it is still open after `timeout`) and the last
+  // event read into `last_event`.
+  grpc::Status AwaitAttachEnd(std::chrono::milliseconds timeout,
+                              v1::AttachEvent* last_event = nullptr);
   // Live instances in channel `name`, through Admin.ListChannels; ~0 if
   // the channel is not listed.
   uint64_t LiveInstances(const std::string& name);

@@ -348,8 +348,15 @@ absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
   if (!ledger.ok()) return ledger.status();
-  // Check ownership of every ref (with multiplicity) before changing
-  // anything: all or none.
+  // A malformed ref is INVALID_ARGUMENT and a stale one NOT_FOUND, as for
+  // every other call taking refs; then ownership of every ref (with
+  // multiplicity) is checked before changing anything: all or none.
+  for (size_t i = 0; i < refs.size(); ++i) {
+    if (auto r = arena_->Resolve(refs[i]); !r.ok()) {
+      return absl::Status(r.status().code(),
+                          absl::StrCat("refs[", i, "]: ", r.status().message()));
+    }
+  }
   std::vector<shm::Ref> taken;
   for (size_t i = 0; i < refs.size(); ++i) {
     if (!(*ledger)->Remove(refs[i])) {

@@ -138,7 +138,12 @@ absl::Status Core::CheckSession(const std::string& session_id,
         "session: unknown or ended (attach again; after a daemon restart, "
         "re-attach and re-join)");
   }
-  if (peer.known && peer.pid != it->second.info.pid) {
+  if (!peer.known) {
+    return absl::PermissionDeniedError(
+        "session: the caller's process credentials are unknown (connect "
+        "over the daemon's Unix socket)");
+  }
+  if (peer.pid != it->second.info.pid) {
     return absl::PermissionDeniedError(absl::StrFormat(
         "session: belongs to pid %d, not to the calling pid %d (each "
         "process attaches for itself)",

@@ -1,6 +1,5 @@
 #include "server/src/rpc/rpc_util.h"
 
-#include <charconv>
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -16,20 +15,19 @@ grpc::Status ToGrpc(const absl::Status& s) {
 }
 
 void PeerTable::Record(int fd, const PeerCredentials& creds) {
+  RecordPeer("fd:" + std::to_string(fd), creds);
+}
+
+void PeerTable::RecordPeer(const std::string& peer,
+                           const PeerCredentials& creds) {
   std::lock_guard<std::mutex> lock(mu_);
-  by_fd_[fd] = creds;
+  by_peer_[peer] = creds;
 }
 
 PeerCredentials PeerTable::Lookup(const std::string& peer) const {
-  // gRPC names fd-adopted connections "fd:N".
-  if (peer.rfind("fd:", 0) != 0) return {};
-  int fd = -1;
-  const char* begin = peer.data() + 3;
-  auto [p, ec] = std::from_chars(begin, peer.data() + peer.size(), fd);
-  if (ec != std::errc() || p != peer.data() + peer.size()) return {};
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = by_fd_.find(fd);
-  return it == by_fd_.end() ? PeerCredentials{} : it->second;
+  auto it = by_peer_.find(peer);
+  return it == by_peer_.end() ? PeerCredentials{} : it->second;
 }
 
 std::string SessionIdOf(const grpc::ServerContext& context) {

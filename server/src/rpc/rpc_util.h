@@ -23,13 +23,17 @@ grpc::Status ToGrpc(const absl::Status& s);
 // Thread safety: all methods may be called concurrently.
 class PeerTable {
  public:
+  // A connection adopted from accept(): gRPC names it "fd:N".
   void Record(int fd, const PeerCredentials& creds);
+  // Any peer name as ServerContext::peer() reports it ("" for a handler
+  // called in-process, as the service tests do).
+  void RecordPeer(const std::string& peer, const PeerCredentials& creds);
   // Unknown credentials (known = false) for an unrecognized peer.
   PeerCredentials Lookup(const std::string& peer) const;
 
  private:
   mutable std::mutex mu_;
-  std::map<int, PeerCredentials> by_fd_;
+  std::map<std::string, PeerCredentials> by_peer_;
 };
 
 // The "structd-session" metadata value, or "".

@@ -6,6 +6,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include "server/src/core/core.h"
 #include "server/src/rpc/rpc_util.h"
@@ -24,9 +27,24 @@ class SessionService final : public v1::Session::Service {
       grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>* stream)
       override;
 
+  // Ends the Attach stream of session `id` (its lease ran out): the client
+  // sees the stream finish with CANCELLED and knows to re-attach.
+  void Cancel(const std::string& id);
+  // Tells every attached client the daemon is going away.
+  void AnnounceShutdown(const std::string& reason);
+
  private:
+  using Stream = grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>;
+  struct Live {
+    grpc::ServerContext* context;
+    Stream* stream;
+  };
   Core* core_;
   const PeerTable* peers_;
+  // Streams between `attached` and their end. Guarded by mu_; after the
+  // attached write only holders of mu_ write to a stream.
+  std::mutex mu_;
+  std::map<std::string, Live> live_;
 };
 
 class RegistryService final : public v1::Registry::Service {

@@ -27,15 +27,34 @@ grpc::Status SessionService::Attach(
   a->set_daemon_instance(core_->instance_id());
   a->set_daemon_version(STRUCTD_VERSION);
   if (stream->Write(attached)) {
-    // The session lives as long as this stream: a closed stream or a dead
-    // process ends the Read loop at once.
+    {
+      std::lock_guard lock(mu_);
+      live_[s->id] = {context, stream};
+    }
+    // The session lives as long as this stream: a closed stream, a dead
+    // process or Cancel() ends the Read loop at once.
     v1::AttachRequest msg;
     while (stream->Read(&msg)) {
       if (msg.has_heartbeat()) core_->Heartbeat(s->id);
     }
+    std::lock_guard lock(mu_);
+    live_.erase(s->id);
   }
   core_->Detach(s->id);
   return grpc::Status::OK;
+}
+
+void SessionService::Cancel(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = live_.find(id);
+  if (it != live_.end()) it->second.context->TryCancel();
+}
+
+void SessionService::AnnounceShutdown(const std::string& reason) {
+  v1::AttachEvent event;
+  event.mutable_shutting_down()->set_reason(reason);
+  std::lock_guard lock(mu_);
+  for (auto& [id, live] : live_) live.stream->Write(event);
 }
 
 }  // namespace structd::server
