@@ -332,6 +332,23 @@ TEST(DaemonTest, MalformedRequestsGetClearErrorsAndTheDaemonKeepsAnswering) {
          return a.instances().Release(a.Ctx().get(), r, &resp);
        },
        grpc::StatusCode::INVALID_ARGUMENT},
+      {"no stores",
+       [&] {
+         v1::StoreRefsRequest r;
+         r.set_channel("ch");
+         v1::StoreRefsResponse resp;
+         return a.instances().StoreRefs(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"store into a forged target",
+       [&] {
+         v1::StoreRefsRequest r;
+         r.set_channel("ch");
+         r.add_stores()->set_target(0x123456789abcdef0ull);
+         v1::StoreRefsResponse resp;
+         return a.instances().StoreRefs(a.Ctx().get(), r, &resp);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT},
       {"bad root name",
        [&] {
          v1::SetRootRequest r;

@@ -377,6 +377,107 @@ absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
   return freed;
 }
 
+absl::StatusOr<uint64_t> Channel::StoreRefs(
+    const std::string& session_id, const std::vector<RefStore>& stores) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
+  if (!ledger.ok()) return ledger.status();
+  auto error = [](absl::StatusCode code, size_t i, absl::string_view what,
+                  absl::string_view message) {
+    return absl::Status(code, absl::StrCat("stores[", i, "]", what, ": ", message));
+  };
+  // Validate everything first.
+  std::vector<shm::RefField> fields;
+  fields.reserve(stores.size());
+  for (size_t i = 0; i < stores.size(); ++i) {
+    const RefStore& st = stores[i];
+    absl::StatusOr<shm::InstancePtr> target = arena_->Resolve(st.target);
+    if (!target.ok()) {
+      return error(target.status().code(), i, ".target", target.status().message());
+    }
+    const RegisteredType* type = registry_.FindByIndex(target->type_index());
+    if (type == nullptr || !target->Fits(type->layout.size())) {
+      return error(absl::StatusCode::kDataLoss, i, ".target",
+                   absl::StrCat(st.target.ToString(),
+                                " has a damaged header (type index ",
+                                target->type_index(),
+                                "); run structctl check on the channel"));
+    }
+    const auto& layout_fields = type->layout.fields();
+    if (st.field >= layout_fields.size()) {
+      return error(absl::StatusCode::kInvalidArgument, i, ".field",
+                   absl::StrCat("'", type->key, "' has ", layout_fields.size(),
+                                " fields; there is no field ", st.field,
+                                " (use the index of a ref field)"));
+    }
+    const shm::Field& field = layout_fields[st.field];
+    if (field.kind() != shm::FieldKind::kRef) {
+      return error(absl::StatusCode::kInvalidArgument, i, ".field",
+                   absl::StrCat("'", type->key, ".", field.name(), "' is ",
+                                shm::FieldTypeName(field.spec),
+                                ", not a ref (store refs into ref fields only)"));
+    }
+    if (!st.value.is_null()) {
+      absl::StatusOr<shm::InstancePtr> value = arena_->Resolve(st.value);
+      if (!value.ok()) {
+        return error(value.status().code(), i, ".value", value.status().message());
+      }
+      const shm::TypeToken want = field.spec.ref_target;
+      const RegisteredType* vt = registry_.FindByIndex(value->type_index());
+      if (!want.is_zero() && (vt == nullptr || vt->token != want)) {
+        return error(absl::StatusCode::kFailedPrecondition, i, ".value",
+                     absl::StrCat("'", type->key, ".", field.name(),
+                                  "' only holds refs to type ", want.ToHex(),
+                                  ", and ", st.value.ToString(), " is a '",
+                                  vt ? vt->key : "?", "'"));
+      }
+    }
+    fields.emplace_back(target->payload() + field.offset);
+  }
+  // Take the references: moved ones out of the ledger, the rest retained.
+  shm::Allocator::TypeLookup types = TypesLocked();
+  std::vector<size_t> taken;  // indices whose reference is in hand
+  auto undo = [&] {
+    for (size_t j : taken) {
+      if (stores[j].move) {
+        (void)(*ledger)->Add(stores[j].value);
+      } else {
+        (void)allocator_->Release(stores[j].value, types);
+      }
+    }
+  };
+  for (size_t i = 0; i < stores.size(); ++i) {
+    const RefStore& st = stores[i];
+    if (st.value.is_null()) continue;
+    if (st.move) {
+      if (!(*ledger)->Remove(st.value)) {
+        undo();
+        return error(absl::StatusCode::kFailedPrecondition, i, ".value",
+                     absl::StrCat(st.value.ToString(),
+                                  ": this session does not own that reference "
+                                  "(move only refs you hold, once each; or "
+                                  "store without move to add a reference)"));
+      }
+    } else if (absl::Status s = allocator_->Retain(st.value); !s.ok()) {
+      undo();
+      return error(s.code(), i, ".value", s.message());
+    }
+    taken.push_back(i);
+  }
+  // Apply, then release what the fields held.
+  std::vector<shm::Ref> previous;
+  for (size_t i = 0; i < stores.size(); ++i) {
+    shm::Ref old = fields[i].exchange(stores[i].value);
+    if (!old.is_null()) previous.push_back(old);
+  }
+  uint64_t freed = 0;
+  for (shm::Ref old : previous) {
+    absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(old, types);
+    if (rr.ok()) freed += rr->freed;
+  }
+  return freed;
+}
+
 absl::StatusOr<shm::Ref> Channel::SetRoot(const std::string& name,
                                           shm::Ref ref) {
   if (absl::Status s = ValidateRootName(name); !s.ok()) return s;

@@ -145,6 +145,22 @@ class Channel {
   absl::StatusOr<uint64_t> Release(const std::string& session_id,
                                    const std::vector<shm::Ref>& refs);
 
+  // Stores refs into ref fields. The field then owns one reference, which
+  // is released when it is overwritten or its instance is freed. With
+  // `move`, the reference comes out of the session's ledger (the session
+  // must own it); without, a new one is retained. A null value clears the
+  // field. All stores are validated before any is applied (all or none);
+  // the values the fields held before are released last. Returns the
+  // instances freed by those releases (transitively).
+  struct RefStore {
+    shm::Ref target;     // a live instance of the channel
+    uint32_t field = 0;  // index of a ref field in its layout
+    shm::Ref value;      // null, or a live instance (of the field's type)
+    bool move = false;
+  };
+  absl::StatusOr<uint64_t> StoreRefs(const std::string& session_id,
+                                     const std::vector<RefStore>& stores);
+
   // Returns the previous ref (null if the root is new).
   absl::StatusOr<shm::Ref> SetRoot(const std::string& name, shm::Ref ref);
   absl::StatusOr<RootEntry> GetRoot(const std::string& name) const;

@@ -187,6 +187,65 @@ TEST_F(CoreTest, ReleaseOnlyWhatTheSessionOwns) {
   EXPECT_EQ(*ok, 2u);
 }
 
+TEST_F(CoreTest, StoreRefsMovesOrAddsOwnershipIntoRefFields) {
+  std::string s = Attach();
+  ASSERT_TRUE(core_->CreateChannel(s, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s, "ch");
+  auto t = *ch->RegisterType("N", Node());  // fields: v (u64), next (ref)
+  auto p = *ch->RegisterType("P", Point());
+  auto refs = *ch->Allocate(s, t.type->token, 3);
+  auto point = *ch->Allocate(s, p.type->token, 1);
+  auto live = [&] { return ch->Stats().alloc.live_instances; };
+  // a.next = b (moved: the session no longer holds b), b.next = c (added).
+  auto r = ch->StoreRefs(s, {{refs[0], 1, refs[1], true},
+                             {refs[1], 1, refs[2], false}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(ch->RefsHeld(s), 3u);  // a, c, point
+  EXPECT_TRUE(ch->Check().problems.empty());
+  // Errors change nothing: a u64 field, an index past the end, a move of a
+  // ref not held (b moved already), a stale value.
+  auto code = [&](std::vector<Channel::RefStore> st) {
+    return ch->StoreRefs(s, st).status().code();
+  };
+  EXPECT_EQ(code({{refs[0], 0, refs[2], false}}), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code({{refs[0], 7, refs[2], false}}), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code({{refs[2], 1, refs[2], true}, {refs[2], 1, refs[1], true}}),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ch->RefsHeld(s), 3u);  // the first move was undone
+  EXPECT_EQ(code({{point[0], 1, refs[2], false}}), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ch->Check().problems.empty());
+  // Releasing the chain's head frees a and b; c is still held.
+  auto freed = ch->Release(s, {refs[0]});
+  ASSERT_TRUE(freed.ok());
+  EXPECT_EQ(*freed, 2u);
+  EXPECT_EQ(live(), 2u);  // c and the point
+  EXPECT_EQ(code({{refs[0], 1, refs[2], false}}), absl::StatusCode::kNotFound);
+  // Clearing a field releases what it held.
+  auto d = *ch->Allocate(s, t.type->token, 1);
+  ASSERT_TRUE(ch->StoreRefs(s, {{d[0], 1, refs[2], true}}).ok());
+  auto cleared = ch->StoreRefs(s, {{d[0], 1, shm::Ref(), false}});
+  ASSERT_TRUE(cleared.ok());
+  EXPECT_EQ(*cleared, 1u);  // c had no other owner
+  EXPECT_TRUE(ch->Check().problems.empty());
+}
+
+TEST_F(CoreTest, StoreRefsChecksTypedRefFields) {
+  std::string s = Attach();
+  ASSERT_TRUE(core_->CreateChannel(s, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s, "ch");
+  auto p = *ch->RegisterType("P", Point());
+  auto holder = *ch->RegisterType(
+      "H", {shm::FieldSpec::Ref("point", p.type->token)});
+  auto n = *ch->RegisterType("N", Node());
+  auto h = *ch->Allocate(s, holder.type->token, 1);
+  auto pt = *ch->Allocate(s, p.type->token, 1);
+  auto node = *ch->Allocate(s, n.type->token, 1);
+  auto wrong = ch->StoreRefs(s, {{h[0], 0, node[0], false}});
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("'N'"));
+  EXPECT_TRUE(ch->StoreRefs(s, {{h[0], 0, pt[0], false}}).ok());
+}
+
 TEST_F(CoreTest, RootsKeepInstancesAliveAfterTheirCreatorLeaves) {
   std::string s = Attach();
   ASSERT_TRUE(core_->CreateChannel(s, "ch", 0, 0).ok());

@@ -84,6 +84,31 @@ grpc::Status InstancesService::Release(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status InstancesService::StoreRefs(grpc::ServerContext* context,
+                                         const v1::StoreRefsRequest* request,
+                                         v1::StoreRefsResponse* response) {
+  const uint32_t max = core_->options().max_refs_per_call;
+  if (request->stores().empty() ||
+      static_cast<uint32_t>(request->stores_size()) > max) {
+    return ToGrpc(absl::InvalidArgumentError(absl::StrFormat(
+        "stores: %d given, allowed 1 to %d (split large calls)",
+        request->stores_size(), max)));
+  }
+  std::vector<Channel::RefStore> stores;
+  stores.reserve(request->stores_size());
+  for (const v1::RefStore& st : request->stores()) {
+    stores.push_back({shm::Ref::FromBits(st.target()), st.field(),
+                      shm::Ref::FromBits(st.value()), st.move()});
+  }
+  absl::StatusOr<CallerChannel> call =
+      JoinedChannel(*context, *core_, *peers_, request->channel());
+  if (!call.ok()) return ToGrpc(call.status());
+  absl::StatusOr<uint64_t> freed = call->channel->StoreRefs(call->session, stores);
+  if (!freed.ok()) return ToGrpc(freed.status());
+  response->set_freed(*freed);
+  return grpc::Status::OK;
+}
+
 grpc::Status InstancesService::SetRoot(grpc::ServerContext* context,
                                        const v1::SetRootRequest* request,
                                        v1::SetRootResponse* response) {

@@ -92,6 +92,9 @@ class InstancesService final : public v1::Instances::Service {
   grpc::Status Release(grpc::ServerContext* context,
                        const v1::ReleaseRequest* request,
                        v1::ReleaseResponse* response) override;
+  grpc::Status StoreRefs(grpc::ServerContext* context,
+                         const v1::StoreRefsRequest* request,
+                         v1::StoreRefsResponse* response) override;
   grpc::Status SetRoot(grpc::ServerContext* context,
                        const v1::SetRootRequest* request,
                        v1::SetRootResponse* response) override;
