@@ -1,0 +1,309 @@
+#ifndef STRUCTD_CLIENT_CHANNEL_H_
+#define STRUCTD_CLIENT_CHANNEL_H_
+
+// A channel this process has joined: its mapped arena, its type registry,
+// instances, roots and this process's behavior tables for its types.
+// Obtained from Client::CreateChannel or Client::Join; thread-safe.
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <typeindex>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "structd/client/behavior.h"
+#include "structd/client/owned.h"
+#include "structd/client/struct.h"
+#include "structd/shm/arena.h"
+#include "structd/shm/layout.h"
+#include "structd/shm/type_token.h"
+
+namespace structd::client {
+
+namespace internal {
+class Connection;
+}
+
+struct TypeInfo {
+  std::string key;
+  shm::TypeToken token;
+  uint32_t type_index = 0;  // the value in instance headers
+  shm::Layout layout;
+};
+
+struct RootInfo {
+  std::string name;
+  Ref ref;
+  shm::TypeToken token;
+};
+
+// A batch of stores into ref fields, applied by Channel::Store in one call
+// (all or none).
+class RefStores {
+ public:
+  // The field takes over `value`'s reference (the Owned is emptied when
+  // the batch is applied successfully).
+  template <typename T, typename U>
+  void Move(RefTo<T> field, Owned<U>& value) {
+    Add(field.owner(), field.field_index(), value.ref(), true);
+    moved_.push_back([&value] { (void)value.Disown(); });
+  }
+  // The field gets a new reference to `value` (any live ref).
+  template <typename T>
+  void Copy(RefTo<T> field, Ref value) {
+    Add(field.owner(), field.field_index(), value, false);
+  }
+  template <typename T>
+  void Clear(RefTo<T> field) {
+    Add(field.owner(), field.field_index(), Ref(), false);
+  }
+  size_t size() const { return stores_.size(); }
+
+ private:
+  friend class Channel;
+  struct Store {
+    Ref target;
+    uint32_t field;
+    Ref value;
+    bool move;
+  };
+  void Add(Ref target, uint32_t field, Ref value, bool move) {
+    stores_.push_back({target, field, value, move});
+  }
+  std::vector<Store> stores_;
+  std::vector<std::function<void()>> moved_;
+};
+
+class Channel : public std::enable_shared_from_this<Channel> {
+ public:
+  ~Channel();
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  // Fixed once the Channel is handed out.
+  const std::string& name() const { return name_; }
+  const std::string& id() const { return id_; }
+  // The arena, mapped read-write. Extents are mapped on first use.
+  shm::Arena& arena() const;
+
+  // ---- Types ----
+  // Registers `key` with `fields`, or meets the same key registered with an
+  // identical layout (same token). FAILED_PRECONDITION naming both layouts
+  // if the layouts differ, or if the registry is sealed.
+  absl::StatusOr<TypeInfo> RegisterType(const std::string& key,
+                                        std::vector<shm::FieldSpec> fields);
+  absl::StatusOr<TypeInfo> DescribeType(shm::TypeToken token);
+  absl::StatusOr<std::vector<TypeInfo>> ListTypes();
+  // Owner only: every later RegisterType fails.
+  absl::Status SealRegistry();
+
+  // The channel's type for the C++ struct T (see struct.h): found by key
+  // and checked by fingerprint, or registered if absent. A layout mismatch
+  // is FAILED_PRECONDITION naming both layouts. Cached after the first call.
+  template <typename T>
+  absl::StatusOr<TypeInfo> Use() {
+    // T's own layout, computed once per program.
+    static const absl::StatusOr<shm::Layout> local = shm::Layout::Compute(T::FieldSpecs());
+    return UseType(std::string(T::kKey), local,
+                   std::vector<uint32_t>(T::kOffsets.begin(), T::kOffsets.end()));
+  }
+
+  // ---- Instances ----
+  template <typename T>
+  absl::StatusOr<Owned<T>> Allocate() {
+    absl::StatusOr<std::vector<Owned<T>>> one = AllocateBatch<T>(1);
+    if (!one.ok()) return one.status();
+    return std::move((*one)[0]);
+  }
+  // `count` instances in one call (all or none), zero-filled.
+  template <typename T>
+  absl::StatusOr<std::vector<Owned<T>>> AllocateBatch(uint32_t count) {
+    absl::StatusOr<TypeInfo> type = Use<T>();
+    if (!type.ok()) return type.status();
+    absl::StatusOr<std::vector<shm::InstancePtr>> made =
+        AllocateInstances(type->token, count);
+    if (!made.ok()) return made.status();
+    std::vector<Owned<T>> out;
+    out.reserve(made->size());
+    for (const shm::InstancePtr& p : *made) out.push_back(Owned<T>(shared_from_this(), T(p)));
+    return out;
+  }
+  // A view of `ref` as a T, without an RPC once T is known: INVALID_ARGUMENT
+  // for a malformed ref, NOT_FOUND for a stale one, FAILED_PRECONDITION if
+  // the instance is of another type. The view owns nothing.
+  template <typename T>
+  absl::StatusOr<T> View(Ref ref) {
+    absl::StatusOr<TypeInfo> type = Use<T>();
+    if (!type.ok()) return type.status();
+    absl::StatusOr<shm::InstancePtr> p = ResolveAs(ref, *type);
+    if (!p.ok()) return p.status();
+    return T(*p);
+  }
+  // Takes a reference of this session's own to `ref`.
+  template <typename T>
+  absl::StatusOr<Owned<T>> Retain(Ref ref) {
+    absl::StatusOr<T> view = View<T>(ref);
+    if (!view.ok()) return view.status();
+    if (absl::Status s = RetainRefs({ref}); !s.ok()) return s;
+    return Owned<T>(shared_from_this(), *view);
+  }
+  // Releases references this session owns (refs of Disown()ed Owneds).
+  absl::Status Release(const std::vector<Ref>& refs);
+  // Releases many Owneds in one call; they are empty afterwards.
+  template <typename T>
+  absl::Status Release(std::vector<Owned<T>>& owned) {
+    std::vector<Ref> refs;
+    refs.reserve(owned.size());
+    for (Owned<T>& o : owned) {
+      if (o) refs.push_back(o.Disown());
+    }
+    owned.clear();
+    if (refs.empty()) return absl::OkStatus();
+    return Release(refs);
+  }
+
+  // ---- Ref fields ----
+  // A ref field owns one reference. Store(field, std::move(owned)) moves
+  // the Owned's reference into the field; Store(field, ref) adds a new
+  // reference. The field's previous value is released.
+  template <typename T, typename U>
+  absl::Status Store(RefTo<T> field, Owned<U>&& value) {
+    RefStores batch;
+    batch.Move(field, value);
+    return Store(batch);
+  }
+  template <typename T>
+  absl::Status Store(RefTo<T> field, Ref value) {
+    RefStores batch;
+    batch.Copy(field, value);
+    return Store(batch);
+  }
+  template <typename T>
+  absl::Status Clear(RefTo<T> field) {
+    RefStores batch;
+    batch.Clear(field);
+    return Store(batch);
+  }
+  // Applies a batch (split into calls of at most 100,000 stores).
+  absl::Status Store(RefStores& batch);
+
+  // ---- Roots (named references that outlive sessions) ----
+  absl::Status SetRoot(const std::string& name, Ref ref);
+  absl::StatusOr<Ref> GetRoot(const std::string& name);
+  absl::Status DeleteRoot(const std::string& name);
+  absl::StatusOr<std::vector<RootInfo>> ListRoots();
+
+  // ---- Behavior tables (this process only) ----
+  // Binds `table` to the type `token` for this process, replacing an
+  // earlier binding. FAILED_PRECONDITION once the process sealed its
+  // bindings (Client::SealBindings); NOT_FOUND for an unknown token.
+  template <typename Table>
+  absl::Status Bind(shm::TypeToken token, Table table) {
+    return BindErased(token, std::type_index(typeid(Table)),
+                      std::make_shared<const Table>(std::move(table)));
+  }
+  template <typename T, typename Table>
+  absl::Status Bind(Table table) {
+    absl::StatusOr<TypeInfo> type = Use<T>();
+    if (!type.ok()) return type.status();
+    return Bind(type->token, std::move(table));
+  }
+  // The table of type Table bound to `view`'s type. FAILED_PRECONDITION:
+  // "no behavior bound for type 'Vector' (token ...) in this process", or
+  // a table of another C++ type is bound.
+  template <typename Table>
+  absl::StatusOr<const Table*> Behavior(const StructView& view) const {
+    const internal::BoundTable* bound = behaviors_.Find(view.type_index());
+    if (bound == nullptr || bound->table_type != std::type_index(typeid(Table))) {
+      return NoBehavior(view, bound, typeid(Table).name());
+    }
+    return static_cast<const Table*>(bound->table.get());
+  }
+  // Calls the method `member` of the table bound to `view`'s type with
+  // (view, args...). Returns its result, or the error of Behavior().
+  template <typename Table, typename Method, typename View, typename... Args>
+  auto Call(const View& view, Method Table::*member, Args&&... args) const {
+    using R = std::invoke_result_t<const Method&, const View&, Args...>;
+    using Result = std::conditional_t<std::is_void_v<R>, absl::Status, absl::StatusOr<R>>;
+    absl::StatusOr<const Table*> table = Behavior<Table>(view);
+    if (!table.ok()) return Result(table.status());
+    const Method& method = (*table)->*member;
+    if constexpr (std::is_void_v<R>) {
+      std::invoke(method, view, std::forward<Args>(args)...);
+      return absl::OkStatus();
+    } else {
+      return Result(std::invoke(method, view, std::forward<Args>(args)...));
+    }
+  }
+
+ private:
+  friend class Client;
+  friend class internal::Connection;
+  template <typename T>
+  friend class Owned;
+
+  Channel(std::shared_ptr<internal::Connection> connection, std::string name,
+          std::string id, std::string capability);
+
+  // JoinChannel with `capability` (name or id in `channel`), then maps the arena.
+  static absl::StatusOr<std::shared_ptr<Channel>> Join(
+      std::shared_ptr<internal::Connection> connection, const std::string& channel,
+      const std::string& capability);
+  absl::Status MapArena(const std::string& path, uint64_t epoch);
+  // Joins (again, after the session was re-established) with the
+  // capability; maps the arena if it is new.
+  absl::Status Rejoin();
+
+  absl::StatusOr<TypeInfo> UseType(const std::string& key,
+                                   const absl::StatusOr<shm::Layout>& local,
+                                   const std::vector<uint32_t>& offsets);
+  absl::StatusOr<std::vector<shm::InstancePtr>> AllocateInstances(shm::TypeToken token,
+                                                                  uint32_t count);
+  absl::StatusOr<shm::InstancePtr> ResolveAs(Ref ref, const TypeInfo& type) const;
+  absl::Status RetainRefs(const std::vector<Ref>& refs);
+  void ReleaseQuietly(Ref ref);
+  absl::Status BindErased(shm::TypeToken token, std::type_index table_type,
+                          std::shared_ptr<const void> table);
+  absl::Status NoBehavior(const StructView& view, const internal::BoundTable* bound,
+                          const char* wanted) const;
+
+  std::shared_ptr<internal::Connection> connection_;
+  std::string name_;  // set before the Channel is handed out, then fixed
+  std::string id_;
+  const std::string capability_;
+
+  mutable std::mutex mu_;
+  std::unique_ptr<shm::Arena> arena_;  // guarded by mu_ for replacement
+  uint64_t arena_epoch_ = 0;
+  // Arenas replaced after a daemon restart gave a new one: kept mapped so
+  // views into them never dangle.
+  std::vector<std::unique_ptr<shm::Arena>> retired_arenas_;
+  std::map<std::string, TypeInfo> types_by_key_;  // Use() cache
+  internal::BehaviorTable behaviors_;
+};
+
+template <typename T>
+absl::StatusOr<Owned<T>> Owned<T>::Clone() const {
+  if (!channel_) {
+    return absl::FailedPreconditionError("Owned::Clone: empty (nothing to clone)");
+  }
+  return channel_->template Retain<T>(ref());
+}
+
+template <typename T>
+void Owned<T>::Reset() {
+  if (channel_ && view_) channel_->ReleaseQuietly(view_.ref());
+  channel_.reset();
+  view_ = T();
+}
+
+}  // namespace structd::client
+
+#endif  // STRUCTD_CLIENT_CHANNEL_H_

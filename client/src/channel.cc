@@ -1,0 +1,431 @@
+#include "structd/client/channel.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "client/src/connection.h"
+
+namespace structd::client {
+namespace {
+
+// At most this many refs or stores per call (the daemon's default limit).
+constexpr size_t kMaxPerCall = 100000;
+
+absl::StatusOr<TypeInfo> FromProto(const v1::TypeInfo& in) {
+  TypeInfo out;
+  out.key = in.key();
+  std::optional<shm::TypeToken> token = shm::TypeToken::FromHex(in.token());
+  if (!token) {
+    return absl::InternalError(absl::StrCat("daemon sent a malformed token '", in.token(), "'"));
+  }
+  out.token = *token;
+  out.type_index = in.type_index();
+  std::vector<shm::FieldSpec> specs;
+  for (const v1::Field& f : in.layout().fields()) {
+    shm::FieldSpec spec;
+    spec.name = f.name();
+    if (absl::Status s = shm::ParseFieldType(f.type(), spec); !s.ok()) return s;
+    specs.push_back(std::move(spec));
+  }
+  absl::StatusOr<shm::Layout> layout = shm::Layout::Compute(std::move(specs));
+  if (!layout.ok()) return layout.status();
+  out.layout = std::move(*layout);
+  return out;
+}
+
+std::string FingerprintHex(uint64_t fp) { return absl::StrFormat("%016x", fp); }
+
+}  // namespace
+
+Channel::Channel(std::shared_ptr<internal::Connection> connection, std::string name,
+                 std::string id, std::string capability)
+    : connection_(std::move(connection)),
+      name_(std::move(name)),
+      id_(std::move(id)),
+      capability_(std::move(capability)) {}
+
+Channel::~Channel() = default;
+
+shm::Arena& Channel::arena() const {
+  std::lock_guard lock(mu_);
+  return *arena_;
+}
+
+absl::Status Channel::MapArena(const std::string& path, uint64_t epoch) {
+  absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
+      shm::Arena::Open(path, shm::Access::kReadWrite);
+  if (!arena.ok()) {
+    return absl::Status(arena.status().code(),
+                        absl::StrCat("channel '", name_, "': mapping its arena: ",
+                                     arena.status().message()));
+  }
+  std::lock_guard lock(mu_);
+  if (arena_) retired_arenas_.push_back(std::move(arena_));
+  arena_ = std::move(*arena);
+  arena_epoch_ = epoch;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Channel>> Channel::Join(
+    std::shared_ptr<internal::Connection> connection, const std::string& channel,
+    const std::string& capability) {
+  std::shared_ptr<Channel> joined(new Channel(std::move(connection), channel, "", capability));
+  if (absl::Status s = joined->Rejoin(); !s.ok()) return s;
+  return joined;
+}
+
+absl::Status Channel::Rejoin() {
+  v1::JoinChannelRequest request;
+  {
+    std::lock_guard lock(mu_);
+    request.set_channel(id_.empty() ? name_ : id_);
+  }
+  request.set_capability(capability_);
+  v1::JoinChannelResponse response;
+  if (absl::Status s = connection_->Call(connection_->registry(),
+                                         &v1::Registry::Stub::JoinChannel, request,
+                                         &response);
+      !s.ok()) {
+    return s;
+  }
+  {
+    std::lock_guard lock(mu_);
+    if (id_.empty()) {  // the first join names the channel
+      name_ = response.name();
+      id_ = response.channel_id();
+    }
+    if (arena_ && response.arena().epoch() == arena_epoch_) return absl::OkStatus();
+    // A different arena: types (and their indexes) start over too.
+    types_by_key_.clear();
+  }
+  return MapArena(response.arena().path(), response.arena().epoch());
+}
+
+absl::StatusOr<TypeInfo> Channel::RegisterType(const std::string& key,
+                                               std::vector<shm::FieldSpec> fields) {
+  v1::RegisterTypeRequest request;
+  request.set_channel(id_);
+  request.set_key(key);
+  for (const shm::FieldSpec& f : fields) {
+    v1::FieldSpec* out = request.add_fields();
+    out->set_name(f.name);
+    out->set_type(shm::FieldTypeName(f));
+  }
+  v1::RegisterTypeResponse response;
+  if (absl::Status s = connection_->Call(connection_->registry(),
+                                         &v1::Registry::Stub::RegisterType, request,
+                                         &response);
+      !s.ok()) {
+    return s;
+  }
+  return FromProto(response.type());
+}
+
+absl::StatusOr<TypeInfo> Channel::DescribeType(shm::TypeToken token) {
+  v1::DescribeTypeRequest request;
+  request.set_channel(id_);
+  request.set_token(token.ToHex());
+  v1::DescribeTypeResponse response;
+  if (absl::Status s = connection_->Call(connection_->registry(),
+                                         &v1::Registry::Stub::DescribeType, request,
+                                         &response);
+      !s.ok()) {
+    return s;
+  }
+  return FromProto(response.type());
+}
+
+absl::StatusOr<std::vector<TypeInfo>> Channel::ListTypes() {
+  v1::ListTypesRequest request;
+  request.set_channel(id_);
+  v1::ListTypesResponse response;
+  if (absl::Status s = connection_->Call(connection_->registry(),
+                                         &v1::Registry::Stub::ListTypes, request, &response);
+      !s.ok()) {
+    return s;
+  }
+  std::vector<TypeInfo> out;
+  for (const v1::TypeInfo& t : response.types()) {
+    absl::StatusOr<TypeInfo> info = FromProto(t);
+    if (!info.ok()) return info.status();
+    out.push_back(std::move(*info));
+  }
+  return out;
+}
+
+absl::Status Channel::SealRegistry() {
+  v1::SealRegistryRequest request;
+  request.set_channel(id_);
+  request.set_owner_capability(capability_);
+  v1::SealRegistryResponse response;
+  return connection_->Call(connection_->registry(), &v1::Registry::Stub::SealRegistry,
+                           request, &response);
+}
+
+absl::StatusOr<TypeInfo> Channel::UseType(const std::string& key,
+                                          const absl::StatusOr<shm::Layout>& local,
+                                          const std::vector<uint32_t>& offsets) {
+  if (local.ok()) {
+    std::lock_guard lock(mu_);
+    auto it = types_by_key_.find(key);
+    if (it != types_by_key_.end() &&
+        it->second.layout.fingerprint() == local->fingerprint()) {
+      return it->second;
+    }
+  }
+  if (!local.ok()) {
+    return absl::Status(local.status().code(),
+                        absl::StrCat("type '", key, "': ", local.status().message()));
+  }
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    if (i >= local->fields().size() || local->fields()[i].offset != offsets[i]) {
+      return absl::InternalError(absl::StrCat(
+          "type '", key, "': compile-time offset of field ", i,
+          " disagrees with shm::Layout (a structd bug: please report it)"));
+    }
+  }
+  absl::StatusOr<std::vector<TypeInfo>> existing = ListTypes();
+  if (!existing.ok()) return existing.status();
+  std::optional<TypeInfo> found;
+  for (TypeInfo& t : *existing) {
+    if (t.key == key) found = std::move(t);
+  }
+  if (found && found->layout.fingerprint() != local->fingerprint()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "type '", key, "': this program's layout (fingerprint ",
+        FingerprintHex(local->fingerprint()), ")\n", local->ToString(),
+        "differs from channel '", name_, "''s (token ", found->token.ToHex(),
+        ", fingerprint ", FingerprintHex(found->layout.fingerprint()), ")\n",
+        found->layout.ToString(),
+        "(build against the same struct definition, or use another key)"));
+  }
+  if (!found) {
+    std::vector<shm::FieldSpec> fields;
+    for (const shm::Field& f : local->fields()) fields.push_back(f.spec);
+    absl::StatusOr<TypeInfo> registered = RegisterType(key, std::move(fields));
+    if (!registered.ok()) return registered.status();
+    found = std::move(*registered);
+  }
+  std::lock_guard lock(mu_);
+  return types_by_key_.insert_or_assign(key, std::move(*found)).first->second;
+}
+
+absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateInstances(
+    shm::TypeToken token, uint32_t count) {
+  v1::AllocateBatchRequest request;
+  request.set_channel(id_);
+  request.set_token(token.ToHex());
+  request.set_count(count);
+  v1::AllocateBatchResponse response;
+  if (absl::Status s = connection_->Call(connection_->instances(),
+                                         &v1::Instances::Stub::AllocateBatch, request,
+                                         &response);
+      !s.ok()) {
+    return s;
+  }
+  std::vector<shm::InstancePtr> out;
+  out.reserve(response.refs_size());
+  shm::Arena& a = arena();
+  for (uint64_t bits : response.refs()) {
+    absl::StatusOr<shm::InstancePtr> p = a.Resolve(Ref::FromBits(bits));
+    if (!p.ok()) {
+      std::vector<Ref> refs;
+      for (uint64_t b : response.refs()) refs.push_back(Ref::FromBits(b));
+      (void)Release(refs);
+      return absl::Status(p.status().code(),
+                          absl::StrCat("resolving a fresh allocation: ", p.status().message()));
+    }
+    out.push_back(*p);
+  }
+  return out;
+}
+
+absl::StatusOr<shm::InstancePtr> Channel::ResolveAs(Ref ref, const TypeInfo& type) const {
+  absl::StatusOr<shm::InstancePtr> p = arena().Resolve(ref);
+  if (!p.ok()) return p.status();
+  uint32_t index = p->type_index();
+  if (index != type.type_index) {
+    std::string other = absl::StrCat("type index ", index);
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [key, t] : types_by_key_) {
+        if (t.type_index == index) other = absl::StrCat("'", key, "'");
+      }
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("ref ", ref.ToString(), " is a ", other, ", not a '", type.key,
+                     "' (view it as its own type)"));
+  }
+  if (!p->Fits(type.layout.size())) {
+    return absl::DataLossError(absl::StrCat(
+        "ref ", ref.ToString(), ": its block is smaller than a '", type.key,
+        "' (the arena is damaged: run structctl check)"));
+  }
+  return p;
+}
+
+absl::Status Channel::RetainRefs(const std::vector<Ref>& refs) {
+  v1::RetainRequest request;
+  request.set_channel(id_);
+  for (Ref r : refs) request.add_refs(r.bits());
+  v1::RetainResponse response;
+  return connection_->Call(connection_->instances(), &v1::Instances::Stub::Retain, request,
+                           &response);
+}
+
+absl::Status Channel::Release(const std::vector<Ref>& refs) {
+  for (size_t begin = 0; begin < refs.size(); begin += kMaxPerCall) {
+    v1::ReleaseRequest request;
+    request.set_channel(id_);
+    size_t end = std::min(refs.size(), begin + kMaxPerCall);
+    for (size_t i = begin; i < end; ++i) request.add_refs(refs[i].bits());
+    v1::ReleaseResponse response;
+    if (absl::Status s = connection_->Call(connection_->instances(),
+                                           &v1::Instances::Stub::Release, request,
+                                           &response);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Channel::ReleaseQuietly(Ref ref) {
+  // Failure means the session (and with it this reference) is gone already,
+  // or the daemon is unreachable; the daemon releases the session's
+  // references when it ends either way.
+  (void)Release({ref});
+}
+
+absl::Status Channel::Store(RefStores& batch) {
+  for (size_t begin = 0; begin < batch.stores_.size(); begin += kMaxPerCall) {
+    v1::StoreRefsRequest request;
+    request.set_channel(id_);
+    size_t end = std::min(batch.stores_.size(), begin + kMaxPerCall);
+    for (size_t i = begin; i < end; ++i) {
+      const RefStores::Store& st = batch.stores_[i];
+      v1::RefStore* out = request.add_stores();
+      out->set_target(st.target.bits());
+      out->set_field(st.field);
+      out->set_value(st.value.bits());
+      out->set_move(st.move);
+    }
+    v1::StoreRefsResponse response;
+    if (absl::Status s = connection_->Call(connection_->instances(),
+                                           &v1::Instances::Stub::StoreRefs, request,
+                                           &response);
+        !s.ok()) {
+      return s;
+    }
+  }
+  for (auto& disown : batch.moved_) disown();
+  batch.stores_.clear();
+  batch.moved_.clear();
+  return absl::OkStatus();
+}
+
+absl::Status Channel::SetRoot(const std::string& name, Ref ref) {
+  v1::SetRootRequest request;
+  request.set_channel(id_);
+  request.set_name(name);
+  request.set_ref(ref.bits());
+  v1::SetRootResponse response;
+  return connection_->Call(connection_->instances(), &v1::Instances::Stub::SetRoot, request,
+                           &response);
+}
+
+absl::StatusOr<Ref> Channel::GetRoot(const std::string& name) {
+  v1::GetRootRequest request;
+  request.set_channel(id_);
+  request.set_name(name);
+  v1::GetRootResponse response;
+  if (absl::Status s = connection_->Call(connection_->instances(),
+                                         &v1::Instances::Stub::GetRoot, request, &response);
+      !s.ok()) {
+    return s;
+  }
+  return Ref::FromBits(response.ref());
+}
+
+absl::Status Channel::DeleteRoot(const std::string& name) {
+  v1::DeleteRootRequest request;
+  request.set_channel(id_);
+  request.set_name(name);
+  v1::DeleteRootResponse response;
+  return connection_->Call(connection_->instances(), &v1::Instances::Stub::DeleteRoot,
+                           request, &response);
+}
+
+absl::StatusOr<std::vector<RootInfo>> Channel::ListRoots() {
+  v1::ListRootsRequest request;
+  request.set_channel(id_);
+  v1::ListRootsResponse response;
+  if (absl::Status s = connection_->Call(connection_->instances(),
+                                         &v1::Instances::Stub::ListRoots, request, &response);
+      !s.ok()) {
+    return s;
+  }
+  std::vector<RootInfo> out;
+  for (const v1::Root& r : response.roots()) {
+    out.push_back({r.name(), Ref::FromBits(r.ref()),
+                   shm::TypeToken::FromHex(r.token()).value_or(shm::TypeToken())});
+  }
+  return out;
+}
+
+absl::Status Channel::BindErased(shm::TypeToken token, std::type_index table_type,
+                                 std::shared_ptr<const void> table) {
+  if (connection_->bindings_sealed.load()) {
+    return absl::FailedPreconditionError(
+        "Bind: this process sealed its behavior bindings (Client::SealBindings); "
+        "bind every table before sealing");
+  }
+  absl::StatusOr<TypeInfo> type = DescribeType(token);
+  if (!type.ok()) return type.status();
+  if (type->type_index > internal::BehaviorTable::kMaxTypeIndex) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "Bind: type '", type->key, "' has index ", type->type_index,
+        "; behavior tables cover indexes up to ", internal::BehaviorTable::kMaxTypeIndex));
+  }
+  behaviors_.Set(type->type_index,
+                 std::make_unique<internal::BoundTable>(internal::BoundTable{
+                     table_type, std::move(table), type->key, type->token}));
+  return absl::OkStatus();
+}
+
+absl::Status Channel::NoBehavior(const StructView& view, const internal::BoundTable* bound,
+                                 const char* wanted) const {
+  if (!view) return absl::FailedPreconditionError("behavior: the view is empty");
+  if (bound != nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the behavior bound for type '", bound->key, "' (token ", bound->token.ToHex(),
+        ") in this process is a ", bound->table_type.name(), ", not a ", wanted,
+        " (call the table type that was bound)"));
+  }
+  uint32_t index = view.type_index();
+  if (index == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "behavior: ref ", view.ref().ToString(), " names a freed instance"));
+  }
+  std::string name = absl::StrCat("with index ", index);
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [key, t] : types_by_key_) {
+      if (t.type_index == index) name = absl::StrCat("'", key, "' (token ", t.token.ToHex(), ")");
+    }
+  }
+  if (name.starts_with("with")) {
+    // Not used by this process yet: ask the registry (error path only).
+    absl::StatusOr<std::vector<TypeInfo>> types =
+        const_cast<Channel*>(this)->ListTypes();
+    if (types.ok()) {
+      for (const TypeInfo& t : *types) {
+        if (t.type_index == index) name = absl::StrCat("'", t.key, "' (token ", t.token.ToHex(), ")");
+      }
+    }
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "no behavior bound for type ", name, " in this process (Bind a table to it first)"));
+}
+
+}  // namespace structd::client

@@ -1,0 +1,215 @@
+#include "client/src/connection.h"
+
+#include <errno.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "structd/client/channel.h"
+#include "structd/shm/default_paths.h"
+
+namespace structd::client::internal {
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+Connection::Connection(ClientOptions options) : options_(std::move(options)) {
+  grpc::ChannelArguments args;
+  // Reconnect quickly once the daemon is back.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  channel_ = grpc::CreateCustomChannel("unix:" + options_.socket,
+                                       grpc::InsecureChannelCredentials(), args);
+  session_stub_ = v1::Session::NewStub(channel_);
+  registry_ = v1::Registry::NewStub(channel_);
+  instances_ = v1::Instances::NewStub(channel_);
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(ClientOptions options) {
+  if (options.socket.empty()) options.socket = shm::DefaultSocketPath();
+  if (options.name.empty()) options.name = program_invocation_short_name;
+  std::shared_ptr<Connection> c(new Connection(options));
+  auto deadline = std::chrono::system_clock::now() + options.connect_timeout;
+  if (!c->channel_->WaitForConnected(deadline)) {
+    return absl::UnavailableError(absl::StrCat(
+        "no structd at ", options.socket,
+        ": start it with `structd --socket ", options.socket,
+        "` (or deploy/scripts/run.sh), or set STRUCTD_SOCKET"));
+  }
+  if (absl::Status s = c->AttachOnce(options.connect_timeout); !s.ok()) return s;
+  c->supervisor_ = std::thread([raw = c.get()] { raw->Supervise(); });
+  return c;
+}
+
+Connection::~Connection() { Close(); }
+
+void Connection::Close() {
+  {
+    std::lock_guard lock(mu_);
+    closing_ = true;
+    std::lock_guard wlock(write_mu_);
+    if (stream_) stream_->WritesDone();
+    if (attach_context_) attach_context_->TryCancel();
+  }
+  cv_.notify_all();
+  if (supervisor_.joinable()) supervisor_.join();
+}
+
+absl::Status Connection::Prepare(grpc::ClientContext& context) const {
+  std::lock_guard lock(mu_);
+  if (session_id_.empty()) {
+    return absl::UnavailableError(absl::StrCat(
+        "structd: not attached to the daemon at ", options_.socket,
+        (closing_ ? " (the client was closed)"
+                  : " (it is restarting or gone; the client re-attaches in the "
+                    "background: retry later)")));
+  }
+  context.AddMetadata("structd-session", session_id_);
+  context.set_deadline(std::chrono::system_clock::now() + options_.call_timeout);
+  return absl::OkStatus();
+}
+
+std::string Connection::session_id() const {
+  std::lock_guard lock(mu_);
+  return session_id_;
+}
+
+bool Connection::attached() const {
+  std::lock_guard lock(mu_);
+  return !session_id_.empty();
+}
+
+void Connection::Track(std::weak_ptr<Channel> channel) {
+  std::lock_guard lock(mu_);
+  std::erase_if(channels_, [](const std::weak_ptr<Channel>& c) { return c.expired(); });
+  channels_.push_back(std::move(channel));
+}
+
+std::shared_ptr<Channel> Connection::FindChannel(const std::string& name_or_id) {
+  std::lock_guard lock(mu_);
+  for (const auto& weak : channels_) {
+    std::shared_ptr<Channel> c = weak.lock();
+    if (c && (c->name() == name_or_id || c->id() == name_or_id)) return c;
+  }
+  return nullptr;
+}
+
+absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_wait_for_ready(false);
+  if (!channel_->WaitForConnected(std::chrono::system_clock::now() + timeout)) {
+    return absl::UnavailableError(absl::StrCat("no structd at ", options_.socket));
+  }
+  std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>> stream;
+  {
+    std::lock_guard lock(mu_);
+    if (closing_) return absl::CancelledError("client closed");
+    stream = session_stub_->Attach(context.get());
+    attach_context_ = std::move(context);
+  }
+  v1::AttachRequest hello;
+  hello.mutable_hello()->set_client_name(options_.name.substr(0, 128));
+  {
+    std::lock_guard lock(mu_);
+    if (!resume_id_.empty()) {
+      hello.mutable_hello()->set_resume_session_id(resume_id_);
+      hello.mutable_hello()->set_resume_secret(resume_secret_);
+    }
+  }
+  v1::AttachEvent event;
+  if (!stream->Write(hello) || !stream->Read(&event) || !event.has_attached()) {
+    grpc::Status status = stream->Finish();
+    std::lock_guard lock(mu_);
+    attach_context_.reset();
+    if (status.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "structd at ", options_.socket, " ended the attach stream without a session"));
+    }
+    return FromGrpc(status);
+  }
+  std::lock_guard lock(mu_);
+  session_id_ = event.attached().session_id();
+  resume_id_ = session_id_;
+  resume_secret_ = event.attached().session_secret();
+  lease_ms_ = std::max<uint32_t>(event.attached().lease_ms(), 300);
+  std::lock_guard wlock(write_mu_);
+  stream_ = std::move(stream);
+  return absl::OkStatus();
+}
+
+void Connection::Heartbeats(std::chrono::milliseconds every) {
+  std::unique_lock lock(mu_);
+  while (true) {
+    if (cv_.wait_for(lock, every, [&] { return closing_ || session_id_.empty(); })) return;
+    // The stream stays installed while session_id_ is set (Supervise
+    // clears the id and joins this thread before resetting the stream).
+    lock.unlock();
+    {
+      std::lock_guard wlock(write_mu_);
+      v1::AttachRequest beat;
+      beat.mutable_heartbeat();
+      if (stream_) stream_->Write(beat);
+    }
+    lock.lock();
+  }
+}
+
+void Connection::RejoinChannels() {
+  std::vector<std::shared_ptr<Channel>> live;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& weak : channels_) {
+      if (auto c = weak.lock()) live.push_back(std::move(c));
+    }
+  }
+  // A channel that cannot be joined again (the daemon lost it) keeps
+  // failing its calls with the daemon's error; its mapped fields still work.
+  for (const auto& c : live) (void)c->Rejoin();
+}
+
+void Connection::Supervise() {
+  while (true) {
+    std::chrono::milliseconds every;
+    grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>* stream;
+    {
+      std::lock_guard lock(mu_);
+      every = std::chrono::milliseconds(lease_ms_ / 3);
+      stream = stream_.get();
+    }
+    std::thread heartbeats([this, every] { Heartbeats(every); });
+    v1::AttachEvent event;
+    while (stream->Read(&event)) {
+      // `shutting_down`: the stream ends next; nothing to do before.
+    }
+    {
+      std::lock_guard lock(mu_);
+      session_id_.clear();
+    }
+    cv_.notify_all();
+    heartbeats.join();
+    {
+      std::lock_guard lock(mu_);
+      std::lock_guard wlock(write_mu_);
+      (void)stream_->Finish();
+      stream_.reset();
+      attach_context_.reset();
+    }
+    auto backoff = std::chrono::milliseconds(50);
+    while (true) {
+      {
+        std::unique_lock lock(mu_);
+        if (closing_ || !options_.reconnect) return;
+        cv_.wait_for(lock, backoff, [&] { return closing_; });
+        if (closing_) return;
+      }
+      if (AttachOnce(std::chrono::milliseconds(1000)).ok()) break;
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+    }
+    reattaches_.fetch_add(1);
+    RejoinChannels();
+  }
+}
+
+}  // namespace structd::client::internal

@@ -1,0 +1,107 @@
+#ifndef STRUCTD_CLIENT_SRC_CONNECTION_H_
+#define STRUCTD_CLIENT_SRC_CONNECTION_H_
+
+// The process's link to the daemon: the gRPC channel and stubs, and the
+// session (Attach stream) kept alive by a supervisor thread that sends
+// heartbeats and, when the daemon goes away, re-attaches with backoff and
+// re-joins every channel. Internal: generated protobuf types stay out of
+// the public headers.
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "structd/client/client.h"
+#include "structd/v1/instances.grpc.pb.h"
+#include "structd/v1/registry.grpc.pb.h"
+#include "structd/v1/session.grpc.pb.h"
+
+namespace structd::client::internal {
+
+// grpc::Status -> absl::Status, same code and message.
+absl::Status FromGrpc(const grpc::Status& status);
+
+class Connection {
+ public:
+  // Connects and attaches; UNAVAILABLE naming the socket if no daemon
+  // answers within options.connect_timeout.
+  static absl::StatusOr<std::shared_ptr<Connection>> Open(ClientOptions options);
+  ~Connection();
+
+  // Ends the session (closes the Attach stream) and stops reconnecting.
+  void Close();
+
+  // Runs one unary call with the session metadata and the call deadline.
+  // UNAVAILABLE at once while detached.
+  template <typename Stub, typename Request, typename Response>
+  absl::Status Call(Stub& stub,
+                    grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
+                                                 Response*),
+                    const Request& request, Response* response) const {
+    grpc::ClientContext context;
+    if (absl::Status s = Prepare(context); !s.ok()) return s;
+    return FromGrpc((stub.*method)(&context, request, response));
+  }
+
+  v1::Registry::Stub& registry() const { return *registry_; }
+  v1::Instances::Stub& instances() const { return *instances_; }
+
+  std::string session_id() const;
+  bool attached() const;
+  uint64_t reattach_count() const { return reattaches_.load(); }
+  const ClientOptions& options() const { return options_; }
+
+  // Channels to re-join after a re-attach (weakly held).
+  void Track(std::weak_ptr<Channel> channel);
+  // An already joined channel of that name or id, if any.
+  std::shared_ptr<Channel> FindChannel(const std::string& name_or_id);
+
+  std::atomic<bool> bindings_sealed{false};
+
+ private:
+  explicit Connection(ClientOptions options);
+  absl::Status Prepare(grpc::ClientContext& context) const;
+
+  // One Attach stream: hello, then `attached`. On success the stream is
+  // installed and the session published.
+  absl::Status AttachOnce(std::chrono::milliseconds timeout);
+  // The supervisor: heartbeats while attached; re-attaches after the
+  // stream ends unless closing.
+  void Supervise();
+  void Heartbeats(std::chrono::milliseconds every);
+  void RejoinChannels();
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Session::Stub> session_stub_;
+  std::unique_ptr<v1::Registry::Stub> registry_;
+  std::unique_ptr<v1::Instances::Stub> instances_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool closing_ = false;                               // guarded by mu_
+  std::string session_id_;                             // "" while detached
+  std::string resume_id_;  // the last session, offered for resumption
+  std::string resume_secret_;
+  uint32_t lease_ms_ = 15000;
+  std::unique_ptr<grpc::ClientContext> attach_context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>> stream_;
+  std::mutex write_mu_;  // serializes writes to stream_
+  std::vector<std::weak_ptr<Channel>> channels_;       // guarded by mu_
+  std::atomic<uint64_t> reattaches_{0};
+  std::thread supervisor_;
+};
+
+}  // namespace structd::client::internal
+
+#endif  // STRUCTD_CLIENT_SRC_CONNECTION_H_

@@ -1,0 +1,257 @@
+// The client library against a real daemon: this test process uses the
+// library, and so do worker processes (structd_test_client) started with
+// fork+exec.
+
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "structd/client/channel.h"
+#include "structd/client/client.h"
+#include "testing/client_types.h"
+#include "testing/daemon_process.h"
+#include "testing/grpc_client.h"
+#include "testing/spawned_process.h"
+#include "testing/temp_dir.h"
+
+namespace structd::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+using client::Channel;
+using client::Client;
+using client::Owned;
+using client::Ref;
+
+std::unique_ptr<Client> ConnectTo(const DaemonProcess& daemon) {
+  client::ClientOptions o;
+  o.socket = daemon.socket();
+  auto c = Client::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? std::move(*c) : nullptr;
+}
+
+// A worker process: structd_test_client MODE SOCKET CHANNEL CAPABILITY ARGS.
+std::unique_ptr<SpawnedProcess> Worker(const DaemonProcess& daemon,
+                                       const client::CreatedChannel& ch,
+                                       const std::string& mode,
+                                       std::vector<std::string> args = {}) {
+  std::vector<std::string> argv = {STRUCTD_TEST_CLIENT, mode, daemon.socket(),
+                                   ch.channel->name(), ch.member_capability};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return std::make_unique<SpawnedProcess>(argv);
+}
+
+// Polls the Admin API until `channel` has `want` live instances (or 5 s).
+uint64_t AwaitLive(GrpcClient& admin, const std::string& channel, uint64_t want) {
+  uint64_t live = admin.LiveInstances(channel);
+  for (int i = 0; i < 500 && live != want; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    live = admin.LiveInstances(channel);
+  }
+  return live;
+}
+
+// A daemon, this process connected to it, and channel "c" it created.
+class ClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    me_ = ConnectTo(daemon_);
+    ASSERT_NE(me_, nullptr);
+    auto ch = me_->CreateChannel("c");
+    ASSERT_TRUE(ch.ok()) << ch.status();
+    created_ = std::move(*ch);
+  }
+  Channel& c() { return *created_.channel; }
+  std::unique_ptr<SpawnedProcess> Worker(const std::string& mode,
+                                         std::vector<std::string> args = {}) {
+    return testing::Worker(daemon_, created_, mode, std::move(args));
+  }
+
+  DaemonProcess daemon_;
+  std::unique_ptr<Client> me_;
+  client::CreatedChannel created_;
+};
+
+TEST(ClientConnectTest, ConnectWithoutADaemonSaysWhereItLookedAndHowToStartOne) {
+  TempDir dir;
+  client::ClientOptions o;
+  o.socket = dir.path() + "/none.sock";
+  o.connect_timeout = std::chrono::milliseconds(300);
+  auto c = Client::Connect(o);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("no structd at " + o.socket));
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("start it"));
+}
+
+TEST_F(ClientTest, WorkerProcessesCountExactlyThroughMappedFields) {
+  auto counter = c().Allocate<Counter>();
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  ASSERT_TRUE((*counter)->label().Write("requests").ok());
+  ASSERT_TRUE(c().SetRoot("requests", counter->ref()).ok());
+  std::vector<std::unique_ptr<SpawnedProcess>> workers;
+  for (int i = 0; i < 4; ++i) workers.push_back(Worker("count", {"requests", "25000"}));
+  for (auto& w : workers) {
+    EXPECT_EQ(w->ReadLine(), "done");
+    EXPECT_EQ(w->Wait(), 0);
+  }
+  EXPECT_EQ((*counter)->hits().load(), 100000u);
+  EXPECT_EQ(*(*counter)->label().Read(), "requests");
+}
+
+TEST_F(ClientTest, EachProcessSeesTheBehaviorItBoundToASharedType) {
+  auto v = c().Allocate<Vector>();
+  ASSERT_TRUE(v.ok()) << v.status();
+  (*v)->x().store(3);
+  (*v)->y().store(4);
+  ASSERT_TRUE(c().SetRoot("v", v->ref()).ok());
+
+  auto printer = Worker("behavior", {"v", "print"});
+  auto computer = Worker("behavior", {"v", "norm"});
+  auto unbound = Worker("unbound", {"v"});
+  EXPECT_EQ(printer->ReadLine(), "result Vector(3, 4)");
+  EXPECT_EQ(computer->ReadLine(), "result 5");
+  std::string error = unbound->ReadLine();
+  EXPECT_THAT(error, HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_THAT(error, HasSubstr("no behavior bound for type 'Vector' (token "));
+  EXPECT_THAT(error, HasSubstr("in this process"));
+  EXPECT_EQ(printer->Wait(), 0);
+  EXPECT_EQ(computer->Wait(), 0);
+  EXPECT_EQ(unbound->Wait(), 4);
+
+  // This process: unbound, then bound, then sealed.
+  auto before = c().Call(**v, &VectorMethods::describe);
+  EXPECT_EQ(before.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(c().Bind<Vector>(VectorMethods{[](const Vector& v) {
+                return "mine " + std::to_string(v.x().load() + v.y().load());
+              }}).ok());
+  auto mine = c().Call(**v, &VectorMethods::describe);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_THAT(*mine, StartsWith("mine 7"));
+  me_->SealBindings();
+  absl::Status late = c().Bind<Vector>(VectorMethods{});
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(late.message()), HasSubstr("sealed"));
+  // A table of another C++ type is not confused with the bound one.
+  struct OtherMethods {
+    std::function<int(const Vector&)> f;
+  };
+  EXPECT_EQ(c().Behavior<OtherMethods>(**v).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ClientTest, ALayoutMismatchNamesBothLayouts) {
+  ASSERT_TRUE(c().Use<Vector>().ok());
+  auto other = c().Use<Vector3>();
+  ASSERT_EQ(other.status().code(), absl::StatusCode::kFailedPrecondition);
+  std::string message(other.status().message());
+  EXPECT_THAT(message, HasSubstr("type 'Vector'"));
+  EXPECT_THAT(message, HasSubstr("z"));  // this program's layout
+  EXPECT_THAT(message, HasSubstr("fingerprint"));
+  auto worker = Worker("mismatch");
+  EXPECT_THAT(worker->ReadLine(), HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_EQ(worker->Wait(), 4);
+}
+
+TEST_F(ClientTest, OwnedRetainsAndReleasesAndViewsCheckTypes) {
+  auto counter = c().Allocate<Counter>();
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  Ref ref = counter->ref();
+  auto refcount = [&] {
+    return c().arena().Resolve(ref)->header().refcount.load();
+  };
+  EXPECT_EQ(refcount(), 1u);
+  {
+    auto clone = counter->Clone();
+    ASSERT_TRUE(clone.ok()) << clone.status();
+    EXPECT_EQ(refcount(), 2u);
+    Owned<Counter> moved = std::move(*clone);
+    EXPECT_EQ(refcount(), 2u);
+  }
+  EXPECT_EQ(refcount(), 1u);
+  // A view of the wrong type, a forged ref, then a stale one.
+  auto wrong = c().View<Vector>(ref);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("'Counter'"));
+  EXPECT_EQ(c().View<Counter>(Ref::FromBits(0x123456789abcdef0ull)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  counter->Reset();
+  EXPECT_EQ(c().View<Counter>(ref).status().code(), absl::StatusCode::kNotFound);
+  // A batch, released in one call.
+  auto batch = c().AllocateBatch<Counter>(1000);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(admin.LiveInstances("c"), 1000u);
+  ASSERT_TRUE(c().Release(*batch).ok());
+  EXPECT_EQ(admin.LiveInstances("c"), 0u);
+}
+
+TEST_F(ClientTest, AGraphIsHandedToAnotherProcessAsOneRef) {
+  constexpr uint32_t kNodes = 5000;
+  auto nodes = c().AllocateBatch<Node>(kNodes);
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  client::RefStores links;
+  for (uint32_t i = 0; i < kNodes; ++i) {
+    (*nodes)[i]->value().store(i);
+    if (i + 1 < kNodes) links.Move((*nodes)[i]->next(), (*nodes)[i + 1]);
+  }
+  ASSERT_TRUE(c().Store(links).ok());
+  EXPECT_FALSE((*nodes)[1]);  // its reference moved into node 0's field
+  ASSERT_TRUE(c().SetRoot("list", (*nodes)[0].ref()).ok());
+  (*nodes)[0].Reset();  // the root keeps the whole list alive
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(admin.LiveInstances("c"), kNodes);
+
+  auto reader = Worker("sum", {"list"});
+  EXPECT_EQ(reader->ReadLine(),
+            "sum " + std::to_string(uint64_t{kNodes} * (kNodes - 1) / 2) + " count " +
+                std::to_string(kNodes));
+  EXPECT_EQ(reader->Wait(), 0);
+  // Dropping the root frees the list, field by field.
+  ASSERT_TRUE(c().DeleteRoot("list").ok());
+  EXPECT_EQ(admin.LiveInstances("c"), 0u);
+}
+
+TEST_F(ClientTest, AKilledProcessesOwnedRefsAreReleasedAndItsMutexReportsOwnerDied) {
+  auto guarded = c().Allocate<Guarded>();
+  ASSERT_TRUE(guarded.ok()) << guarded.status();
+  ASSERT_TRUE(c().SetRoot("g", guarded->ref()).ok());
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  ASSERT_EQ(admin.LiveInstances("c"), 1u);
+  auto holder = Worker("hold", {"50", "g"});
+  ASSERT_EQ(holder->ReadLine(), "ready");
+  EXPECT_EQ(admin.LiveInstances("c"), 51u);
+  holder->Kill(SIGKILL);
+  EXPECT_EQ(holder->Wait(), 128 + SIGKILL);
+  EXPECT_EQ(AwaitLive(admin, "c", 1u), 1u);
+  EXPECT_EQ(c().arena().Resolve(guarded->ref())->header().refcount.load(), 2u);  // Owned + root
+  auto guard = (*guarded)->lock().Lock();
+  ASSERT_TRUE(guard.ok()) << guard.status();
+  EXPECT_TRUE(guard->owner_died());
+}
+
+TEST_F(ClientTest, WhileTheDaemonIsGoneCallsFailFastAndMappedFieldsKeepWorking) {
+  auto counter = c().Allocate<Counter>();
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  daemon_.Kill9();
+  for (int i = 0; i < 200 && me_->attached(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_FALSE(me_->attached());
+  auto start = std::chrono::steady_clock::now();
+  auto more = c().Allocate<Counter>();
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  (*counter)->hits().fetch_add(5);
+  EXPECT_EQ((*counter)->hits().load(), 5u);
+  counter->Disown();  // nobody to release it to
+}
+
+}  // namespace
+}  // namespace structd::testing

@@ -1,0 +1,37 @@
+#ifndef STRUCTD_TESTS_TESTING_CLIENT_TYPES_H_
+#define STRUCTD_TESTS_TESTING_CLIENT_TYPES_H_
+
+// Shared struct definitions of the client tests and their worker program.
+
+#include <functional>
+#include <string>
+
+#include "structd/client/struct.h"
+
+namespace structd::testing {
+
+#define STRUCTD_TEST_COUNTER_FIELDS(F) F(hits, u64) F(label, string(24))
+STRUCTD_STRUCT(Counter, STRUCTD_TEST_COUNTER_FIELDS);
+
+#define STRUCTD_TEST_VECTOR_FIELDS(F) F(x, f64) F(y, f64)
+STRUCTD_STRUCT(Vector, STRUCTD_TEST_VECTOR_FIELDS);
+
+// The same key with another layout: must not bind.
+#define STRUCTD_TEST_VECTOR3_FIELDS(F) F(x, f64) F(y, f64) F(z, f64)
+STRUCTD_STRUCT_KEYED(Vector3, "Vector", STRUCTD_TEST_VECTOR3_FIELDS);
+
+class Node;
+#define STRUCTD_TEST_NODE_FIELDS(F) F(value, u64) F(next, ref(Node))
+STRUCTD_STRUCT(Node, STRUCTD_TEST_NODE_FIELDS);
+
+#define STRUCTD_TEST_GUARDED_FIELDS(F) F(lock, mutex) F(value, u64)
+STRUCTD_STRUCT(Guarded, STRUCTD_TEST_GUARDED_FIELDS);
+
+// A behavior table for Vector.
+struct VectorMethods {
+  std::function<std::string(const Vector&)> describe;
+};
+
+}  // namespace structd::testing
+
+#endif  // STRUCTD_TESTS_TESTING_CLIENT_TYPES_H_

@@ -1,0 +1,137 @@
+// structd_test_client: a client-library process for the client tests.
+//
+//   structd_test_client MODE SOCKET CHANNEL CAPABILITY [ARGS...]
+//
+//   count ROOT N        adds 1 to Counter ROOT's hits N times; prints "done"
+//   behavior ROOT KIND  binds VectorMethods (KIND print|norm) to Vector and
+//                       prints "result " + describe(ROOT)
+//   unbound ROOT        calls describe on ROOT without binding; prints the error
+//   mismatch            uses Vector3 (same key, other layout); prints the error
+//   sum ROOT            walks the Node list from ROOT; prints "sum S count C"
+//   hold N ROOT         owns N new Nodes, locks Guarded ROOT's mutex,
+//                       prints "ready" and waits to be killed
+//
+// Exit codes: 0 ok, 2 usage, 3 connect/join failed, 4 a call failed.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "structd/client/channel.h"
+#include "structd/client/client.h"
+#include "testing/client_types.h"
+
+using structd::client::Channel;
+using structd::client::Client;
+using structd::client::Owned;
+using namespace structd::testing;
+
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::printf("error %s\n", s.ToString().c_str());
+  std::fflush(stdout);
+  return 4;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 5) {
+    std::fprintf(stderr, "usage: %s MODE SOCKET CHANNEL CAPABILITY [ARGS...]\n", argv[0]);
+    return 2;
+  }
+  std::string mode = argv[1];
+  structd::client::ClientOptions options;
+  options.socket = argv[2];
+  options.name = "test-" + mode;
+  auto client = Client::Connect(options);
+  if (!client.ok()) {
+    std::printf("error %s\n", client.status().ToString().c_str());
+    return 3;
+  }
+  auto ch = (*client)->Join(argv[3], argv[4]);
+  if (!ch.ok()) {
+    std::printf("error %s\n", ch.status().ToString().c_str());
+    return 3;
+  }
+  Channel& c = **ch;
+  auto root = [&](const char* name) { return c.GetRoot(name); };
+
+  if (mode == "count" && argc == 7) {
+    auto ref = root(argv[5]);
+    if (!ref.ok()) return Fail(ref.status());
+    auto counter = c.View<Counter>(*ref);
+    if (!counter.ok()) return Fail(counter.status());
+    long n = std::atol(argv[6]);
+    for (long i = 0; i < n; ++i) counter->hits().fetch_add(1);
+    std::printf("done\n");
+    return 0;
+  }
+  if ((mode == "behavior" && argc == 7) || (mode == "unbound" && argc == 6)) {
+    auto ref = root(argv[5]);
+    if (!ref.ok()) return Fail(ref.status());
+    auto v = c.View<Vector>(*ref);
+    if (!v.ok()) return Fail(v.status());
+    if (mode == "behavior") {
+      VectorMethods methods;
+      if (std::string(argv[6]) == "print") {
+        methods.describe = [](const Vector& v) {
+          return "Vector(" + std::to_string(static_cast<int>(v.x().load())) + ", " +
+                 std::to_string(static_cast<int>(v.y().load())) + ")";
+        };
+      } else {
+        methods.describe = [](const Vector& v) {
+          return std::to_string(
+              static_cast<int>(std::hypot(v.x().load(), v.y().load())));
+        };
+      }
+      if (auto s = c.Bind<Vector>(methods); !s.ok()) return Fail(s);
+    }
+    auto result = c.Call(*v, &VectorMethods::describe);
+    if (!result.ok()) return Fail(result.status());
+    std::printf("result %s\n", result->c_str());
+    return 0;
+  }
+  if (mode == "mismatch") {
+    auto type = c.Use<Vector3>();
+    if (type.ok()) {
+      std::printf("unexpectedly bound\n");
+      return 0;
+    }
+    return Fail(type.status());
+  }
+  if (mode == "sum" && argc == 6) {
+    auto ref = root(argv[5]);
+    if (!ref.ok()) return Fail(ref.status());
+    uint64_t sum = 0, count = 0;
+    structd::client::Ref at = *ref;
+    while (!at.is_null()) {
+      auto node = c.View<Node>(at);
+      if (!node.ok()) return Fail(node.status());
+      sum += node->value().load();
+      ++count;
+      at = node->next().load();
+    }
+    std::printf("sum %llu count %llu\n", static_cast<unsigned long long>(sum),
+                static_cast<unsigned long long>(count));
+    return 0;
+  }
+  if (mode == "hold" && argc == 7) {
+    auto owned = c.AllocateBatch<Node>(static_cast<uint32_t>(std::atoi(argv[5])));
+    if (!owned.ok()) return Fail(owned.status());
+    auto ref = root(argv[6]);
+    if (!ref.ok()) return Fail(ref.status());
+    auto guarded = c.View<Guarded>(*ref);
+    if (!guarded.ok()) return Fail(guarded.status());
+    auto guard = guarded->lock().Lock();
+    if (!guard.ok()) return Fail(guard.status());
+    std::printf("ready\n");
+    std::fflush(stdout);
+    while (true) pause();
+  }
+  std::fprintf(stderr, "unknown mode or wrong arguments: %s\n", mode.c_str());
+  return 2;
+}
