@@ -170,6 +170,7 @@ void Daemon::ReapLoop() {
       core_->Detach(id);
       session_service_->Cancel(id);
     }
+    core_->ReapOrphans();
   }
 }
 

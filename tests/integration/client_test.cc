@@ -253,5 +253,72 @@ TEST_F(ClientTest, WhileTheDaemonIsGoneCallsFailFastAndMappedFieldsKeepWorking) 
   counter->Disown();  // nobody to release it to
 }
 
+// kill -9 of the daemon while clients work: mapped fields keep working,
+// the restarted daemon re-adopts the channel, and clients re-attach,
+// resuming their sessions (their Owned references stay owned).
+TEST_F(ClientTest, ClientsWorkThroughADaemonRestartAndResumeTheirSessions) {
+  auto counter = c().Allocate<Counter>();
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  ASSERT_TRUE(c().SetRoot("n", counter->ref()).ok());
+  auto nodes = c().AllocateBatch<Node>(10);
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  auto type = c().Use<Counter>();
+  ASSERT_TRUE(type.ok());
+  const std::string session = me_->session_id();
+  auto witness = Worker("witness", {"n"});
+  ASSERT_EQ(witness->ReadLine(), "ready");
+
+  daemon_.Kill9();
+  EXPECT_EQ(witness->ReadLine(), "detached");
+  uint64_t during = (*counter)->hits().load();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_GT((*counter)->hits().load(), during);  // the worker keeps writing
+  (*nodes)[0]->value().store(77);                // and so do we
+
+  daemon_.Start();
+  EXPECT_EQ(witness->ReadLine(), "reattached");
+  EXPECT_EQ(witness->Wait(), 0);
+  for (int i = 0; i < 500 && me_->reattach_count() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(me_->reattach_count(), 1u);
+  EXPECT_EQ(me_->session_id(), session);  // resumed, not a new session
+  // Same type (token), same root, same instances, writable as before.
+  auto again = c().Use<Counter>();
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->token, type->token);
+  auto root = c().GetRoot("n");
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ(*root, counter->ref());
+  EXPECT_EQ((*nodes)[0]->value().load(), 77u);
+  auto fresh = c().Allocate<Counter>();
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  // The resumed session still owns its references: releasing them works.
+  std::vector<Ref> refs;
+  for (auto& n : *nodes) refs.push_back(n.Disown());
+  EXPECT_TRUE(c().Release(refs).ok());
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(admin.LiveInstances("c"), 2u);  // the counter and the new one
+}
+
+// A client that dies while the daemon is down: the restarted daemon sees
+// its process is gone and releases what it held.
+TEST_F(ClientTest, ReferencesOfAClientThatDiedDuringTheOutageAreReleased) {
+  auto guarded = c().Allocate<Guarded>();
+  ASSERT_TRUE(guarded.ok()) << guarded.status();
+  ASSERT_TRUE(c().SetRoot("g", guarded->ref()).ok());
+  auto holder = Worker("hold", {"20", "g"});
+  ASSERT_EQ(holder->ReadLine(), "ready");
+  daemon_.Kill9();
+  holder->Kill(SIGKILL);
+  EXPECT_EQ(holder->Wait(), 128 + SIGKILL);
+  daemon_.Start();
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(AwaitLive(admin, "c", 1u), 1u);
+  auto guard = (*guarded)->lock().Lock();
+  ASSERT_TRUE(guard.ok()) << guard.status();
+  EXPECT_TRUE(guard->owner_died());
+}
+
 }  // namespace
 }  // namespace structd::testing

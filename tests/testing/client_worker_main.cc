@@ -10,10 +10,15 @@
 //   sum ROOT            walks the Node list from ROOT; prints "sum S count C"
 //   hold N ROOT         owns N new Nodes, locks Guarded ROOT's mutex,
 //                       prints "ready" and waits to be killed
+//   witness ROOT        adds to Counter ROOT's hits all along; prints "ready",
+//                       then "detached" when the daemon is gone and
+//                       "reattached" once calls work again (exit 0), or
+//                       exits 5 after 30 s
 //
 // Exit codes: 0 ok, 2 usage, 3 connect/join failed, 4 a call failed.
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -131,6 +136,30 @@ int main(int argc, char** argv) {
     std::printf("ready\n");
     std::fflush(stdout);
     while (true) pause();
+  }
+  if (mode == "witness" && argc == 6) {
+    auto ref = root(argv[5]);
+    if (!ref.ok()) return Fail(ref.status());
+    auto counter = c.View<Counter>(*ref);
+    if (!counter.ok()) return Fail(counter.status());
+    std::printf("ready\n");
+    std::fflush(stdout);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    bool detached = false;
+    while (std::chrono::steady_clock::now() < deadline) {
+      counter->hits().fetch_add(1);  // works whether or not the daemon is up
+      if (!detached && !(*client)->attached()) {
+        detached = true;
+        std::printf("detached\n");
+        std::fflush(stdout);
+      }
+      if (detached && (*client)->attached() && c.GetRoot(argv[5]).ok()) {
+        std::printf("reattached\n");
+        return 0;
+      }
+      usleep(200);
+    }
+    return 5;
   }
   std::fprintf(stderr, "unknown mode or wrong arguments: %s\n", mode.c_str());
   return 2;

@@ -51,11 +51,15 @@ pid_t Spawn(const std::vector<std::string>& args, int out_fd) {
 DaemonProcess::DaemonProcess(std::vector<std::string> extra_args) {
   socket_ = dir_.Sub("structd.sock");
   state_dir_ = dir_.Sub("state");
-  std::vector<std::string> args = {"--socket", socket_, "--state-dir",
-                                   state_dir_, "--extent-size", "1048576",
-                                   "--log-level", "warn"};
-  args.insert(args.end(), extra_args.begin(), extra_args.end());
-  pid_ = Spawn(args, -1);
+  args_ = {"--socket", socket_, "--state-dir", state_dir_, "--extent-size", "1048576",
+           "--log-level", "warn"};
+  args_.insert(args_.end(), extra_args.begin(), extra_args.end());
+  Start();
+}
+
+void DaemonProcess::Start() {
+  if (pid_ > 0) return;
+  pid_ = Spawn(args_, -1);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (!CanConnect(socket_)) {
     int status;

@@ -29,11 +29,15 @@ class DaemonProcess {
   // Sends SIGTERM and waits; returns the exit code (128 + signal if killed).
   int Stop();
   void Kill9();
+  // Starts it again (same socket, state directory and flags) after Stop()
+  // or Kill9(); waits until the socket accepts connections.
+  void Start();
 
  private:
   TempDir dir_;
   std::string socket_;
   std::string state_dir_;
+  std::vector<std::string> args_;
   pid_t pid_ = -1;
 };
 

@@ -105,6 +105,106 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
   return c;
 }
 
+absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
+    const std::string& dir, const shm::LayoutLimits& limits) {
+  const std::string path = dir + "/meta.toml";
+  auto damaged = [&](absl::string_view what) {
+    return absl::DataLossError(absl::StrCat(path, ": ", what,
+                                            " (the file is damaged; restore it from a "
+                                            "backup or remove the channel directory)"));
+  };
+  toml::table meta;
+  try {
+    meta = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    return damaged(absl::StrCat("not valid TOML: ", std::string(e.description().data(), e.description().size())));
+  }
+  if (meta["format"].value_or(int64_t{0}) != 1) return damaged("unknown format");
+  std::unique_ptr<Channel> c(new Channel());
+  c->dir_ = dir;
+  c->id_ = meta["id"].value_or(std::string());
+  c->name_ = meta["name"].value_or(std::string());
+  c->created_unix_ms_ = static_cast<uint64_t>(meta["created_unix_ms"].value_or(int64_t{0}));
+  c->owner_capability_ = meta["owner_capability"].value_or(std::string());
+  c->member_capability_ = meta["member_capability"].value_or(std::string());
+  c->dropped_ = meta["dropped"].value_or(false);
+  if (c->id_.empty() || c->name_.empty() || c->owner_capability_.empty() ||
+      c->member_capability_.empty()) {
+    return damaged("id, name or a capability is missing");
+  }
+  c->registry_ = TypeRegistry(limits);
+  if (const toml::array* types = meta["types"].as_array()) {
+    for (const toml::node& node : *types) {
+      const toml::table* t = node.as_table();
+      if (t == nullptr) return damaged("a types entry is not a table");
+      std::string key = (*t)["key"].value_or(std::string());
+      std::optional<shm::TypeToken> token =
+          shm::TypeToken::FromHex((*t)["token"].value_or(std::string()));
+      int64_t index = (*t)["type_index"].value_or(int64_t{0});
+      const toml::array* fields = (*t)["fields"].as_array();
+      if (!token || index <= 0 || index > UINT32_MAX || fields == nullptr) {
+        return damaged(absl::StrCat("type '", key, "' lacks a token, index or fields"));
+      }
+      std::vector<shm::FieldSpec> specs;
+      for (const toml::node& f : *fields) {
+        std::string text = f.value_or(std::string());
+        size_t colon = text.find(':');
+        shm::FieldSpec spec;
+        if (colon == std::string::npos) return damaged(absl::StrCat("field '", text, "'"));
+        spec.name = text.substr(0, colon);
+        if (absl::Status st = shm::ParseFieldType(text.substr(colon + 1), spec); !st.ok()) {
+          return damaged(st.message());
+        }
+        specs.push_back(std::move(spec));
+      }
+      if (absl::Status st = c->registry_.Restore(key, *token, static_cast<uint32_t>(index),
+                                                 std::move(specs));
+          !st.ok()) {
+        return damaged(st.message());
+      }
+    }
+  }
+  if (meta["sealed"].value_or(false)) c->registry_.Seal();
+  if (const toml::table* roots = meta["roots"].as_table()) {
+    for (const auto& [name, value] : *roots) {
+      std::optional<shm::Ref> ref = shm::Ref::Parse(value.value_or(std::string()));
+      if (!ref) return damaged(absl::StrCat("root '", std::string(name.str()), "'"));
+      c->roots_[std::string(name.str())] = *ref;
+    }
+  }
+  absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
+      shm::Arena::Open(dir + "/arena", shm::Access::kReadWrite);
+  if (!arena.ok()) return arena.status();
+  absl::StatusOr<std::unique_ptr<shm::Allocator>> alloc = shm::Allocator::Adopt(arena->get());
+  if (!alloc.ok()) return alloc.status();
+  std::lock_guard<std::mutex> lock(c->mu_);
+  c->arena_ = std::move(*arena);
+  c->allocator_ = std::move(*alloc);
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir + "/ledgers", ec)) {
+    std::string session = entry.path().filename().string();
+    if (session.ends_with(".new")) {  // a grow that did not finish
+      std::filesystem::remove(entry.path(), ec);
+      continue;
+    }
+    absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Open(entry.path().string());
+    if (!ledger.ok()) {
+      spdlog::error("channel '{}': ledger {} unreadable, its references stay counted: {}",
+                    c->name_, entry.path().string(), std::string(ledger.status().message()));
+      continue;
+    }
+    c->ledgers_[session] = std::move(*ledger);
+  }
+  return c;
+}
+
+std::vector<std::string> Channel::LedgerSessions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [session, ledger] : ledgers_) out.push_back(session);
+  return out;
+}
+
 absl::Status Channel::SaveMetaLocked() const {
   toml::table meta;
   meta.insert("format", 1);

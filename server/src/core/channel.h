@@ -111,6 +111,15 @@ class Channel {
   };
   // Creates the directory, arena and meta file, with fresh capabilities.
   static absl::StatusOr<std::unique_ptr<Channel>> Create(const Options& options);
+  // Re-adopts a channel after a daemon restart: meta.toml (name,
+  // capabilities, types with their tokens and indexes, roots), the arena
+  // (the allocator's state is rebuilt by scanning it) and every session's
+  // ledger (those sessions may resume; see Core). DataLoss naming the file
+  // for damaged metadata.
+  static absl::StatusOr<std::unique_ptr<Channel>> Restore(const std::string& dir,
+                                                          const shm::LayoutLimits& limits);
+  // Sessions that have a ledger here.
+  std::vector<std::string> LedgerSessions() const;
 
   const std::string& id() const { return id_; }
   const std::string& name() const { return name_; }

@@ -1,8 +1,12 @@
 #include "server/src/core/core.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <filesystem>
+#include <fstream>
+#include <toml++/toml.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -42,12 +46,144 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Open(CoreOptions options) {
         "state dir ", options.state_dir, ": cannot create: ", ec.message(),
         " (choose a writable --state-dir)"));
   }
+  std::filesystem::create_directories(options.state_dir + "/sessions", ec);
   chmod(options.state_dir.c_str(), 0700);
-  return std::unique_ptr<Core>(new Core(std::move(options)));
+  std::unique_ptr<Core> core(new Core(std::move(options)));
+  core->Recover();
+  return core;
+}
+
+std::string Core::SessionPath(const std::string& id) const {
+  return absl::StrCat(options_.state_dir, "/sessions/", id);
+}
+
+// A session record (state/sessions/ID, 0600): what a restarted daemon
+// needs to let the same process resume the session.
+void Core::SaveSession(const SessionInfo& info) const {
+  toml::table t{{"pid", static_cast<int64_t>(info.pid)},
+                {"uid", static_cast<int64_t>(info.uid)},
+                {"secret", info.secret},
+                {"client_name", info.client_name}};
+  std::string path = SessionPath(info.id);
+  std::ofstream out(path + ".new", std::ios::trunc);
+  out << t << "\n";
+  out.close();
+  chmod((path + ".new").c_str(), 0600);
+  if (!out || rename((path + ".new").c_str(), path.c_str()) != 0) {
+    spdlog::warn("session {}: cannot write {}: it will not survive a daemon restart",
+                 info.id.substr(0, 8), path);
+  }
+}
+
+void Core::Recover() {
+  std::error_code ec;
+  size_t types = 0, roots = 0;
+  uint64_t live = 0;
+  std::set<std::string> ledger_sessions;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(options_.state_dir + "/channels", ec)) {
+    const std::string dir = entry.path().string();
+    if (!std::filesystem::exists(dir + "/meta.toml")) {
+      // A channel whose creation did not finish.
+      spdlog::warn("recovery: {} has no meta.toml; removing it", dir);
+      std::filesystem::remove_all(dir, ec);
+      continue;
+    }
+    absl::StatusOr<std::unique_ptr<Channel>> c = Channel::Restore(dir, options_.limits);
+    if (!c.ok()) {
+      spdlog::error("recovery: channel in {} not recovered (its files are kept): {}", dir,
+                    std::string(c.status().message()));
+      continue;
+    }
+    std::shared_ptr<Channel> channel = std::move(*c);
+    if (channel->dropped()) {
+      spdlog::info("recovery: channel '{}' was dropped; deleting it", channel->name());
+      channel->Destroy();
+      continue;
+    }
+    ChannelStats stats = channel->Stats();
+    types += stats.types;
+    roots += stats.roots;
+    live += stats.alloc.live_instances;
+    for (const std::string& s : channel->LedgerSessions()) ledger_sessions.insert(s);
+    std::lock_guard<std::mutex> lock(mu_);
+    channel_ids_by_name_[channel->name()] = channel->id();
+    channels_by_id_[channel->id()] = std::move(channel);
+  }
+  auto deadline = std::chrono::steady_clock::now() + options_.lease;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& entry :
+       std::filesystem::directory_iterator(options_.state_dir + "/sessions", ec)) {
+    const std::string id = entry.path().filename().string();
+    if (id.ends_with(".new")) {
+      std::filesystem::remove(entry.path(), ec);
+      continue;
+    }
+    Orphan o;
+    o.deadline = deadline;
+    try {
+      toml::table t = toml::parse_file(entry.path().string());
+      o.pid = static_cast<pid_t>(t["pid"].value_or(int64_t{0}));
+      o.uid = static_cast<uid_t>(t["uid"].value_or(int64_t{0}));
+      o.secret = t["secret"].value_or(std::string());
+      o.client_name = t["client_name"].value_or(std::string());
+    } catch (const toml::parse_error&) {
+      o.pid = 0;  // unreadable: cannot resume; its ledgers are released
+    }
+    orphans_[id] = std::move(o);
+  }
+  for (const std::string& id : ledger_sessions) {
+    if (!orphans_.count(id)) orphans_[id] = Orphan{0, 0, "", "", deadline};
+  }
+  if (!channels_by_id_.empty() || !orphans_.empty()) {
+    spdlog::info(
+        "recovery: {} channels ({} types, {} roots, {} live instances); {} sessions "
+        "may resume within {} ms",
+        channels_by_id_.size(), types, roots, live, orphans_.size(), options_.lease.count());
+  }
+}
+
+uint64_t Core::ReapOrphans() {
+  std::vector<std::pair<std::string, Orphan>> gone;
+  std::vector<std::shared_ptr<Channel>> channels;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto now = std::chrono::steady_clock::now();
+    for (auto it = orphans_.begin(); it != orphans_.end();) {
+      const Orphan& o = it->second;
+      bool dead = o.pid <= 0 || (kill(o.pid, 0) != 0 && errno == ESRCH);
+      if (dead || now > o.deadline) {
+        gone.emplace_back(it->first, o);
+        it = orphans_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (gone.empty()) return 0;
+    for (const auto& [id, c] : channels_by_id_) channels.push_back(c);
+  }
+  uint64_t released = 0;
+  for (const auto& [id, o] : gone) {
+    uint64_t mine = 0;
+    for (const auto& c : channels) mine += c->Leave(id);
+    std::error_code ec;
+    std::filesystem::remove(SessionPath(id), ec);
+    spdlog::info("session {} (pid {}) did not resume after the restart: released {} references",
+                 id.substr(0, 8), o.pid, mine);
+    released += mine;
+  }
+  return released;
+}
+
+size_t Core::orphan_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return orphans_.size();
 }
 
 absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
-                                         const std::string& client_name) {
+                                         const std::string& client_name,
+                                         const std::string& resume_id,
+                                         const std::string& resume_secret) {
   if (!peer.known) {
     return absl::UnauthenticatedError(
         "attach: the daemon cannot identify the calling process (connect "
@@ -66,8 +202,22 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
         sessions_.size()));
   }
   Session s;
-  s.info.id = RandomHex128();
-  s.info.secret = RandomHex128();
+  auto orphan = orphans_.find(resume_id);
+  bool resumed = false;
+  if (orphan != orphans_.end() && !resume_secret.empty() &&
+      ConstantTimeEquals(resume_secret, orphan->second.secret) &&
+      orphan->second.pid == peer.pid && orphan->second.uid == peer.uid) {
+    s.info.id = resume_id;
+    s.info.secret = orphan->second.secret;
+    for (const auto& [id, channel] : channels_by_id_) {
+      if (channel->HasSession(resume_id)) s.joined.insert(id);
+    }
+    orphans_.erase(orphan);
+    resumed = true;
+  } else {
+    s.info.id = RandomHex128();
+    s.info.secret = RandomHex128();
+  }
   s.info.client_name = client_name;
   s.info.pid = peer.pid;
   s.info.uid = peer.uid;
@@ -75,8 +225,10 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
   s.last_heartbeat = std::chrono::steady_clock::now();
   SessionInfo info = s.info;
   sessions_[info.id] = std::move(s);
-  spdlog::info("session {} attached: pid {} uid {} name '{}'",
-               info.id.substr(0, 8), info.pid, info.uid, client_name);
+  spdlog::info("session {} {}: pid {} uid {} name '{}'", info.id.substr(0, 8),
+               resumed ? "resumed after a daemon restart" : "attached", info.pid, info.uid,
+               client_name);
+  SaveSession(info);
   return info;
 }
 
@@ -104,6 +256,8 @@ uint64_t Core::Detach(const std::string& session_id) {
   }
   uint64_t released = 0;
   for (const auto& channel : joined) released += channel->Leave(session_id);
+  std::error_code ec;
+  std::filesystem::remove(SessionPath(session_id), ec);
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& channel : joined) ReapLocked(channel);

@@ -82,8 +82,13 @@ class Core {
   uint64_t instance_id() const { return instance_id_; }
 
   // Sessions. Attach requires known peer credentials.
+  // With `resume_id`/`resume_secret` from an earlier `attached`, a session
+  // that outlived a daemon restart is resumed (same id, its ledgers
+  // handed back) if the same process asks; otherwise a new session starts.
   absl::StatusOr<SessionInfo> Attach(const PeerCredentials& peer,
-                                     const std::string& client_name);
+                                     const std::string& client_name,
+                                     const std::string& resume_id = "",
+                                     const std::string& resume_secret = "");
   void Heartbeat(const std::string& session_id);
   // Ends a session: leaves every joined channel, releasing every reference
   // in its ledgers. Returns how many references were released. Idempotent.
@@ -95,6 +100,11 @@ class Core {
   absl::Status CheckSession(const std::string& session_id,
                             const PeerCredentials& peer) const;
   std::vector<SessionInfo> Sessions() const;
+  // Sessions recovered after a restart that have not resumed: those whose
+  // process is gone, or whose lease ran out, have their ledgers released
+  // now. Returns the references released.
+  uint64_t ReapOrphans();
+  size_t orphan_count() const;
 
   // Channels.
   absl::StatusOr<ChannelCreated> CreateChannel(const std::string& session_id,
@@ -125,7 +135,19 @@ class Core {
     std::chrono::steady_clock::time_point last_heartbeat;
   };
 
+  // A session of a previous daemon run, waiting to be resumed.
+  struct Orphan {
+    pid_t pid = 0;
+    uid_t uid = 0;
+    std::string secret;
+    std::string client_name;
+    std::chrono::steady_clock::time_point deadline;
+  };
   explicit Core(CoreOptions options);
+  // Re-adopts every channel and session record in the state directory.
+  void Recover();
+  std::string SessionPath(const std::string& id) const;
+  void SaveSession(const SessionInfo& info) const;
   absl::StatusOr<std::shared_ptr<Channel>> FindLocked(
       const std::string& channel) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Destroys a dropped channel once no session is joined to it.
@@ -139,6 +161,7 @@ class Core {
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> channel_ids_by_name_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Orphan> orphans_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace structd::server

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -20,16 +21,22 @@ using shm::FieldSpec;
 class CoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    CoreOptions o;
-    o.state_dir = dir_.path();
-    o.arena.extent_size = 1 << 20;
-    o.arena.max_extents = 8;
-    auto c = Core::Open(o);
-    ASSERT_TRUE(c.ok()) << c.status();
-    core_ = std::move(*c);
+    options_.state_dir = dir_.path();
+    options_.arena.extent_size = 1 << 20;
+    options_.arena.max_extents = 8;
+    Reopen();
     me_.known = true;
     me_.pid = getpid();
     me_.uid = getuid();
+  }
+  // Opens the core on the state directory, as a (re)started daemon does;
+  // the previous core is dropped without ending its sessions, as a daemon
+  // killed with SIGKILL would.
+  void Reopen() {
+    core_.reset();
+    auto c = Core::Open(options_);
+    ASSERT_TRUE(c.ok()) << c.status();
+    core_ = std::move(*c);
   }
   std::string Attach(const std::string& name = "test") {
     auto s = core_->Attach(me_, name);
@@ -45,9 +52,88 @@ class CoreTest : public ::testing::Test {
   }
 
   structd::testing::TempDir dir_;
+  CoreOptions options_;
   std::unique_ptr<Core> core_;
   PeerCredentials me_;
 };
+
+TEST_F(CoreTest, ARestartedCoreReadoptsChannelsTypesRootsAndInstances) {
+  auto session = core_->Attach(me_, "app");
+  ASSERT_TRUE(session.ok());
+  auto created = core_->CreateChannel(session->id, "orders", 0, 0);
+  ASSERT_TRUE(created.ok()) << created.status();
+  auto ch = *core_->Joined(session->id, "orders");
+  auto t = *ch->RegisterType("N", Node());
+  auto refs = *ch->Allocate(session->id, t.type->token, 3);
+  ASSERT_TRUE(ch->SetRoot("head", refs[0]).ok());
+  ASSERT_TRUE(ch->Seal().ok());
+  ch->WithArena([&](shm::Arena& a, const TypeRegistry&) {
+    shm::Scalar<uint64_t>(a.Resolve(refs[0])->payload()).store(42);
+    return 0;
+  });
+  ch.reset();
+  Reopen();
+
+  auto again = core_->Find("orders");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->id(), created->id);
+  auto type = (*again)->DescribeType(t.type->token);  // the same token
+  ASSERT_TRUE(type.ok()) << type.status();
+  EXPECT_EQ(type->type_index, t.type->type_index);
+  EXPECT_EQ(type->layout.fingerprint(), t.type->layout.fingerprint());
+  EXPECT_EQ((*again)->RegisterType("M", Point()).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // still sealed
+  auto root = (*again)->GetRoot("head");
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ(root->ref, refs[0]);
+  EXPECT_EQ((*again)->WithArena([&](shm::Arena& a, const TypeRegistry&) {
+    return shm::Scalar<uint64_t>(a.Resolve(refs[0])->payload()).load();
+  }), 42u);
+  EXPECT_EQ((*again)->Stats().alloc.live_instances, 3u);
+  EXPECT_TRUE((*again)->Check().problems.empty());
+  EXPECT_EQ(core_->orphan_count(), 1u);
+
+  // The same process resumes with its secret: same id, ledger handed back.
+  auto resumed = core_->Attach(me_, "app", session->id, session->secret);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->id, session->id);
+  EXPECT_EQ(core_->orphan_count(), 0u);
+  ASSERT_TRUE(core_->Joined(session->id, "orders").ok());
+  EXPECT_EQ((*again)->RefsHeld(session->id), 3u);
+  // And can use it: the capabilities survived too.
+  std::string other = Attach("other");
+  EXPECT_TRUE(core_->JoinChannel(other, "orders", created->member_capability).ok());
+}
+
+TEST_F(CoreTest, SessionsThatDoNotResumeAreReleasedOnceTheirLeaseRunsOut) {
+  options_.lease = std::chrono::milliseconds(100);
+  Reopen();
+  auto session = core_->Attach(me_, "app");
+  ASSERT_TRUE(session.ok());
+  ASSERT_TRUE(core_->CreateChannel(session->id, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(session->id, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  auto refs = *ch->Allocate(session->id, t.type->token, 5);
+  ASSERT_TRUE(ch->SetRoot("kept", refs[0]).ok());
+  ch.reset();
+  Reopen();
+  // A wrong secret, or another process, does not get the session.
+  auto wrong = core_->Attach(me_, "app", session->id, std::string(32, '0'));
+  ASSERT_TRUE(wrong.ok());
+  EXPECT_NE(wrong->id, session->id);
+  PeerCredentials stranger = me_;
+  stranger.pid += 1;
+  auto other = core_->Attach(stranger, "app", session->id, session->secret);
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(other->id, session->id);
+  EXPECT_EQ(core_->ReapOrphans(), 0u);  // alive and within the lease
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_EQ(core_->ReapOrphans(), 5u);
+  auto again = *core_->Find("ch");
+  EXPECT_EQ(again->Stats().alloc.live_instances, 1u);  // the root's
+  EXPECT_TRUE(again->Check().problems.empty());
+  EXPECT_EQ(core_->orphan_count(), 0u);
+}
 
 TEST_F(CoreTest, CreateChannelReturnsDistinctCapabilitiesAndJoinsTheCreator) {
   std::string s = Attach();

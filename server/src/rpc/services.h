@@ -45,6 +45,7 @@ class SessionService final : public v1::Session::Service {
   // attached write only holders of mu_ write to a stream.
   std::mutex mu_;
   std::map<std::string, Live> live_;
+  std::atomic<bool> stopping_{false};
 };
 
 class RegistryService final : public v1::Registry::Service {

@@ -15,7 +15,8 @@ grpc::Status SessionService::Attach(
   }
   PeerCredentials peer = peers_->Lookup(context->peer());
   absl::StatusOr<SessionInfo> s =
-      core_->Attach(peer, first.hello().client_name());
+      core_->Attach(peer, first.hello().client_name(), first.hello().resume_session_id(),
+                    first.hello().resume_secret());
   if (!s.ok()) return ToGrpc(s.status());
   v1::AttachEvent attached;
   v1::Attached* a = attached.mutable_attached();
@@ -40,7 +41,9 @@ grpc::Status SessionService::Attach(
     std::lock_guard lock(mu_);
     live_.erase(s->id);
   }
-  core_->Detach(s->id);
+  // A daemon that is stopping keeps the session's ledgers and record: the
+  // next daemon lets the process resume it (Core::Recover).
+  if (!stopping_.load()) core_->Detach(s->id);
   return grpc::Status::OK;
 }
 
@@ -53,6 +56,7 @@ void SessionService::Cancel(const std::string& id) {
 void SessionService::AnnounceShutdown(const std::string& reason) {
   v1::AttachEvent event;
   event.mutable_shutting_down()->set_reason(reason);
+  stopping_.store(true);
   std::lock_guard lock(mu_);
   for (auto& [id, live] : live_) live.stream->Write(event);
 }
