@@ -20,6 +20,8 @@ Connection::Connection(ClientOptions options) : options_(std::move(options)) {
   // Reconnect quickly once the daemon is back.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // AllocateBatch replies carry up to 1,000,000 refs (about 9 MB).
+  args.SetMaxReceiveMessageSize(64 << 20);
   channel_ = grpc::CreateCustomChannel("unix:" + options_.socket,
                                        grpc::InsecureChannelCredentials(), args);
   session_stub_ = v1::Session::NewStub(channel_);

@@ -193,7 +193,7 @@ TEST_F(ClientTest, OwnedRetainsAndReleasesAndViewsCheckTypes) {
 }
 
 TEST_F(ClientTest, AGraphIsHandedToAnotherProcessAsOneRef) {
-  constexpr uint32_t kNodes = 5000;
+  constexpr uint32_t kNodes = 50000;  // 1.6 MB: grows the 1 MiB extents, mapped lazily by the reader
   auto nodes = c().AllocateBatch<Node>(kNodes);
   ASSERT_TRUE(nodes.ok()) << nodes.status();
   client::RefStores links;
