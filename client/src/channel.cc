@@ -162,17 +162,18 @@ absl::Status Channel::SealRegistry() {
                            request, &response);
 }
 
-absl::StatusOr<TypeInfo> Channel::UseType(const std::string& key,
+absl::StatusOr<std::shared_ptr<const TypeInfo>> Channel::UseType(std::string_view key_view,
                                           const absl::StatusOr<shm::Layout>& local,
-                                          const std::vector<uint32_t>& offsets) {
+                                          std::span<const uint32_t> offsets) {
   if (local.ok()) {
     std::lock_guard lock(mu_);
-    auto it = types_by_key_.find(key);
+    auto it = types_by_key_.find(key_view);
     if (it != types_by_key_.end() &&
-        it->second.layout.fingerprint() == local->fingerprint()) {
+        it->second->layout.fingerprint() == local->fingerprint()) {
       return it->second;
     }
   }
+  const std::string key(key_view);
   if (!local.ok()) {
     return absl::Status(local.status().code(),
                         absl::StrCat("type '", key, "': ", local.status().message()));
@@ -206,8 +207,10 @@ absl::StatusOr<TypeInfo> Channel::UseType(const std::string& key,
     if (!registered.ok()) return registered.status();
     found = std::move(*registered);
   }
+  auto shared = std::make_shared<const TypeInfo>(std::move(*found));
   std::lock_guard lock(mu_);
-  return types_by_key_.insert_or_assign(key, std::move(*found)).first->second;
+  types_by_key_.insert_or_assign(key, shared);
+  return shared;
 }
 
 absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateInstances(
@@ -249,7 +252,7 @@ absl::StatusOr<shm::InstancePtr> Channel::ResolveAs(Ref ref, const TypeInfo& typ
     {
       std::lock_guard lock(mu_);
       for (const auto& [key, t] : types_by_key_) {
-        if (t.type_index == index) other = absl::StrCat("'", key, "'");
+        if (t->type_index == index) other = absl::StrCat("'", key, "'");
       }
     }
     return absl::FailedPreconditionError(
@@ -411,7 +414,7 @@ absl::Status Channel::NoBehavior(const StructView& view, const internal::BoundTa
   {
     std::lock_guard lock(mu_);
     for (const auto& [key, t] : types_by_key_) {
-      if (t.type_index == index) name = absl::StrCat("'", key, "' (token ", t.token.ToHex(), ")");
+      if (t->type_index == index) name = absl::StrCat("'", key, "' (token ", t->token.ToHex(), ")");
     }
   }
   if (name.starts_with("with")) {

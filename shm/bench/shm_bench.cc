@@ -93,6 +93,7 @@
 #include "boost/interprocess/offset_ptr.hpp"
 #include "boost/interprocess/sync/mutex_family.hpp"
 #include "structd/shm/allocator.h"
+#include "tests/bench/bench_report.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/field.h"
 #include "structd/shm/layout.h"
@@ -102,6 +103,8 @@ namespace structd::shm {
 namespace {
 
 namespace bip = ::boost::interprocess;
+using bench::CollectingReporter;
+using bench::Pair;
 
 constexpr uint32_t kTypeIndex = 1;
 constexpr size_t kBatch = 10000;
@@ -460,74 +463,6 @@ BENCHMARK(BM_Alloc64_BoostMappedFileNoLock);
 // ---------------------------------------------------------------------------
 // Reporting.
 
-// Forwards everything to the console and keeps, per benchmark, the CPU time
-// per iteration (ns) of each run and the median aggregate if there is one.
-class CollectingReporter : public benchmark::ConsoleReporter {
- public:
-  explicit CollectingReporter(OutputOptions options)
-      : ConsoleReporter(options) {}
-
-  void ReportRuns(const std::vector<Run>& reports) override {
-    for (const Run& run : reports) {
-      if (run.error_occurred) {
-        errors_.push_back(run.benchmark_name() + ": " + run.error_message);
-        continue;
-      }
-      Times& t = times_[run.run_name.function_name];
-      double ns = run.GetAdjustedCPUTime() * NsPerUnit(run.time_unit);
-      if (run.run_type == Run::RT_Iteration) {
-        t.sum_ns += ns;
-        ++t.runs;
-      } else if (run.aggregate_name == "median") {
-        t.median_ns = ns;
-      }
-    }
-    ConsoleReporter::ReportRuns(reports);
-  }
-
-  // The median if repetitions produced one, else the mean of the runs.
-  std::optional<double> NsPerOp(const std::string& name) const {
-    auto it = times_.find(name);
-    if (it == times_.end()) return std::nullopt;
-    if (it->second.median_ns) return it->second.median_ns;
-    if (it->second.runs == 0) return std::nullopt;
-    return it->second.sum_ns / it->second.runs;
-  }
-  const std::vector<std::string>& errors() const { return errors_; }
-
- private:
-  struct Times {
-    double sum_ns = 0;
-    int runs = 0;
-    std::optional<double> median_ns;
-  };
-
-  static double NsPerUnit(benchmark::TimeUnit unit) {
-    switch (unit) {
-      case benchmark::kNanosecond:
-        return 1;
-      case benchmark::kMicrosecond:
-        return 1e3;
-      case benchmark::kMillisecond:
-        return 1e6;
-      case benchmark::kSecond:
-        return 1e9;
-    }
-    return 1;
-  }
-
-  std::map<std::string, Times> times_;
-  std::vector<std::string> errors_;
-};
-
-struct Pair {
-  const char* label;
-  const char* structd;
-  const char* baseline;
-  const char* baseline_label;
-  double target;  // <= 0: informational, no target
-};
-
 constexpr Pair kPairs[] = {
     {"field load (Scalar)", "BM_FieldLoad_Scalar", "BM_FieldLoad_RawAtomic",
      "raw atomic", 2.0},
@@ -547,83 +482,18 @@ constexpr Pair kPairs[] = {
      "BM_Alloc64_BoostMappedFileNoLock", "boost null_mutex", 0.0},
 };
 
-void PrintRatios(const CollectingReporter& reporter) {
-  std::printf("\nstructd / baseline (CPU time per op; lower is better)\n");
-  int misses = 0;
-  for (const Pair& p : kPairs) {
-    std::optional<double> s = reporter.NsPerOp(p.structd);
-    std::optional<double> b = reporter.NsPerOp(p.baseline);
-    if (!s || !b || *b <= 0) {
-      // Filtered out or failed: nothing to compare.
-      std::printf("%s: n/a (filtered out or failed)\n", p.label);
-      continue;
-    }
-    double ratio = *s / *b;
-    std::string verdict = "(info, no target)";
-    if (p.target > 0) {
-      bool ok = ratio <= p.target;
-      if (!ok) ++misses;
-      char buf[64];
-      std::snprintf(buf, sizeof(buf), "(target <= %.1f) %s", p.target,
-                    ok ? "OK" : "MISS");
-      verdict = buf;
-    }
-    std::printf("%s: structd %.2f ns, %s %.2f ns, ratio %.2f %s\n", p.label, *s,
-                p.baseline_label, *b, ratio, verdict.c_str());
-  }
-  if (misses > 0) {
-    std::printf("%d ratio(s) MISS the target (reported, not enforced)\n",
-                misses);
-  }
-}
-
-// Only the library's default reporter reads --benchmark_color; a
-// ConsoleReporter built here would always print escape codes. Mirror the
-// flag (default "auto": color only on a terminal). Called before
-// benchmark::Initialize, which strips the flags it knows from argv.
-benchmark::ConsoleReporter::OutputOptions ConsoleOptions(int argc,
-                                                         char** argv) {
-  const char* term = std::getenv("TERM");
-  const bool tty = isatty(STDOUT_FILENO) && term != nullptr &&
-                   std::string_view(term) != "dumb";
-  bool color = tty;
-  constexpr std::string_view kFlag = "--benchmark_color=";
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (!arg.starts_with(kFlag)) continue;
-    std::string_view v = arg.substr(kFlag.size());
-    if (v == "auto") {
-      color = tty;
-    } else {
-      color = !(v == "false" || v == "no" || v == "0" || v == "off" ||
-                v == "never");
-    }
-  }
-  return color ? benchmark::ConsoleReporter::OO_ColorTabular
-               : benchmark::ConsoleReporter::OO_Tabular;
-}
-
 }  // namespace
 }  // namespace structd::shm
 
 int main(int argc, char** argv) {
-  using structd::shm::CollectingReporter;
+  using structd::bench::CollectingReporter;
   using structd::shm::Fixture;
 
-  // Smoke mode: a tiny minimum time, inserted right after argv[0] so a flag
-  // given on the command line still wins (later flags override).
-  std::vector<char*> args(argv, argv + argc);
-  std::string smoke_flag = "--benchmark_min_time=0.01";
-  const char* smoke = std::getenv("STRUCTD_BENCH_SMOKE");
-  if (smoke != nullptr && std::string_view(smoke) == "1") {
-    args.insert(args.begin() + 1, smoke_flag.data());
-  }
-  int args_count = static_cast<int>(args.size());
-  args.push_back(nullptr);
+  structd::bench::Args args = structd::bench::SmokeArgs(argc, argv);
   const benchmark::ConsoleReporter::OutputOptions console_options =
-      structd::shm::ConsoleOptions(args_count, args.data());
-  benchmark::Initialize(&args_count, args.data());
-  if (benchmark::ReportUnrecognizedArguments(args_count, args.data())) {
+      structd::bench::ConsoleOptions(args.count, args.argv.data());
+  benchmark::Initialize(&args.count, args.argv.data());
+  if (benchmark::ReportUnrecognizedArguments(args.count, args.argv.data())) {
     return 1;
   }
 
@@ -640,7 +510,7 @@ int main(int argc, char** argv) {
   CollectingReporter reporter(console_options);
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
-  structd::shm::PrintRatios(reporter);
+  structd::bench::PrintRatios(reporter, structd::shm::kPairs);
 
   structd::shm::g_fixture = nullptr;
   structd::shm::RestoreDefaultHandlers();

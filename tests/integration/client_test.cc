@@ -196,6 +196,7 @@ TEST_F(ClientTest, AGraphIsHandedToAnotherProcessAsOneRef) {
   constexpr uint32_t kNodes = 50000;  // 1.6 MB: grows the 1 MiB extents, mapped lazily by the reader
   auto nodes = c().AllocateBatch<Node>(kNodes);
   ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_GT(c().arena().extent_count(), 1u);  // the reader maps the new ones lazily
   client::RefStores links;
   for (uint32_t i = 0; i < kNodes; ++i) {
     (*nodes)[i]->value().store(i);

@@ -9,6 +9,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <string_view>
 #include <string>
 #include <type_traits>
 #include <typeindex>
@@ -109,10 +111,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // is FAILED_PRECONDITION naming both layouts. Cached after the first call.
   template <typename T>
   absl::StatusOr<TypeInfo> Use() {
-    // T's own layout, computed once per program.
-    static const absl::StatusOr<shm::Layout> local = shm::Layout::Compute(T::FieldSpecs());
-    return UseType(std::string(T::kKey), local,
-                   std::vector<uint32_t>(T::kOffsets.begin(), T::kOffsets.end()));
+    absl::StatusOr<std::shared_ptr<const TypeInfo>> type = UseShared<T>();
+    if (!type.ok()) return type.status();
+    return **type;
   }
 
   // ---- Instances ----
@@ -125,10 +126,10 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // `count` instances in one call (all or none), zero-filled.
   template <typename T>
   absl::StatusOr<std::vector<Owned<T>>> AllocateBatch(uint32_t count) {
-    absl::StatusOr<TypeInfo> type = Use<T>();
+    absl::StatusOr<std::shared_ptr<const TypeInfo>> type = UseShared<T>();
     if (!type.ok()) return type.status();
     absl::StatusOr<std::vector<shm::InstancePtr>> made =
-        AllocateInstances(type->token, count);
+        AllocateInstances((*type)->token, count);
     if (!made.ok()) return made.status();
     std::vector<Owned<T>> out;
     out.reserve(made->size());
@@ -140,9 +141,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // the instance is of another type. The view owns nothing.
   template <typename T>
   absl::StatusOr<T> View(Ref ref) {
-    absl::StatusOr<TypeInfo> type = Use<T>();
+    absl::StatusOr<std::shared_ptr<const TypeInfo>> type = UseShared<T>();
     if (!type.ok()) return type.status();
-    absl::StatusOr<shm::InstancePtr> p = ResolveAs(ref, *type);
+    absl::StatusOr<shm::InstancePtr> p = ResolveAs(ref, **type);
     if (!p.ok()) return p.status();
     return T(*p);
   }
@@ -261,9 +262,16 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // capability; maps the arena if it is new.
   absl::Status Rejoin();
 
-  absl::StatusOr<TypeInfo> UseType(const std::string& key,
+  // The cached TypeInfo for T (shared: a re-join may replace the cache).
+  template <typename T>
+  absl::StatusOr<std::shared_ptr<const TypeInfo>> UseShared() {
+    // T's own layout, computed once per program.
+    static const absl::StatusOr<shm::Layout> local = shm::Layout::Compute(T::FieldSpecs());
+    return UseType(T::kKey, local, T::kOffsets);
+  }
+  absl::StatusOr<std::shared_ptr<const TypeInfo>> UseType(std::string_view key,
                                    const absl::StatusOr<shm::Layout>& local,
-                                   const std::vector<uint32_t>& offsets);
+                                   std::span<const uint32_t> offsets);
   absl::StatusOr<std::vector<shm::InstancePtr>> AllocateInstances(shm::TypeToken token,
                                                                   uint32_t count);
   absl::StatusOr<shm::InstancePtr> ResolveAs(Ref ref, const TypeInfo& type) const;
@@ -285,7 +293,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // Arenas replaced after a daemon restart gave a new one: kept mapped so
   // views into them never dangle.
   std::vector<std::unique_ptr<shm::Arena>> retired_arenas_;
-  std::map<std::string, TypeInfo> types_by_key_;  // Use() cache
+  std::map<std::string, std::shared_ptr<const TypeInfo>, std::less<>> types_by_key_;
   internal::BehaviorTable behaviors_;
 };
 

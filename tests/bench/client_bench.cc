@@ -1,0 +1,235 @@
+// client_bench: field access through the typed client API (a view from
+// STRUCTD_STRUCT, on an instance the daemon allocated in a real arena)
+// next to a raw std::atomic<uint64_t> on a plain MAP_SHARED page, in one
+// run, with the ratio table at the end (target: at most 2x).
+//
+// Method: as shm/bench/shm_bench.cc. Two pairs per operation:
+//   * Field: the accessor (`counter.hits()`) is taken once outside the
+//     loop, versus the raw atomic through a hoisted pointer.
+//   * View each iteration: `view.hits().load()` every iteration with the
+//     view laundered through DoNotOptimize (in real code it comes from
+//     elsewhere), versus the raw atomic with its pointer laundered the same.
+// Relaxed order on both sides (the API's default); loops aligned to 64
+// bytes (-falign-loops=64) so placement does not decide the result. An
+// informational row times Channel::View<T>(ref) (resolve and type check).
+//
+// The program starts its own structd (a temp socket and state directory)
+// and stops it at the end. STRUCTD_BENCH_SMOKE=1: ~10 ms per benchmark.
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <new>
+
+#include <benchmark/benchmark.h>
+
+#include "structd/client/channel.h"
+#include "structd/client/client.h"
+#include "testing/daemon_process.h"
+#include "tests/bench/bench_report.h"
+
+namespace structd::bench {
+namespace {
+
+#define BENCH_COUNTER_FIELDS(F) F(hits, u64)
+STRUCTD_STRUCT(BenchCounter, BENCH_COUNTER_FIELDS);
+
+struct Fixture {
+  std::unique_ptr<testing::DaemonProcess> daemon;
+  std::unique_ptr<client::Client> client;
+  std::shared_ptr<client::Channel> channel;
+  client::Owned<BenchCounter> counter;
+  std::atomic<uint64_t>* raw = nullptr;
+  void* raw_page = nullptr;
+  ~Fixture() {
+    counter.Reset();
+    channel.reset();
+    client.reset();
+    daemon.reset();
+    if (raw_page != nullptr) munmap(raw_page, 4096);
+  }
+};
+Fixture* g = nullptr;
+
+absl::Status SetUp(Fixture& f) {
+  f.daemon = std::make_unique<testing::DaemonProcess>();
+  client::ClientOptions o;
+  o.socket = f.daemon->socket();
+  auto c = client::Client::Connect(o);
+  if (!c.ok()) return c.status();
+  f.client = std::move(*c);
+  auto created = f.client->CreateChannel("bench");
+  if (!created.ok()) return created.status();
+  f.channel = created->channel;
+  auto counter = f.channel->Allocate<BenchCounter>();
+  if (!counter.ok()) return counter.status();
+  f.counter = std::move(*counter);
+  f.raw_page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (f.raw_page == MAP_FAILED) {
+    f.raw_page = nullptr;
+    return absl::InternalError("mmap failed");
+  }
+  f.raw = new (f.raw_page) std::atomic<uint64_t>(0);
+  return absl::OkStatus();
+}
+
+// ---- load ----
+void BM_Load_RawAtomic(benchmark::State& state) {
+  std::atomic<uint64_t>* p = g->raw;
+  for (auto _ : state) benchmark::DoNotOptimize(p->load(std::memory_order_relaxed));
+}
+BENCHMARK(BM_Load_RawAtomic);
+
+void BM_Load_Field(benchmark::State& state) {
+  auto hits = g->counter->hits();
+  for (auto _ : state) benchmark::DoNotOptimize(hits.load());
+}
+BENCHMARK(BM_Load_Field);
+
+void BM_Load_RawAtomicReloaded(benchmark::State& state) {
+  std::atomic<uint64_t>* p = g->raw;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(p);
+    benchmark::DoNotOptimize(p->load(std::memory_order_relaxed));
+  }
+}
+BENCHMARK(BM_Load_RawAtomicReloaded);
+
+void BM_Load_ViewEachIter(benchmark::State& state) {
+  BenchCounter view = g->counter.get();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(view);
+    benchmark::DoNotOptimize(view.hits().load());
+  }
+}
+BENCHMARK(BM_Load_ViewEachIter);
+
+// ---- store ----
+void BM_Store_RawAtomic(benchmark::State& state) {
+  std::atomic<uint64_t>* p = g->raw;
+  uint64_t v = 0;
+  for (auto _ : state) {
+    p->store(++v, std::memory_order_relaxed);
+    benchmark::ClobberMemory();
+  }
+}
+BENCHMARK(BM_Store_RawAtomic);
+
+void BM_Store_Field(benchmark::State& state) {
+  auto hits = g->counter->hits();
+  uint64_t v = 0;
+  for (auto _ : state) {
+    hits.store(++v);
+    benchmark::ClobberMemory();
+  }
+}
+BENCHMARK(BM_Store_Field);
+
+void BM_Store_RawAtomicReloaded(benchmark::State& state) {
+  std::atomic<uint64_t>* p = g->raw;
+  uint64_t v = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(p);
+    p->store(++v, std::memory_order_relaxed);
+    benchmark::ClobberMemory();
+  }
+}
+BENCHMARK(BM_Store_RawAtomicReloaded);
+
+void BM_Store_ViewEachIter(benchmark::State& state) {
+  BenchCounter view = g->counter.get();
+  uint64_t v = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(view);
+    view.hits().store(++v);
+    benchmark::ClobberMemory();
+  }
+}
+BENCHMARK(BM_Store_ViewEachIter);
+
+// ---- fetch_add ----
+void BM_FetchAdd_RawAtomic(benchmark::State& state) {
+  std::atomic<uint64_t>* p = g->raw;
+  for (auto _ : state) benchmark::DoNotOptimize(p->fetch_add(1, std::memory_order_relaxed));
+}
+BENCHMARK(BM_FetchAdd_RawAtomic);
+
+void BM_FetchAdd_Field(benchmark::State& state) {
+  auto hits = g->counter->hits();
+  for (auto _ : state) benchmark::DoNotOptimize(hits.fetch_add(1));
+}
+BENCHMARK(BM_FetchAdd_Field);
+
+void BM_FetchAdd_RawAtomicReloaded(benchmark::State& state) {
+  std::atomic<uint64_t>* p = g->raw;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(p);
+    benchmark::DoNotOptimize(p->fetch_add(1, std::memory_order_relaxed));
+  }
+}
+BENCHMARK(BM_FetchAdd_RawAtomicReloaded);
+
+void BM_FetchAdd_ViewEachIter(benchmark::State& state) {
+  BenchCounter view = g->counter.get();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(view);
+    benchmark::DoNotOptimize(view.hits().fetch_add(1));
+  }
+}
+BENCHMARK(BM_FetchAdd_ViewEachIter);
+
+// ---- informational: resolving a ref into a typed view ----
+void BM_ViewFromRef(benchmark::State& state) {
+  client::Ref ref = g->counter.ref();
+  for (auto _ : state) {
+    auto view = g->channel->View<BenchCounter>(ref);
+    if (!view.ok()) {
+      state.SkipWithError("View failed");
+      break;
+    }
+    benchmark::DoNotOptimize(view->hits().load());
+  }
+}
+BENCHMARK(BM_ViewFromRef);
+
+constexpr Pair kPairs[] = {
+    {"load (field)", "BM_Load_Field", "BM_Load_RawAtomic", "raw atomic", 2.0},
+    {"load (view each iter)", "BM_Load_ViewEachIter", "BM_Load_RawAtomicReloaded",
+     "raw atomic, ptr reloaded", 2.0},
+    {"store (field)", "BM_Store_Field", "BM_Store_RawAtomic", "raw atomic", 2.0},
+    {"store (view each iter)", "BM_Store_ViewEachIter", "BM_Store_RawAtomicReloaded",
+     "raw atomic, ptr reloaded", 2.0},
+    {"fetch_add (field)", "BM_FetchAdd_Field", "BM_FetchAdd_RawAtomic", "raw atomic", 2.0},
+    {"fetch_add (view each iter)", "BM_FetchAdd_ViewEachIter",
+     "BM_FetchAdd_RawAtomicReloaded", "raw atomic, ptr reloaded", 2.0},
+    {"View<T>(ref) + load (info)", "BM_ViewFromRef", "BM_Load_RawAtomic", "raw atomic", 0.0},
+};
+
+}  // namespace
+}  // namespace structd::bench
+
+int main(int argc, char** argv) {
+  using namespace structd::bench;
+  Args args = SmokeArgs(argc, argv);
+  const auto console_options = ConsoleOptions(args.count, args.argv.data());
+  benchmark::Initialize(&args.count, args.argv.data());
+  if (benchmark::ReportUnrecognizedArguments(args.count, args.argv.data())) return 1;
+  auto fixture = std::make_unique<Fixture>();
+  if (absl::Status s = SetUp(*fixture); !s.ok()) {
+    std::fprintf(stderr, "client_bench: setup failed: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  g = fixture.get();
+  CollectingReporter reporter(console_options);
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  PrintRatios(reporter, kPairs);
+  g = nullptr;
+  fixture.reset();
+  for (const std::string& e : reporter.errors()) {
+    std::fprintf(stderr, "client_bench: error: %s\n", e.c_str());
+  }
+  return reporter.errors().empty() ? 0 : 1;
+}
