@@ -4,34 +4,13 @@
 
 #include "absl/strings/str_format.h"
 #include "client/src/connection.h"
+#include "client/src/convert.h"
 
 namespace structd::client {
 namespace {
 
 // At most this many refs or stores per call (the daemon's default limit).
 constexpr size_t kMaxPerCall = 100000;
-
-absl::StatusOr<TypeInfo> FromProto(const v1::TypeInfo& in) {
-  TypeInfo out;
-  out.key = in.key();
-  std::optional<shm::TypeToken> token = shm::TypeToken::FromHex(in.token());
-  if (!token) {
-    return absl::InternalError(absl::StrCat("daemon sent a malformed token '", in.token(), "'"));
-  }
-  out.token = *token;
-  out.type_index = in.type_index();
-  std::vector<shm::FieldSpec> specs;
-  for (const v1::Field& f : in.layout().fields()) {
-    shm::FieldSpec spec;
-    spec.name = f.name();
-    if (absl::Status s = shm::ParseFieldType(f.type(), spec); !s.ok()) return s;
-    specs.push_back(std::move(spec));
-  }
-  absl::StatusOr<shm::Layout> layout = shm::Layout::Compute(std::move(specs));
-  if (!layout.ok()) return layout.status();
-  out.layout = std::move(*layout);
-  return out;
-}
 
 std::string FingerprintHex(uint64_t fp) { return absl::StrFormat("%016x", fp); }
 
@@ -118,7 +97,7 @@ absl::StatusOr<TypeInfo> Channel::RegisterType(const std::string& key,
       !s.ok()) {
     return s;
   }
-  return FromProto(response.type());
+  return internal::TypeInfoFromProto(response.type());
 }
 
 absl::StatusOr<TypeInfo> Channel::DescribeType(shm::TypeToken token) {
@@ -132,7 +111,7 @@ absl::StatusOr<TypeInfo> Channel::DescribeType(shm::TypeToken token) {
       !s.ok()) {
     return s;
   }
-  return FromProto(response.type());
+  return internal::TypeInfoFromProto(response.type());
 }
 
 absl::StatusOr<std::vector<TypeInfo>> Channel::ListTypes() {
@@ -146,7 +125,7 @@ absl::StatusOr<std::vector<TypeInfo>> Channel::ListTypes() {
   }
   std::vector<TypeInfo> out;
   for (const v1::TypeInfo& t : response.types()) {
-    absl::StatusOr<TypeInfo> info = FromProto(t);
+    absl::StatusOr<TypeInfo> info = internal::TypeInfoFromProto(t);
     if (!info.ok()) return info.status();
     out.push_back(std::move(*info));
   }

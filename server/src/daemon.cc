@@ -18,6 +18,7 @@
 #include <grpcpp/server_posix.h>
 
 #include "absl/strings/str_cat.h"
+#include "server/src/core/random.h"
 #include "spdlog/spdlog.h"
 
 namespace structd::server {
@@ -124,7 +125,7 @@ absl::Status Daemon::Start() {
   admin_service_ = std::make_unique<AdminService>(
       core_.get(), &peers_,
       AdminService::Info{STRUCTD_VERSION, config_.socket, config_.state_dir,
-                         std::chrono::steady_clock::now()});
+                         std::chrono::steady_clock::now(), WriteAdminCapability()});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -140,6 +141,23 @@ absl::Status Daemon::Start() {
   spdlog::info("structd {} serving on {} (state {}, pid {})", STRUCTD_VERSION,
                config_.socket, config_.state_dir, getpid());
   return absl::OkStatus();
+}
+
+// A fresh admin capability per start, readable only by the daemon's user:
+// operators of another uid get it from there (STRUCTD_ADMIN_CAPABILITY).
+std::string Daemon::WriteAdminCapability() const {
+  std::string capability = RandomHex128();
+  std::string path = config_.state_dir + "/admin.capability";
+  int fd = open((path + ".new").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  bool ok = fd >= 0 && write(fd, capability.data(), capability.size()) ==
+                           static_cast<ssize_t>(capability.size());
+  if (fd >= 0) close(fd);
+  if (!ok || rename((path + ".new").c_str(), path.c_str()) != 0) {
+    spdlog::warn("cannot write {}: only uid {} and root may use the Admin service", path,
+                 getuid());
+    return "";
+  }
+  return capability;
 }
 
 void Daemon::AcceptLoop() {

@@ -33,6 +33,7 @@ class Daemon {
  private:
   void AcceptLoop();
   void ReapLoop();
+  std::string WriteAdminCapability() const;
 
   DaemonConfig config_;
   int lock_fd_ = -1;

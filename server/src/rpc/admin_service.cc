@@ -1,19 +1,26 @@
 #include <unistd.h>
 
 #include "absl/strings/str_format.h"
+#include "server/src/core/random.h"
 #include "server/src/rpc/services.h"
 
 namespace structd::server {
 
 absl::Status AdminService::CheckAdmin(grpc::ServerContext& context) const {
   PeerCredentials peer = peers_->Lookup(context.peer());
-  if (!peer.known || (peer.uid != getuid() && peer.uid != 0)) {
-    return absl::PermissionDeniedError(absl::StrFormat(
-        "admin: only the daemon's user (uid %d) or root may call the Admin "
-        "service (run structctl as that user)",
-        getuid()));
+  if (peer.known && (peer.uid == getuid() || peer.uid == 0)) return absl::OkStatus();
+  const auto& md = context.client_metadata();
+  auto it = md.find("structd-admin");
+  if (!info_.admin_capability.empty() && it != md.end() &&
+      ConstantTimeEquals(std::string_view(it->second.data(), it->second.size()),
+                         info_.admin_capability)) {
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrFormat(
+      "admin: only the daemon's user (uid %d), root, or a caller with the admin "
+      "capability (STATE/admin.capability; STRUCTD_ADMIN_CAPABILITY for structctl) "
+      "may call the Admin service",
+      getuid()));
 }
 
 grpc::Status AdminService::GetStatus(grpc::ServerContext* context,

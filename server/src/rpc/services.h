@@ -121,6 +121,9 @@ class AdminService final : public v1::Admin::Service {
     std::string socket;
     std::string state_dir;
     std::chrono::steady_clock::time_point started;
+    // Admits callers of any uid that present it in "structd-admin"
+    // metadata; "" admits none that way.
+    std::string admin_capability;
   };
   AdminService(Core* core, const PeerTable* peers, Info info)
       : core_(core), peers_(peers), info_(std::move(info)) {}

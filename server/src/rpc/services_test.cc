@@ -186,6 +186,17 @@ TEST_F(ServicesTest, AdminIsForTheDaemonsUserOnly) {
   s = admin.GetStatus(&Caller()->context, &req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(s.error_message(), HasSubstr("uid"));
+  // ... unless it presents the admin capability.
+  AdminService with_capability(core_.get(), &peers_,
+                               {"v", "/sock", dir_.path(), std::chrono::steady_clock::now(),
+                                std::string(32, 'c')});
+  auto wrong = Caller();
+  wrong->spouse.AddClientMetadata("structd-admin", std::string(32, 'd'));
+  EXPECT_EQ(with_capability.GetStatus(&wrong->context, &req, &resp).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  auto right = Caller();
+  right->spouse.AddClientMetadata("structd-admin", std::string(32, 'c'));
+  EXPECT_TRUE(with_capability.GetStatus(&right->context, &req, &resp).ok());
 }
 
 }  // namespace

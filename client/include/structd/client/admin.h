@@ -1,0 +1,158 @@
+#ifndef STRUCTD_CLIENT_ADMIN_H_
+#define STRUCTD_CLIENT_ADMIN_H_
+
+// The Admin service for operators' tools (structctl): read-only views of a
+// running daemon. No session is needed; the daemon admits the daemon's own
+// uid, root, or a caller presenting the admin capability (the daemon writes
+// it to STATE/admin.capability, 0600). Field meanings and units are those
+// of proto/structd/v1/admin.proto.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "structd/client/channel.h"
+#include "structd/shm/ref.h"
+#include "structd/shm/type_token.h"
+
+namespace structd::client {
+
+namespace internal {
+class AdminConnection;
+}
+
+struct AdminOptions {
+  std::string socket;            // "" = $STRUCTD_SOCKET, else the default
+  std::string admin_capability;  // "" = $STRUCTD_ADMIN_CAPABILITY, if set
+  std::chrono::milliseconds call_timeout{10000};
+  std::chrono::milliseconds connect_timeout{2000};
+};
+
+struct DaemonStatus {
+  std::string version;
+  uint64_t uptime_ms = 0;
+  uint64_t daemon_instance = 0;  // random per daemon start
+  std::string socket;
+  std::string state_dir;
+  uint32_t pid = 0;
+  uint32_t channels = 0;
+  uint32_t sessions = 0;
+  uint64_t live_instances = 0;
+  uint64_t arena_bytes = 0;
+};
+
+struct ChannelSummary {
+  std::string id;
+  std::string name;
+  uint32_t types = 0;
+  uint32_t roots = 0;
+  uint32_t sessions = 0;
+  uint64_t live_instances = 0;
+  uint64_t arena_bytes = 0;
+  bool sealed = false;
+  bool dropped = false;
+  uint64_t epoch = 0;
+};
+
+struct SessionSummary {
+  std::string id;
+  std::string client_name;
+  uint32_t pid = 0;
+  uint32_t uid = 0;
+  uint64_t attached_unix_ms = 0;
+  uint64_t refs_held = 0;
+  std::vector<std::string> channels;
+};
+
+struct TypeCount {
+  shm::TypeToken token;
+  std::string key;
+  uint64_t count = 0;
+  uint64_t bytes = 0;
+};
+
+struct InstanceSummary {
+  Ref ref;
+  shm::TypeToken token;
+  uint32_t refcount = 0;
+};
+
+struct InstanceListing {
+  std::vector<TypeCount> counts;
+  std::vector<InstanceSummary> instances;
+  bool truncated = false;
+};
+
+struct InstanceView;
+struct FieldValue {
+  std::string name;
+  std::string type;
+  std::string value;
+  std::vector<InstanceView> target;  // the followed ref, if any (0 or 1)
+};
+struct InstanceView {
+  Ref ref;
+  shm::TypeToken token;
+  std::string key;
+  uint32_t refcount = 0;
+  uint32_t generation = 0;
+  std::vector<FieldValue> fields;
+  std::string error;  // why it could not be decoded, if so
+};
+
+struct MemoryReport {
+  uint32_t extents = 0;
+  uint64_t extent_size = 0;
+  uint64_t arena_bytes = 0;
+  uint64_t live_bytes = 0;
+  uint64_t free_block_bytes = 0;
+  uint64_t class_slabs = 0;
+  uint64_t large_slabs = 0;
+  uint64_t unassigned_slabs = 0;
+  double fragmentation = 0;
+};
+
+struct ArenaProblem {
+  Ref ref;  // null if not about one instance
+  std::string what;
+};
+struct ArenaCheck {
+  bool ok = false;
+  uint64_t instances_checked = 0;
+  std::vector<ArenaProblem> problems;
+};
+
+enum class Health { kServing, kNotServing, kUnknown };
+
+class AdminClient {
+ public:
+  // UNAVAILABLE ("no structd at PATH: ...") if nothing answers.
+  static absl::StatusOr<std::unique_ptr<AdminClient>> Connect(AdminOptions options = {});
+  ~AdminClient();
+
+  const std::string& socket() const;
+  absl::StatusOr<Health> CheckHealth();
+  absl::StatusOr<DaemonStatus> Status();
+  absl::StatusOr<std::vector<ChannelSummary>> Channels();
+  absl::StatusOr<std::vector<SessionSummary>> Sessions();
+  absl::StatusOr<std::vector<TypeInfo>> Types(const std::string& channel, bool* sealed = nullptr);
+  // `token` zero: every type. `limit`: refs to list (0: counts only).
+  absl::StatusOr<InstanceListing> Instances(const std::string& channel, shm::TypeToken token,
+                                            uint32_t limit);
+  absl::StatusOr<InstanceView> Inspect(const std::string& channel, Ref ref, uint32_t depth);
+  absl::StatusOr<std::vector<RootInfo>> Roots(const std::string& channel);
+  absl::StatusOr<MemoryReport> Memory(const std::string& channel);
+  absl::StatusOr<ArenaCheck> Check(const std::string& channel);
+
+ private:
+  explicit AdminClient(std::unique_ptr<internal::AdminConnection> connection);
+  std::unique_ptr<internal::AdminConnection> connection_;
+};
+
+}  // namespace structd::client
+
+#endif  // STRUCTD_CLIENT_ADMIN_H_
