@@ -83,7 +83,7 @@ absl::StatusOr<std::unique_ptr<AdminClient>> AdminClient::Connect(AdminOptions o
     if (const char* cap = std::getenv("STRUCTD_ADMIN_CAPABILITY")) options.admin_capability = cap;
   }
   auto c = std::make_unique<internal::AdminConnection>(options);
-  if (!c->WaitForConnected()) {
+  if (!internal::SocketExists(options.socket) || !c->WaitForConnected()) {
     return absl::UnavailableError(absl::StrCat(
         "no structd at ", options.socket, ": start it with `structd --socket ",
         options.socket, "` (or deploy/scripts/run.sh), or point --socket/STRUCTD_SOCKET at it"));

@@ -1,6 +1,7 @@
 #include "client/src/connection.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 
@@ -13,6 +14,11 @@ namespace structd::client::internal {
 absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                       status.error_message());
+}
+
+bool SocketExists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
 Connection::Connection(ClientOptions options) : options_(std::move(options)) {
@@ -34,7 +40,7 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(ClientOptions optio
   if (options.name.empty()) options.name = program_invocation_short_name;
   std::shared_ptr<Connection> c(new Connection(options));
   auto deadline = std::chrono::system_clock::now() + options.connect_timeout;
-  if (!c->channel_->WaitForConnected(deadline)) {
+  if (!SocketExists(options.socket) || !c->channel_->WaitForConnected(deadline)) {
     return absl::UnavailableError(absl::StrCat(
         "no structd at ", options.socket,
         ": start it with `structd --socket ", options.socket,

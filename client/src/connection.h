@@ -28,6 +28,10 @@
 
 namespace structd::client::internal {
 
+// True if `path` is a Unix socket (no daemon can answer otherwise: fail
+// fast instead of waiting out the connect timeout).
+bool SocketExists(const std::string& path);
+
 // grpc::Status -> absl::Status, same code and message.
 absl::Status FromGrpc(const grpc::Status& status);
 

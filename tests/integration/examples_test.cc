@@ -20,8 +20,7 @@ std::pair<std::string, int> RunExample(const DaemonProcess& daemon,
                                        std::vector<std::string> argv) {
   setenv("STRUCTD_SOCKET", daemon.socket().c_str(), 1);
   SpawnedProcess example(argv);
-  std::string output, line;
-  while (!(line = example.ReadLine(std::chrono::seconds(60))).empty()) output += line + "\n";
+  std::string output = example.ReadAll(std::chrono::seconds(60));
   return {output, example.Wait()};
 }
 

@@ -61,6 +61,23 @@ std::string SpawnedProcess::ReadLine(std::chrono::milliseconds timeout) {
   }
 }
 
+std::string SpawnedProcess::ReadAll(std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string out = std::move(buffer_);
+  buffer_.clear();
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return out;
+    pollfd p{out_fd_, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+    char chunk[4096];
+    ssize_t n = read(out_fd_, chunk, sizeof chunk);
+    if (n <= 0) return out;
+    out.append(chunk, static_cast<size_t>(n));
+  }
+}
+
 int SpawnedProcess::Wait(std::chrono::milliseconds timeout) {
   if (!reaped_) {
     auto deadline = std::chrono::steady_clock::now() + timeout;

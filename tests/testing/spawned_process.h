@@ -25,6 +25,9 @@ class SpawnedProcess {
   // The next line of stdout without its newline; "" at EOF or after
   // `timeout`.
   std::string ReadLine(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  // Everything the program writes until it closes stdout (normally: exits),
+  // or until `timeout`.
+  std::string ReadAll(std::chrono::milliseconds timeout = std::chrono::seconds(60));
   // Waits for exit: the exit code, 128 + signal if killed, -1 on timeout
   // (the process is then killed).
   int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(60));

@@ -1,0 +1,205 @@
+// structctl against a real daemon and real clients: --json output parsed
+// (with protobuf's JSON parser into google.protobuf.Value) and checked
+// against what the clients did; every exit code exercised.
+
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "structd/client/channel.h"
+#include "structd/client/client.h"
+#include "testing/client_types.h"
+#include "testing/daemon_process.h"
+#include "testing/spawned_process.h"
+
+namespace structd::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using google::protobuf::Value;
+
+#define PADDED_FIELDS(F) F(flag, u8) F(total, u64) F(tag, u16)
+STRUCTD_STRUCT(Padded, PADDED_FIELDS);
+
+struct CtlRun {
+  int code;
+  std::string out;
+};
+
+class StructctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    client::ClientOptions o;
+    o.socket = daemon_.socket();
+    auto c = client::Client::Connect(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = std::move(*c);
+    auto ch = client_->CreateChannel("shop");
+    ASSERT_TRUE(ch.ok()) << ch.status();
+    created_ = std::move(*ch);
+  }
+  client::Channel& c() { return *created_.channel; }
+
+  // Runs structctl with --socket; stdout only (stderr goes to the log).
+  CtlRun Structctl(std::vector<std::string> args, bool with_socket = true) {
+    std::vector<std::string> argv = {STRUCTD_STRUCTCTL};
+    if (with_socket) {
+      argv.push_back("--socket");
+      argv.push_back(daemon_.socket());
+    }
+    argv.insert(argv.end(), args.begin(), args.end());
+    SpawnedProcess p(argv);
+    std::string out = p.ReadAll(std::chrono::seconds(30));
+    return {p.Wait(), out};
+  }
+  Value Json(std::vector<std::string> args) {
+    args.insert(args.begin(), "--json");
+    CtlRun r = Structctl(args);
+    EXPECT_EQ(r.code, 0) << r.out;
+    Value v;
+    auto s = google::protobuf::util::JsonStringToMessage(r.out, &v);
+    EXPECT_TRUE(s.ok()) << s.ToString() << "\n" << r.out;
+    return v;
+  }
+  static const Value& Get(const Value& v, const std::string& key) {
+    return v.struct_value().fields().at(key);
+  }
+
+  DaemonProcess daemon_;
+  std::unique_ptr<client::Client> client_;
+  client::CreatedChannel created_;
+};
+
+TEST_F(StructctlTest, JsonShowsCountsLayoutsRootsAndDecodedValues) {
+  auto vectors = c().AllocateBatch<Vector>(3);
+  ASSERT_TRUE(vectors.ok()) << vectors.status();
+  (*vectors)[0]->x().store(1.5);
+  (*vectors)[0]->y().store(-2);
+  ASSERT_TRUE(c().SetRoot("origin", (*vectors)[0].ref()).ok());
+  auto padded = c().Allocate<Padded>();
+  ASSERT_TRUE(padded.ok()) << padded.status();
+  auto vector_type = c().Use<Vector>();
+  ASSERT_TRUE(vector_type.ok());
+
+  Value status = Json({"status"});
+  EXPECT_EQ(Get(status, "channels").number_value(), 1);
+  EXPECT_EQ(Get(status, "live_instances").number_value(), 4);
+  EXPECT_EQ(Get(status, "sessions").number_value(), 1);
+
+  Value channels = Json({"channels"});
+  const Value& shop = Get(channels, "channels").list_value().values(0);
+  EXPECT_EQ(Get(shop, "name").string_value(), "shop");
+  EXPECT_EQ(Get(shop, "types").number_value(), 2);
+  EXPECT_EQ(Get(shop, "roots").number_value(), 1);
+
+  Value types = Json({"types", "shop"});
+  ASSERT_EQ(Get(types, "types").list_value().values_size(), 2);
+  const Value& vt = Get(types, "types").list_value().values(0);
+  EXPECT_EQ(Get(vt, "key").string_value(), "Vector");
+  EXPECT_EQ(Get(vt, "size").number_value(), 16);
+  char fp[17];
+  std::snprintf(fp, sizeof fp, "%016llx",
+                static_cast<unsigned long long>(vector_type->layout.fingerprint()));
+  EXPECT_EQ(Get(vt, "fingerprint").string_value(), fp);
+
+  // Layout with holes, found by key: u8 at 0, 7 bytes hole, u64 at 8, u16
+  // at 16, 6 bytes of tail padding.
+  Value layout = Json({"layout", "Padded"});
+  EXPECT_EQ(Get(layout, "size").number_value(), 24);
+  EXPECT_EQ(Get(layout, "holes").number_value(), 7);
+  EXPECT_EQ(Get(layout, "tail_padding").number_value(), 6);
+  const auto& fields = Get(layout, "fields").list_value();
+  EXPECT_EQ(Get(fields.values(0), "hole_after").number_value(), 7);
+  EXPECT_EQ(Get(fields.values(1), "offset").number_value(), 8);
+  EXPECT_EQ(Get(fields.values(2), "type").string_value(), "u16");
+
+  Value instances = Json({"instances", "shop", "--type", "Vector", "--limit", "10"});
+  EXPECT_EQ(Get(Get(instances, "counts").list_value().values(0), "count").number_value(), 3);
+  EXPECT_EQ(Get(instances, "instances").list_value().values_size(), 3);
+
+  Value inspect = Json({"inspect", (*vectors)[0].ref().ToString()});
+  const Value& inst = Get(inspect, "instance");
+  EXPECT_EQ(Get(inst, "key").string_value(), "Vector");
+  EXPECT_EQ(Get(inst, "refcount").number_value(), 2);  // Owned + root
+  const auto& values = Get(inst, "fields").list_value();
+  EXPECT_EQ(Get(values.values(0), "name").string_value(), "x");
+  EXPECT_EQ(Get(values.values(0), "value").string_value(), "1.5");
+  EXPECT_EQ(Get(values.values(1), "value").string_value(), "-2");
+
+  Value roots = Json({"roots", "shop"});
+  const Value& origin = Get(roots, "roots").list_value().values(0);
+  EXPECT_EQ(Get(origin, "name").string_value(), "origin");
+  EXPECT_EQ(Get(origin, "ref").string_value(), (*vectors)[0].ref().ToString());
+
+  Value memory = Json({"memory", "shop"});
+  EXPECT_GE(Get(memory, "extents").number_value(), 1);
+  EXPECT_GT(Get(memory, "live_bytes").number_value(), 0);
+
+  Value sessions = Json({"sessions"});
+  const Value& me = Get(sessions, "sessions").list_value().values(0);
+  EXPECT_EQ(Get(me, "pid").number_value(), getpid());
+  EXPECT_EQ(Get(me, "refs_held").number_value(), 4);
+
+  Value health = Json({"health"});
+  EXPECT_EQ(Get(health, "status").string_value(), "SERVING");
+}
+
+TEST_F(StructctlTest, HumanTablesAreAligned) {
+  auto v = c().Allocate<Vector>();
+  ASSERT_TRUE(v.ok());
+  CtlRun r = Structctl({"channels"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.out, HasSubstr("NAME"));
+  EXPECT_THAT(r.out, HasSubstr("shop"));
+  r = Structctl({"layout", "Vector"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.out, HasSubstr("struct Vector {"));
+  EXPECT_THAT(r.out, HasSubstr("/* size: 16, align: 8, holes: 0 bytes"));
+  r = Structctl({"watch", "--count", "2", "--interval", "0.05"});
+  EXPECT_EQ(r.code, 0);
+  size_t first = r.out.find("structd ");
+  ASSERT_NE(first, std::string::npos);
+  EXPECT_NE(r.out.find("structd ", first + 1), std::string::npos) << r.out;  // twice
+}
+
+TEST_F(StructctlTest, CheckPassesOnAHealthyArenaAndNamesADamagedInstance) {
+  auto nodes = c().AllocateBatch<Node>(5);
+  ASSERT_TRUE(nodes.ok());
+  CtlRun ok = Structctl({"check", "shop"});
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  EXPECT_THAT(ok.out, HasSubstr("ok (5 instances checked)"));
+  // Damage one refcount on purpose.
+  client::Ref victim = (*nodes)[3].ref();
+  c().arena().Resolve(victim)->header().refcount.store(7);
+  CtlRun bad = Structctl({"check", "shop"});
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_THAT(bad.out, HasSubstr(victim.ToString()));
+  EXPECT_THAT(bad.out, HasSubstr("refcount 7"));
+  Value report;
+  CtlRun json = Structctl({"--json", "check", "shop"});
+  EXPECT_EQ(json.code, 1);
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json.out, &report).ok()) << json.out;
+  EXPECT_FALSE(Get(report, "ok").bool_value());
+  EXPECT_EQ(Get(Get(report, "problems").list_value().values(0), "ref").string_value(),
+            victim.ToString());
+  c().arena().Resolve(victim)->header().refcount.store(1);  // repair for teardown
+}
+
+TEST_F(StructctlTest, EveryExitCode) {
+  EXPECT_EQ(Structctl({"status"}).code, 0);
+  EXPECT_EQ(Structctl({"types", "no-such-channel"}).code, 1);     // the daemon said NOT_FOUND
+  EXPECT_EQ(Structctl({"inspect", "not-a-ref"}).code, 2);         // usage
+  EXPECT_EQ(Structctl({"types"}).code, 2);                        // missing argument
+  EXPECT_EQ(Structctl({"--no-such-flag", "status"}).code, 2);
+  EXPECT_EQ(Structctl({}).code, 2);                               // no command
+  EXPECT_EQ(Structctl({"--help"}, false).code, 0);
+  EXPECT_EQ(Structctl({"--socket", "/nonexistent/structd.sock", "status"}, false).code, 3);
+  client_.reset();
+  daemon_.Stop();
+  EXPECT_EQ(Structctl({"health"}).code, 3);
+}
+
+}  // namespace
+}  // namespace structd::testing
