@@ -117,6 +117,7 @@ Result Status(AdminClient& admin, const Options& o) {
     toml::array arenas;
     for (const auto& c : *channels) {
       arenas.push_back(toml::table{{"channel", c.name},
+                                   {"epoch", Hex64(c.epoch)},
                                    {"arena_bytes", Int(c.arena_bytes)},
                                    {"live_instances", Int(c.live_instances)}});
     }
@@ -139,6 +140,10 @@ Result Status(AdminClient& admin, const Options& o) {
               st->socket.c_str(), st->state_dir.c_str());
   std::printf("%u channels, %u sessions, %" PRIu64 " live instances, %s of arenas\n",
               st->channels, st->sessions, st->live_instances, HumanBytes(st->arena_bytes).c_str());
+  for (const auto& c : *channels) {
+    std::printf("  arena %-20s epoch %s  %s, %" PRIu64 " instances\n", c.name.c_str(),
+                Hex64(c.epoch).c_str(), HumanBytes(c.arena_bytes).c_str(), c.live_instances);
+  }
   return std::nullopt;
 }
 

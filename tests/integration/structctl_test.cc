@@ -87,6 +87,7 @@ TEST_F(StructctlTest, JsonShowsCountsLayoutsRootsAndDecodedValues) {
   EXPECT_EQ(Get(status, "channels").number_value(), 1);
   EXPECT_EQ(Get(status, "live_instances").number_value(), 4);
   EXPECT_EQ(Get(status, "sessions").number_value(), 1);
+  EXPECT_EQ(Get(Get(status, "arenas").list_value().values(0), "epoch").string_value().size(), 16u);
 
   Value channels = Json({"channels"});
   const Value& shop = Get(channels, "channels").list_value().values(0);
