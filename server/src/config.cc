@@ -7,6 +7,8 @@
 #include <CLI/CLI.hpp>
 #include <toml++/toml.h>
 
+#include <iostream>
+
 #include "structd/shm/default_paths.h"
 
 namespace structd::server {
@@ -50,7 +52,9 @@ ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
   app.set_version_flag("--version", STRUCTD_VERSION);
   std::optional<std::string> socket, state_dir, log_level, config_file;
   std::optional<uint64_t> extent_size;
-  std::optional<uint32_t> max_extents, lease_ms, max_channels, max_sessions;
+  std::optional<uint32_t> max_extents, lease_ms, max_channels, max_sessions, max_fields,
+      max_type_bytes;
+  bool check_config = false;
   app.add_option("--socket", socket,
                  "Unix socket to serve on [default: " + config.socket +
                      "; env STRUCTD_SOCKET]");
@@ -75,6 +79,12 @@ ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
                  "[default: 15000]");
   app.add_option("--max-channels", max_channels, "[default: 256]");
   app.add_option("--max-sessions", max_sessions, "[default: 4096]");
+  app.add_option("--max-fields", max_fields, "Fields per registered type [default: 256]");
+  app.add_option("--max-type-bytes", max_type_bytes,
+                 "Payload bytes of one struct [default: 1048576]");
+  app.add_flag("--check-config", check_config,
+               "Validate the settings (file, environment, flags), print the "
+               "effective configuration as TOML and exit (0 if valid, 2 if not)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -147,6 +157,8 @@ ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
   if (lease_ms) config.lease_ms = *lease_ms;
   if (max_channels) config.max_channels = *max_channels;
   if (max_sessions) config.max_sessions = *max_sessions;
+  if (max_fields) config.max_fields = *max_fields;
+  if (max_type_bytes) config.max_type_bytes = *max_type_bytes;
 
   if (!ValidLevel(config.log_level)) {
     std::fprintf(stderr,
@@ -159,6 +171,35 @@ ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
     std::fprintf(stderr, "structd: lease_ms %u is too short (use >= 100)\n",
                  config.lease_ms);
     return ParseOutcome::kExitUsage;
+  }
+  if (config.extent_size % 65536 != 0 || config.extent_size < 131072 ||
+      config.extent_size > 268435456) {
+    std::fprintf(stderr,
+                 "structd: extent_size %llu: use a multiple of 65536 from 131072 to "
+                 "268435456\n",
+                 static_cast<unsigned long long>(config.extent_size));
+    return ParseOutcome::kExitUsage;
+  }
+  if (config.max_extents < 1 || config.max_extents > 16383) {
+    std::fprintf(stderr, "structd: max_extents %u: use 1 to 16383\n", config.max_extents);
+    return ParseOutcome::kExitUsage;
+  }
+  if (check_config) {
+    toml::table effective{{"socket", config.socket},
+                          {"state_dir", config.state_dir},
+                          {"log_level", config.log_level},
+                          {"extent_size", static_cast<int64_t>(config.extent_size)},
+                          {"max_extents", static_cast<int64_t>(config.max_extents)},
+                          {"lease_ms", static_cast<int64_t>(config.lease_ms)},
+                          {"max_channels", static_cast<int64_t>(config.max_channels)},
+                          {"max_sessions", static_cast<int64_t>(config.max_sessions)},
+                          {"max_fields", static_cast<int64_t>(config.max_fields)},
+                          {"max_type_bytes", static_cast<int64_t>(config.max_type_bytes)}};
+    std::cout << "# structd " << STRUCTD_VERSION << ": effective configuration"
+              << (config.config_file.empty() ? "" : " (file " + config.config_file + ")")
+              << "\n"
+              << effective << "\n";
+    return ParseOutcome::kExitOk;
   }
   return ParseOutcome::kRun;
 }

@@ -64,6 +64,7 @@ absl::Status Daemon::Start() {
         " (choose a writable --state-dir)"));
   }
   chmod(config_.state_dir.c_str(), 0700);
+  WarnIfStateMayBeRemoved();
   // One daemon per state directory: an flock the kernel drops if we die.
   std::string lock_path = config_.state_dir + "/structd.pid";
   lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -141,6 +142,21 @@ absl::Status Daemon::Start() {
   spdlog::info("structd {} serving on {} (state {}, pid {})", STRUCTD_VERSION,
                config_.socket, config_.state_dir, getpid());
   return absl::OkStatus();
+}
+
+// systemd-logind deletes a regular user's /dev/shm files (RemoveIPC=yes,
+// its default) and $XDG_RUNTIME_DIR when the user's last login session
+// ends: arenas there would vanish under running clients (doc/operations.md).
+void Daemon::WarnIfStateMayBeRemoved() const {
+  if (getuid() < 1000) return;  // system users and root are not affected
+  const std::string& dir = config_.state_dir;
+  if (dir.starts_with("/run/user/") || dir.starts_with("/dev/shm/")) {
+    spdlog::warn(
+        "state dir {} is removed by systemd-logind when uid {}'s last login session "
+        "ends (RemoveIPC, runtime directory cleanup): run structd as a system service, "
+        "enable lingering (loginctl enable-linger), or choose another --state-dir",
+        dir, getuid());
+  }
 }
 
 // A fresh admin capability per start, readable only by the daemon's user:

@@ -34,6 +34,7 @@ class Daemon {
   void AcceptLoop();
   void ReapLoop();
   std::string WriteAdminCapability() const;
+  void WarnIfStateMayBeRemoved() const;
 
   DaemonConfig config_;
   int lock_fd_ = -1;

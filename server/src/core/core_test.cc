@@ -63,8 +63,9 @@ TEST_F(CoreTest, ARestartedCoreReadoptsChannelsTypesRootsAndInstances) {
   auto created = core_->CreateChannel(session->id, "orders", 0, 0);
   ASSERT_TRUE(created.ok()) << created.status();
   auto ch = *core_->Joined(session->id, "orders");
-  auto t = *ch->RegisterType("N", Node());
-  auto refs = *ch->Allocate(session->id, t.type->token, 3);
+  // A copy: the registered entry goes with the first core.
+  const RegisteredType t = *ch->RegisterType("N", Node())->type;
+  auto refs = *ch->Allocate(session->id, t.token, 3);
   ASSERT_TRUE(ch->SetRoot("head", refs[0]).ok());
   ASSERT_TRUE(ch->Seal().ok());
   ch->WithArena([&](shm::Arena& a, const TypeRegistry&) {
@@ -77,10 +78,10 @@ TEST_F(CoreTest, ARestartedCoreReadoptsChannelsTypesRootsAndInstances) {
   auto again = core_->Find("orders");
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ((*again)->id(), created->id);
-  auto type = (*again)->DescribeType(t.type->token);  // the same token
+  auto type = (*again)->DescribeType(t.token);  // the same token
   ASSERT_TRUE(type.ok()) << type.status();
-  EXPECT_EQ(type->type_index, t.type->type_index);
-  EXPECT_EQ(type->layout.fingerprint(), t.type->layout.fingerprint());
+  EXPECT_EQ(type->type_index, t.type_index);
+  EXPECT_EQ(type->layout.fingerprint(), t.layout.fingerprint());
   EXPECT_EQ((*again)->RegisterType("M", Point()).status().code(),
             absl::StatusCode::kFailedPrecondition);  // still sealed
   auto root = (*again)->GetRoot("head");

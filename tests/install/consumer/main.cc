@@ -1,0 +1,21 @@
+// Uses the installed client library: a typed struct (compile-time offsets
+// checked against shm::Layout) and a connection attempt (links gRPC).
+#include <cstdio>
+
+#include "structd/client/channel.h"
+#include "structd/client/client.h"
+
+#define POINT_FIELDS(F) F(x, f64) F(y, f64) F(label, string(8))
+STRUCTD_STRUCT(Point, POINT_FIELDS);
+
+int main(int argc, char** argv) {
+  auto layout = structd::shm::Layout::Compute(Point::FieldSpecs());
+  if (!layout.ok() || layout->fields()[2].offset != Point::kOffsets[2]) return 1;
+  structd::client::ClientOptions options;
+  options.socket = argc > 1 ? argv[1] : "/nonexistent/structd.sock";
+  auto client = structd::client::Client::Connect(options);
+  if (client.ok() || client.status().code() != absl::StatusCode::kUnavailable) return 2;
+  std::printf("consumer ok: layout %u bytes; %s\n", layout->size(),
+              std::string(client.status().message()).c_str());
+  return 0;
+}
