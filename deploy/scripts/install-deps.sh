@@ -10,6 +10,7 @@ packages=(
   libcli11-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-yaml
+  redis-server libhiredis-dev liblmdb-dev
 )
 
 missing=()

@@ -1,4 +1,5 @@
 // structd: the daemon. Flags and config in config.cc; the work in daemon.cc.
+#include <malloc.h>
 #include <signal.h>
 
 #include <thread>
@@ -18,6 +19,12 @@ int main(int argc, char** argv) {
       break;
   }
   spdlog::set_level(spdlog::level::from_str(config.log_level));
+  // Large transient buffers (a batch reply of 100,000 refs is ~1 MB) go
+  // back to the system when freed. Without a fixed threshold glibc raises
+  // it after the first such free and keeps later ones in the heap, so the
+  // daemon's private memory would creep up with traffic although nothing
+  // per instance lives there (BENCHMARKS.md, scale).
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   // SIGTERM and SIGINT are handled by one thread; every other thread
   // inherits the blocked mask.
   sigset_t signals;

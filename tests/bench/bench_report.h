@@ -36,22 +36,30 @@ class CollectingReporter : public benchmark::ConsoleReporter {
         errors_.push_back(run.benchmark_name() + ": " + run.error_message);
         continue;
       }
-      Times& t = times_[run.run_name.function_name];
-      double ns = run.GetAdjustedCPUTime() * NsPerUnit(run.time_unit);
-      if (run.run_type == Run::RT_Iteration) {
-        t.sum_ns += ns;
-        ++t.runs;
-      } else if (run.aggregate_name == "median") {
-        t.median_ns = ns;
+      const std::string name = run.run_name.function_name +
+                               (run.run_name.args.empty() ? "" : "/" + run.run_name.args);
+      for (bool wall : {false, true}) {
+        Times& t = (wall ? wall_times_ : times_)[name];
+        double ns = (wall ? run.GetAdjustedRealTime() : run.GetAdjustedCPUTime()) *
+                    NsPerUnit(run.time_unit);
+        if (run.run_type == Run::RT_Iteration) {
+          t.sum_ns += ns;
+          ++t.runs;
+        } else if (run.aggregate_name == "median") {
+          t.median_ns = ns;
+        }
       }
     }
     ConsoleReporter::ReportRuns(reports);
   }
 
   // The median if repetitions produced one, else the mean of the runs.
-  std::optional<double> NsPerOp(const std::string& name) const {
-    auto it = times_.find(name);
-    if (it == times_.end()) return std::nullopt;
+  // `wall`: real time instead of CPU time (for work done partly in another
+  // process, like a server, which the client's CPU time does not see).
+  std::optional<double> NsPerOp(const std::string& name, bool wall = false) const {
+    const auto& times = wall ? wall_times_ : times_;
+    auto it = times.find(name);
+    if (it == times.end()) return std::nullopt;
     if (it->second.median_ns) return it->second.median_ns;
     if (it->second.runs == 0) return std::nullopt;
     return it->second.sum_ns / it->second.runs;
@@ -80,6 +88,7 @@ class CollectingReporter : public benchmark::ConsoleReporter {
   }
 
   std::map<std::string, Times> times_;
+  std::map<std::string, Times> wall_times_;
   std::vector<std::string> errors_;
 };
 
@@ -90,14 +99,16 @@ struct Pair {
   const char* baseline;
   const char* baseline_label;
   double target;  // <= 0: informational, no target
+  bool wall = false;  // compare real time (cross-process work), not CPU time
 };
 
 inline void PrintRatios(const CollectingReporter& reporter, std::span<const Pair> pairs) {
-  std::printf("\nstructd / baseline (CPU time per op; lower is better)\n");
+  std::printf("\nstructd / baseline (CPU time per op, or wall time where marked [wall]; "
+              "lower is better)\n");
   int misses = 0;
   for (const Pair& p : pairs) {
-    std::optional<double> s = reporter.NsPerOp(p.structd);
-    std::optional<double> b = reporter.NsPerOp(p.baseline);
+    std::optional<double> s = reporter.NsPerOp(p.structd, p.wall);
+    std::optional<double> b = reporter.NsPerOp(p.baseline, p.wall);
     if (!s || !b || *b <= 0) {
       // Filtered out or failed: nothing to compare.
       std::printf("%s: n/a (filtered out or failed)\n", p.label);
@@ -113,8 +124,8 @@ inline void PrintRatios(const CollectingReporter& reporter, std::span<const Pair
                     ok ? "OK" : "MISS");
       verdict = buf;
     }
-    std::printf("%s: structd %.2f ns, %s %.2f ns, ratio %.2f %s\n", p.label, *s,
-                p.baseline_label, *b, ratio, verdict.c_str());
+    std::printf("%s%s: structd %.2f ns, %s %.2f ns, ratio %.3g %s\n", p.label,
+                p.wall ? " [wall]" : "", *s, p.baseline_label, *b, ratio, verdict.c_str());
   }
   if (misses > 0) {
     std::printf("%d ratio(s) MISS the target (reported, not enforced)\n",
