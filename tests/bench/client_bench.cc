@@ -28,6 +28,7 @@
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
 #include "testing/daemon_process.h"
+#include "tests/bench/bench_daemon.h"
 #include "tests/bench/bench_report.h"
 
 namespace structd::bench {
@@ -36,34 +37,20 @@ namespace {
 #define BENCH_COUNTER_FIELDS(F) F(hits, u64)
 STRUCTD_STRUCT(BenchCounter, BENCH_COUNTER_FIELDS);
 
-struct Fixture {
-  std::unique_ptr<testing::DaemonProcess> daemon;
-  std::unique_ptr<client::Client> client;
-  std::shared_ptr<client::Channel> channel;
+struct Fixture : BenchDaemon {
   client::Owned<BenchCounter> counter;
   std::atomic<uint64_t>* raw = nullptr;
   void* raw_page = nullptr;
   ~Fixture() {
     counter.Reset();
-    channel.reset();
-    client.reset();
-    daemon.reset();
     if (raw_page != nullptr) munmap(raw_page, 4096);
   }
 };
 Fixture* g = nullptr;
 
 absl::Status SetUp(Fixture& f) {
-  f.daemon = std::make_unique<testing::DaemonProcess>();
-  client::ClientOptions o;
-  o.socket = f.daemon->socket();
-  auto c = client::Client::Connect(o);
-  if (!c.ok()) return c.status();
-  f.client = std::move(*c);
-  auto created = f.client->CreateChannel("bench");
-  if (!created.ok()) return created.status();
-  f.channel = created->channel;
-  auto counter = f.channel->Allocate<BenchCounter>();
+  if (absl::Status s = f.Start("bench"); !s.ok()) return s;
+  auto counter = f.ch().Allocate<BenchCounter>();
   if (!counter.ok()) return counter.status();
   f.counter = std::move(*counter);
   f.raw_page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -184,7 +171,7 @@ BENCHMARK(BM_FetchAdd_ViewEachIter);
 void BM_ViewFromRef(benchmark::State& state) {
   client::Ref ref = g->counter.ref();
   for (auto _ : state) {
-    auto view = g->channel->View<BenchCounter>(ref);
+    auto view = g->ch().View<BenchCounter>(ref);
     if (!view.ok()) {
       state.SkipWithError("View failed");
       break;

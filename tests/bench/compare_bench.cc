@@ -40,6 +40,7 @@
 #include "structd/client/admin.h"
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "tests/bench/bench_daemon.h"
 #include "tests/bench/bench_report.h"
 #include "testing/daemon_process.h"
 #include "testing/spawned_process.h"
@@ -69,11 +70,8 @@ std::string g_self;  // this program, for child processes
 // ---------------------------------------------------------------------------
 // Setup shared by the benchmarks.
 
-struct Fixture {
+struct Fixture : BenchDaemon {
   testing::TempDir dir;
-  std::unique_ptr<testing::DaemonProcess> daemon;
-  std::unique_ptr<client::Client> client;
-  client::CreatedChannel created;
   client::Owned<Record> record;
   client::TypeInfo record_type;
   std::unique_ptr<client::AdminClient> admin;
@@ -93,7 +91,6 @@ struct Fixture {
     if (lmdb) mdb_env_close(lmdb);
     if (raw) munmap(raw, 4096);
   }
-  client::Channel& ch() { return *created.channel; }
 };
 Fixture* g = nullptr;
 
@@ -136,15 +133,7 @@ absl::Status OpenLmdb(Fixture& f) {
 }
 
 absl::Status SetUp(Fixture& f) {
-  f.daemon = std::make_unique<testing::DaemonProcess>();
-  client::ClientOptions o;
-  o.socket = f.daemon->socket();
-  auto c = client::Client::Connect(o);
-  if (!c.ok()) return c.status();
-  f.client = std::move(*c);
-  auto created = f.client->CreateChannel("bench");
-  if (!created.ok()) return created.status();
-  f.created = std::move(*created);
+  if (absl::Status s = f.Start("bench"); !s.ok()) return s;
   auto record = f.ch().Allocate<Record>();
   if (!record.ok()) return record.status();
   f.record = std::move(*record);
@@ -156,6 +145,8 @@ absl::Status SetUp(Fixture& f) {
   auto admin = client::AdminClient::Connect(ao);
   if (!admin.ok()) return admin.status();
   f.admin = std::move(*admin);
+  // Connect now: the first call would otherwise pay for it.
+  if (!f.admin->CheckHealth().ok()) return Fail("health check");
   if (absl::Status s = StartRedis(f); !s.ok()) return s;
   if (absl::Status s = OpenLmdb(f); !s.ok()) return s;
   f.raw_path = f.dir.Sub("raw");
