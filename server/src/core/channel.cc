@@ -198,6 +198,79 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
   return c;
 }
 
+Channel::RepairReport Channel::Reconcile() {
+  std::lock_guard<std::mutex> lock(mu_);
+  RepairReport report;
+  auto live = [&](shm::Ref r) { return arena_->Resolve(r).ok(); };
+  std::map<uint64_t, uint64_t> expected;  // references that exist, by target
+  bool roots_changed = false;
+  for (auto it = roots_.begin(); it != roots_.end();) {
+    if (!live(it->second)) {
+      it = roots_.erase(it);
+      ++report.dangling_dropped;
+      roots_changed = true;
+    } else {
+      ++expected[it->second.bits()];
+      ++it;
+    }
+  }
+  for (auto& [session, ledger] : ledgers_) {
+    for (shm::Ref r : ledger->Entries()) {
+      if (!live(r)) {
+        ledger->Remove(r);
+        ++report.dangling_dropped;
+      } else {
+        ++expected[r.bits()];
+      }
+    }
+  }
+  struct Live {
+    shm::Ref ref;
+    uint32_t refcount;
+  };
+  std::vector<Live> instances;
+  (void)shm::ForEachInstance(*arena_, [&](const shm::InstancePtr& inst) {
+    instances.push_back({inst.ref(), inst.header().refcount.load()});
+    const RegisteredType* t = registry_.FindByIndex(inst.type_index());
+    if (t == nullptr || !inst.Fits(t->layout.size())) return true;
+    for (uint32_t off : t->layout.ref_offsets()) {
+      shm::RefField field(inst.payload() + off);
+      shm::Ref child = field.load();
+      if (child.is_null()) continue;
+      if (!live(child)) {
+        field.store(shm::Ref());
+        ++report.dangling_dropped;
+      } else {
+        ++expected[child.bits()];
+      }
+    }
+    return true;
+  });
+  std::vector<Live> unreferenced;
+  for (const Live& l : instances) {
+    uint64_t want = expected.count(l.ref.bits()) ? expected[l.ref.bits()] : 0;
+    if (want == 0) {
+      unreferenced.push_back(l);
+      continue;
+    }
+    if (l.refcount != want) {
+      arena_->Resolve(l.ref)->header().refcount.store(static_cast<uint32_t>(want));
+      ++report.refcounts_fixed;
+    }
+  }
+  // Free what nothing refers to; their fields' references (counted above)
+  // are released in turn.
+  shm::Allocator::TypeLookup types = TypesLocked();
+  for (const Live& l : unreferenced) {
+    absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(l.ref);
+    if (!inst.ok()) continue;  // freed by an earlier cascade
+    inst->header().refcount.store(0);
+    if (allocator_->FinishCondemned(l.ref, types).ok()) ++report.leaked_freed;
+  }
+  if (roots_changed) (void)SaveMetaLocked();
+  return report;
+}
+
 std::vector<std::string> Channel::LedgerSessions() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;

@@ -121,6 +121,19 @@ class Channel {
   // Sessions that have a ledger here.
   std::vector<std::string> LedgerSessions() const;
 
+  // After a crash of the daemon in the middle of an operation: makes every
+  // refcount equal to the references that exist (roots, ledger entries,
+  // ref fields of live instances), drops roots, ledger entries and ref
+  // fields that name no live instance, and frees instances nothing refers
+  // to. Returns how many things it repaired.
+  struct RepairReport {
+    uint64_t dangling_dropped = 0;   // roots, ledger entries, ref fields
+    uint64_t refcounts_fixed = 0;
+    uint64_t leaked_freed = 0;       // instances nothing referred to
+    uint64_t total() const { return dangling_dropped + refcounts_fixed + leaked_freed; }
+  };
+  RepairReport Reconcile();
+
   const std::string& id() const { return id_; }
   const std::string& name() const { return name_; }
   const std::string& dir() const { return dir_; }

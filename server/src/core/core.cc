@@ -96,6 +96,14 @@ void Core::Recover() {
       continue;
     }
     std::shared_ptr<Channel> channel = std::move(*c);
+    Channel::RepairReport repaired = channel->Reconcile();
+    if (repaired.total() > 0) {
+      spdlog::warn(
+          "recovery: channel '{}': repaired what an interrupted operation left: {} "
+          "refcounts fixed, {} dangling references dropped, {} unreferenced instances freed",
+          channel->name(), repaired.refcounts_fixed, repaired.dangling_dropped,
+          repaired.leaked_freed);
+    }
     if (channel->dropped()) {
       spdlog::info("recovery: channel '{}' was dropped; deleting it", channel->name());
       channel->Destroy();
