@@ -27,6 +27,11 @@ STRUCTD_STRUCT(Node, STRUCTD_TEST_NODE_FIELDS);
 #define STRUCTD_TEST_GUARDED_FIELDS(F) F(lock, mutex) F(value, u64)
 STRUCTD_STRUCT(Guarded, STRUCTD_TEST_GUARDED_FIELDS);
 
+// Shared by the fault tests' chaos workers: locked, written, linked.
+#define STRUCTD_TEST_ANCHOR_FIELDS(F) \
+  F(lock, mutex) F(text, string(32)) F(hits, u64) F(next, ref(Node))
+STRUCTD_STRUCT(Anchor, STRUCTD_TEST_ANCHOR_FIELDS);
+
 // A behavior table for Vector.
 struct VectorMethods {
   std::function<std::string(const Vector&)> describe;

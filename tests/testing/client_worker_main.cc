@@ -10,6 +10,9 @@
 //   sum ROOT            walks the Node list from ROOT; prints "sum S count C"
 //   hold N ROOT         owns N new Nodes, locks Guarded ROOT's mutex,
 //                       prints "ready" and waits to be killed
+//   chaos SEED          random allocate/retain/release/store/lock/write/root
+//                       operations on Nodes and the Anchors rooted as
+//                       a0..a3, forever (prints "ready"); to be killed
 //   witness ROOT        adds to Counter ROOT's hits all along; prints "ready",
 //                       then "detached" when the daemon is gone and
 //                       "reattached" once calls work again (exit 0), or
@@ -22,6 +25,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
+#include <vector>
 #include <string>
 
 #include "structd/client/channel.h"
@@ -136,6 +141,65 @@ int main(int argc, char** argv) {
     std::printf("ready\n");
     std::fflush(stdout);
     while (true) pause();
+  }
+  if (mode == "chaos" && argc == 6) {
+    std::mt19937_64 rng(std::strtoull(argv[5], nullptr, 10));
+    std::vector<Anchor> anchors;
+    for (int i = 0; i < 4; ++i) {
+      auto ref = root(("a" + std::to_string(i)).c_str());
+      if (!ref.ok()) return Fail(ref.status());
+      auto a = c.View<Anchor>(*ref);
+      if (!a.ok()) return Fail(a.status());
+      anchors.push_back(*a);
+    }
+    std::vector<Owned<Node>> mine;
+    std::string my_root = "w" + std::to_string(getpid());
+    std::printf("ready\n");
+    std::fflush(stdout);
+    auto pick = [&] { return rng() % mine.size(); };
+    while (true) {
+      Anchor& anchor = anchors[rng() % anchors.size()];
+      switch (rng() % 9) {
+        case 0: {
+          auto made = c.AllocateBatch<Node>(1 + rng() % 16);
+          if (made.ok()) for (auto& n : *made) mine.push_back(std::move(n));
+          break;
+        }
+        case 1:
+          if (!mine.empty()) mine.erase(mine.begin() + static_cast<long>(pick()));
+          break;
+        case 2:
+          if (!mine.empty()) {
+            auto copy = mine[pick()].Clone();
+            if (copy.ok()) mine.push_back(std::move(*copy));
+          }
+          break;
+        case 3:
+          if (mine.size() >= 2) (void)c.Store(mine[pick()]->next(), mine[pick()].ref());
+          break;
+        case 4: {
+          auto guard = anchor.lock().Lock();
+          if (guard.ok()) {
+            anchor.hits().fetch_add(1);
+            (void)anchor.text().Write("locked by " + std::to_string(getpid()));
+          }
+          break;
+        }
+        case 5:
+          (void)anchor.text().Write(std::string(rng() % 33, 'a' + static_cast<char>(rng() % 26)));
+          break;
+        case 6:
+          if (!mine.empty()) (void)c.SetRoot(my_root, mine[pick()].ref());
+          break;
+        case 7:
+          (void)c.DeleteRoot(my_root);
+          break;
+        default:
+          if (!mine.empty()) (void)c.Store(anchor.next(), mine[pick()].ref());
+          break;
+      }
+      if (mine.size() > 200) mine.resize(100);
+    }
   }
   if (mode == "witness" && argc == 6) {
     auto ref = root(argv[5]);
