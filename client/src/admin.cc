@@ -17,7 +17,11 @@ namespace internal {
 class AdminConnection {
  public:
   explicit AdminConnection(AdminOptions options) : options_(std::move(options)) {
-    channel_ = grpc::CreateChannel("unix:" + options_.socket, grpc::InsecureChannelCredentials());
+    grpc::ChannelArguments args;
+    // See connection.cc: no connection inherited from another channel.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    channel_ = grpc::CreateCustomChannel("unix:" + options_.socket,
+                                         grpc::InsecureChannelCredentials(), args);
     admin_ = v1::Admin::NewStub(channel_);
     health_ = grpc::health::v1::Health::NewStub(channel_);
   }

@@ -26,6 +26,10 @@ Connection::Connection(ClientOptions options) : options_(std::move(options)) {
   // Reconnect quickly once the daemon is back.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Our own subchannels: with gRPC's global pool, a new channel can inherit
+  // a connection to a daemon that just died, still marked READY, and fail
+  // its first call with "Broken pipe".
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   // AllocateBatch replies carry up to 1,000,000 refs (about 9 MB).
   args.SetMaxReceiveMessageSize(64 << 20);
   channel_ = grpc::CreateCustomChannel("unix:" + options_.socket,

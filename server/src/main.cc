@@ -33,6 +33,9 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A file-size limit must fail the write (EFBIG: RESOURCE_EXHAUSTED), not
+  // kill the daemon.
+  signal(SIGXFSZ, SIG_IGN);
 
   structd::server::Daemon daemon(config);
   if (absl::Status s = daemon.Start(); !s.ok()) {

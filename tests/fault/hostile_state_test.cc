@@ -1,0 +1,187 @@
+// The daemon's state under attack from outside the API: the tmpfs holding
+// the arena fills up while it grows, and the arena, its ledgers and its
+// metadata get random bytes written into them. Requests fail with clear
+// errors; the daemon never crashes; clients keep working. Seeds:
+// STRUCTD_TEST_SEED.
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "structd/client/admin.h"
+#include "structd/client/channel.h"
+#include "structd/client/client.h"
+#include "testing/client_types.h"
+#include "testing/daemon_process.h"
+#include "testing/shm_fixture.h"
+#include "testing/temp_dir.h"
+
+namespace structd::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::unique_ptr<client::Client> ConnectTo(const DaemonProcess& daemon) {
+  client::ClientOptions o;
+  o.socket = daemon.socket();
+  auto c = client::Client::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? std::move(*c) : nullptr;
+}
+
+std::unique_ptr<client::AdminClient> AdminOf(const DaemonProcess& daemon) {
+  client::AdminOptions o;
+  o.socket = daemon.socket();
+  auto a = client::AdminClient::Connect(o);
+  EXPECT_TRUE(a.ok()) << a.status();
+  return a.ok() ? std::move(*a) : nullptr;
+}
+
+// A daemon whose posix_fallocate fails with ENOSPC while `flag` exists.
+std::unique_ptr<DaemonProcess> DaemonWithFullableTmpfs(const std::string& flag) {
+  setenv("LD_PRELOAD", STRUCTD_TEST_ENOSPC, 1);
+  setenv("STRUCTD_TEST_ENOSPC_FLAG", flag.c_str(), 1);
+  auto d = std::make_unique<DaemonProcess>();
+  unsetenv("LD_PRELOAD");
+  unsetenv("STRUCTD_TEST_ENOSPC_FLAG");
+  return d;
+}
+
+TEST(HostileStateTest, TmpfsFullWhileTheArenaGrowsIsResourceExhaustedAndNothingBreaks) {
+  TempDir dir;
+  std::string flag = dir.Sub("tmpfs-full");
+  auto daemon = DaemonWithFullableTmpfs(flag);
+  auto me = ConnectTo(*daemon);
+  auto ch = me->CreateChannel("c");
+  ASSERT_TRUE(ch.ok()) << ch.status();
+  client::Channel& c = *ch->channel;
+  auto counter = c.Allocate<Counter>();
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  uint32_t extents = c.arena().extent_count();
+
+  std::ofstream(flag).put('x');  // tmpfs is full from now on
+  // 1 MiB extents: 40,000 nodes of 32 bytes need another one.
+  auto big = c.AllocateBatch<Node>(40000);
+  ASSERT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted) << big.status();
+  EXPECT_THAT(std::string(big.status().message()), HasSubstr("space"));
+  EXPECT_EQ(c.arena().extent_count(), extents);
+  // Everyone keeps working: fields, small allocations from free space,
+  // the health check, the consistency check.
+  (*counter)->hits().fetch_add(5);
+  EXPECT_EQ((*counter)->hits().load(), 5u);
+  auto small = c.AllocateBatch<Node>(10);
+  EXPECT_TRUE(small.ok()) << small.status();
+  auto admin = AdminOf(*daemon);
+  EXPECT_EQ(*admin->CheckHealth(), client::Health::kServing);
+  auto check = admin->Check("c");
+  ASSERT_TRUE(check.ok());
+  EXPECT_TRUE(check->ok);
+
+  std::filesystem::remove(flag);  // space again
+  auto again = c.AllocateBatch<Node>(40000);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_GT(c.arena().extent_count(), extents);
+  EXPECT_TRUE(admin->Check("c")->ok);
+  ASSERT_TRUE(c.Release(*again).ok());  // one call, not 40,000 Owned destructors
+  ASSERT_TRUE(c.Release(*small).ok());
+}
+
+// Scribbles `n` random bytes at random places of `path` (a file of the
+// daemon's state), through a shared mapping.
+void Scribble(const std::string& path, std::mt19937_64& rng, int n) {
+  int fd = open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << path;
+  struct stat st;
+  fstat(fd, &st);
+  if (st.st_size > 0) {
+    void* p = mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    auto* bytes = static_cast<uint8_t*>(p);
+    for (int i = 0; i < n; ++i) bytes[rng() % st.st_size] = static_cast<uint8_t>(rng());
+    munmap(p, st.st_size);
+  }
+  close(fd);
+}
+
+TEST(HostileStateTest, RandomBytesInTheArenaLedgersAndMetadataNeverCrashTheDaemon) {
+  std::mt19937_64 rng(TestSeed());
+  DaemonProcess daemon;
+  auto me = ConnectTo(daemon);
+  auto ch = me->CreateChannel("c");
+  ASSERT_TRUE(ch.ok()) << ch.status();
+  client::Channel& c = *ch->channel;
+  auto nodes = c.AllocateBatch<Node>(500);
+  ASSERT_TRUE(nodes.ok());
+  client::RefStores links;
+  for (size_t i = 0; i + 1 < nodes->size(); i += 2) links.Copy((*nodes)[i]->next(), (*nodes)[i + 1].ref());
+  ASSERT_TRUE(c.Store(links).ok());
+  ASSERT_TRUE(c.SetRoot("head", (*nodes)[0].ref()).ok());
+  std::vector<client::Ref> refs;
+  for (auto& n : *nodes) refs.push_back(n.Disown());  // the session's ledger keeps them
+
+  const std::string state = daemon.state_dir() + "/channels/" + c.id();
+  auto admin = AdminOf(daemon);
+  // Rounds of damage, each followed by every kind of request.
+  for (int round = 0; round < 6; ++round) {
+    std::string target;
+    switch (round % 3) {
+      case 0: target = state + "/arena/extent.0"; break;  // headers, refcounts, slabs
+      case 1: target = state + "/arena/arena"; break;     // the arena header, extent table
+      default:                                            // a ledger
+        for (const auto& e : std::filesystem::directory_iterator(state + "/ledgers")) {
+          target = e.path().string();
+        }
+    }
+    Scribble(target, rng, 64);
+    auto pick = [&] { return refs[rng() % refs.size()]; };
+    // Every call returns some status; none may take the daemon down.
+    (void)c.Retain<Node>(pick());
+    (void)c.Release({pick()});
+    (void)c.AllocateBatch<Node>(1 + rng() % 100);
+    if (auto v = c.View<Node>(pick()); v.ok()) {
+      client::RefStores st;
+      st.Copy(v->next(), pick());
+      (void)c.Store(st);
+    }
+    (void)admin->Inspect("c", pick(), 8);
+    (void)admin->Instances("c", shm::TypeToken(), 100);
+    (void)admin->Memory("c");
+    auto check = admin->Check("c");
+    ASSERT_TRUE(check.ok()) << "round " << round << ": " << check.status();
+    auto health = admin->CheckHealth();
+    ASSERT_TRUE(health.ok()) << "round " << round << ": the daemon stopped answering";
+    EXPECT_EQ(*health, client::Health::kServing);
+  }
+  // And a daemon restarted on the damaged state starts and serves (the
+  // channel recovered, or reported and skipped).
+  daemon.Kill9();
+  daemon.Start();
+  auto after = AdminOf(daemon);
+  ASSERT_NE(after, nullptr);
+  auto health = after->CheckHealth();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, client::Health::kServing);
+  EXPECT_TRUE(after->Channels().ok());
+  // Damaged metadata: the daemon still starts, naming the file.
+  Scribble(state + "/meta.toml", rng, 200);
+  daemon.Kill9();
+  daemon.Start();
+  auto last = AdminOf(daemon);
+  ASSERT_NE(last, nullptr);
+  auto last_health = last->CheckHealth();
+  ASSERT_TRUE(last_health.ok()) << last_health.status();
+  EXPECT_EQ(*last_health, client::Health::kServing);
+}
+
+}  // namespace
+}  // namespace structd::testing
