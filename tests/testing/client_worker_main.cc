@@ -13,6 +13,10 @@
 //   chaos SEED          random allocate/retain/release/store/lock/write/root
 //                       operations on Nodes and the Anchors rooted as
 //                       a0..a3, forever (prints "ready"); to be killed
+//   load N              N rounds of mixed RPCs (allocate, retain, release,
+//                       store, roots, describe) and field writes, adding 1 to
+//                       Counter "total" per round; any failed call prints
+//                       "error ..." and exits 4; else prints "done"
 //   witness ROOT        adds to Counter ROOT's hits all along; prints "ready",
 //                       then "detached" when the daemon is gone and
 //                       "reattached" once calls work again (exit 0), or
@@ -200,6 +204,50 @@ int main(int argc, char** argv) {
       }
       if (mine.size() > 200) mine.resize(100);
     }
+  }
+  if (mode == "load" && argc == 6) {
+    long rounds = std::atol(argv[5]);
+    auto total_ref = root("total");
+    if (!total_ref.ok()) return Fail(total_ref.status());
+    auto total = c.View<Counter>(*total_ref);
+    if (!total.ok()) return Fail(total.status());
+    std::string my_root = "load" + std::to_string(getpid());
+    std::mt19937_64 rng(static_cast<uint64_t>(getpid()));
+    std::vector<Owned<Node>> mine;
+    for (long i = 0; i < rounds; ++i) {
+      auto made = c.AllocateBatch<Node>(1 + rng() % 4);
+      if (!made.ok()) return Fail(made.status());
+      for (auto& n : *made) {
+        n->value().store(i);
+        mine.push_back(std::move(n));
+      }
+      // A newer node points to an older one: no cycles (refcounting does
+      // not collect them), so everything goes when the client does.
+      size_t older = rng() % mine.size();
+      size_t newer = older + rng() % (mine.size() - older);
+      auto copy = mine[older].Clone();
+      if (!copy.ok()) return Fail(copy.status());
+      if (newer != older) {
+        if (auto s = c.Store(mine[newer]->next(), copy->ref()); !s.ok()) return Fail(s);
+      }
+      if (auto s = c.SetRoot(my_root, copy->ref()); !s.ok()) return Fail(s);
+      auto back = c.GetRoot(my_root);
+      if (!back.ok() || *back != copy->ref()) return Fail(back.status());
+      auto type = c.Use<Node>();
+      if (!type.ok()) return Fail(type.status());
+      if (auto d = c.DescribeType(type->token); !d.ok()) return Fail(d.status());
+      total->hits().fetch_add(1);  // the field write whose total is checked
+      if (mine.size() > 16) {
+        std::vector<Owned<Node>> old(std::make_move_iterator(mine.begin()),
+                                     std::make_move_iterator(mine.begin() + 8));
+        mine.erase(mine.begin(), mine.begin() + 8);
+        if (auto s = c.Release(old); !s.ok()) return Fail(s);
+      }
+    }
+    if (auto s = c.DeleteRoot(my_root); !s.ok()) return Fail(s);
+    if (auto s = c.Release(mine); !s.ok()) return Fail(s);
+    std::printf("done\n");
+    return 0;
   }
   if (mode == "witness" && argc == 6) {
     auto ref = root(argv[5]);
