@@ -12,6 +12,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "structd/shm/walk.h"
 #include "testing/child_process.h"
 #include "testing/temp_dir.h"
 
@@ -196,6 +197,24 @@ TEST(ArenaTest, GrowRecountsWhenTheCountWasScribbledHigh) {
   ASSERT_TRUE(id.ok()) << id.status();
   EXPECT_EQ(*id, 2u);
   EXPECT_EQ((*a)->extent_count(), 3u);
+}
+
+// Found by the hostile-state fault test: a count scribbled far above
+// max_extents made the consistency check walk twelve million extents.
+TEST(ArenaTest, ACountScribbledAboveMaxExtentsIsClampedAndReported) {
+  TempDir dir;
+  auto a = Arena::Create(dir.Sub("a"), Small(8, 2));
+  ASSERT_TRUE(a.ok());
+  (*a)->header().extent_count.store(12163329);
+  EXPECT_EQ((*a)->extent_count(), 8u);
+  EXPECT_EQ((*a)->raw_extent_count(), 12163329u);
+  EXPECT_EQ((*a)->ExtentBase(8).status().code(), absl::StatusCode::kNotFound);
+  std::vector<WalkProblem> problems =
+      ForEachInstance(**a, [](const InstancePtr&) { return true; });
+  // The damaged count, then the six extents that have no file.
+  ASSERT_EQ(problems.size(), 7u);
+  EXPECT_THAT(problems[0].what, HasSubstr("extent count 12163329 is more than max_extents 8"));
+  EXPECT_THAT(problems[1].what, HasSubstr("extent 2"));
 }
 
 TEST(ArenaTest, ExtentLeftUnpublishedByADeadGrowerIsAdopted) {

@@ -9,6 +9,12 @@ std::vector<WalkProblem> ForEachInstance(
   std::vector<WalkProblem> problems;
   const ExtentGeometry g = ComputeExtentGeometry(arena.extent_size());
   const uint32_t extents = arena.extent_count();
+  if (arena.raw_extent_count() > arena.max_extents()) {
+    problems.push_back({Ref(), absl::StrFormat(
+        "arena header: extent count %d is more than max_extents %d (the "
+        "header is damaged; only the first %d extents are checked)",
+        arena.raw_extent_count(), arena.max_extents(), arena.max_extents())});
+  }
   for (uint32_t e = 0; e < extents; ++e) {
     absl::StatusOr<uint8_t*> base = arena.ExtentBase(e);
     if (!base.ok()) {

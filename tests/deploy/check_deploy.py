@@ -87,6 +87,8 @@ class Kubernetes(unittest.TestCase):
         ds = next(d for d in self.docs("structd-daemonset.yaml") if d["kind"] == "DaemonSet")
         spec = ds["spec"]["template"]["spec"]
         self.assertTrue(spec["securityContext"]["runAsNonRoot"])
+        # Client pods' pids must be visible to the daemon (resume after restart).
+        self.assertTrue(spec["hostPID"])
         container = spec["containers"][0]
         for probe in ("livenessProbe", "readinessProbe"):
             self.assertEqual(container[probe]["exec"]["command"], ["structctl", "health"])

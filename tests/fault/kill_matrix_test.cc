@@ -111,7 +111,8 @@ TEST_F(KillMatrixTest, ClientsKilledAtRandomPointsLeaveAConsistentArena) {
       }
     }
     for (size_t w = 0; w < workers.size(); ++w) {
-      if (!early[w]) ASSERT_EQ(workers[w]->ReadLine(std::chrono::seconds(20)), "ready");
+      if (early[w]) continue;
+      ASSERT_EQ(workers[w]->ReadLine(std::chrono::seconds(20)), "ready");
     }
     for (size_t w = 0; w < workers.size(); ++w) {
       if (early[w]) continue;

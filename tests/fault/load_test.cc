@@ -87,8 +87,14 @@ TEST(LoadTest, SixtyFourClientsLoseNothingAndDaemonMemoryStaysFlat) {
               static_cast<unsigned long long>(rss_after_wave[0]),
               static_cast<unsigned long long>(rss_after_wave[1]));
   // The first wave grows thread pools and caches; the second must not add
-  // more than a little (4 MiB).
+  // more than a little (4 MiB). Not under ASan/TSan: their allocators keep
+  // freed memory (quarantine, race history), so RSS there does not measure
+  // the daemon's own allocations; everything else above is still checked.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  std::printf("memory bound not checked: sanitizer allocator\n");
+#else
   EXPECT_LT(rss_after_wave[1], rss_after_wave[0] + 4096);
+#endif
 }
 
 }  // namespace

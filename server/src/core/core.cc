@@ -159,7 +159,10 @@ uint64_t Core::ReapOrphans() {
     auto now = std::chrono::steady_clock::now();
     for (auto it = orphans_.begin(); it != orphans_.end();) {
       const Orphan& o = it->second;
-      bool dead = o.pid <= 0 || (kill(o.pid, 0) != 0 && errno == ESRCH);
+      // No secret (an unreadable record): it can never resume. Pid 0: the
+      // process lives in a pid namespace the daemon cannot see, so only the
+      // lease can tell that it is gone.
+      bool dead = o.secret.empty() || (o.pid > 0 && kill(o.pid, 0) != 0 && errno == ESRCH);
       if (dead || now > o.deadline) {
         gone.emplace_back(it->first, o);
         it = orphans_.erase(it);
@@ -236,6 +239,13 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
   spdlog::info("session {} {}: pid {} uid {} name '{}'", info.id.substr(0, 8),
                resumed ? "resumed after a daemon restart" : "attached", info.pid, info.uid,
                client_name);
+  if (info.pid == 0) {
+    spdlog::warn(
+        "session {}: the client's pid is not visible in the daemon's pid namespace; "
+        "if the daemon restarts, its references are kept until the lease ({} ms) runs "
+        "out even when it is gone (run the daemon in the host's pid namespace)",
+        info.id.substr(0, 8), options_.lease.count());
+  }
   SaveSession(info);
   return info;
 }

@@ -174,6 +174,40 @@ TEST_F(CoreTest, SessionsThatDoNotResumeAreReleasedOnceTheirLeaseRunsOut) {
   EXPECT_EQ(core_->orphan_count(), 0u);
 }
 
+// A client in a pid namespace the daemon cannot see has pid 0: after a
+// restart its session can still resume, and only the lease (not a pid
+// check, which would find "no such process") decides when it is gone.
+TEST_F(CoreTest, AClientWithAnInvisiblePidIsKeptForItsLeaseAndCanResume) {
+  options_.lease = std::chrono::milliseconds(300);
+  Reopen();
+  PeerCredentials invisible = me_;
+  invisible.pid = 0;
+  auto resuming = core_->Attach(invisible, "resumes");
+  auto vanishing = core_->Attach(invisible, "vanishes");
+  ASSERT_TRUE(resuming.ok() && vanishing.ok());
+  ASSERT_TRUE(core_->CreateChannel(resuming->id, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(resuming->id, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  ASSERT_TRUE(ch->Allocate(resuming->id, t.type->token, 2).ok());
+  auto member = core_->JoinChannel(vanishing->id, "ch",
+                                   (*core_->Find("ch"))->member_capability());
+  ASSERT_TRUE(member.ok()) << member.status();
+  ASSERT_TRUE(ch->Allocate(vanishing->id, t.type->token, 3).ok());
+  ch.reset();
+  Reopen();
+  EXPECT_EQ(core_->ReapOrphans(), 0u);  // pid 0 is not "no such process"
+  EXPECT_EQ(core_->orphan_count(), 2u);
+  auto back = core_->Attach(invisible, "resumes", resuming->id, resuming->secret);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->id, resuming->id);
+  std::this_thread::sleep_for(std::chrono::milliseconds(350));
+  EXPECT_EQ(core_->ReapOrphans(), 3u);  // only the one that never came back
+  auto again = *core_->Find("ch");
+  EXPECT_EQ(again->Stats().alloc.live_instances, 2u);
+  EXPECT_EQ(again->RefsHeld(resuming->id), 2u);
+  EXPECT_TRUE(again->Check().problems.empty());
+}
+
 TEST_F(CoreTest, CreateChannelReturnsDistinctCapabilitiesAndJoinsTheCreator) {
   std::string s = Attach();
   auto c = core_->CreateChannel(s, "orders", 0, 0);

@@ -49,25 +49,6 @@ struct Ledger::Header {
   uint64_t reserved[3];
 };
 
-Ledger::Ledger(std::string path, int fd, uint8_t* map, uint64_t map_bytes)
-    : path_(std::move(path)), fd_(fd), map_(map), map_bytes_(map_bytes) {}
-
-Ledger::~Ledger() {
-  if (map_ != nullptr) munmap(map_, map_bytes_);
-  if (fd_ >= 0) close(fd_);
-}
-
-uint64_t Ledger::capacity() const {
-  return reinterpret_cast<Header*>(map_)->capacity;
-}
-uint64_t* Ledger::slots() const {
-  return reinterpret_cast<uint64_t*>(map_ + sizeof(Header));
-}
-uint64_t Ledger::size() const { return reinterpret_cast<Header*>(map_)->used; }
-uint64_t Ledger::session_tag() const {
-  return reinterpret_cast<Header*>(map_)->session_tag;
-}
-
 // A complete table file at `path` + ".new", filled with `entries`, then
 // renamed over `path`: a crash leaves the old file or the new one, never a
 // mix.
@@ -76,6 +57,34 @@ struct Ledger::Table {
   uint8_t* map = nullptr;
   uint64_t bytes = 0;
 };
+
+Ledger::Ledger(std::string path, const Table& table, uint64_t session_tag,
+               uint64_t used, uint64_t tombstones)
+    : path_(std::move(path)),
+      fd_(table.fd),
+      map_(table.map),
+      map_bytes_(table.bytes),
+      capacity_((table.bytes - sizeof(Header)) / sizeof(uint64_t)),
+      session_tag_(session_tag),
+      used_(used),
+      tombstones_(tombstones) {}
+
+Ledger::~Ledger() {
+  if (map_ != nullptr) munmap(map_, map_bytes_);
+  if (fd_ >= 0) close(fd_);
+}
+
+uint64_t* Ledger::slots() const {
+  return reinterpret_cast<uint64_t*>(map_ + sizeof(Header));
+}
+uint64_t Ledger::size() const { return used_; }
+uint64_t Ledger::session_tag() const { return session_tag_; }
+
+void Ledger::PublishCounters() {
+  auto* h = reinterpret_cast<Header*>(map_);
+  h->used = used_;
+  h->tombstones = tombstones_;
+}
 
 absl::StatusOr<Ledger::Table> Ledger::WriteTable(
     const std::string& path, uint64_t session_tag, uint64_t capacity,
@@ -125,7 +134,7 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Create(const std::string& path,
                                                        uint64_t session_tag) {
   absl::StatusOr<Table> t = WriteTable(path, session_tag, kInitialCapacity, {});
   if (!t.ok()) return t.status();
-  return std::unique_ptr<Ledger>(new Ledger(path, t->fd, t->map, t->bytes));
+  return std::unique_ptr<Ledger>(new Ledger(path, *t, session_tag, 0, 0));
 }
 
 absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
@@ -153,9 +162,9 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
   bool ok = h->magic == kLedgerMagic && cap >= kInitialCapacity &&
             (cap & (cap - 1)) == 0 && cap < (uint64_t{1} << 40) &&
             sizeof(Header) + cap * sizeof(uint64_t) == bytes;
+  // Recount instead of trusting the counters.
+  uint64_t used = 0, tomb = 0;
   if (ok) {
-    // Recount instead of trusting the counters.
-    uint64_t used = 0, tomb = 0;
     auto* s = reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(p) +
                                           sizeof(Header));
     for (uint64_t i = 0; i < cap; ++i) {
@@ -166,8 +175,6 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
       }
     }
     ok = used + tomb < cap;  // probing needs an empty slot to terminate
-    h->used = used;
-    h->tombstones = tomb;
   }
   if (!ok) {
     munmap(p, bytes);
@@ -176,39 +183,54 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
         "ledger ", path, ": damaged header (its references cannot be "
         "released automatically; run 'structctl check')"));
   }
-  return std::unique_ptr<Ledger>(
-      new Ledger(path, fd, static_cast<uint8_t*>(p), bytes));
+  auto ledger = std::unique_ptr<Ledger>(new Ledger(
+      path, Table{fd, static_cast<uint8_t*>(p), bytes}, h->session_tag, used, tomb));
+  ledger->PublishCounters();
+  return ledger;
 }
 
 absl::Status Ledger::Rehash(uint64_t new_capacity) {
+  std::vector<shm::Ref> entries = Entries();
+  // Scribbled slots read as entries too: size the table for what is there.
+  while ((entries.size() + 1) * 2 > new_capacity) new_capacity *= 2;
   absl::StatusOr<Table> t =
-      WriteTable(path_, session_tag(), new_capacity, Entries());
+      WriteTable(path_, session_tag_, new_capacity, entries);
   if (!t.ok()) return t.status();
   munmap(map_, map_bytes_);
   close(fd_);
   fd_ = t->fd;
   map_ = t->map;
   map_bytes_ = t->bytes;
+  capacity_ = new_capacity;
+  used_ = entries.size();
+  tombstones_ = 0;
   return absl::OkStatus();
 }
 
 absl::Status Ledger::Add(shm::Ref ref) {
-  auto* h = reinterpret_cast<Header*>(map_);
   // Keep the load (entries + tombstones) under 3/4.
-  if ((h->used + h->tombstones + 1) * 4 > h->capacity * 3) {
-    uint64_t cap = h->capacity;
-    while ((h->used + 1) * 2 > cap) cap *= 2;
+  if ((used_ + tombstones_ + 1) * 4 > capacity_ * 3) {
+    uint64_t cap = capacity_;
+    while ((used_ + 1) * 2 > cap) cap *= 2;
     if (absl::Status s = Rehash(cap); !s.ok()) return s;
-    h = reinterpret_cast<Header*>(map_);
   }
-  uint64_t mask = h->capacity - 1;
-  uint64_t* s = slots();
-  uint64_t i = Hash(ref.bits()) & mask;
-  while (s[i] != kEmpty && s[i] != kTombstone) i = (i + 1) & mask;
-  if (s[i] == kTombstone) --h->tombstones;
-  s[i] = ref.bits();
-  ++h->used;
-  return absl::OkStatus();
+  // Two tries: bytes written into the file behind the daemon's back may
+  // have taken every free slot; a rehash sized for what is there makes room.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    uint64_t mask = capacity_ - 1;
+    uint64_t* s = slots();
+    for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
+         i = (i + 1) & mask, ++n) {
+      if (s[i] != kEmpty && s[i] != kTombstone) continue;
+      if (s[i] == kTombstone && tombstones_ > 0) --tombstones_;
+      s[i] = ref.bits();
+      ++used_;
+      PublishCounters();
+      return absl::OkStatus();
+    }
+    if (absl::Status st = Rehash(capacity_ * 2); !st.ok()) return st;
+  }
+  return absl::InternalError(absl::StrCat("ledger ", path_, ": no free slot after a rehash"));
 }
 
 absl::Status Ledger::AddAll(const std::vector<shm::Ref>& refs) {
@@ -222,16 +244,16 @@ absl::Status Ledger::AddAll(const std::vector<shm::Ref>& refs) {
 }
 
 bool Ledger::Remove(shm::Ref ref) {
-  auto* h = reinterpret_cast<Header*>(map_);
-  uint64_t mask = h->capacity - 1;
+  uint64_t mask = capacity_ - 1;
   uint64_t* s = slots();
   for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
        i = (i + 1) & mask, ++n) {
     if (s[i] == kEmpty) return false;
     if (s[i] == ref.bits()) {
       s[i] = kTombstone;
-      --h->used;
-      ++h->tombstones;
+      if (used_ > 0) --used_;
+      ++tombstones_;
+      PublishCounters();
       return true;
     }
   }
@@ -239,7 +261,7 @@ bool Ledger::Remove(shm::Ref ref) {
 }
 
 bool Ledger::Contains(shm::Ref ref) const {
-  uint64_t mask = capacity() - 1;
+  uint64_t mask = capacity_ - 1;
   uint64_t* s = slots();
   for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
        i = (i + 1) & mask, ++n) {
@@ -251,10 +273,9 @@ bool Ledger::Contains(shm::Ref ref) const {
 
 std::vector<shm::Ref> Ledger::Entries() const {
   std::vector<shm::Ref> out;
-  out.reserve(size());
-  uint64_t cap = capacity();
+  out.reserve(used_);
   uint64_t* s = slots();
-  for (uint64_t i = 0; i < cap; ++i) {
+  for (uint64_t i = 0; i < capacity_; ++i) {
     if (s[i] != kEmpty && s[i] != kTombstone) {
       out.push_back(shm::Ref::FromBits(s[i]));
     }

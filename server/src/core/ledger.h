@@ -18,7 +18,11 @@ namespace structd::server {
 //
 // Only the daemon maps ledger files; clients never see them. The file is
 // still validated on open (invariant 8): a damaged ledger fails to open
-// with DataLoss instead of being trusted.
+// with DataLoss instead of being trusted. While open, the table's geometry
+// and counters live in this object: the header in the file is written for
+// the next Open but never read back, so bytes scribbled into a mapped
+// ledger can add or hide entries (each is still checked before it is
+// released) but cannot steer an access outside the mapping.
 //
 // Thread safety: none; the owning channel's lock serializes calls.
 class Ledger {
@@ -56,15 +60,21 @@ class Ledger {
                                           uint64_t session_tag,
                                           uint64_t capacity,
                                           const std::vector<shm::Ref>& entries);
-  Ledger(std::string path, int fd, uint8_t* map, uint64_t map_bytes);
+  Ledger(std::string path, const Table& table, uint64_t session_tag,
+         uint64_t used, uint64_t tombstones);
   absl::Status Rehash(uint64_t new_capacity);
-  uint64_t capacity() const;
   uint64_t* slots() const;
+  // Copies the counters into the file's header, for the next Open.
+  void PublishCounters();
 
   std::string path_;
   int fd_;
   uint8_t* map_;
   uint64_t map_bytes_;
+  uint64_t capacity_;  // slots; a power of two, from the mapping's size
+  uint64_t session_tag_;
+  uint64_t used_;
+  uint64_t tombstones_;
 };
 
 }  // namespace structd::server

@@ -83,5 +83,35 @@ TEST(LedgerTest, TombstonesDoNotFillTheTable) {
   EXPECT_FALSE((*l)->Contains(R(5)));
 }
 
+// Found by the hostile-state fault test: the live ledger read its capacity
+// and counters back from the mapped file, so bytes written into the file
+// while the daemon had it open sent probes outside the mapping.
+TEST(LedgerTest, BytesWrittenIntoAnOpenLedgerCannotSteerItOutsideTheFile) {
+  structd::testing::TempDir dir;
+  auto l = Ledger::Create(dir.Sub("l"), 7);
+  ASSERT_TRUE(l.ok());
+  for (uint32_t i = 0; i < 40; ++i) ASSERT_TRUE((*l)->Add(R(i)).ok());
+  {
+    // Header: magic, session tag, capacity, used, tombstones.
+    std::fstream f(dir.Sub("l"), std::ios::in | std::ios::out | std::ios::binary);
+    const uint64_t garbage[5] = {1, 2, uint64_t{1} << 62, ~uint64_t{0}, ~uint64_t{0}};
+    f.write(reinterpret_cast<const char*>(garbage), sizeof garbage);
+    // And every empty slot taken by a value that is no entry.
+    f.seekp(64);
+    for (int i = 0; i < 64; ++i) {
+      uint64_t v = 0xdead0000 + i;
+      f.write(reinterpret_cast<const char*>(&v), sizeof v);
+    }
+  }
+  EXPECT_EQ((*l)->size(), 40u);
+  EXPECT_EQ((*l)->session_tag(), 7u);
+  EXPECT_FALSE((*l)->Contains(R(1000)));
+  EXPECT_FALSE((*l)->Remove(R(1000)));
+  // The table is full of junk: Add rehashes into a bigger file and goes on.
+  ASSERT_TRUE((*l)->Add(R(1000)).ok());
+  EXPECT_TRUE((*l)->Contains(R(1000)));
+  EXPECT_GE((*l)->Entries().size(), 41u);
+}
+
 }  // namespace
 }  // namespace structd::server

@@ -1,6 +1,7 @@
 #ifndef STRUCTD_SHM_ARENA_H_
 #define STRUCTD_SHM_ARENA_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -97,8 +98,13 @@ class Arena {
   // full (nothing is published then). REQUIRES: Access::kReadWrite.
   absl::StatusOr<uint32_t> Grow();
 
-  // Published extents (acquire).
+  // Published extents (acquire). The header is shared memory that any
+  // process can scribble on: a count above max_extents is clamped here, so
+  // no loop over extents runs away; raw_extent_count() shows the damage.
   uint32_t extent_count() const {
+    return std::min(raw_extent_count(), max_extents_);
+  }
+  uint32_t raw_extent_count() const {
     return header_->extent_count.load(std::memory_order_acquire);
   }
   uint64_t epoch() const { return header_->epoch; }
