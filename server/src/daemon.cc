@@ -44,15 +44,21 @@ bool SocketIsLive(const std::string& path) {
 
 Daemon::Daemon(DaemonConfig config) : config_(std::move(config)) {}
 
-Daemon::~Daemon() {
+Daemon::~Daemon() { Close(); }
+
+void Daemon::Close() {
   Shutdown();
   if (accept_thread_.joinable()) accept_thread_.join();
   if (reap_thread_.joinable()) reap_thread_.join();
   if (listen_fd_ >= 0) {
     close(listen_fd_);
+    listen_fd_ = -1;
     unlink(config_.socket.c_str());
   }
-  if (lock_fd_ >= 0) close(lock_fd_);
+  if (lock_fd_ >= 0) {
+    close(lock_fd_);
+    lock_fd_ = -1;
+  }
 }
 
 absl::Status Daemon::Start() {

@@ -29,6 +29,11 @@ class Daemon {
   // Blocks until Shutdown() is called (e.g. from a signal thread).
   void Wait();
   void Shutdown();
+  // After Wait(): stops the listener and the reaper, removes the socket
+  // and releases the state directory's lock. Everything the daemon keeps
+  // is already on disk; what is left (the gRPC server, the core's
+  // mappings) is memory only. Idempotent; the destructor calls it.
+  void Close();
 
  private:
   void AcceptLoop();

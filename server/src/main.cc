@@ -2,6 +2,7 @@
 #include <malloc.h>
 #include <signal.h>
 
+#include <cstdlib>
 #include <thread>
 
 #include "server/src/config.h"
@@ -52,5 +53,13 @@ int main(int argc, char** argv) {
   // Wake the signal thread if the server stopped for another reason.
   kill(getpid(), SIGTERM);
   waiter.join();
-  return 0;
+  daemon.Close();
+  spdlog::info("structd stopped");
+  spdlog::shutdown();
+  // Exit without destroying the gRPC server: its destructor calls
+  // grpc_shutdown, which in gRPC 1.51 (Debian 12) sometimes waits ~10 s to
+  // join an executor thread parked in epoll_wait on a timer (seen in about
+  // one stop in six). Nothing is lost: state is on disk and in the arena,
+  // as it must be for a kill -9 (doc/recovery.md).
+  std::_Exit(0);
 }
