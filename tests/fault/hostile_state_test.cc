@@ -51,9 +51,19 @@ std::unique_ptr<client::AdminClient> AdminOf(const DaemonProcess& daemon) {
 std::unique_ptr<DaemonProcess> DaemonWithFullableTmpfs(const std::string& flag) {
   setenv("LD_PRELOAD", STRUCTD_TEST_ENOSPC, 1);
   setenv("STRUCTD_TEST_ENOSPC_FLAG", flag.c_str(), 1);
+  // Under ASan the preloaded shim comes before the ASan runtime, which
+  // refuses to start unless told that this order is intended.
+  const char* asan = getenv("ASAN_OPTIONS");
+  std::string saved_asan = asan ? asan : "";
+  setenv("ASAN_OPTIONS", (saved_asan + ":verify_asan_link_order=0").c_str(), 1);
   auto d = std::make_unique<DaemonProcess>();
   unsetenv("LD_PRELOAD");
   unsetenv("STRUCTD_TEST_ENOSPC_FLAG");
+  if (asan) {
+    setenv("ASAN_OPTIONS", saved_asan.c_str(), 1);
+  } else {
+    unsetenv("ASAN_OPTIONS");
+  }
   return d;
 }
 
