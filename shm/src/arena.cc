@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -231,8 +232,7 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
   uint64_t epoch = h->epoch;
   if (h->header_size != sizeof(ArenaHeader) || es < kMinExtentSize ||
       es > kMaxExtentSize || es % kSlabSize != 0 || me == 0 ||
-      me > kMaxExtents ||
-      h->extent_count.load(std::memory_order_acquire) > me) {
+      me > kMaxExtents) {
     return fail(absl::DataLossError(absl::StrFormat(
         "arena: %s has a damaged header (extent_size %d, max_extents %d, "
         "extent_count %d); restore it or create a new arena",
@@ -315,7 +315,8 @@ bool Arena::ExtentFileIsComplete(uint32_t id) const {
          eh.slab_count == g.slab_count && eh.data_offset == g.data_offset;
 }
 
-absl::StatusOr<uint32_t> Arena::Grow() {
+absl::StatusOr<uint32_t> Arena::WithGrowLock(
+    const std::function<absl::StatusOr<uint32_t>()>& fn) {
   if (access_ != Access::kReadWrite) {
     return absl::FailedPreconditionError(absl::StrCat(
         "arena ", dir_, ": opened read-only, cannot grow (open it read-write "
@@ -337,6 +338,10 @@ absl::StatusOr<uint32_t> Arena::Grow() {
     }
     return ErrnoStatus(lock.error(), "arena: lock " + lock_path);
   }
+  return fn();
+}
+
+uint32_t Arena::RecountExtentsLocked() {
   // The published count is shared memory: check it against the files.
   uint32_t n = header_->extent_count.load(std::memory_order_acquire);
   if (n > max_extents_ || (n > 0 && !ExtentFileIsComplete(n - 1))) {
@@ -350,15 +355,26 @@ absl::StatusOr<uint32_t> Arena::Grow() {
   if (n != header_->extent_count.load(std::memory_order_acquire)) {
     header_->extent_count.store(n, std::memory_order_release);
   }
-  if (n >= max_extents_) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "arena %s: all %d extents of %d bytes are in use (raise max_extents "
-        "or extent_size, or free instances)",
-        dir_, max_extents_, extent_size_));
-  }
-  if (absl::Status s = CreateExtentLocked(n); !s.ok()) return s;
-  header_->extent_count.store(n + 1, std::memory_order_release);
   return n;
+}
+
+absl::StatusOr<uint32_t> Arena::RecountExtents() {
+  return WithGrowLock([this]() -> absl::StatusOr<uint32_t> { return RecountExtentsLocked(); });
+}
+
+absl::StatusOr<uint32_t> Arena::Grow() {
+  return WithGrowLock([this]() -> absl::StatusOr<uint32_t> {
+    uint32_t n = RecountExtentsLocked();
+    if (n >= max_extents_) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "arena %s: all %d extents of %d bytes are in use (raise max_extents "
+          "or extent_size, or free instances)",
+          dir_, max_extents_, extent_size_));
+    }
+    if (absl::Status s = CreateExtentLocked(n); !s.ok()) return s;
+    header_->extent_count.store(n + 1, std::memory_order_release);
+    return n;
+  });
 }
 
 absl::StatusOr<uint8_t*> Arena::ExtentBase(uint32_t id) const {

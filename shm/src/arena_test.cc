@@ -217,6 +217,27 @@ TEST(ArenaTest, ACountScribbledAboveMaxExtentsIsClampedAndReported) {
   EXPECT_THAT(problems[1].what, HasSubstr("extent 2"));
 }
 
+TEST(ArenaTest, AnArenaWithAScribbledCountOpensAndItsOwnerRecountsIt) {
+  TempDir dir;
+  {
+    auto a = Arena::Create(dir.Sub("a"), Small(8, 3));
+    ASSERT_TRUE(a.ok());
+    (*a)->header().extent_count.store(12163329);
+  }
+  auto reader = Arena::Open(dir.Sub("a"), Access::kReadOnly);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ((*reader)->extent_count(), 8u);  // clamped until repaired
+  EXPECT_EQ((*reader)->RecountExtents().status().code(),
+            absl::StatusCode::kFailedPrecondition);  // only the owner repairs
+  auto owner = Arena::Open(dir.Sub("a"), Access::kReadWrite);
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  auto n = (*owner)->RecountExtents();
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 3u);
+  EXPECT_EQ((*reader)->extent_count(), 3u);  // one header, seen by all
+  EXPECT_TRUE((*reader)->ExtentBase(2).ok());
+}
+
 TEST(ArenaTest, ExtentLeftUnpublishedByADeadGrowerIsAdopted) {
   TempDir dir;
   auto a = Arena::Create(dir.Sub("a"), Small(8, 2));

@@ -175,6 +175,15 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
   absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
       shm::Arena::Open(dir + "/arena", shm::Access::kReadWrite);
   if (!arena.ok()) return arena.status();
+  // The header's extent count is shared memory: trust the files instead.
+  uint32_t published = (*arena)->raw_extent_count();
+  absl::StatusOr<uint32_t> extents = (*arena)->RecountExtents();
+  if (!extents.ok()) return extents.status();
+  if (*extents != published) {
+    spdlog::warn("channel '{}': arena header said {} extents, {} complete extent files found; "
+                 "the header now says {}",
+                 c->name_, published, *extents, *extents);
+  }
   absl::StatusOr<std::unique_ptr<shm::Allocator>> alloc = shm::Allocator::Adopt(arena->get());
   if (!alloc.ok()) return alloc.status();
   std::lock_guard<std::mutex> lock(c->mu_);

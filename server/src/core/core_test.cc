@@ -174,6 +174,33 @@ TEST_F(CoreTest, SessionsThatDoNotResumeAreReleasedOnceTheirLeaseRunsOut) {
   EXPECT_EQ(core_->orphan_count(), 0u);
 }
 
+// A client scribbled the arena header's extent count while the daemon was
+// down: the restarted daemon recounts the extent files and loses nothing.
+TEST_F(CoreTest, ARestartRepairsAScribbledExtentCount) {
+  auto session = core_->Attach(me_, "app");
+  ASSERT_TRUE(session.ok());
+  ASSERT_TRUE(core_->CreateChannel(session->id, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(session->id, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  auto refs = *ch->Allocate(session->id, t.type->token, 50000);  // > 1 extent
+  ASSERT_TRUE(ch->SetRoot("first", refs[0]).ok());
+  uint32_t extents = ch->WithArena([](shm::Arena& a, const TypeRegistry&) {
+    uint32_t n = a.extent_count();
+    a.header().extent_count.store(9999);
+    return n;
+  });
+  ASSERT_GT(extents, 1u);
+  ch.reset();
+  Reopen();
+  auto again = core_->Find("ch");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->WithArena([](shm::Arena& a, const TypeRegistry&) {
+    return a.raw_extent_count();
+  }), extents);
+  EXPECT_EQ((*again)->Stats().alloc.live_instances, 50000u);
+  EXPECT_TRUE((*again)->Check().problems.empty());
+}
+
 // A client in a pid namespace the daemon cannot see has pid 0: after a
 // restart its session can still resume, and only the lease (not a pid
 // check, which would find "no such process") decides when it is gone.

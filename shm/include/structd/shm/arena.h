@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -97,6 +98,11 @@ class Arena {
   // id. ResourceExhausted if max_extents are in use or the file system is
   // full (nothing is published then). REQUIRES: Access::kReadWrite.
   absl::StatusOr<uint32_t> Grow();
+  // Sets the published extent count to the extent files that are complete
+  // (a count scribbled high or low, or a grower that died before
+  // publishing) and returns it. The daemon calls it when it adopts an
+  // arena. REQUIRES: Access::kReadWrite.
+  absl::StatusOr<uint32_t> RecountExtents();
 
   // Published extents (acquire). The header is shared memory that any
   // process can scribble on: a count above max_extents is clamped here, so
@@ -139,6 +145,10 @@ class Arena {
         uint64_t extent_size, uint32_t max_extents, uint64_t epoch);
   absl::StatusOr<uint8_t*> MapExtent(uint32_t id) const;
   absl::Status CreateExtentLocked(uint32_t id);
+  // Runs `fn` holding the grow lock (the owner's flock on a file in dir_).
+  absl::StatusOr<uint32_t> WithGrowLock(
+      const std::function<absl::StatusOr<uint32_t>()>& fn);
+  uint32_t RecountExtentsLocked();
   // True if DIR/extent.ID exists with this arena's size, epoch and id.
   bool ExtentFileIsComplete(uint32_t id) const;
 
