@@ -38,6 +38,9 @@ State* g = nullptr;
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (g == nullptr) {
     g = new State;
+    // The state lives as long as the process (fuzzers end with exit());
+    // its files go with it.
+    std::atexit([] { std::filesystem::remove_all(g->dir.path()); });
     g->layout = *Layout::Compute({FieldSpec::Scalar("v", FieldKind::kU64), FieldSpec::Ref("next"),
                                   FieldSpec::String("s", 12), FieldSpec::Mutex("m")});
   }

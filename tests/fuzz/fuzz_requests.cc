@@ -12,6 +12,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -82,6 +83,9 @@ void MakeChannel() {
 
 void SetUp() {
   g = new State;
+  // The state lives as long as the process (fuzzers end with exit());
+  // its files go with it.
+  std::atexit([] { std::filesystem::remove_all(g->dir.path()); });
   CoreOptions o;
   o.state_dir = g->dir.path();
   o.arena.extent_size = 131072;
