@@ -378,7 +378,7 @@ absl::StatusOr<uint32_t> Arena::Grow() {
 }
 
 absl::StatusOr<uint8_t*> Arena::ExtentBase(uint32_t id) const {
-  if (id >= max_extents_ || id >= extent_count()) {
+  if (id >= extent_count()) {  // clamped to max_extents
     return absl::NotFoundError(absl::StrFormat(
         "arena %s: extent %d does not exist (the arena has %d)", dir_, id,
         extent_count()));
@@ -479,7 +479,7 @@ absl::StatusOr<InstancePtr> Arena::Resolve(Ref ref) const {
         "field first)");
   }
   uint32_t e = ref.extent_id();
-  if (e >= max_extents_ || e >= extent_count()) {
+  if (e >= extent_count()) {  // clamped to max_extents
     return absl::InvalidArgumentError(absl::StrFormat(
         "ref %s: extent %d does not exist (the arena has %d; the ref is "
         "forged or from another channel)",

@@ -49,9 +49,7 @@ struct Ledger::Header {
   uint64_t reserved[3];
 };
 
-// A complete table file at `path` + ".new", filled with `entries`, then
-// renamed over `path`: a crash leaves the old file or the new one, never a
-// mix.
+// An open, mapped table file.
 struct Ledger::Table {
   int fd = -1;
   uint8_t* map = nullptr;
@@ -86,6 +84,9 @@ void Ledger::PublishCounters() {
   h->tombstones = tombstones_;
 }
 
+// A complete table file at `path` + ".new", filled with `entries`, then
+// renamed over `path`: a crash leaves the old file or the new one, never a
+// mix.
 absl::StatusOr<Ledger::Table> Ledger::WriteTable(
     const std::string& path, uint64_t session_tag, uint64_t capacity,
     const std::vector<shm::Ref>& entries) {
@@ -189,9 +190,10 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
   return ledger;
 }
 
-absl::Status Ledger::Rehash(uint64_t new_capacity) {
+absl::Status Ledger::Rehash(uint64_t min_capacity) {
   std::vector<shm::Ref> entries = Entries();
   // Scribbled slots read as entries too: size the table for what is there.
+  uint64_t new_capacity = min_capacity;
   while ((entries.size() + 1) * 2 > new_capacity) new_capacity *= 2;
   absl::StatusOr<Table> t =
       WriteTable(path_, session_tag_, new_capacity, entries);
@@ -208,11 +210,10 @@ absl::Status Ledger::Rehash(uint64_t new_capacity) {
 }
 
 absl::Status Ledger::Add(shm::Ref ref) {
-  // Keep the load (entries + tombstones) under 3/4.
+  // Keep the load (entries + tombstones) under 3/4; Rehash sizes the new
+  // table for the entries there are.
   if ((used_ + tombstones_ + 1) * 4 > capacity_ * 3) {
-    uint64_t cap = capacity_;
-    while ((used_ + 1) * 2 > cap) cap *= 2;
-    if (absl::Status s = Rehash(cap); !s.ok()) return s;
+    if (absl::Status s = Rehash(capacity_); !s.ok()) return s;
   }
   // Two tries: bytes written into the file behind the daemon's back may
   // have taken every free slot; a rehash sized for what is there makes room.

@@ -62,7 +62,9 @@ class Ledger {
                                           const std::vector<shm::Ref>& entries);
   Ledger(std::string path, const Table& table, uint64_t session_tag,
          uint64_t used, uint64_t tombstones);
-  absl::Status Rehash(uint64_t new_capacity);
+  // Rewrites the table without tombstones, with at least `min_capacity`
+  // slots and room for twice the entries there are.
+  absl::Status Rehash(uint64_t min_capacity);
   uint64_t* slots() const;
   // Copies the counters into the file's header, for the next Open.
   void PublishCounters();
