@@ -11,7 +11,9 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <functional>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -25,6 +27,8 @@ using internal::ErrnoStatus;
 using internal::UniqueFd;
 
 constexpr const char* kHeaderFile = "arena";
+// Tag of the header's mapping in the SIGBUS registry (extents use their id).
+constexpr uint64_t kHeaderTag = ~uint64_t{0};
 
 // posix_fallocate, retried on EINTR (tmpfs returns it when a signal is
 // pending during a large allocation).
@@ -35,8 +39,6 @@ int Fallocate(int fd, off_t bytes) {
   } while (err == EINTR);
   return err;
 }
-
-constexpr const char* kGrowLockFile = "grow.lock";
 
 bool IsNoSpace(int err) {
   return err == ENOSPC || err == EDQUOT || err == EFBIG;
@@ -79,19 +81,37 @@ Arena::Arena(std::string dir, Access access, int header_fd,
   epoch_ = epoch;
   maps_ = std::make_unique<std::atomic<uint8_t*>[]>(max_extents_);
   for (uint32_t i = 0; i < max_extents_; ++i) maps_[i].store(nullptr);
+  guards_ = std::make_unique<GuardedMapping[]>(max_extents_);
+  header_guard_ = GuardedMapping(header_, sizeof(ArenaHeader), &damage_, kHeaderTag);
 }
 
 Arena::~Arena() {
   for (uint32_t i = 0; i < max_extents_; ++i) {
+    guards_[i] = GuardedMapping();
     if (uint8_t* p = maps_[i].load()) munmap(p, extent_size_);
   }
+  header_guard_ = GuardedMapping();
   munmap(header_, sizeof(ArenaHeader));
   close(header_fd_);
 }
 
-std::string Arena::ExtentPath(uint32_t extent_id) const {
-  return absl::StrCat(dir_, "/extent.", extent_id);
+absl::Status Arena::Intact() const {
+  if (!damage_.damaged()) return absl::OkStatus();
+  uint64_t tag = damage_.tag();
+  std::string file = tag == kHeaderTag ? absl::StrCat(dir_, "/", kHeaderFile)
+                                       : ExtentPath(static_cast<uint32_t>(tag));
+  return absl::DataLossError(absl::StrCat(
+      "arena ", dir_, ": ", file,
+      " was truncated or replaced while mapped (another process of the "
+      "daemon's uid did it); this arena is damaged: restart the daemon to "
+      "repair it (the lost pages come back as zeros), or drop the channel"));
 }
+
+std::string Arena::ExtentPath(const std::string& dir, uint32_t extent_id) {
+  return absl::StrCat(dir, "/extent.", extent_id);
+}
+
+std::string Arena::ExtentPath(uint32_t extent_id) const { return ExtentPath(dir_, extent_id); }
 
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
     const std::string& dir, const ArenaOptions& options) {
@@ -117,13 +137,6 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
   UniqueFd fd(open(tmp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
                    options.file_mode));
   if (!fd) return ErrnoStatus(errno, "arena: create " + tmp_path);
-  // The grow lock lives in its own file, readable by the owner only, so a
-  // client that may open the arena cannot hold up the owner's growth.
-  {
-    std::string lock_path = absl::StrCat(dir, "/", kGrowLockFile);
-    UniqueFd lock(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!lock) return ErrnoStatus(errno, "arena: create " + lock_path);
-  }
   if (int err = Fallocate(fd.get(), sizeof(ArenaHeader)); err != 0) {
     unlink(tmp_path.c_str());
     if (IsNoSpace(err)) {
@@ -178,13 +191,208 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
       arena.reset();
       for (uint32_t j = 0; j <= i; ++j) {
         unlink(absl::StrCat(dir, "/extent.", j).c_str());
-        unlink(absl::StrCat(dir, "/extent.", j, ".tmp").c_str());
       }
-      unlink(absl::StrCat(dir, "/", kGrowLockFile).c_str());
       unlink(final_path.c_str());
       return id.status();
     }
   }
+  return arena;
+}
+
+namespace {
+
+bool ValidGeometry(uint64_t extent_size, uint32_t max_extents) {
+  return extent_size >= kMinExtentSize && extent_size <= kMaxExtentSize &&
+         extent_size % kSlabSize == 0 && max_extents > 0 && max_extents <= kMaxExtents;
+}
+
+// Ids of the extent.N files in `dir` (N decimal, nothing after it).
+std::vector<uint32_t> ExtentFileIds(const std::string& dir) {
+  std::vector<uint32_t> ids;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    std::string name = entry.path().filename().string();
+    if (!name.starts_with("extent.") || name.size() == 7 || name.size() > 12) continue;
+    uint64_t id = 0;
+    bool digits = true;
+    for (size_t i = 7; i < name.size(); ++i) {
+      if (name[i] < '0' || name[i] > '9') digits = false;
+      id = id * 10 + static_cast<uint64_t>(name[i] - '0');
+    }
+    if (digits && id < kMaxExtents) ids.push_back(static_cast<uint32_t>(id));
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+// Puts extent `id` back to full size with a correct header. Pages that
+// were cut off come back as zeros; nothing else in the file changes.
+absl::Status RepairExtentFile(const std::string& path, uint32_t id, const ArenaIdentity& a,
+                              std::vector<std::string>* repairs) {
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd) return ErrnoStatus(errno, "arena: open " + path);
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "arena: stat " + path);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::DataLossError(absl::StrCat("arena: ", path, " is not a regular file"));
+  }
+  ExtentGeometry g = ComputeExtentGeometry(a.extent_size);
+  ExtentHeader want{};
+  want.magic = kExtentMagic;
+  want.epoch = a.epoch;
+  want.extent_size = a.extent_size;
+  want.extent_id = id;
+  want.slab_count = g.slab_count;
+  want.data_offset = g.data_offset;
+  ExtentHeader have{};
+  bool header_ok = static_cast<uint64_t>(st.st_size) >= sizeof have &&
+                   pread(fd.get(), &have, sizeof have, 0) == static_cast<ssize_t>(sizeof have) &&
+                   have.magic == want.magic && have.epoch == want.epoch &&
+                   have.extent_size == want.extent_size && have.extent_id == want.extent_id &&
+                   have.slab_count == want.slab_count && have.data_offset == want.data_offset;
+  bool size_ok = static_cast<uint64_t>(st.st_size) == a.extent_size;
+  if (header_ok && size_ok) return absl::OkStatus();
+  if (!size_ok) {
+    if (ftruncate(fd.get(), static_cast<off_t>(a.extent_size)) != 0) {
+      return ErrnoStatus(errno, "arena: restore the size of " + path);
+    }
+    if (int err = Fallocate(fd.get(), static_cast<off_t>(a.extent_size)); err != 0) {
+      return ErrnoStatus(err, "arena: back " + path);
+    }
+  }
+  if (!header_ok &&
+      pwrite(fd.get(), &want, sizeof want, 0) != static_cast<ssize_t>(sizeof want)) {
+    return ErrnoStatus(errno, "arena: write the header of " + path);
+  }
+  if (repairs != nullptr) {
+    repairs->push_back(absl::StrFormat(
+        "%s was %s (%d bytes, expected %d)%s: restored; what was cut off reads as zeros, so "
+        "instances there are lost",
+        path, st.st_size == 0 && !header_ok ? "missing or empty" : "damaged", st.st_size,
+        a.extent_size, header_ok ? "" : ", header rewritten"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Arena>> Arena::Adopt(const std::string& dir,
+                                                    const ArenaIdentity& known,
+                                                    std::vector<std::string>* repairs) {
+  auto note = [&](std::string what) {
+    if (repairs != nullptr) repairs->push_back(std::move(what));
+  };
+  std::string path = absl::StrCat(dir, "/", kHeaderFile);
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd && errno != ENOENT) return ErrnoStatus(errno, "arena: open " + path);
+  bool created = false;
+  if (!fd) {
+    if (known.extent_size == 0) {
+      return absl::NotFoundError(absl::StrCat(
+          "arena: no arena in ", dir, " (create one first, or check the path)"));
+    }
+    fd = UniqueFd(open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!fd) return ErrnoStatus(errno, "arena: create " + path);
+    created = true;
+  }
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "arena: stat " + path);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::DataLossError(absl::StrCat("arena: ", path, " is not a regular file"));
+  }
+  // What the header says now, read without mapping (it may be short).
+  alignas(ArenaHeader) unsigned char raw[sizeof(ArenaHeader)] = {};
+  ssize_t got = pread(fd.get(), raw, sizeof raw, 0);
+  const auto* h = reinterpret_cast<const ArenaHeader*>(raw);
+  bool full = got == static_cast<ssize_t>(sizeof raw) &&
+              static_cast<uint64_t>(st.st_size) == sizeof(ArenaHeader);
+  bool header_valid = got == static_cast<ssize_t>(sizeof raw) && h->magic == kArenaMagic &&
+                      h->format_version == kFormatVersion &&
+                      h->header_size == sizeof(ArenaHeader) &&
+                      ValidGeometry(h->extent_size, h->max_extents) && h->epoch != 0;
+  // The identity: the owner's records first, then the header, then extent 0.
+  ArenaIdentity id = known;
+  if (header_valid) {
+    if (id.extent_size == 0) id.extent_size = h->extent_size;
+    if (id.max_extents == 0) id.max_extents = h->max_extents;
+    if (id.epoch == 0) id.epoch = h->epoch;
+  }
+  std::vector<uint32_t> files = ExtentFileIds(dir);
+  if (id.extent_size == 0 || id.epoch == 0) {
+    ExtentHeader e0{};
+    UniqueFd f0(open(ExtentPath(dir, 0).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (f0 && pread(f0.get(), &e0, sizeof e0, 0) == static_cast<ssize_t>(sizeof e0) &&
+        e0.magic == kExtentMagic && e0.extent_id == 0 && e0.epoch != 0 &&
+        ValidGeometry(e0.extent_size, 1)) {
+      if (id.extent_size == 0) id.extent_size = e0.extent_size;
+      if (id.epoch == 0) id.epoch = e0.epoch;
+    }
+  }
+  if (id.max_extents == 0) {
+    id.max_extents = std::max<uint32_t>(ArenaOptions{}.max_extents,
+                                        files.empty() ? 1 : files.back() + 1);
+  }
+  if (!ValidGeometry(id.extent_size, id.max_extents) || id.epoch == 0) {
+    return absl::DataLossError(absl::StrFormat(
+        "arena: %s has a damaged header (extent_size %d, max_extents %d) and neither the "
+        "daemon's records nor extent 0 say what it was; restore the directory from a backup",
+        path, header_valid ? h->extent_size : 0, header_valid ? h->max_extents : 0));
+  }
+  bool matches = header_valid && full && h->epoch == id.epoch &&
+                 h->extent_size == id.extent_size && h->max_extents == id.max_extents;
+  if (!matches) {
+    ArenaHeader fresh_storage;
+    std::memset(static_cast<void*>(&fresh_storage), 0, sizeof fresh_storage);
+    ArenaHeader& fresh = fresh_storage;
+    fresh.magic = kArenaMagic;
+    fresh.format_version = kFormatVersion;
+    fresh.header_size = sizeof(ArenaHeader);
+    fresh.epoch = id.epoch;
+    fresh.extent_size = id.extent_size;
+    fresh.max_extents = id.max_extents;
+    // The count is recounted from the files below; the generation goes on.
+    fresh.extent_count.store(0, std::memory_order_relaxed);
+    fresh.created_unix_ms = header_valid ? h->created_unix_ms : 0;
+    fresh.owner_generation.store(header_valid ? h->owner_generation.load() : 1,
+                                 std::memory_order_relaxed);
+    if (ftruncate(fd.get(), sizeof(ArenaHeader)) != 0 ||
+        pwrite(fd.get(), &fresh, sizeof fresh, 0) != static_cast<ssize_t>(sizeof fresh)) {
+      return ErrnoStatus(errno, "arena: rewrite " + path);
+    }
+    note(created ? absl::StrCat(path, " was missing: recreated from the daemon's records")
+                 : absl::StrFormat(
+                       "%s: header was damaged (%d bytes; magic %s, extent_size %d, max_extents "
+                       "%d, epoch %s): rewritten from the daemon's records",
+                       path, st.st_size, got >= 8 && h->magic == kArenaMagic ? "ok" : "bad",
+                       got >= 32 ? h->extent_size : 0, got >= 40 ? h->max_extents : 0,
+                       got >= 24 && h->epoch == id.epoch ? "ok" : "changed"));
+  }
+  // Every extent file up to the last one present is put back whole; a gap
+  // (a removed file) becomes an empty extent, so later ids keep their data.
+  uint32_t last = 0;
+  bool any = false;
+  for (uint32_t f : files) {
+    if (f < id.max_extents) {
+      last = f;
+      any = true;
+    } else {
+      note(absl::StrFormat("%s: id %d is beyond max_extents %d; ignored", ExtentPath(dir, f), f,
+                           id.max_extents));
+    }
+  }
+  if (any) {
+    for (uint32_t e = 0; e <= last; ++e) {
+      if (absl::Status s = RepairExtentFile(ExtentPath(dir, e), e, id, repairs); !s.ok()) {
+        return s;
+      }
+    }
+  }
+  fd = UniqueFd();
+  absl::StatusOr<std::unique_ptr<Arena>> arena = Open(dir, Access::kReadWrite);
+  if (!arena.ok()) return arena.status();
+  absl::StatusOr<uint32_t> n = (*arena)->RecountExtents();
+  if (!n.ok()) return n.status();
+  (*arena)->header_->owner_generation.fetch_add(1, std::memory_order_acq_rel);
   return arena;
 }
 
@@ -242,34 +450,71 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
       new Arena(dir, access, fd.release(), h, es, me, epoch));
 }
 
-absl::Status Arena::CreateExtentLocked(uint32_t id) {
+namespace {
+
+// An unnamed file in `dir` (O_TMPFILE), or, where the file system lacks
+// it, a uniquely named one; `linkable` is what link() needs to name it.
+struct NewFile {
+  UniqueFd fd;
+  std::string linkable;  // /proc/self/fd/N, or the temporary name
+  bool named = false;    // the temporary name must be unlinked
+};
+
+absl::StatusOr<NewFile> CreateUnnamedFile(const std::string& dir, const std::string& hint) {
+  NewFile f;
+  f.fd = UniqueFd(open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (f.fd) {
+    f.linkable = absl::StrCat("/proc/self/fd/", f.fd.get());
+    return f;
+  }
+  uint64_t nonce = 0;
+  if (getrandom(&nonce, sizeof nonce, 0) != sizeof nonce) nonce = 0;
+  f.linkable = absl::StrFormat("%s.tmp.%d.%016x", hint, getpid(), nonce);
+  f.fd = UniqueFd(open(f.linkable.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                       0600));
+  if (!f.fd) return ErrnoStatus(errno, "arena: create " + f.linkable);
+  f.named = true;
+  return f;
+}
+
+// Names `f` `path`; EEXIST if that name exists (it is never replaced).
+int LinkInto(const NewFile& f, const std::string& path) {
+  int rc = f.named ? link(f.linkable.c_str(), path.c_str())
+                   : linkat(AT_FDCWD, f.linkable.c_str(), AT_FDCWD, path.c_str(),
+                            AT_SYMLINK_FOLLOW);
+  return rc == 0 ? 0 : errno;
+}
+
+}  // namespace
+
+absl::Status Arena::CreateExtent(uint32_t id) {
   std::string final_path = ExtentPath(id);
-  std::string tmp_path = final_path + ".tmp";
-  UniqueFd fd(open(tmp_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
-                   0600));
-  if (!fd) return ErrnoStatus(errno, "arena: create extent " + tmp_path);
+  absl::StatusOr<NewFile> file = CreateUnnamedFile(dir_, final_path);
+  if (!file.ok()) return file.status();
+  auto drop_name = [&] {
+    if (file->named) unlink(file->linkable.c_str());
+  };
+  int fd = file->fd.get();
   // Copy the header file's mode so clients that may open the arena may
   // open its extents.
   struct stat st;
-  if (fstat(header_fd_, &st) == 0) fchmod(fd.get(), st.st_mode & 07777);
+  if (fstat(header_fd_, &st) == 0) fchmod(fd, st.st_mode & 07777);
   // Back every page now: a full tmpfs fails here, never with SIGBUS later.
-  if (int err = Fallocate(fd.get(), static_cast<off_t>(extent_size_));
-      err != 0) {
-    unlink(tmp_path.c_str());
+  if (int err = Fallocate(fd, static_cast<off_t>(extent_size_)); err != 0) {
+    drop_name();
     if (IsNoSpace(err)) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "arena %s: cannot back extent %d of %d bytes: %s (free space on the "
           "state directory's file system, or raise its size)",
           dir_, id, extent_size_, strerror(err)));
     }
-    return ErrnoStatus(err, "arena: back extent " + tmp_path);
+    return ErrnoStatus(err, "arena: back extent " + final_path);
   }
-  void* p = mmap(nullptr, extent_size_, PROT_READ | PROT_WRITE, MAP_SHARED,
-                 fd.get(), 0);
+  void* p = mmap(nullptr, extent_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) {
     int err = errno;
-    unlink(tmp_path.c_str());
-    return ErrnoStatus(err, "arena: map extent " + tmp_path);
+    drop_name();
+    return ErrnoStatus(err, "arena: map extent " + final_path);
   }
   ExtentGeometry g = ComputeExtentGeometry(extent_size_);
   auto* eh = static_cast<ExtentHeader*>(p);
@@ -280,25 +525,34 @@ absl::Status Arena::CreateExtentLocked(uint32_t id) {
   eh->slab_count = g.slab_count;
   eh->data_offset = g.data_offset;
   // link(), not rename(): never replace an extent file that exists (a
-  // live extent is never moved or remapped).
-  if (link(tmp_path.c_str(), final_path.c_str()) != 0) {
-    int err = errno;
+  // live extent is never moved or remapped). A concurrent grower that
+  // linked this id first wins; the caller moves on to the next id.
+  int err = LinkInto(*file, final_path);
+  drop_name();
+  if (err != 0) {
     munmap(p, extent_size_);
-    unlink(tmp_path.c_str());
+    if (err == EEXIST) {
+      return absl::AlreadyExistsError(absl::StrCat("arena: ", final_path, " exists"));
+    }
     return ErrnoStatus(err, "arena: publish extent " + final_path);
   }
-  unlink(tmp_path.c_str());
-  // Keep this process's mapping; the count published next makes the
-  // extent visible. A slot already mapped is never replaced.
-  uint8_t* expected = nullptr;
-  if (!maps_[id].compare_exchange_strong(expected, static_cast<uint8_t*>(p))) {
-    munmap(p, extent_size_);
-  }
+  AdoptMapping(id, static_cast<uint8_t*>(p));
   return absl::OkStatus();
 }
 
+void Arena::AdoptMapping(uint32_t id, uint8_t* p) const {
+  std::lock_guard<std::mutex> lock(map_mu_);
+  // A slot already mapped is never replaced.
+  if (maps_[id].load(std::memory_order_acquire) != nullptr) {
+    munmap(p, extent_size_);
+    return;
+  }
+  guards_[id] = GuardedMapping(p, extent_size_, &damage_, id);
+  maps_[id].store(p, std::memory_order_release);
+}
+
 bool Arena::ExtentFileIsComplete(uint32_t id) const {
-  UniqueFd fd(open(ExtentPath(id).c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(open(ExtentPath(id).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd) return false;
   struct stat st;
   if (fstat(fd.get(), &st) != 0 ||
@@ -315,66 +569,63 @@ bool Arena::ExtentFileIsComplete(uint32_t id) const {
          eh.slab_count == g.slab_count && eh.data_offset == g.data_offset;
 }
 
-absl::StatusOr<uint32_t> Arena::WithGrowLock(
-    const std::function<absl::StatusOr<uint32_t>()>& fn) {
+uint32_t Arena::RecountExtentsLocked() {
+  // The published count is shared memory: check it against the files.
+  uint32_t published = header_->extent_count.load(std::memory_order_acquire);
+  bool scribbled_high =
+      published > max_extents_ || (published > 0 && !ExtentFileIsComplete(published - 1));
+  // Extents that are complete but unpublished (a grower died after
+  // creating one, or the count was scribbled low) are adopted, never
+  // overwritten.
+  uint32_t n = scribbled_high ? 0 : published;
+  while (n < max_extents_ && ExtentFileIsComplete(n)) ++n;
+  if (scribbled_high) {
+    header_->extent_count.store(n, std::memory_order_release);
+  } else {
+    PublishCount(n);
+  }
+  return n;
+}
+
+void Arena::PublishCount(uint32_t n) {
+  uint32_t seen = header_->extent_count.load(std::memory_order_acquire);
+  while (seen < n && !header_->extent_count.compare_exchange_weak(
+                         seen, n, std::memory_order_release, std::memory_order_acquire)) {
+  }
+}
+
+absl::StatusOr<uint32_t> Arena::RecountExtents() {
+  if (access_ != Access::kReadWrite) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "arena ", dir_, ": opened read-only, cannot recount (open it read-write as its owner)"));
+  }
+  std::lock_guard<std::mutex> lock(grow_mu_);
+  return RecountExtentsLocked();
+}
+
+absl::StatusOr<uint32_t> Arena::Grow() {
   if (access_ != Access::kReadWrite) {
     return absl::FailedPreconditionError(absl::StrCat(
         "arena ", dir_, ": opened read-only, cannot grow (open it read-write "
         "as its owner)"));
   }
-  // A fresh descriptor per call: flock excludes open file descriptions, and
-  // a descriptor inherited over fork() (or shared by threads) would not
-  // exclude its twin.
-  std::string lock_path = absl::StrCat(dir_, "/", kGrowLockFile);
-  UniqueFd lock_fd(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!lock_fd) return ErrnoStatus(errno, "arena: open " + lock_path);
-  internal::FileLock lock(lock_fd.get(), std::chrono::seconds(10));
-  if (!lock.ok()) {
-    if (lock.error() == EWOULDBLOCK) {
-      return absl::UnavailableError(absl::StrCat(
-          "arena ", dir_, ": another process has held the grow lock for 10 s "
-          "(only the daemon should grow an arena; find the holder with "
-          "'fuser ", lock_path, "')"));
-    }
-    return ErrnoStatus(lock.error(), "arena: lock " + lock_path);
-  }
-  return fn();
-}
-
-uint32_t Arena::RecountExtentsLocked() {
-  // The published count is shared memory: check it against the files.
-  uint32_t n = header_->extent_count.load(std::memory_order_acquire);
-  if (n > max_extents_ || (n > 0 && !ExtentFileIsComplete(n - 1))) {
-    n = 0;  // scribbled high: count the complete extents from the start
-    while (n < max_extents_ && ExtentFileIsComplete(n)) ++n;
-  }
-  // Extents that are complete but unpublished (a grower died after
-  // creating one, or the count was scribbled low) are adopted, never
-  // overwritten.
-  while (n < max_extents_ && ExtentFileIsComplete(n)) ++n;
-  if (n != header_->extent_count.load(std::memory_order_acquire)) {
-    header_->extent_count.store(n, std::memory_order_release);
-  }
-  return n;
-}
-
-absl::StatusOr<uint32_t> Arena::RecountExtents() {
-  return WithGrowLock([this]() -> absl::StatusOr<uint32_t> { return RecountExtentsLocked(); });
-}
-
-absl::StatusOr<uint32_t> Arena::Grow() {
-  return WithGrowLock([this]() -> absl::StatusOr<uint32_t> {
-    uint32_t n = RecountExtentsLocked();
+  std::lock_guard<std::mutex> lock(grow_mu_);
+  uint32_t n = RecountExtentsLocked();
+  while (true) {
     if (n >= max_extents_) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "arena %s: all %d extents of %d bytes are in use (raise max_extents "
           "or extent_size, or free instances)",
           dir_, max_extents_, extent_size_));
     }
-    if (absl::Status s = CreateExtentLocked(n); !s.ok()) return s;
-    header_->extent_count.store(n + 1, std::memory_order_release);
-    return n;
-  });
+    absl::Status s = CreateExtent(n);
+    if (s.ok()) break;
+    if (!absl::IsAlreadyExists(s)) return s;
+    // Another grower published extent n first: adopt it, try the next.
+    ++n;
+  }
+  PublishCount(n + 1);
+  return n;
 }
 
 absl::StatusOr<uint8_t*> Arena::ExtentBase(uint32_t id) const {
@@ -391,7 +642,7 @@ absl::StatusOr<uint8_t*> Arena::MapExtent(uint32_t id) const {
   std::lock_guard<std::mutex> lock(map_mu_);
   if (uint8_t* p = maps_[id].load(std::memory_order_acquire)) return p;
   std::string path = ExtentPath(id);
-  int flags = (access_ == Access::kReadWrite ? O_RDWR : O_RDONLY) | O_CLOEXEC;
+  int flags = (access_ == Access::kReadWrite ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW;
   UniqueFd fd(open(path.c_str(), flags));
   if (!fd) return ErrnoStatus(errno, "arena: open extent " + path);
   struct stat st;
@@ -415,6 +666,7 @@ absl::StatusOr<uint8_t*> Arena::MapExtent(uint32_t id) const {
         "damaged; run 'structctl check')",
         dir_, id));
   }
+  guards_[id] = GuardedMapping(p, extent_size_, &damage_, id);
   maps_[id].store(static_cast<uint8_t*>(p), std::memory_order_release);
   return static_cast<uint8_t*>(p);
 }

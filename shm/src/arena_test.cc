@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "structd/shm/mapping_guard.h"
 #include "structd/shm/walk.h"
 #include "testing/child_process.h"
 #include "testing/temp_dir.h"
@@ -284,6 +287,144 @@ TEST(ArenaTest, GrowOnAFullFileSystemFailsCleanly) {
   ASSERT_TRUE(a.ok());
   EXPECT_EQ((*a)->extent_count(), 1u);
   EXPECT_TRUE((*a)->Grow().ok());  // and it recovers once there is space
+}
+
+// Issue 13.1: one truncate(2) of an extent file by any process of the
+// daemon's uid made the daemon die of SIGBUS on its next access. With the
+// guard installed (the daemon installs it at start), the access reads
+// zeros and the arena reports itself damaged instead. Runs in a child so
+// the process-wide handler does not leak into other tests.
+TEST(ArenaTest, ATruncatedExtentUnderTheGuardIsDataLossNotSigbus) {
+  TempDir dir;
+  ChildProcess child([&] {
+    InstallSigbusGuard();
+    auto a = Arena::Create(dir.Sub("a"), Small(8, 2));
+    if (!a.ok()) return 10;
+    auto base = (*a)->ExtentBase(1);
+    if (!base.ok()) return 11;
+    (*base)[100000] = 42;
+    if (!(*a)->Intact().ok()) return 12;
+    if (truncate(dir.Sub("a/extent.1").c_str(), 0) != 0) return 13;
+    volatile uint8_t* p = *base;
+    uint8_t seen = p[100000];  // SIGBUS without the guard
+    p[100001] = 7;             // and writes go to private zero pages
+    if (seen != 0) return 14;
+    absl::Status s = (*a)->Intact();
+    if (s.code() != absl::StatusCode::kDataLoss) return 15;
+    if (s.message().find("extent.1") == std::string::npos) return 16;
+    return 0;
+  });
+  EXPECT_EQ(child.Wait(), 0);
+}
+
+TEST(ArenaTest, ASigbusOutsideGuardedMappingsStillKills) {
+  TempDir dir;
+  ChildProcess child([&] {
+    InstallSigbusGuard();
+    std::string path = dir.Sub("plain");
+    int fd = open(path.c_str(), O_RDWR | O_CREAT, 0600);
+    if (fd < 0 || ftruncate(fd, 8192) != 0) return 10;
+    auto* p = static_cast<volatile uint8_t*>(
+        mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+    if (ftruncate(fd, 0) != 0) return 11;
+    return int(p[4096]) + 20;  // not registered: the process dies
+  });
+  EXPECT_EQ(child.Wait(), 128 + SIGBUS);
+}
+
+// Issue 13.1 at restart: the recount used to stop at the first short file,
+// so a truncated extent 0 made the daemon find 0 extents and lose every
+// instance of the channel. Adopt puts the file back and keeps the others.
+TEST(ArenaTest, AdoptRestoresATruncatedExtentAndKeepsTheOthers) {
+  TempDir dir;
+  ArenaIdentity identity;
+  {
+    auto a = Arena::Create(dir.Sub("a"), Small(8, 3));
+    ASSERT_TRUE(a.ok());
+    identity = (*a)->identity();
+    (*(*a)->ExtentBase(2))[200000 - 70000] = 99;
+  }
+  ASSERT_EQ(truncate(dir.Sub("a/extent.0").c_str(), 0), 0);
+  ASSERT_EQ(truncate(dir.Sub("a/extent.1").c_str(), 5000), 0);
+  std::vector<std::string> repairs;
+  auto a = Arena::Adopt(dir.Sub("a"), identity, &repairs);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ((*a)->extent_count(), 3u);
+  EXPECT_EQ(repairs.size(), 2u);
+  EXPECT_THAT(repairs[0], HasSubstr("extent.0"));
+  ASSERT_TRUE((*a)->ExtentBase(0).ok()) << (*a)->ExtentBase(0).status();
+  ASSERT_TRUE((*a)->ExtentBase(1).ok());
+  EXPECT_EQ((*(*a)->ExtentBase(2))[200000 - 70000], 99);
+  EXPECT_EQ(std::filesystem::file_size(dir.Sub("a/extent.0")), 128u * 1024);
+}
+
+// Issue 13.11: 16 bytes scribbled over the header's epoch and extent size
+// made a channel unrecoverable although every extent was intact.
+TEST(ArenaTest, AdoptRewritesAScribbledHeaderFromWhatTheOwnerKnows) {
+  TempDir dir;
+  ArenaIdentity identity;
+  {
+    auto a = Arena::Create(dir.Sub("a"), Small(8, 2));
+    ASSERT_TRUE(a.ok());
+    identity = (*a)->identity();
+    (*(*a)->ExtentBase(1))[70000] = 5;
+  }
+  for (ArenaIdentity known : {identity, ArenaIdentity{}}) {
+    {
+      std::fstream f(dir.Sub("a/arena"), std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(16);  // epoch, extent_size
+      const uint64_t junk[2] = {0x1234, 12345};
+      f.write(reinterpret_cast<const char*>(junk), sizeof junk);
+    }
+    EXPECT_FALSE(Arena::Open(dir.Sub("a"), Access::kReadWrite).ok());
+    std::vector<std::string> repairs;
+    // Without records, extent 0's header says what the geometry was.
+    auto a = Arena::Adopt(dir.Sub("a"), known, &repairs);
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ((*a)->epoch(), identity.epoch);
+    EXPECT_EQ((*a)->extent_size(), identity.extent_size);
+    EXPECT_EQ((*a)->extent_count(), 2u);
+    ASSERT_EQ(repairs.size(), 1u);
+    EXPECT_THAT(repairs[0], HasSubstr("header was damaged"));
+    EXPECT_EQ((*(*a)->ExtentBase(1))[70000], 5);
+  }
+}
+
+TEST(ArenaTest, AdoptBumpsTheOwnerGeneration) {
+  TempDir dir;
+  ArenaIdentity identity;
+  uint64_t before = 0;
+  {
+    auto a = Arena::Create(dir.Sub("a"), Small());
+    ASSERT_TRUE(a.ok());
+    identity = (*a)->identity();
+    before = (*a)->owner_generation();
+  }
+  auto a = Arena::Adopt(dir.Sub("a"), identity, nullptr);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ((*a)->owner_generation(), before + 1);
+}
+
+// Issue 13.10: growth waited up to 10 s for a flock on DIR/grow.lock that
+// any process of the daemon's uid could take. Growers use no lock another
+// process can hold any more.
+TEST(ArenaTest, AProcessHoldingAnOldGrowLockDoesNotStallGrowth) {
+  TempDir dir;
+  auto a = Arena::Create(dir.Sub("a"), Small());
+  ASSERT_TRUE(a.ok());
+  int fd = open(dir.Sub("a/grow.lock").c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(fd, 0);
+  ChildProcess holder([&] {
+    flock(fd, LOCK_EX);
+    pause();
+    return 0;
+  });
+  auto id = (*a)->Grow();
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(*id, 1u);
+  holder.Kill(SIGKILL);
+  holder.Wait();
+  close(fd);
 }
 
 }  // namespace

@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <optional>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -41,6 +43,17 @@ uint64_t NowUnixMs() {
 
 std::string LedgerPath(const std::string& dir, const std::string& session) {
   return absl::StrCat(dir, "/ledgers/", session);
+}
+
+std::optional<uint64_t> ParseHex64(const std::string& text) {
+  if (text.empty() || text.size() > 16) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : text) {
+    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (d < 0) return std::nullopt;
+    v = v * 16 + static_cast<uint64_t>(d);
+  }
+  return v;
 }
 
 }  // namespace
@@ -172,17 +185,31 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
       c->roots_[std::string(name.str())] = *ref;
     }
   }
+  // What the daemon knows of the arena (absent in metadata written before
+  // format 1 recorded it): a header scribbled in shared memory is put back
+  // from it instead of costing the channel.
+  shm::ArenaIdentity identity;
+  if (std::optional<uint64_t> epoch =
+          ParseHex64(meta["arena_epoch"].value_or(std::string()))) {
+    identity.epoch = *epoch;
+  }
+  identity.extent_size = static_cast<uint64_t>(meta["arena_extent_size"].value_or(int64_t{0}));
+  identity.max_extents = static_cast<uint32_t>(meta["arena_max_extents"].value_or(int64_t{0}));
+  // The header's extent count is shared memory: Adopt trusts the files.
+  uint32_t published = 0;
+  if (auto peek = shm::Arena::Open(dir + "/arena", shm::Access::kReadOnly); peek.ok()) {
+    published = (*peek)->raw_extent_count();
+  }
   absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
-      shm::Arena::Open(dir + "/arena", shm::Access::kReadWrite);
+      shm::Arena::Adopt(dir + "/arena", identity, &c->restore_repairs_);
   if (!arena.ok()) return arena.status();
-  // The header's extent count is shared memory: trust the files instead.
-  uint32_t published = (*arena)->raw_extent_count();
-  absl::StatusOr<uint32_t> extents = (*arena)->RecountExtents();
-  if (!extents.ok()) return extents.status();
-  if (*extents != published) {
-    spdlog::warn("channel '{}': arena header said {} extents, {} complete extent files found; "
+  for (const std::string& repair : c->restore_repairs_) {
+    spdlog::error("channel '{}': {}", c->name_, repair);
+  }
+  if ((*arena)->extent_count() != published) {
+    spdlog::warn("channel '{}': arena header said {} extents, {} extent files found; "
                  "the header now says {}",
-                 c->name_, published, *extents, *extents);
+                 c->name_, published, (*arena)->extent_count(), (*arena)->extent_count());
   }
   absl::StatusOr<std::unique_ptr<shm::Allocator>> alloc = shm::Allocator::Adopt(arena->get());
   if (!alloc.ok()) return alloc.status();
@@ -196,20 +223,48 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
       std::filesystem::remove(entry.path(), ec);
       continue;
     }
-    absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Open(entry.path().string());
+    if (session.ends_with(".damaged")) {  // set aside by an earlier start
+      c->damaged_ledgers_.push_back(session.substr(0, session.size() - 8));
+      continue;
+    }
+    absl::StatusOr<std::unique_ptr<Ledger>> ledger =
+        Ledger::Open(entry.path().string(), &c->ledger_damage_);
     if (!ledger.ok()) {
-      spdlog::error("channel '{}': ledger {} unreadable, its references stay counted: {}",
-                    c->name_, entry.path().string(), std::string(ledger.status().message()));
+      // Keep the file, out of the way of a new ledger of that name, and
+      // keep what the session held counted (see DamagedLedgerSessions).
+      std::string aside = entry.path().string() + ".damaged";
+      std::filesystem::rename(entry.path(), aside, ec);
+      spdlog::error(
+          "channel '{}': ledger of session {} unreadable ({}); kept as {}. The references "
+          "it recorded stay counted (nothing in this channel is freed by recovery while the "
+          "file exists) and the session cannot resume. After checking the channel with "
+          "'structctl check', remove the file to let recovery free what nothing refers to.",
+          c->name_, session.substr(0, 8), std::string(ledger.status().message()), aside);
+      c->damaged_ledgers_.push_back(session);
       continue;
     }
     c->ledgers_[session] = std::move(*ledger);
   }
+  // A StoreRefs the previous daemon did not finish: complete it.
+  absl::StatusOr<std::optional<StoreIntent>> intent = ReadStoreIntent(c->IntentPath());
+  if (!intent.ok()) {
+    spdlog::error("channel '{}': {}", c->name_, std::string(intent.status().message()));
+  } else if (intent->has_value()) {
+    c->ReplayIntentLocked(**intent);
+    spdlog::warn("channel '{}': completed a StoreRefs of session {} that the previous daemon "
+                 "was applying when it stopped ({} fields)",
+                 c->name_, (*intent)->session.substr(0, 8), (*intent)->fields.size());
+  }
+  RemoveStoreIntent(c->IntentPath());
   return c;
 }
 
 Channel::RepairReport Channel::Reconcile() {
   std::lock_guard<std::mutex> lock(mu_);
   RepairReport report;
+  if (arena_ == nullptr) return report;
+  // Members may write the arena while this runs: every check resolves
+  // again, and a StatusOr is never read unchecked.
   auto live = [&](shm::Ref r) { return arena_->Resolve(r).ok(); };
   std::map<uint64_t, uint64_t> expected;  // references that exist, by target
   bool roots_changed = false;
@@ -224,60 +279,119 @@ Channel::RepairReport Channel::Reconcile() {
     }
   }
   for (auto& [session, ledger] : ledgers_) {
-    for (shm::Ref r : ledger->Entries()) {
-      if (!live(r)) {
-        ledger->Remove(r);
+    for (const LedgerEntry& e : ledger->Entries()) {
+      if (!live(e.ref)) {
+        (void)ledger->SetCount(e.ref, 0);  // removing never allocates
         ++report.dangling_dropped;
       } else {
-        ++expected[r.bits()];
+        expected[e.ref.bits()] += e.count;
       }
     }
   }
-  struct Live {
-    shm::Ref ref;
-    uint32_t refcount;
-  };
-  std::vector<Live> instances;
-  (void)shm::ForEachInstance(*arena_, [&](const shm::InstancePtr& inst) {
-    instances.push_back({inst.ref(), inst.header().refcount.load()});
-    const RegisteredType* t = registry_.FindByIndex(inst.type_index());
-    if (t == nullptr || !inst.Fits(t->layout.size())) return true;
-    for (uint32_t off : t->layout.ref_offsets()) {
-      shm::RefField field(inst.payload() + off);
-      shm::Ref child = field.load();
-      if (child.is_null()) continue;
-      if (!live(child)) {
-        field.store(shm::Ref());
-        ++report.dangling_dropped;
-      } else {
-        ++expected[child.bits()];
-      }
-    }
-    return true;
-  });
-  std::vector<Live> unreferenced;
-  for (const Live& l : instances) {
-    uint64_t want = expected.count(l.ref.bits()) ? expected[l.ref.bits()] : 0;
+  std::vector<shm::Ref> instances;
+  std::vector<shm::WalkProblem> problems =
+      shm::ForEachInstance(*arena_, [&](const shm::InstancePtr& inst) {
+        instances.push_back(inst.ref());
+        const RegisteredType* t = registry_.FindByIndex(inst.type_index());
+        if (t == nullptr || !inst.Fits(t->layout.size())) return true;
+        for (uint32_t off : t->layout.ref_offsets()) {
+          shm::RefField field(inst.payload() + off);
+          shm::Ref child = field.load();
+          if (child.is_null()) continue;
+          if (!live(child)) {
+            field.store(shm::Ref());
+            ++report.dangling_dropped;
+          } else {
+            ++expected[child.bits()];
+          }
+        }
+        return true;
+      });
+  for (const shm::WalkProblem& p : problems) {
+    spdlog::warn("channel '{}': recovery walk: {}", name_, p.what);
+  }
+  const bool frozen = !damaged_ledgers_.empty();
+  std::vector<shm::Ref> unreferenced;
+  for (shm::Ref ref : instances) {
+    absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
+    if (!inst.ok()) continue;  // changed under us
+    auto it = expected.find(ref.bits());
+    uint64_t want = it == expected.end() ? 0 : it->second;
+    uint32_t have = inst->header().refcount.load();
     if (want == 0) {
-      unreferenced.push_back(l);
+      if (frozen) {
+        ++report.kept_counted;
+      } else {
+        unreferenced.push_back(ref);
+      }
       continue;
     }
-    if (l.refcount != want) {
-      arena_->Resolve(l.ref)->header().refcount.store(static_cast<uint32_t>(want));
-      ++report.refcounts_fixed;
-    }
+    if (have == want || (frozen && have > want)) continue;
+    inst->header().refcount.store(static_cast<uint32_t>(std::min<uint64_t>(want, UINT32_MAX)));
+    ++report.refcounts_fixed;
   }
   // Free what nothing refers to; their fields' references (counted above)
   // are released in turn.
   shm::Allocator::TypeLookup types = TypesLocked();
-  for (const Live& l : unreferenced) {
-    absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(l.ref);
+  for (shm::Ref ref : unreferenced) {
+    absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
     if (!inst.ok()) continue;  // freed by an earlier cascade
     inst->header().refcount.store(0);
-    if (allocator_->FinishCondemned(l.ref, types).ok()) ++report.leaked_freed;
+    if (allocator_->FinishCondemned(ref, types).ok()) ++report.leaked_freed;
   }
-  if (roots_changed) (void)SaveMetaLocked();
+  if (roots_changed) {
+    if (absl::Status s = SaveMetaLocked(); !s.ok()) {
+      spdlog::error("channel '{}': recovery dropped dangling roots but could not save them: {}",
+                    name_, std::string(s.message()));
+    }
+  }
   return report;
+}
+
+void Channel::ReplayIntentLocked(const StoreIntent& intent) {
+  for (const StoreIntent::FieldValue& f : intent.fields) {
+    absl::StatusOr<shm::InstancePtr> target = arena_->Resolve(f.target);
+    if (!target.ok()) continue;
+    const RegisteredType* t = registry_.FindByIndex(target->type_index());
+    if (t == nullptr || !target->Fits(t->layout.size())) continue;
+    const auto& refs = t->layout.ref_offsets();
+    if (std::find(refs.begin(), refs.end(), f.offset) == refs.end()) continue;
+    shm::RefField(target->payload() + f.offset).store(f.value);
+  }
+  auto ledger = ledgers_.find(intent.session);
+  if (ledger == ledgers_.end()) return;
+  for (const StoreIntent::LedgerCount& c : intent.counts) {
+    if (absl::Status s = ledger->second->SetCount(c.ref, c.count); !s.ok()) {
+      spdlog::error("channel '{}': completing a StoreRefs: {}", name_, std::string(s.message()));
+    }
+  }
+}
+
+std::vector<std::string> Channel::DamagedLedgerSessions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return damaged_ledgers_;
+}
+
+absl::Status Channel::Usable() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return UsableLocked();
+}
+
+absl::Status Channel::UsableLocked() const {
+  if (arena_ == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("channel '", name_, "': dropped (create a new channel)"));
+  }
+  if (absl::Status s = arena_->Intact(); !s.ok()) {
+    return absl::DataLossError(absl::StrCat("channel '", name_, "': ", s.message()));
+  }
+  if (ledger_damage_.damaged()) {
+    return absl::DataLossError(absl::StrCat(
+        "channel '", name_, "': a ledger file under ", dir_,
+        "/ledgers was truncated while the daemon had it mapped (another process of the "
+        "daemon's uid did it); restart the daemon to recover the channel, or drop it"));
+  }
+  return absl::OkStatus();
 }
 
 std::vector<std::string> Channel::LedgerSessions() const {
@@ -297,6 +411,13 @@ absl::Status Channel::SaveMetaLocked() const {
   meta.insert("member_capability", member_capability_);
   meta.insert("sealed", registry_.sealed());
   meta.insert("dropped", dropped_);
+  if (arena_ != nullptr) {
+    // What Restore needs to put a scribbled arena header back.
+    shm::ArenaIdentity a = arena_->identity();
+    meta.insert("arena_epoch", absl::StrFormat("%016x", a.epoch));
+    meta.insert("arena_extent_size", static_cast<int64_t>(a.extent_size));
+    meta.insert("arena_max_extents", static_cast<int64_t>(a.max_extents));
+  }
   toml::array types;
   for (const RegisteredType* t : registry_.List()) {
     toml::array fields;
@@ -354,9 +475,10 @@ absl::Status Channel::Join(const std::string& session_id) {
     return absl::NotFoundError(absl::StrCat(
         "channel '", name_, "': dropped (create a new channel)"));
   }
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   if (ledgers_.count(session_id)) return absl::OkStatus();
   absl::StatusOr<std::unique_ptr<Ledger>> ledger =
-      Ledger::Create(LedgerPath(dir_, session_id), 0);
+      Ledger::Create(LedgerPath(dir_, session_id), 0, &ledger_damage_);
   if (!ledger.ok()) return ledger.status();
   ledgers_[session_id] = std::move(*ledger);
   return absl::OkStatus();
@@ -367,10 +489,15 @@ uint64_t Channel::Leave(const std::string& session_id) {
   auto it = ledgers_.find(session_id);
   if (it == ledgers_.end()) return 0;
   uint64_t released = 0;
-  shm::Allocator::TypeLookup types = TypesLocked();
-  for (shm::Ref ref : it->second->Entries()) {
-    // A ref that no longer resolves was already damaged; nothing to undo.
-    if (allocator_->Release(ref, types).ok()) ++released;
+  if (UsableLocked().ok()) {
+    shm::Allocator::TypeLookup types = TypesLocked();
+    for (const LedgerEntry& e : it->second->Entries()) {
+      // A ref that no longer resolves was already damaged; nothing to undo.
+      for (uint64_t n = 0; n < e.count; ++n) {
+        if (!allocator_->Release(e.ref, types).ok()) break;
+        ++released;
+      }
+    }
   }
   it->second->Unlink();
   ledgers_.erase(it);
@@ -391,6 +518,7 @@ uint64_t Channel::RefsHeld(const std::string& session_id) const {
 ArenaSummary Channel::Arena() const {
   std::lock_guard<std::mutex> lock(mu_);
   ArenaSummary a;
+  if (arena_ == nullptr) return a;  // destroyed after a drop
   a.path = arena_->dir();
   a.extent_size = arena_->extent_size();
   a.max_extents = arena_->max_extents();
@@ -421,6 +549,7 @@ absl::StatusOr<Ledger*> Channel::LedgerLocked(
 absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
     const std::string& key, std::vector<shm::FieldSpec> fields) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<TypeRegistry::RegisterResult> r =
       registry_.Register(key, std::move(fields));
   if (r.ok() && r->created) {
@@ -436,6 +565,7 @@ absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
 absl::StatusOr<RegisteredType> Channel::DescribeType(
     shm::TypeToken token) const {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<const RegisteredType*> t = registry_.Find(token);
   if (!t.ok()) return t.status();
   return **t;
@@ -443,6 +573,9 @@ absl::StatusOr<RegisteredType> Channel::DescribeType(
 
 std::vector<RegisteredType> Channel::ListTypes(bool* sealed) const {
   std::lock_guard<std::mutex> lock(mu_);
+  if (arena_ == nullptr) {
+    return {};
+  }
   std::vector<RegisteredType> out;
   for (const RegisteredType* t : registry_.List()) out.push_back(*t);
   if (sealed) *sealed = registry_.sealed();
@@ -451,6 +584,7 @@ std::vector<RegisteredType> Channel::ListTypes(bool* sealed) const {
 
 absl::Status Channel::Seal() {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   if (registry_.sealed()) return absl::OkStatus();
   registry_.Seal();
   return SaveMetaLocked();
@@ -459,6 +593,7 @@ absl::Status Channel::Seal() {
 absl::StatusOr<std::vector<shm::Ref>> Channel::Allocate(
     const std::string& session_id, shm::TypeToken token, uint32_t count) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
   if (!ledger.ok()) return ledger.status();
   absl::StatusOr<const RegisteredType*> type = registry_.Find(token);
@@ -482,6 +617,8 @@ absl::StatusOr<std::vector<shm::Ref>> Channel::Allocate(
     for (shm::Ref r : refs) (void)allocator_->Release(r, types);
     return ls;
   }
+  // A file cut short during the call: what it did is not in the file.
+  if (absl::Status us = UsableLocked(); !us.ok()) return us;
   return refs;
 }
 
@@ -500,6 +637,7 @@ absl::Status Channel::ResolveAllLocked(
 absl::Status Channel::Retain(const std::string& session_id,
                              const std::vector<shm::Ref>& refs) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
   if (!ledger.ok()) return ledger.status();
   if (absl::Status s = ResolveAllLocked(refs); !s.ok()) return s;
@@ -528,6 +666,7 @@ absl::Status Channel::Retain(const std::string& session_id,
 absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
                                           const std::vector<shm::Ref>& refs) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
   if (!ledger.ok()) return ledger.status();
   // A malformed ref is INVALID_ARGUMENT and a stale one NOT_FOUND, as for
@@ -562,6 +701,7 @@ absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
 absl::StatusOr<uint64_t> Channel::StoreRefs(
     const std::string& session_id, const std::vector<RefStore>& stores) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
   if (!ledger.ok()) return ledger.status();
   auto error = [](absl::StatusCode code, size_t i, absl::string_view what,
@@ -570,6 +710,7 @@ absl::StatusOr<uint64_t> Channel::StoreRefs(
   };
   // Validate everything first.
   std::vector<shm::RefField> fields;
+  std::vector<uint32_t> offsets;  // of each field in its payload
   fields.reserve(stores.size());
   for (size_t i = 0; i < stores.size(); ++i) {
     const RefStore& st = stores[i];
@@ -615,48 +756,67 @@ absl::StatusOr<uint64_t> Channel::StoreRefs(
       }
     }
     fields.emplace_back(target->payload() + field.offset);
+    offsets.push_back(field.offset);
   }
-  // Take the references: moved ones out of the ledger, the rest retained.
-  shm::Allocator::TypeLookup types = TypesLocked();
-  std::vector<size_t> taken;  // indices whose reference is in hand
-  auto undo = [&] {
-    for (size_t j : taken) {
-      if (stores[j].move) {
-        (void)(*ledger)->Add(stores[j].value);
-      } else {
-        (void)allocator_->Release(stores[j].value, types);
-      }
-    }
-  };
+  // Moved references must be in the ledger, with multiplicity.
+  std::map<uint64_t, uint64_t> moves;  // ref bits -> times moved
   for (size_t i = 0; i < stores.size(); ++i) {
     const RefStore& st = stores[i];
-    if (st.value.is_null()) continue;
-    if (st.move) {
-      if (!(*ledger)->Remove(st.value)) {
-        undo();
-        return error(absl::StatusCode::kFailedPrecondition, i, ".value",
-                     absl::StrCat(st.value.ToString(),
-                                  ": this session does not own that reference "
-                                  "(move only refs you hold, once each; or "
-                                  "store without move to add a reference)"));
-      }
-    } else if (absl::Status s = allocator_->Retain(st.value); !s.ok()) {
-      undo();
+    if (st.value.is_null() || !st.move) continue;
+    if (++moves[st.value.bits()] > (*ledger)->Count(st.value)) {
+      return error(absl::StatusCode::kFailedPrecondition, i, ".value",
+                   absl::StrCat(st.value.ToString(),
+                                ": this session does not own that reference "
+                                "(move only refs you hold, once each; or "
+                                "store without move to add a reference)"));
+    }
+  }
+  // Retain what is stored without move. A crash from here on is repaired
+  // by the census, which counts fields and ledgers, not these increments.
+  shm::Allocator::TypeLookup types = TypesLocked();
+  std::vector<size_t> retained;
+  for (size_t i = 0; i < stores.size(); ++i) {
+    const RefStore& st = stores[i];
+    if (st.value.is_null() || st.move) continue;
+    if (absl::Status s = allocator_->Retain(st.value); !s.ok()) {
+      for (size_t j : retained) (void)allocator_->Release(stores[j].value, types);
       return error(s.code(), i, ".value", s.message());
     }
-    taken.push_back(i);
+    retained.push_back(i);
   }
-  // Apply, then release what the fields held.
+  // Write ahead what the fields and the ledger will hold (store_intent.h),
+  // then change both, then forget the intent.
+  StoreIntent intent;
+  intent.session = session_id;
+  for (size_t i = 0; i < stores.size(); ++i) {
+    intent.fields.push_back({stores[i].target, offsets[i], stores[i].value});
+  }
+  for (const auto& [bits, n] : moves) {
+    shm::Ref r = shm::Ref::FromBits(bits);
+    intent.counts.push_back({r, (*ledger)->Count(r) - n});
+  }
+  if (absl::Status s = WriteStoreIntent(IntentPath(), intent); !s.ok()) {
+    for (size_t j : retained) (void)allocator_->Release(stores[j].value, types);
+    return absl::Status(s.code(), absl::StrCat("channel '", name_, "': ", s.message()));
+  }
   std::vector<shm::Ref> previous;
   for (size_t i = 0; i < stores.size(); ++i) {
     shm::Ref old = fields[i].exchange(stores[i].value);
     if (!old.is_null()) previous.push_back(old);
   }
+  for (const StoreIntent::LedgerCount& c : intent.counts) {
+    if (absl::Status s = (*ledger)->SetCount(c.ref, c.count); !s.ok()) {
+      spdlog::error("channel '{}': StoreRefs: {}", name_, std::string(s.message()));
+    }
+  }
+  RemoveStoreIntent(IntentPath());
+  // Release what the fields held.
   uint64_t freed = 0;
   for (shm::Ref old : previous) {
     absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(old, types);
     if (rr.ok()) freed += rr->freed;
   }
+  if (absl::Status us = UsableLocked(); !us.ok()) return us;
   return freed;
 }
 
@@ -664,6 +824,7 @@ absl::StatusOr<shm::Ref> Channel::SetRoot(const std::string& name,
                                           shm::Ref ref) {
   if (absl::Status s = ValidateRootName(name); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   if (absl::Status s = allocator_->Retain(ref); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("root '", name, "': ", s.message()));
   }
@@ -687,6 +848,7 @@ absl::StatusOr<shm::Ref> Channel::SetRoot(const std::string& name,
 
 absl::StatusOr<RootEntry> Channel::GetRoot(const std::string& name) const {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   auto it = roots_.find(name);
   if (it == roots_.end()) {
     return absl::NotFoundError(absl::StrCat(
@@ -705,6 +867,7 @@ absl::StatusOr<RootEntry> Channel::GetRoot(const std::string& name) const {
 
 absl::Status Channel::DeleteRoot(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   auto it = roots_.find(name);
   if (it == roots_.end()) {
     return absl::NotFoundError(absl::StrCat("root '", name,
@@ -723,6 +886,9 @@ absl::Status Channel::DeleteRoot(const std::string& name) {
 
 std::vector<RootEntry> Channel::ListRoots() const {
   std::lock_guard<std::mutex> lock(mu_);
+  if (arena_ == nullptr) {
+    return {};
+  }
   std::vector<RootEntry> out;
   for (const auto& [name, ref] : roots_) {
     RootEntry e{name, ref, {}};
@@ -740,7 +906,12 @@ std::vector<RootEntry> Channel::ListRoots() const {
 bool Channel::MarkDropped() {
   std::lock_guard<std::mutex> lock(mu_);
   dropped_ = true;
-  (void)SaveMetaLocked();
+  if (absl::Status s = SaveMetaLocked(); !s.ok()) {
+    // The drop holds for this run; a restart would bring the channel back.
+    spdlog::error("channel '{}': dropped, but the drop could not be recorded ({}); if the "
+                  "daemon restarts before the channel's sessions leave, drop it again",
+                  name_, std::string(s.message()));
+  }
   return ledgers_.empty();
 }
 
@@ -776,6 +947,9 @@ namespace structd::server {
 InstanceListing Channel::ListInstances(shm::TypeToken filter,
                                        uint32_t limit) const {
   std::lock_guard<std::mutex> lock(mu_);
+  if (arena_ == nullptr) {
+    return {};
+  }
   InstanceListing out;
   std::map<uint32_t, TypeCount> counts;
   shm::ForEachInstance(*arena_, [&](const shm::InstancePtr& inst) {
@@ -850,6 +1024,7 @@ absl::StatusOr<InstanceView> Channel::Inspect(shm::Ref ref,
         "depth ", depth, ": at most 8 ref hops are followed (lower it)"));
   }
   std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
   if (absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
       !inst.ok()) {
     return inst.status();
@@ -862,7 +1037,20 @@ absl::StatusOr<InstanceView> Channel::Inspect(shm::Ref ref,
 
 CheckReport Channel::Check() const {
   std::lock_guard<std::mutex> lock(mu_);
+  if (arena_ == nullptr) {
+    return {};
+  }
   CheckReport report;
+  if (absl::Status s = UsableLocked(); !s.ok()) {
+    report.problems.push_back({shm::Ref(), std::string(s.message())});
+    return report;
+  }
+  for (const std::string& session : damaged_ledgers_) {
+    report.problems.push_back(
+        {shm::Ref(), absl::StrCat("ledger of session ", session.substr(0, 8),
+                                  " is damaged (kept as ledgers/", session,
+                                  ".damaged): refcounts may count what it held")});
+  }
   // References that exist, by the instance they name.
   std::map<uint64_t, uint64_t> expected;
   for (const auto& [name, ref] : roots_) {
@@ -874,14 +1062,14 @@ CheckReport Channel::Check() const {
     ++expected[ref.bits()];
   }
   for (const auto& [session, ledger] : ledgers_) {
-    for (shm::Ref ref : ledger->Entries()) {
-      if (!arena_->Resolve(ref).ok()) {
+    for (const LedgerEntry& e : ledger->Entries()) {
+      if (!arena_->Resolve(e.ref).ok()) {
         report.problems.push_back(
-            {ref, absl::StrCat("ledger of session ", session.substr(0, 8),
-                               " names no live instance")});
+            {e.ref, absl::StrCat("ledger of session ", session.substr(0, 8),
+                                 " names no live instance")});
         continue;
       }
-      ++expected[ref.bits()];
+      expected[e.ref.bits()] += e.count;
     }
   }
   std::vector<std::pair<shm::Ref, uint32_t>> live;  // ref, refcount

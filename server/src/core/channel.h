@@ -12,9 +12,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "server/src/core/ledger.h"
+#include "server/src/core/store_intent.h"
 #include "server/src/core/type_registry.h"
 #include "structd/shm/allocator.h"
 #include "structd/shm/arena.h"
+#include "structd/shm/mapping_guard.h"
 
 namespace structd::server {
 
@@ -120,16 +122,27 @@ class Channel {
                                                           const shm::LayoutLimits& limits);
   // Sessions that have a ledger here.
   std::vector<std::string> LedgerSessions() const;
+  // Sessions whose ledger here could not be read at restore. Their file
+  // is kept as ledgers/SESSION.damaged; while any such file exists the
+  // channel's refcounts are never lowered and nothing is freed by the
+  // census (what those sessions held stays counted), and the sessions
+  // cannot resume (Core).
+  std::vector<std::string> DamagedLedgerSessions() const;
 
   // After a crash of the daemon in the middle of an operation: makes every
   // refcount equal to the references that exist (roots, ledger entries,
   // ref fields of live instances), drops roots, ledger entries and ref
   // fields that name no live instance, and frees instances nothing refers
-  // to. Returns how many things it repaired.
+  // to. Returns how many things it repaired. Members may be writing the
+  // arena meanwhile: every instance is resolved again before it is
+  // changed, and one that no longer resolves is left alone. With a
+  // damaged ledger (DamagedLedgerSessions) refcounts are only raised.
   struct RepairReport {
     uint64_t dangling_dropped = 0;   // roots, ledger entries, ref fields
     uint64_t refcounts_fixed = 0;
     uint64_t leaked_freed = 0;       // instances nothing referred to
+    // Unreferenced instances kept because a damaged ledger may hold them.
+    uint64_t kept_counted = 0;
     uint64_t total() const { return dangling_dropped + refcounts_fixed + leaked_freed; }
   };
   RepairReport Reconcile();
@@ -149,7 +162,13 @@ class Channel {
   uint64_t Leave(const std::string& session_id);
   bool HasSession(const std::string& session_id) const;
   uint64_t RefsHeld(const std::string& session_id) const;
+  // Zeros once the channel is destroyed.
   ArenaSummary Arena() const;
+  // OK, or why the channel can no longer serve requests: NotFound once it
+  // was dropped and destroyed, DataLoss once a file under it was
+  // truncated while the daemon had it mapped. Every operation starts (and
+  // every changing one ends) with this check.
+  absl::Status Usable() const;
 
   absl::StatusOr<TypeRegistry::RegisterResult> RegisterType(
       const std::string& key, std::vector<shm::FieldSpec> fields);
@@ -210,15 +229,23 @@ class Channel {
   // instance.
   CheckReport Check() const;
 
-  // For admin inspection under the channel lock: `fn(arena, registry)`.
+  // For inspection and tests under the channel lock: `fn(arena, registry)`.
+  // REQUIRES: the channel is not destroyed.
   template <typename Fn>
   auto WithArena(Fn fn) const {
     std::lock_guard<std::mutex> lock(mu_);
     return fn(*arena_, registry_);
   }
 
+  // What Restore repaired in the channel's files (for the log and status).
+  const std::vector<std::string>& restore_repairs() const { return restore_repairs_; }
+
  private:
   Channel() = default;
+  absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies a store intent left by a daemon that died inside StoreRefs.
+  void ReplayIntentLocked(const StoreIntent& intent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string IntentPath() const { return dir_ + "/store.intent"; }
   absl::Status SaveMetaLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   shm::Allocator::TypeLookup TypesLocked() const;
   absl::StatusOr<Ledger*> LedgerLocked(const std::string& session_id) const
@@ -241,7 +268,11 @@ class Channel {
   TypeRegistry registry_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, shm::Ref> roots_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Ledger>> ledgers_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> damaged_ledgers_ ABSL_GUARDED_BY(mu_);
   bool dropped_ ABSL_GUARDED_BY(mu_) = false;
+  // Set by the SIGBUS guard when a ledger file was truncated while mapped.
+  mutable shm::DamageFlag ledger_damage_;
+  std::vector<std::string> restore_repairs_;
 };
 
 // Channel names: 1 to 64 characters of [A-Za-z0-9_.-].

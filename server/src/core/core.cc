@@ -24,6 +24,21 @@ uint64_t NowUnixMs() {
           .count());
 }
 
+// The channel name in a meta.toml that may not parse: the first
+// `name = "..."` line, if its value is a valid channel name.
+std::string ChannelNameHint(const std::string& meta_path) {
+  std::ifstream in(meta_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.starts_with("name = \"") && !line.starts_with("name = '")) continue;
+    size_t end = line.find(line[7], 8);
+    if (end == std::string::npos) return "";
+    std::string name = line.substr(8, end - 8);
+    return ValidateChannelName(name).ok() ? name : "";
+  }
+  return "";
+}
+
 absl::Status UnknownChannel(const std::string& channel) {
   return absl::NotFoundError(absl::StrCat(
       "channel '", channel,
@@ -80,6 +95,7 @@ void Core::Recover() {
   size_t types = 0, roots = 0;
   uint64_t live = 0;
   std::set<std::string> ledger_sessions;
+  std::set<std::string> unresumable;  // a ledger of theirs is damaged
   for (const auto& entry :
        std::filesystem::directory_iterator(options_.state_dir + "/channels", ec)) {
     const std::string dir = entry.path().string();
@@ -91,8 +107,16 @@ void Core::Recover() {
     }
     absl::StatusOr<std::unique_ptr<Channel>> c = Channel::Restore(dir, options_.limits);
     if (!c.ok()) {
-      spdlog::error("recovery: channel in {} not recovered (its files are kept): {}", dir,
-                    std::string(c.status().message()));
+      UnrecoveredChannel u{dir, ChannelNameHint(dir + "/meta.toml"),
+                           std::string(c.status().message())};
+      spdlog::error(
+          "recovery: channel '{}' in {} NOT recovered; its files are kept untouched and its "
+          "name stays reserved (structctl status lists it): {}. Fix or restore the files, "
+          "then restart the daemon; or stop the daemon and move the directory away to give "
+          "up the channel.",
+          u.name.empty() ? "?" : u.name, dir, u.reason);
+      std::lock_guard<std::mutex> lock(mu_);
+      unrecovered_.push_back(std::move(u));
       continue;
     }
     std::shared_ptr<Channel> channel = std::move(*c);
@@ -114,7 +138,21 @@ void Core::Recover() {
     roots += stats.roots;
     live += stats.alloc.live_instances;
     for (const std::string& s : channel->LedgerSessions()) ledger_sessions.insert(s);
+    for (const std::string& s : channel->DamagedLedgerSessions()) unresumable.insert(s);
     std::lock_guard<std::mutex> lock(mu_);
+    if (channel_ids_by_name_.count(channel->name())) {
+      // Two directories claim one name (a backup restored next to the
+      // channel that took the name meanwhile): keep the first, refuse
+      // the second with the same care as a damaged one.
+      UnrecoveredChannel u{dir, channel->name(),
+                           absl::StrCat("another channel (id ", channel_ids_by_name_[channel->name()],
+                                        ") already has this name")};
+      spdlog::error("recovery: channel '{}' in {} NOT recovered: {}; its files are kept. "
+                    "Move one of the two directories away and restart the daemon.",
+                    u.name, dir, u.reason);
+      unrecovered_.push_back(std::move(u));
+      continue;
+    }
     channel_ids_by_name_[channel->name()] = channel->id();
     channels_by_id_[channel->id()] = std::move(channel);
   }
@@ -142,6 +180,12 @@ void Core::Recover() {
   }
   for (const std::string& id : ledger_sessions) {
     if (!orphans_.count(id)) orphans_[id] = Orphan{0, 0, "", "", deadline};
+  }
+  for (const std::string& id : unresumable) {
+    // What its damaged ledger held stays counted; the process, if it
+    // comes back, gets a new session and learns that the old one is lost.
+    auto it = orphans_.find(id);
+    if (it != orphans_.end()) it->second.secret.clear();
   }
   if (!channels_by_id_.empty() || !orphans_.empty()) {
     spdlog::info(
@@ -212,6 +256,23 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
         "config, or end idle clients)",
         sessions_.size()));
   }
+  uint32_t of_process = 0, of_uid = 0;
+  for (const auto& [id, other] : sessions_) {
+    if (other.info.uid == peer.uid) ++of_uid;
+    if (other.info.pid == peer.pid && other.info.uid == peer.uid) ++of_process;
+  }
+  if (peer.pid > 0 && of_process >= options_.max_sessions_per_process) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "attach: pid %d already has %d sessions, the most one process may have (use one "
+        "Client per process, or raise max_sessions_per_process)",
+        peer.pid, of_process));
+  }
+  if (of_uid >= options_.max_sessions_per_uid) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "attach: uid %d already has %d sessions, the most one uid may have (end idle "
+        "clients, or raise max_sessions_per_uid)",
+        peer.uid, of_uid));
+  }
   Session s;
   auto orphan = orphans_.find(resume_id);
   bool resumed = false;
@@ -234,6 +295,7 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
   s.info.uid = peer.uid;
   s.info.attached_unix_ms = NowUnixMs();
   s.last_heartbeat = std::chrono::steady_clock::now();
+  s.process = peer.process;
   SessionInfo info = s.info;
   sessions_[info.id] = std::move(s);
   spdlog::info("session {} {}: pid {} uid {} name '{}'", info.id.substr(0, 8),
@@ -255,6 +317,11 @@ void Core::Heartbeat(const std::string& session_id) {
   auto it = sessions_.find(session_id);
   if (it != sessions_.end()) {
     it->second.last_heartbeat = std::chrono::steady_clock::now();
+    if (it->second.lease_warned) {
+      it->second.lease_warned = false;
+      spdlog::info("session {} (pid {}) is heard from again", session_id.substr(0, 8),
+                   it->second.info.pid);
+    }
   }
 }
 
@@ -286,14 +353,30 @@ uint64_t Core::Detach(const std::string& session_id) {
   return released;
 }
 
-std::vector<std::string> Core::ExpiredSessions() const {
+std::vector<std::string> Core::ExpiredSessions() {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
   auto now = std::chrono::steady_clock::now();
-  for (const auto& [id, s] : sessions_) {
-    if (now - s.last_heartbeat > options_.lease) out.push_back(id);
+  for (auto& [id, s] : sessions_) {
+    if (now - s.last_heartbeat <= options_.lease) continue;
+    if (s.process != nullptr && !s.process->Exited()) {
+      if (!s.lease_warned) {
+        s.lease_warned = true;
+        spdlog::warn("session {} (pid {}) missed its lease of {} ms but its process is "
+                     "alive (stopped, or in a debugger?): keeping the session and "
+                     "everything it holds",
+                     id.substr(0, 8), s.info.pid, options_.lease.count());
+      }
+      continue;
+    }
+    out.push_back(id);
   }
   return out;
+}
+
+std::vector<UnrecoveredChannel> Core::Unrecovered() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return unrecovered_;
 }
 
 absl::Status Core::CheckSession(const std::string& session_id,
@@ -370,6 +453,14 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
       return absl::AlreadyExistsError(absl::StrCat(
           "channel '", name, "': already exists (join it, or pick another "
           "name)"));
+    }
+    for (const UnrecoveredChannel& u : unrecovered_) {
+      if (u.name == name) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "channel '", name, "': the name belongs to a channel the daemon could not "
+            "recover at start-up (", u.dir, ": ", u.reason,
+            "); repair it and restart the daemon, or pick another name"));
+      }
     }
     if (channels_by_id_.size() >= options_.max_channels) {
       return absl::ResourceExhaustedError(absl::StrFormat(

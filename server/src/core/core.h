@@ -16,6 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "server/src/core/channel.h"
+#include "server/src/core/process_handle.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/layout.h"
 
@@ -27,6 +28,9 @@ struct PeerCredentials {
   pid_t pid = 0;
   uid_t uid = 0;
   gid_t gid = 0;
+  // The calling process itself (a pidfd), when the kernel could give one:
+  // liveness is decided by it, never by the pid alone.
+  std::shared_ptr<const ProcessHandle> process;
 };
 
 struct CoreOptions {
@@ -35,6 +39,10 @@ struct CoreOptions {
   shm::LayoutLimits limits;              // for RegisterType
   uint32_t max_channels = 256;
   uint32_t max_sessions = 4096;
+  // One session per process is the model; a few allow libraries that
+  // each connect. Bounds what one process or one uid can take.
+  uint32_t max_sessions_per_process = 16;
+  uint32_t max_sessions_per_uid = 1024;
   std::chrono::milliseconds lease{15000};  // heartbeat deadline
   uint32_t max_batch = 1000000;          // AllocateBatch count
   uint32_t max_refs_per_call = 100000;   // Retain/Release
@@ -56,6 +64,15 @@ struct ChannelCreated {
   std::string owner_capability;
   std::string member_capability;
   ArenaSummary arena;
+};
+
+// A channel directory that Recover could not adopt. Its files are kept
+// untouched and its name stays reserved, so restoring it later cannot
+// make two channels with one name.
+struct UnrecoveredChannel {
+  std::string dir;
+  std::string name;    // "" if even the name could not be read
+  std::string reason;  // what is wrong and what to do
 };
 
 struct ChannelJoined {
@@ -90,11 +107,16 @@ class Core {
                                      const std::string& resume_id = "",
                                      const std::string& resume_secret = "");
   void Heartbeat(const std::string& session_id);
+  // Channels found at start-up that could not be adopted.
+  std::vector<UnrecoveredChannel> Unrecovered() const;
   // Ends a session: leaves every joined channel, releasing every reference
   // in its ledgers. Returns how many references were released. Idempotent.
   uint64_t Detach(const std::string& session_id);
-  // Sessions whose last heartbeat is older than the lease.
-  std::vector<std::string> ExpiredSessions() const;
+  // Sessions whose last heartbeat is older than the lease and whose
+  // process is gone or cannot be observed (no pidfd). A live process's
+  // session is never returned, however long it has been silent (stopped
+  // by SIGSTOP or a debugger): its memory must not be recycled under it.
+  std::vector<std::string> ExpiredSessions();
   // Checks the "structd-session" value of a call: the session exists and
   // (when the credentials are known) belongs to the calling process.
   absl::Status CheckSession(const std::string& session_id,
@@ -133,6 +155,8 @@ class Core {
     SessionInfo info;
     std::set<std::string> joined;  // channel ids
     std::chrono::steady_clock::time_point last_heartbeat;
+    std::shared_ptr<const ProcessHandle> process;  // null: unobservable
+    bool lease_warned = false;  // logged "silent but alive" once
   };
 
   // A session of a previous daemon run, waiting to be resumed.
@@ -162,6 +186,7 @@ class Core {
   std::map<std::string, std::string> channel_ids_by_name_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Orphan> orphans_ ABSL_GUARDED_BY(mu_);
+  std::vector<UnrecoveredChannel> unrecovered_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace structd::server

@@ -5,8 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <map>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -15,11 +17,14 @@
 namespace structd::server {
 namespace {
 
-constexpr uint64_t kLedgerMagic = 0x315245474445444cull;  // "LDEDGER1"
+constexpr uint64_t kLedgerMagicV1 = 0x315245474445444cull;  // "LDEDGER1"
+constexpr uint64_t kLedgerMagic = 0x325245474445444cull;    // "LDEDGER2"
 constexpr uint64_t kEmpty = 0;
 // Never a valid Ref: valid refs have extent bits (>= 2^50) set.
 constexpr uint64_t kTombstone = 1;
 constexpr uint64_t kInitialCapacity = 64;
+// A refcount is 32 bits: a larger count can only be scribbled.
+constexpr uint64_t kMaxCount = UINT32_MAX;
 
 uint64_t Hash(uint64_t v) {
   v ^= v >> 33;
@@ -27,6 +32,8 @@ uint64_t Hash(uint64_t v) {
   v ^= v >> 33;
   return v;
 }
+
+bool IsRef(uint64_t bits) { return bits != kEmpty && bits != kTombstone; }
 
 absl::Status Errno(int err, const std::string& what) {
   if (err == ENOSPC || err == EDQUOT || err == EFBIG || err == ENOMEM) {
@@ -37,17 +44,32 @@ absl::Status Errno(int err, const std::string& what) {
   return absl::InternalError(absl::StrCat(what, ": ", strerror(err)));
 }
 
+// Single-word stores: the order of two stores is the crash-atomicity
+// argument of the file (see ledger.h), so the compiler must keep it.
+void Store(uint64_t& word, uint64_t value) {
+  std::atomic_ref<uint64_t>(word).store(value, std::memory_order_release);
+}
+
 }  // namespace
 
-// Lives at offset 0 of the file; `capacity` slots of one word follow.
+// Lives at offset 0 of the file; `capacity` slots follow.
 struct Ledger::Header {
   uint64_t magic;
   uint64_t session_tag;  // which session this ledger belongs to
   uint64_t capacity;     // power of two
-  uint64_t used;         // live entries
+  uint64_t used;         // slots holding a ref
   uint64_t tombstones;
   uint64_t reserved[3];
 };
+
+
+// One distinct ref. `ref` is kEmpty, kTombstone or a ref's bits; `count`
+// is meaningful only while `ref` is a ref.
+struct Ledger::Slot {
+  uint64_t ref;
+  uint64_t count;
+};
+
 
 // An open, mapped table file.
 struct Ledger::Table {
@@ -57,25 +79,28 @@ struct Ledger::Table {
 };
 
 Ledger::Ledger(std::string path, const Table& table, uint64_t session_tag,
-               uint64_t used, uint64_t tombstones)
+               uint64_t used, uint64_t tombstones, uint64_t refs)
     : path_(std::move(path)),
       fd_(table.fd),
       map_(table.map),
       map_bytes_(table.bytes),
-      capacity_((table.bytes - sizeof(Header)) / sizeof(uint64_t)),
+      capacity_((table.bytes - sizeof(Header)) / sizeof(Slot)),
       session_tag_(session_tag),
       used_(used),
-      tombstones_(tombstones) {}
+      tombstones_(tombstones),
+      refs_(refs) {}
 
 Ledger::~Ledger() {
+  guard_ = shm::GuardedMapping();
   if (map_ != nullptr) munmap(map_, map_bytes_);
   if (fd_ >= 0) close(fd_);
 }
 
-uint64_t* Ledger::slots() const {
-  return reinterpret_cast<uint64_t*>(map_ + sizeof(Header));
+Ledger::Slot* Ledger::slots() const {
+  static_assert(sizeof(Header) == 64 && sizeof(Slot) == 16, "ledger format 2");
+  return reinterpret_cast<Slot*>(map_ + sizeof(Header));
 }
-uint64_t Ledger::size() const { return used_; }
+uint64_t Ledger::size() const { return refs_; }
 uint64_t Ledger::session_tag() const { return session_tag_; }
 
 void Ledger::PublishCounters() {
@@ -89,11 +114,11 @@ void Ledger::PublishCounters() {
 // mix.
 absl::StatusOr<Ledger::Table> Ledger::WriteTable(
     const std::string& path, uint64_t session_tag, uint64_t capacity,
-    const std::vector<shm::Ref>& entries) {
+    const std::vector<LedgerEntry>& entries) {
   std::string tmp = path + ".new";
-  int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return Errno(errno, "ledger: create " + tmp);
-  uint64_t bytes = sizeof(Header) + capacity * sizeof(uint64_t);
+  uint64_t bytes = sizeof(Header) + capacity * sizeof(Slot);
   int err;
   do {
     err = posix_fallocate(fd, 0, static_cast<off_t>(bytes));
@@ -113,12 +138,12 @@ absl::StatusOr<Ledger::Table> Ledger::WriteTable(
   h->capacity = capacity;
   h->used = 0;
   h->tombstones = 0;
-  auto* s = reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(p) +
-                                        sizeof(Header));
-  for (shm::Ref r : entries) {
-    uint64_t i = Hash(r.bits()) & (capacity - 1);
-    while (s[i] != kEmpty) i = (i + 1) & (capacity - 1);
-    s[i] = r.bits();
+  auto* s = reinterpret_cast<Slot*>(static_cast<uint8_t*>(p) + sizeof(Header));
+  for (const LedgerEntry& e : entries) {
+    uint64_t i = Hash(e.ref.bits()) & (capacity - 1);
+    while (s[i].ref != kEmpty) i = (i + 1) & (capacity - 1);
+    s[i].count = e.count;
+    s[i].ref = e.ref.bits();
     ++h->used;
   }
   if (rename(tmp.c_str(), path.c_str()) != 0) {
@@ -132,14 +157,41 @@ absl::StatusOr<Ledger::Table> Ledger::WriteTable(
 }
 
 absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Create(const std::string& path,
-                                                       uint64_t session_tag) {
+                                                       uint64_t session_tag,
+                                                       shm::DamageFlag* damage) {
   absl::StatusOr<Table> t = WriteTable(path, session_tag, kInitialCapacity, {});
   if (!t.ok()) return t.status();
-  return std::unique_ptr<Ledger>(new Ledger(path, *t, session_tag, 0, 0));
+  auto ledger = std::unique_ptr<Ledger>(new Ledger(path, *t, session_tag, 0, 0, 0));
+  ledger->damage_ = damage;
+  ledger->guard_ = shm::GuardedMapping(ledger->map_, ledger->map_bytes_, damage, 0);
+  return ledger;
 }
 
-absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
-  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+namespace {
+
+// Reads a format-1 table (one word per owned reference) into entries.
+bool ReadFormat1(const uint8_t* p, uint64_t bytes, std::vector<LedgerEntry>* out) {
+  constexpr uint64_t kHeader = 64;
+  const auto* words = reinterpret_cast<const uint64_t*>(p);
+  uint64_t cap = words[2];
+  if (cap < kInitialCapacity || (cap & (cap - 1)) != 0 || cap >= (uint64_t{1} << 40) ||
+      kHeader + cap * sizeof(uint64_t) != bytes) {
+    return false;
+  }
+  std::map<uint64_t, uint64_t> counts;
+  const uint64_t* s = words + kHeader / sizeof(uint64_t);
+  for (uint64_t i = 0; i < cap; ++i) {
+    if (IsRef(s[i])) ++counts[s[i]];
+  }
+  for (const auto& [bits, n] : counts) out->push_back({shm::Ref::FromBits(bits), n});
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
+                                                     shm::DamageFlag* damage) {
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
     if (errno == ENOENT) {
       return absl::NotFoundError(absl::StrCat("ledger: no file ", path));
@@ -147,9 +199,10 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
     return Errno(errno, "ledger: open " + path);
   }
   struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(Header))) {
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      st.st_size < static_cast<off_t>(sizeof(Header))) {
     close(fd);
-    return absl::DataLossError(absl::StrCat("ledger ", path, ": truncated"));
+    return absl::DataLossError(absl::StrCat("ledger ", path, ": truncated or not a file"));
   }
   uint64_t bytes = static_cast<uint64_t>(st.st_size);
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -158,58 +211,116 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path) {
     close(fd);
     return Errno(err, "ledger: map " + path);
   }
+  // Guarded from the first read on: the file may be cut short meanwhile.
+  shm::GuardedMapping guard(p, bytes, damage, 0);
   auto* h = static_cast<Header*>(p);
-  uint64_t cap = h->capacity;
-  bool ok = h->magic == kLedgerMagic && cap >= kInitialCapacity &&
-            (cap & (cap - 1)) == 0 && cap < (uint64_t{1} << 40) &&
-            sizeof(Header) + cap * sizeof(uint64_t) == bytes;
-  // Recount instead of trusting the counters.
-  uint64_t used = 0, tomb = 0;
-  if (ok) {
-    auto* s = reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(p) +
-                                          sizeof(Header));
-    for (uint64_t i = 0; i < cap; ++i) {
-      if (s[i] == kTombstone) {
-        ++tomb;
-      } else if (s[i] != kEmpty) {
-        ++used;
-      }
-    }
-    ok = used + tomb < cap;  // probing needs an empty slot to terminate
-  }
-  if (!ok) {
+  auto damaged = [&] {
+    guard = shm::GuardedMapping();
     munmap(p, bytes);
     close(fd);
     return absl::DataLossError(absl::StrCat(
         "ledger ", path, ": damaged header (its references cannot be "
         "released automatically; run 'structctl check')"));
+  };
+  if (h->magic == kLedgerMagicV1) {
+    // Written by an older daemon: convert (the rename keeps the old file
+    // until the new one is complete).
+    std::vector<LedgerEntry> entries;
+    uint64_t tag = h->session_tag;
+    if (!ReadFormat1(static_cast<uint8_t*>(p), bytes, &entries)) return damaged();
+    guard = shm::GuardedMapping();
+    munmap(p, bytes);
+    close(fd);
+    uint64_t capacity = kInitialCapacity;
+    while ((entries.size() + 1) * 2 > capacity) capacity *= 2;
+    absl::StatusOr<Table> t = WriteTable(path, tag, capacity, entries);
+    if (!t.ok()) return t.status();
+    uint64_t refs = 0;
+    for (const LedgerEntry& e : entries) refs += e.count;
+    auto ledger =
+        std::unique_ptr<Ledger>(new Ledger(path, *t, tag, entries.size(), 0, refs));
+    ledger->damage_ = damage;
+    ledger->guard_ = shm::GuardedMapping(ledger->map_, ledger->map_bytes_, damage, 0);
+    return ledger;
   }
+  uint64_t cap = h->capacity;
+  bool ok = h->magic == kLedgerMagic && cap >= kInitialCapacity &&
+            (cap & (cap - 1)) == 0 && cap < (uint64_t{1} << 40) &&
+            sizeof(Header) + cap * sizeof(Slot) == bytes;
+  // Recount instead of trusting the counters.
+  uint64_t used = 0, tomb = 0, refs = 0;
+  if (ok) {
+    auto* s = reinterpret_cast<Slot*>(static_cast<uint8_t*>(p) + sizeof(Header));
+    for (uint64_t i = 0; i < cap; ++i) {
+      if (s[i].ref == kTombstone) {
+        ++tomb;
+      } else if (s[i].ref != kEmpty) {
+        // A count of 0 or above a refcount's range is damage: count the
+        // slot once (a leak is recoverable, a premature free is not).
+        if (s[i].count == 0 || s[i].count > kMaxCount) s[i].count = 1;
+        ++used;
+        refs += s[i].count;
+      }
+    }
+    ok = used + tomb < cap;  // probing needs an empty slot to terminate
+  }
+  if (!ok) return damaged();
   auto ledger = std::unique_ptr<Ledger>(new Ledger(
-      path, Table{fd, static_cast<uint8_t*>(p), bytes}, h->session_tag, used, tomb));
+      path, Table{fd, static_cast<uint8_t*>(p), bytes}, h->session_tag, used, tomb, refs));
+  ledger->damage_ = damage;
+  ledger->guard_ = std::move(guard);
   ledger->PublishCounters();
   return ledger;
 }
 
 absl::Status Ledger::Rehash(uint64_t min_capacity) {
-  std::vector<shm::Ref> entries = Entries();
+  std::vector<LedgerEntry> entries = Entries();
   // Scribbled slots read as entries too: size the table for what is there.
   uint64_t new_capacity = min_capacity;
   while ((entries.size() + 1) * 2 > new_capacity) new_capacity *= 2;
   absl::StatusOr<Table> t =
       WriteTable(path_, session_tag_, new_capacity, entries);
   if (!t.ok()) return t.status();
+  guard_ = shm::GuardedMapping();
   munmap(map_, map_bytes_);
   close(fd_);
   fd_ = t->fd;
   map_ = t->map;
   map_bytes_ = t->bytes;
+  guard_ = shm::GuardedMapping(map_, map_bytes_, damage_, 0);
   capacity_ = new_capacity;
   used_ = entries.size();
   tombstones_ = 0;
   return absl::OkStatus();
 }
 
+Ledger::Slot* Ledger::Find(shm::Ref ref) const {
+  uint64_t mask = capacity_ - 1;
+  Slot* s = slots();
+  for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
+       i = (i + 1) & mask, ++n) {
+    if (s[i].ref == kEmpty) return nullptr;
+    if (s[i].ref == ref.bits()) return &s[i];
+  }
+  return nullptr;
+}
+
+uint64_t Ledger::Count(shm::Ref ref) const {
+  const Slot* s = Find(ref);
+  return s == nullptr ? 0 : std::min(s->count, kMaxCount);
+}
+
 absl::Status Ledger::Add(shm::Ref ref) {
+  if (Slot* s = Find(ref)) {
+    if (s->count >= kMaxCount) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "ledger: this session already owns %d references to %s (release some)",
+          s->count, ref.ToString()));
+    }
+    Store(s->count, s->count + 1);
+    ++refs_;
+    return absl::OkStatus();
+  }
   // Keep the load (entries + tombstones) under 3/4; Rehash sizes the new
   // table for the entries there are.
   if ((used_ + tombstones_ + 1) * 4 > capacity_ * 3) {
@@ -219,13 +330,15 @@ absl::Status Ledger::Add(shm::Ref ref) {
   // have taken every free slot; a rehash sized for what is there makes room.
   for (int attempt = 0; attempt < 2; ++attempt) {
     uint64_t mask = capacity_ - 1;
-    uint64_t* s = slots();
+    Slot* s = slots();
     for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
          i = (i + 1) & mask, ++n) {
-      if (s[i] != kEmpty && s[i] != kTombstone) continue;
-      if (s[i] == kTombstone && tombstones_ > 0) --tombstones_;
-      s[i] = ref.bits();
+      if (IsRef(s[i].ref)) continue;
+      if (s[i].ref == kTombstone && tombstones_ > 0) --tombstones_;
+      Store(s[i].count, 1);
+      Store(s[i].ref, ref.bits());  // the entry exists from this store on
       ++used_;
+      ++refs_;
       PublishCounters();
       return absl::OkStatus();
     }
@@ -245,40 +358,52 @@ absl::Status Ledger::AddAll(const std::vector<shm::Ref>& refs) {
 }
 
 bool Ledger::Remove(shm::Ref ref) {
-  uint64_t mask = capacity_ - 1;
-  uint64_t* s = slots();
-  for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
-       i = (i + 1) & mask, ++n) {
-    if (s[i] == kEmpty) return false;
-    if (s[i] == ref.bits()) {
-      s[i] = kTombstone;
-      if (used_ > 0) --used_;
-      ++tombstones_;
-      PublishCounters();
-      return true;
-    }
+  Slot* s = Find(ref);
+  if (s == nullptr) return false;
+  if (s->count > 1) {
+    Store(s->count, s->count - 1);
+  } else {
+    Store(s->ref, kTombstone);
+    if (used_ > 0) --used_;
+    ++tombstones_;
+    PublishCounters();
   }
-  return false;
+  if (refs_ > 0) --refs_;
+  return true;
 }
 
-bool Ledger::Contains(shm::Ref ref) const {
-  uint64_t mask = capacity_ - 1;
-  uint64_t* s = slots();
-  for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
-       i = (i + 1) & mask, ++n) {
-    if (s[i] == kEmpty) return false;
-    if (s[i] == ref.bits()) return true;
+absl::Status Ledger::SetCount(shm::Ref ref, uint64_t count) {
+  count = std::min(count, kMaxCount);
+  uint64_t have = Count(ref);
+  if (have == count) return absl::OkStatus();
+  if (count == 0) {
+    Slot* s = Find(ref);
+    Store(s->ref, kTombstone);
+    if (used_ > 0) --used_;
+    ++tombstones_;
+    refs_ -= std::min(refs_, have);
+    PublishCounters();
+    return absl::OkStatus();
   }
-  return false;
+  if (have == 0) {
+    if (absl::Status s = Add(ref); !s.ok()) return s;
+    have = 1;
+  }
+  Slot* s = Find(ref);
+  Store(s->count, count);
+  refs_ = refs_ - std::min(refs_, have) + count;
+  return absl::OkStatus();
 }
 
-std::vector<shm::Ref> Ledger::Entries() const {
-  std::vector<shm::Ref> out;
+std::vector<LedgerEntry> Ledger::Entries() const {
+  std::vector<LedgerEntry> out;
   out.reserve(used_);
-  uint64_t* s = slots();
+  Slot* s = slots();
   for (uint64_t i = 0; i < capacity_; ++i) {
-    if (s[i] != kEmpty && s[i] != kTombstone) {
-      out.push_back(shm::Ref::FromBits(s[i]));
+    if (IsRef(s[i].ref)) {
+      uint64_t n = s[i].count;
+      if (n == 0 || n > kMaxCount) n = 1;  // damage: see Open
+      out.push_back({shm::Ref::FromBits(s[i].ref), n});
     }
   }
   return out;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 
 #include "testing/temp_dir.h"
@@ -49,7 +50,7 @@ TEST(LedgerTest, GrowsAndSurvivesReopening) {
   auto l = Ledger::Open(dir.Sub("l"));
   ASSERT_TRUE(l.ok()) << l.status();
   EXPECT_EQ((*l)->size(), 10000u);
-  std::vector<Ref> entries = (*l)->Entries();
+  std::vector<LedgerEntry> entries = (*l)->Entries();
   for (uint32_t i = 1; i < 20000; i += 2) {
     EXPECT_TRUE((*l)->Contains(R(i))) << i;
   }
@@ -96,9 +97,9 @@ TEST(LedgerTest, BytesWrittenIntoAnOpenLedgerCannotSteerItOutsideTheFile) {
     std::fstream f(dir.Sub("l"), std::ios::in | std::ios::out | std::ios::binary);
     const uint64_t garbage[5] = {1, 2, uint64_t{1} << 62, ~uint64_t{0}, ~uint64_t{0}};
     f.write(reinterpret_cast<const char*>(garbage), sizeof garbage);
-    // And every empty slot taken by a value that is no entry.
+    // And every empty slot (16 bytes: ref, count) taken by junk.
     f.seekp(64);
-    for (int i = 0; i < 64; ++i) {
+    for (int i = 0; i < 128; ++i) {
       uint64_t v = 0xdead0000 + i;
       f.write(reinterpret_cast<const char*>(&v), sizeof v);
     }
@@ -111,6 +112,71 @@ TEST(LedgerTest, BytesWrittenIntoAnOpenLedgerCannotSteerItOutsideTheFile) {
   ASSERT_TRUE((*l)->Add(R(1000)).ok());
   EXPECT_TRUE((*l)->Contains(R(1000)));
   EXPECT_GE((*l)->Entries().size(), 41u);
+}
+
+// Issue 13.7: a session may own one ref many times (Retain of 100,000
+// copies is legal). Each copy used to take a slot of its own, all probing
+// from the same hash bucket: 100,000 copies cost ~7 s and blocked the
+// channel. Now one slot holds the count, and the file stays at its
+// initial size.
+TEST(LedgerTest, ManyCopiesOfOneRefTakeOneSlot) {
+  structd::testing::TempDir dir;
+  auto l = Ledger::Create(dir.Sub("l"), 1);
+  ASSERT_TRUE(l.ok());
+  for (int i = 0; i < 100000; ++i) ASSERT_TRUE((*l)->Add(R(3)).ok());
+  EXPECT_EQ((*l)->size(), 100000u);
+  EXPECT_EQ((*l)->Count(R(3)), 100000u);
+  ASSERT_EQ((*l)->Entries().size(), 1u);
+  EXPECT_EQ((*l)->Entries()[0].count, 100000u);
+  EXPECT_EQ(std::filesystem::file_size(dir.Sub("l")), 64u + 64u * 16u);
+  for (int i = 0; i < 99999; ++i) ASSERT_TRUE((*l)->Remove(R(3)));
+  EXPECT_EQ((*l)->Count(R(3)), 1u);
+  (*l).reset();
+  auto again = Ledger::Open(dir.Sub("l"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->Count(R(3)), 1u);
+  EXPECT_TRUE((*again)->Remove(R(3)));
+  EXPECT_FALSE((*again)->Remove(R(3)));
+}
+
+TEST(LedgerTest, SetCountIsIdempotent) {
+  structd::testing::TempDir dir;
+  auto l = Ledger::Create(dir.Sub("l"), 1);
+  ASSERT_TRUE(l.ok());
+  ASSERT_TRUE((*l)->Add(R(1)).ok());
+  ASSERT_TRUE((*l)->SetCount(R(1), 5).ok());
+  ASSERT_TRUE((*l)->SetCount(R(1), 5).ok());
+  EXPECT_EQ((*l)->size(), 5u);
+  ASSERT_TRUE((*l)->SetCount(R(2), 2).ok());
+  EXPECT_EQ((*l)->size(), 7u);
+  ASSERT_TRUE((*l)->SetCount(R(1), 0).ok());
+  ASSERT_TRUE((*l)->SetCount(R(1), 0).ok());
+  EXPECT_EQ((*l)->size(), 2u);
+  EXPECT_FALSE((*l)->Contains(R(1)));
+}
+
+// Ledgers written by the previous daemon (one word per reference) are
+// converted when a restarted daemon opens them.
+TEST(LedgerTest, AFormat1LedgerIsConvertedOnOpen) {
+  structd::testing::TempDir dir;
+  {
+    std::vector<uint64_t> words(8 + 64, 0);
+    words[0] = 0x315245474445444cull;  // "LDEDGER1"
+    words[1] = 9;
+    words[2] = 64;
+    words[8 + 5] = R(1).bits();
+    words[8 + 9] = R(1).bits();
+    words[8 + 20] = R(2).bits();
+    words[8 + 21] = 1;  // a tombstone
+    std::ofstream f(dir.Sub("old"), std::ios::binary);
+    f.write(reinterpret_cast<const char*>(words.data()), words.size() * 8);
+  }
+  auto l = Ledger::Open(dir.Sub("old"));
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ((*l)->session_tag(), 9u);
+  EXPECT_EQ((*l)->Count(R(1)), 2u);
+  EXPECT_EQ((*l)->Count(R(2)), 1u);
+  EXPECT_EQ((*l)->size(), 3u);
 }
 
 }  // namespace

@@ -8,9 +8,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "structd/shm/format.h"
+#include "structd/shm/mapping_guard.h"
 #include "structd/shm/ref.h"
 
 namespace structd::shm {
@@ -28,6 +30,15 @@ struct ArenaOptions {
 };
 
 enum class Access { kReadOnly, kReadWrite };
+
+// What the owner knows about its arena from its own records (the daemon's
+// channel metadata), so a header scribbled in shared memory can be put
+// back. Zero fields are unknown.
+struct ArenaIdentity {
+  uint64_t epoch = 0;
+  uint64_t extent_size = 0;
+  uint32_t max_extents = 0;
+};
 
 // A resolved instance: where its header is mapped in this process. Valid
 // as long as the Arena that produced it lives (extents are never unmapped
@@ -75,8 +86,10 @@ struct BlockSpan {
 // and map extents lazily, the first time they resolve a Ref into one.
 //
 // Thread safety: every method may be called concurrently from many threads
-// and processes. Grow() serializes growers across processes with a file
-// lock on DIR/arena, released by the kernel if a grower dies.
+// and processes. Growers need no lock another process could hold: each
+// new extent file is built unnamed and linked into place with link(),
+// which fails if another grower published that id first (the loser takes
+// the next id), and the count is only ever raised (compare-and-swap).
 class Arena {
  public:
   // Creates a new arena in `dir` (created if missing, must not already hold
@@ -90,6 +103,20 @@ class Arena {
   // DataLoss if its header is damaged.
   static absl::StatusOr<std::unique_ptr<Arena>> Open(const std::string& dir,
                                                      Access access);
+  // The owner's open after a restart: like Open(kReadWrite), but repairs
+  // what other processes may have done to the files instead of refusing
+  // the arena. A header whose geometry or epoch disagrees with `known`
+  // (or, where `known` is zero, with extent 0's header) is rewritten; a
+  // short or removed header file is recreated; an extent file that was
+  // truncated, removed or given a foreign header is restored to full size
+  // (its lost pages read as zeros: the instances there are gone, the
+  // other extents keep theirs); the extent count is recounted from the
+  // files; the owner generation is bumped. Each repair is appended to
+  // `repairs` as a sentence for the log. DataLoss only when neither the
+  // header nor `known` nor extent 0 says what the geometry is.
+  static absl::StatusOr<std::unique_ptr<Arena>> Adopt(const std::string& dir,
+                                                      const ArenaIdentity& known,
+                                                      std::vector<std::string>* repairs);
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -100,8 +127,8 @@ class Arena {
   absl::StatusOr<uint32_t> Grow();
   // Sets the published extent count to the extent files that are complete
   // (a count scribbled high or low, or a grower that died before
-  // publishing) and returns it. The daemon calls it when it adopts an
-  // arena. REQUIRES: Access::kReadWrite.
+  // publishing) and returns it. Adopt() calls it.
+  // REQUIRES: Access::kReadWrite.
   absl::StatusOr<uint32_t> RecountExtents();
 
   // Published extents (acquire). The header is shared memory that any
@@ -113,7 +140,11 @@ class Arena {
   uint32_t raw_extent_count() const {
     return header_->extent_count.load(std::memory_order_acquire);
   }
-  uint64_t epoch() const { return header_->epoch; }
+  uint64_t epoch() const { return epoch_; }
+  ArenaIdentity identity() const { return {epoch_, extent_size_, max_extents_}; }
+  uint64_t owner_generation() const {
+    return header_->owner_generation.load(std::memory_order_acquire);
+  }
   uint64_t extent_size() const { return extent_size_; }
   uint32_t max_extents() const { return max_extents_; }
   uint32_t format_version() const { return header_->format_version; }
@@ -139,16 +170,26 @@ class Arena {
 
   // Where `extent_id`'s file lives.
   std::string ExtentPath(uint32_t extent_id) const;
+  static std::string ExtentPath(const std::string& dir, uint32_t extent_id);
+
+  // OK while every mapping of this arena is intact. DataLoss naming the
+  // file once a SIGBUS guard (mapping_guard.h) replaced a mapping whose
+  // file was shrunk: from then on this process reads zeros there, and
+  // nothing it writes reaches the file.
+  absl::Status Intact() const;
 
  private:
   Arena(std::string dir, Access access, int header_fd, ArenaHeader* header,
         uint64_t extent_size, uint32_t max_extents, uint64_t epoch);
   absl::StatusOr<uint8_t*> MapExtent(uint32_t id) const;
-  absl::Status CreateExtentLocked(uint32_t id);
-  // Runs `fn` holding the grow lock (the owner's flock on a file in dir_).
-  absl::StatusOr<uint32_t> WithGrowLock(
-      const std::function<absl::StatusOr<uint32_t>()>& fn);
+  // Builds extent `id` unnamed and links it into place. AlreadyExists if
+  // another grower linked that id first.
+  absl::Status CreateExtent(uint32_t id);
+  // Keeps this process's mapping of a new extent (first one wins).
+  void AdoptMapping(uint32_t id, uint8_t* p) const;
   uint32_t RecountExtentsLocked();
+  // Raises the published count to `n` (never lowers it).
+  void PublishCount(uint32_t n);
   // True if DIR/extent.ID exists with this arena's size, epoch and id.
   bool ExtentFileIsComplete(uint32_t id) const;
 
@@ -162,7 +203,13 @@ class Arena {
   uint64_t epoch_ = 0;
   // maps_[i]: base of extent i in this process, or null until first use.
   std::unique_ptr<std::atomic<uint8_t*>[]> maps_;
+  // guards_[i]: extent i's mapping in the SIGBUS registry (written under
+  // map_mu_ before maps_[i] is published). The header's is header_guard_.
+  std::unique_ptr<GuardedMapping[]> guards_;
+  GuardedMapping header_guard_;
+  mutable DamageFlag damage_;
   mutable std::mutex map_mu_;  // serializes first-time mapping
+  std::mutex grow_mu_;         // serializes this process's growers
 };
 
 }  // namespace structd::shm
