@@ -124,9 +124,13 @@ absl::StatusOr<DaemonStatus> AdminClient::Status() {
       !s.ok()) {
     return s;
   }
-  return DaemonStatus{r.version(),  r.uptime_ms(), r.daemon_instance(), r.socket(),
-                      r.state_dir(), r.pid(),      r.channels(),        r.sessions(),
-                      r.live_instances(), r.arena_bytes()};
+  DaemonStatus out{r.version(),  r.uptime_ms(), r.daemon_instance(), r.socket(),
+                   r.state_dir(), r.pid(),      r.channels(),        r.sessions(),
+                   r.live_instances(), r.arena_bytes(), {}};
+  for (const v1::UnrecoveredChannel& u : r.unrecovered()) {
+    out.unrecovered.push_back({u.dir(), u.name(), u.reason()});
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<ChannelSummary>> AdminClient::Channels() {
@@ -140,7 +144,8 @@ absl::StatusOr<std::vector<ChannelSummary>> AdminClient::Channels() {
   std::vector<ChannelSummary> out;
   for (const v1::ChannelSummary& c : r.channels()) {
     out.push_back({c.channel_id(), c.name(), c.types(), c.roots(), c.sessions(),
-                   c.live_instances(), c.arena_bytes(), c.sealed(), c.dropped(), c.epoch()});
+                   c.live_instances(), c.arena_bytes(), c.sealed(), c.dropped(), c.epoch(),
+                   c.damage()});
   }
   return out;
 }

@@ -62,6 +62,7 @@ void Client::SealBindings() { connection_->bindings_sealed.store(true); }
 std::string Client::session_id() const { return connection_->session_id(); }
 bool Client::attached() const { return connection_->attached(); }
 uint64_t Client::reattach_count() const { return connection_->reattach_count(); }
+absl::Status Client::session_status() const { return connection_->session_status(); }
 const std::string& Client::socket() const { return connection_->options().socket; }
 
 }  // namespace structd::client

@@ -71,6 +71,7 @@ void Connection::Close() {
 
 absl::Status Connection::Prepare(grpc::ClientContext& context) const {
   std::lock_guard lock(mu_);
+  if (!lost_.empty()) return absl::FailedPreconditionError(lost_);
   if (session_id_.empty()) {
     return absl::UnavailableError(absl::StrCat(
         "structd: not attached to the daemon at ", options_.socket,
@@ -91,6 +92,12 @@ std::string Connection::session_id() const {
 bool Connection::attached() const {
   std::lock_guard lock(mu_);
   return !session_id_.empty();
+}
+
+absl::Status Connection::session_status() const {
+  std::lock_guard lock(mu_);
+  if (lost_.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(lost_);
 }
 
 void Connection::Track(std::weak_ptr<Channel> channel) {
@@ -216,7 +223,44 @@ void Connection::Supervise() {
         cv_.wait_for(lock, backoff, [&] { return closing_; });
         if (closing_) return;
       }
-      if (AttachOnce(std::chrono::milliseconds(1000)).ok()) break;
+      std::string previous;
+      {
+        std::lock_guard lock(mu_);
+        previous = resume_id_;
+      }
+      if (AttachOnce(std::chrono::milliseconds(1000)).ok()) {
+        bool resumed;
+        {
+          std::lock_guard lock(mu_);
+          resumed = previous.empty() || session_id_ == previous;
+          if (!resumed) {
+            // The daemon ended the old session and released what it held;
+            // every Owned of it may now name another process's instance.
+            // Say so, end the new session, and stop.
+            lost_ = absl::StrCat(
+                "structd: session ", previous.substr(0, 8),
+                " was ended by the daemon while this process could not be reached (its "
+                "process looked gone, or the daemon restarted and could not resume it); "
+                "the references it held were released, so its Owned objects and views may "
+                "now name other processes' instances: stop using them and connect a new "
+                "Client");
+            session_id_.clear();
+          }
+        }
+        if (resumed) break;
+        {
+          std::lock_guard lock(mu_);
+          std::lock_guard wlock(write_mu_);
+          if (stream_) stream_->WritesDone();
+          if (attach_context_) attach_context_->TryCancel();
+        }
+        std::lock_guard lock(mu_);
+        std::lock_guard wlock(write_mu_);
+        if (stream_) (void)stream_->Finish();
+        stream_.reset();  // Close() must not end it twice
+        attach_context_.reset();
+        return;
+      }
       backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
     }
     reattaches_.fetch_add(1);

@@ -62,6 +62,11 @@ class Connection {
 
   std::string session_id() const;
   bool attached() const;
+  // OK, or FAILED_PRECONDITION once the session was lost: the daemon ended
+  // it (and released everything it held) while this process could not be
+  // reached, so a re-attach got a new session instead of resuming. From
+  // then on every call fails with this status and nothing re-attaches.
+  absl::Status session_status() const;
   uint64_t reattach_count() const { return reattaches_.load(); }
   const ClientOptions& options() const { return options_; }
 
@@ -97,6 +102,7 @@ class Connection {
   std::string session_id_;                             // "" while detached
   std::string resume_id_;  // the last session, offered for resumption
   std::string resume_secret_;
+  std::string lost_;  // why the session was lost; "" while it is not (mu_)
   uint32_t lease_ms_ = 15000;
   std::unique_ptr<grpc::ClientContext> attach_context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>> stream_;

@@ -119,7 +119,13 @@ Result Status(AdminClient& admin, const Options& o) {
       arenas.push_back(toml::table{{"channel", c.name},
                                    {"epoch", Hex64(c.epoch)},
                                    {"arena_bytes", Int(c.arena_bytes)},
-                                   {"live_instances", Int(c.live_instances)}});
+                                   {"live_instances", Int(c.live_instances)},
+                                   {"damage", c.damage}});
+    }
+    toml::array unrecovered;
+    for (const auto& u : st->unrecovered) {
+      unrecovered.push_back(
+          toml::table{{"dir", u.dir}, {"name", u.name}, {"reason", u.reason}});
     }
     PrintJson(toml::table{{"version", st->version},
                           {"uptime_ms", Int(st->uptime_ms)},
@@ -131,7 +137,8 @@ Result Status(AdminClient& admin, const Options& o) {
                           {"sessions", Int(st->sessions)},
                           {"live_instances", Int(st->live_instances)},
                           {"arena_bytes", Int(st->arena_bytes)},
-                          {"arenas", std::move(arenas)}});
+                          {"arenas", std::move(arenas)},
+                          {"unrecovered", std::move(unrecovered)}});
     return std::nullopt;
   }
   std::printf("structd %s (pid %u), up %s\n", st->version.c_str(), st->pid,
@@ -143,6 +150,11 @@ Result Status(AdminClient& admin, const Options& o) {
   for (const auto& c : *channels) {
     std::printf("  arena %-20s epoch %s  %s, %" PRIu64 " instances\n", c.name.c_str(),
                 Hex64(c.epoch).c_str(), HumanBytes(c.arena_bytes).c_str(), c.live_instances);
+    if (!c.damage.empty()) std::printf("    DAMAGED: %s\n", c.damage.c_str());
+  }
+  for (const auto& u : st->unrecovered) {
+    std::printf("  NOT RECOVERED %s (%s): %s\n", u.name.empty() ? "?" : u.name.c_str(),
+                u.dir.c_str(), u.reason.c_str());
   }
   return std::nullopt;
 }
@@ -175,14 +187,17 @@ Result Channels(AdminClient& admin, const Options& o) {
                                 {"arena_bytes", Int(c.arena_bytes)},
                                 {"sealed", c.sealed},
                                 {"dropped", c.dropped},
-                                {"epoch", Hex64(c.epoch)}});
+                                {"epoch", Hex64(c.epoch)},
+                                {"damage", c.damage}});
     }
     PrintJson(toml::table{{"channels", std::move(out)}});
     return std::nullopt;
   }
   TextTable t({"NAME", "ID", ">TYPES", ">ROOTS", ">SESSIONS", ">INSTANCES", ">ARENA", "STATE"});
   for (const auto& c : *channels) {
-    std::string state = c.dropped ? "dropped" : (c.sealed ? "sealed" : "open");
+    std::string state = !c.damage.empty() ? "DAMAGED"
+                        : c.dropped           ? "dropped"
+                        : (c.sealed ? "sealed" : "open");
     t.Add({c.name, c.id, std::to_string(c.types), std::to_string(c.roots),
            std::to_string(c.sessions), std::to_string(c.live_instances),
            HumanBytes(c.arena_bytes), state});

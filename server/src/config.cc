@@ -1,41 +1,164 @@
 #include "server/src/config.h"
 
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <limits>
+#include <iostream>
+#include <map>
 #include <optional>
+#include <variant>
 
 #include <CLI/CLI.hpp>
 #include <toml++/toml.h>
-
-#include <iostream>
 
 #include "structd/shm/default_paths.h"
 
 namespace structd::server {
 namespace {
 
-bool ValidLevel(const std::string& l) {
-  return l == "trace" || l == "debug" || l == "info" || l == "warn" ||
-         l == "error" || l == "off";
+// One row per option: the TOML key (the flag is the key with '-' for '_'),
+// the environment variable if any, the help text, and where it lives in
+// DaemonConfig. Every source (file, environment, flags, --check-config)
+// walks this table, so an option is written down once.
+using Member = std::variant<std::string DaemonConfig::*, uint32_t DaemonConfig::*,
+                            uint64_t DaemonConfig::*>;
+struct Option {
+  const char* key;
+  const char* env;  // nullptr: no environment variable
+  const char* help;
+  Member member;
+};
+
+const Option kOptions[] = {
+    {"socket", "STRUCTD_SOCKET", "Unix socket to serve on", &DaemonConfig::socket},
+    {"state_dir", "STRUCTD_STATE_DIR",
+     "Directory for channels, arenas and ledgers; put it on tmpfs", &DaemonConfig::state_dir},
+    {"log_level", "STRUCTD_LOG_LEVEL", "trace, debug, info, warn, error or off",
+     &DaemonConfig::log_level},
+    {"extent_size", nullptr,
+     "Bytes per arena extent for new channels: a multiple of 65536 from 131072 to 268435456",
+     &DaemonConfig::extent_size},
+    {"max_extents", nullptr, "Extents a new channel's arena may grow to, 1 to 16383",
+     &DaemonConfig::max_extents},
+    {"lease_ms", nullptr,
+     "A session that sends no heartbeat for this long, and whose process is gone or "
+     "cannot be observed, is ended",
+     &DaemonConfig::lease_ms},
+    {"max_channels", nullptr, "Channels in the daemon", &DaemonConfig::max_channels},
+    {"max_sessions", nullptr, "Sessions in the daemon", &DaemonConfig::max_sessions},
+    {"max_sessions_per_process", nullptr, "Sessions one process may hold",
+     &DaemonConfig::max_sessions_per_process},
+    {"max_sessions_per_uid", nullptr, "Sessions one uid may hold",
+     &DaemonConfig::max_sessions_per_uid},
+    {"max_connections_per_process", nullptr,
+     "Connections one process may hold open to the daemon",
+     &DaemonConfig::max_connections_per_process},
+    {"idle_connection_ms", nullptr,
+     "A connection that makes no call at all for this long is closed",
+     &DaemonConfig::idle_connection_ms},
+    {"max_fields", nullptr, "Fields per registered type", &DaemonConfig::max_fields},
+    {"max_type_bytes", nullptr, "Payload bytes of one struct", &DaemonConfig::max_type_bytes},
+};
+
+std::string Flag(const char* key) {
+  std::string f = std::string("--") + key;
+  for (char& c : f) {
+    if (c == '_') c = '-';
+  }
+  return f;
 }
 
-template <typename T>
-bool ReadToml(const toml::table& t, const char* key, T& out, std::string& err) {
-  const toml::node* n = t.get(key);
-  if (n == nullptr) return true;
-  if constexpr (std::is_same_v<T, std::string>) {
-    if (auto v = n->value<std::string>()) {
-      out = *v;
-      return true;
-    }
-  } else {
-    if (auto v = n->value<int64_t>(); v && *v >= 0) {
-      out = static_cast<T>(*v);
-      return true;
-    }
+std::string ValueText(const DaemonConfig& c, const Member& m) {
+  return std::visit(
+      [&](auto member) -> std::string {
+        using T = std::decay_t<decltype(c.*member)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          return c.*member;
+        } else {
+          return std::to_string(c.*member);
+        }
+      },
+      m);
+}
+
+// Sets an option from text (environment, flag); false with `err` set if
+// the text is not a value of the option's type.
+bool SetFromText(DaemonConfig& c, const Option& o, const std::string& text, std::string& err) {
+  return std::visit(
+      [&](auto member) -> bool {
+        using T = std::decay_t<decltype(c.*member)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          c.*member = text;
+          return true;
+        } else {
+          char* end = nullptr;
+          errno = 0;
+          unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+          if (text.empty() || *end != '\0' || errno != 0 || text[0] == '-' ||
+              v > std::numeric_limits<T>::max()) {
+            err = std::string("option '") + o.key + "': '" + text +
+                  "' is not a number in range (use a non-negative integer up to " +
+                  std::to_string(std::numeric_limits<T>::max()) + ")";
+            return false;
+          }
+          c.*member = static_cast<T>(v);
+          return true;
+        }
+      },
+      o.member);
+}
+
+bool SetFromToml(DaemonConfig& c, const Option& o, const toml::node& n, std::string& err) {
+  return std::visit(
+      [&](auto member) -> bool {
+        using T = std::decay_t<decltype(c.*member)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (auto v = n.value<std::string>()) {
+            c.*member = *v;
+            return true;
+          }
+        } else {
+          if (auto v = n.value<int64_t>();
+              v && *v >= 0 && static_cast<uint64_t>(*v) <= std::numeric_limits<T>::max()) {
+            c.*member = static_cast<T>(*v);
+            return true;
+          }
+        }
+        err = std::string("option '") + o.key + "' has the wrong type or is out of range";
+        return false;
+      },
+      o.member);
+}
+
+bool ValidLevel(const std::string& l) {
+  return l == "trace" || l == "debug" || l == "info" || l == "warn" || l == "error" ||
+         l == "off";
+}
+
+// The checks that need more than a type. "" if the configuration is valid.
+std::string Invalid(const DaemonConfig& c) {
+  if (!ValidLevel(c.log_level)) {
+    return "log level '" + c.log_level + "' is not one of trace, debug, info, warn, error, off";
   }
-  err = std::string("option '") + key + "' has the wrong type";
-  return false;
+  if (c.lease_ms < 100) return "lease_ms " + std::to_string(c.lease_ms) + " is too short (use >= 100)";
+  if (c.extent_size % 65536 != 0 || c.extent_size < 131072 || c.extent_size > 268435456) {
+    return "extent_size " + std::to_string(c.extent_size) +
+           ": use a multiple of 65536 from 131072 to 268435456";
+  }
+  if (c.max_extents < 1 || c.max_extents > 16383) {
+    return "max_extents " + std::to_string(c.max_extents) + ": use 1 to 16383";
+  }
+  if (c.max_sessions_per_process < 1 || c.max_sessions_per_uid < 1 ||
+      c.max_connections_per_process < 2) {
+    return "max_sessions_per_process and max_sessions_per_uid must be >= 1, "
+           "max_connections_per_process >= 2";
+  }
+  if (c.idle_connection_ms < 100) {
+    return "idle_connection_ms " + std::to_string(c.idle_connection_ms) +
+           " is too short (use >= 100)";
+  }
+  return "";
 }
 
 }  // namespace
@@ -43,6 +166,7 @@ bool ReadToml(const toml::table& t, const char* key, T& out, std::string& err) {
 ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
   config.socket = shm::DefaultRuntimeDir() + "/structd.sock";
   config.state_dir = shm::DefaultStateDir();
+  const DaemonConfig defaults = config;
 
   CLI::App app{
       "structd: shares fixed-layout structs between processes through shared "
@@ -50,38 +174,16 @@ ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
       "Settings come from built-in defaults, then the TOML file, then "
       "STRUCTD_* environment variables, then flags."};
   app.set_version_flag("--version", STRUCTD_VERSION);
-  std::optional<std::string> socket, state_dir, log_level, config_file;
-  std::optional<uint64_t> extent_size;
-  std::optional<uint32_t> max_extents, lease_ms, max_channels, max_sessions, max_fields,
-      max_type_bytes;
-  bool check_config = false;
-  app.add_option("--socket", socket,
-                 "Unix socket to serve on [default: " + config.socket +
-                     "; env STRUCTD_SOCKET]");
-  app.add_option("--state-dir", state_dir,
-                 "Directory for channels, arenas and ledgers; put it on "
-                 "tmpfs [default: " + config.state_dir +
-                     "; env STRUCTD_STATE_DIR]");
+  std::optional<std::string> config_file;
+  std::map<std::string, std::optional<std::string>> flags;
+  for (const Option& o : kOptions) {
+    std::string help = std::string(o.help) + " [default: " + ValueText(defaults, o.member);
+    if (o.env != nullptr) help += std::string("; env ") + o.env;
+    app.add_option(Flag(o.key), flags[o.key], help + "]");
+  }
   app.add_option("--config", config_file,
-                 "TOML config file (see deploy/config/structd.toml) [env "
-                 "STRUCTD_CONFIG]");
-  app.add_option("--log-level", log_level,
-                 "trace, debug, info, warn, error or off [default: info; env "
-                 "STRUCTD_LOG_LEVEL]");
-  app.add_option("--extent-size", extent_size,
-                 "Bytes per arena extent for new channels: a multiple of "
-                 "65536 from 131072 to 268435456 [default: 67108864]");
-  app.add_option("--max-extents", max_extents,
-                 "Extents a new channel's arena may grow to, 1 to 16383 "
-                 "[default: 1024]");
-  app.add_option("--lease-ms", lease_ms,
-                 "A session that sends no heartbeat for this long is ended "
-                 "[default: 15000]");
-  app.add_option("--max-channels", max_channels, "[default: 256]");
-  app.add_option("--max-sessions", max_sessions, "[default: 4096]");
-  app.add_option("--max-fields", max_fields, "Fields per registered type [default: 256]");
-  app.add_option("--max-type-bytes", max_type_bytes,
-                 "Payload bytes of one struct [default: 1048576]");
+                 "TOML config file (see deploy/config/structd.toml) [env STRUCTD_CONFIG]");
+  bool check_config = false;
   app.add_flag("--check-config", check_config,
                "Validate the settings (file, environment, flags), print the "
                "effective configuration as TOML and exit (0 if valid, 2 if not)");
@@ -91,6 +193,10 @@ ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
     int code = app.exit(e);
     return code == 0 ? ParseOutcome::kExitOk : ParseOutcome::kExitUsage;
   }
+  auto fail = [](const std::string& where, const std::string& err) {
+    std::fprintf(stderr, "structd: %s%s\n", where.c_str(), err.c_str());
+    return ParseOutcome::kExitUsage;
+  };
 
   if (!config_file) {
     if (const char* env = std::getenv("STRUCTD_CONFIG")) config_file = env;
@@ -101,100 +207,55 @@ ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
     try {
       t = toml::parse_file(*config_file);
     } catch (const toml::parse_error& e) {
-      std::fprintf(stderr,
-                   "structd: config %s: %s at line %d (fix the file, or "
-                   "start without --config)\n",
-                   config_file->c_str(), std::string(e.description()).c_str(),
-                   static_cast<int>(e.source().begin.line));
-      return ParseOutcome::kExitUsage;
+      return fail("config " + *config_file + ": ",
+                  std::string(e.description()) + " at line " +
+                      std::to_string(e.source().begin.line) +
+                      " (fix the file, or start without --config)");
     }
-    static const char* kKnown[] = {"socket",       "state_dir",    "log_level",
-                                   "extent_size",  "max_extents",  "lease_ms",
-                                   "max_channels", "max_sessions", "max_fields",
-                                   "max_type_bytes"};
     for (const auto& [key, value] : t) {
-      bool known = false;
-      for (const char* k : kKnown) known = known || key.str() == k;
-      if (!known) {
-        std::fprintf(stderr,
-                     "structd: config %s: unknown option '%s' (see "
-                     "deploy/config/structd.toml for the list)\n",
-                     config_file->c_str(), std::string(key.str()).c_str());
-        return ParseOutcome::kExitUsage;
+      const Option* option = nullptr;
+      for (const Option& o : kOptions) {
+        if (key.str() == o.key) option = &o;
+      }
+      if (option == nullptr) {
+        return fail("config " + *config_file + ": ",
+                    "unknown option '" + std::string(key.str()) +
+                        "' (see deploy/config/structd.toml for the list)");
+      }
+      std::string err;
+      if (!SetFromToml(config, *option, value, err)) {
+        return fail("config " + *config_file + ": ", err);
       }
     }
+  }
+  for (const Option& o : kOptions) {
     std::string err;
-    bool ok = ReadToml(t, "socket", config.socket, err) &&
-              ReadToml(t, "state_dir", config.state_dir, err) &&
-              ReadToml(t, "log_level", config.log_level, err) &&
-              ReadToml(t, "extent_size", config.extent_size, err) &&
-              ReadToml(t, "max_extents", config.max_extents, err) &&
-              ReadToml(t, "lease_ms", config.lease_ms, err) &&
-              ReadToml(t, "max_channels", config.max_channels, err) &&
-              ReadToml(t, "max_sessions", config.max_sessions, err) &&
-              ReadToml(t, "max_fields", config.max_fields, err) &&
-              ReadToml(t, "max_type_bytes", config.max_type_bytes, err);
-    if (!ok) {
-      std::fprintf(stderr, "structd: config %s: %s\n", config_file->c_str(),
-                   err.c_str());
-      return ParseOutcome::kExitUsage;
+    if (o.env == nullptr) continue;
+    if (const char* env = std::getenv(o.env); env && *env) {
+      if (!SetFromText(config, o, env, err)) return fail(std::string(o.env) + ": ", err);
     }
   }
-  if (const char* env = std::getenv("STRUCTD_SOCKET"); env && *env) {
-    config.socket = env;
+  for (const Option& o : kOptions) {
+    std::string err;
+    if (const std::optional<std::string>& v = flags[o.key]) {
+      if (!SetFromText(config, o, *v, err)) return fail(Flag(o.key) + ": ", err);
+    }
   }
-  if (const char* env = std::getenv("STRUCTD_STATE_DIR"); env && *env) {
-    config.state_dir = env;
-  }
-  if (const char* env = std::getenv("STRUCTD_LOG_LEVEL"); env && *env) {
-    config.log_level = env;
-  }
-  if (socket) config.socket = *socket;
-  if (state_dir) config.state_dir = *state_dir;
-  if (log_level) config.log_level = *log_level;
-  if (extent_size) config.extent_size = *extent_size;
-  if (max_extents) config.max_extents = *max_extents;
-  if (lease_ms) config.lease_ms = *lease_ms;
-  if (max_channels) config.max_channels = *max_channels;
-  if (max_sessions) config.max_sessions = *max_sessions;
-  if (max_fields) config.max_fields = *max_fields;
-  if (max_type_bytes) config.max_type_bytes = *max_type_bytes;
-
-  if (!ValidLevel(config.log_level)) {
-    std::fprintf(stderr,
-                 "structd: log level '%s' is not one of trace, debug, info, "
-                 "warn, error, off\n",
-                 config.log_level.c_str());
-    return ParseOutcome::kExitUsage;
-  }
-  if (config.lease_ms < 100) {
-    std::fprintf(stderr, "structd: lease_ms %u is too short (use >= 100)\n",
-                 config.lease_ms);
-    return ParseOutcome::kExitUsage;
-  }
-  if (config.extent_size % 65536 != 0 || config.extent_size < 131072 ||
-      config.extent_size > 268435456) {
-    std::fprintf(stderr,
-                 "structd: extent_size %llu: use a multiple of 65536 from 131072 to "
-                 "268435456\n",
-                 static_cast<unsigned long long>(config.extent_size));
-    return ParseOutcome::kExitUsage;
-  }
-  if (config.max_extents < 1 || config.max_extents > 16383) {
-    std::fprintf(stderr, "structd: max_extents %u: use 1 to 16383\n", config.max_extents);
-    return ParseOutcome::kExitUsage;
-  }
+  if (std::string err = Invalid(config); !err.empty()) return fail("", err);
   if (check_config) {
-    toml::table effective{{"socket", config.socket},
-                          {"state_dir", config.state_dir},
-                          {"log_level", config.log_level},
-                          {"extent_size", static_cast<int64_t>(config.extent_size)},
-                          {"max_extents", static_cast<int64_t>(config.max_extents)},
-                          {"lease_ms", static_cast<int64_t>(config.lease_ms)},
-                          {"max_channels", static_cast<int64_t>(config.max_channels)},
-                          {"max_sessions", static_cast<int64_t>(config.max_sessions)},
-                          {"max_fields", static_cast<int64_t>(config.max_fields)},
-                          {"max_type_bytes", static_cast<int64_t>(config.max_type_bytes)}};
+    toml::table effective;
+    for (const Option& o : kOptions) {
+      std::visit(
+          [&](auto member) {
+            using T = std::decay_t<decltype(config.*member)>;
+            if constexpr (std::is_same_v<T, std::string>) {
+              effective.insert(o.key, config.*member);
+            } else {
+              effective.insert(o.key, static_cast<int64_t>(config.*member));
+            }
+          },
+          o.member);
+    }
     std::cout << "# structd " << STRUCTD_VERSION << ": effective configuration"
               << (config.config_file.empty() ? "" : " (file " + config.config_file + ")")
               << "\n"

@@ -22,6 +22,13 @@ struct DaemonConfig {
   uint32_t lease_ms = 15000;           // heartbeat deadline
   uint32_t max_channels = 256;
   uint32_t max_sessions = 4096;
+  uint32_t max_sessions_per_process = 16;
+  uint32_t max_sessions_per_uid = 1024;
+  // Connections one process may hold open to the daemon at once.
+  uint32_t max_connections_per_process = 64;
+  // A connection that makes no call at all for this long is closed (it
+  // holds a descriptor and does nothing: a half-open or hostile peer).
+  uint32_t idle_connection_ms = 10000;
   uint32_t max_fields = 256;
   uint32_t max_type_bytes = 1u << 20;  // payload of one struct
 };

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -19,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/src/core/random.h"
+#include "structd/shm/mapping_guard.h"
 #include "spdlog/spdlog.h"
 
 namespace structd::server {
@@ -59,6 +61,10 @@ void Daemon::Close() {
     close(lock_fd_);
     lock_fd_ = -1;
   }
+  if (reserve_fd_ >= 0) {
+    close(reserve_fd_);
+    reserve_fd_ = -1;
+  }
 }
 
 absl::Status Daemon::Start() {
@@ -71,6 +77,11 @@ absl::Status Daemon::Start() {
   }
   chmod(config_.state_dir.c_str(), 0700);
   WarnIfStateMayBeRemoved();
+  // A client that truncates a file the daemon maps must not kill it.
+  shm::InstallSigbusGuard();
+  RaiseDescriptorLimit();
+  // Kept free for the moment descriptors run out (AcceptLoop).
+  reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   // One daemon per state directory: an flock the kernel drops if we die.
   std::string lock_path = config_.state_dir + "/structd.pid";
   lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -96,6 +107,8 @@ absl::Status Daemon::Start() {
   o.limits.max_payload_size = config_.max_type_bytes;
   o.max_channels = config_.max_channels;
   o.max_sessions = config_.max_sessions;
+  o.max_sessions_per_process = config_.max_sessions_per_process;
+  o.max_sessions_per_uid = config_.max_sessions_per_uid;
   o.lease = std::chrono::milliseconds(config_.lease_ms);
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Open(o);
   if (!core.ok()) return core.status();
@@ -182,18 +195,74 @@ std::string Daemon::WriteAdminCapability() const {
   return capability;
 }
 
+// The soft limit on descriptors is often 1,024 while the hard limit is far
+// higher: every connection, extent mapping and ledger costs one.
+void Daemon::RaiseDescriptorLimit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max) return;
+  rlim_t before = lim.rlim_cur;
+  lim.rlim_cur = std::min<rlim_t>(lim.rlim_max, rlim_t{1} << 20);
+  if (setrlimit(RLIMIT_NOFILE, &lim) == 0) {
+    spdlog::info("descriptor limit raised from {} to {}", before, lim.rlim_cur);
+  }
+}
+
+// Logs `what` at most once per 10 s (a flood of refusals must not become a
+// flood of log lines).
+void Daemon::WarnThrottled(const std::string& what) {
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_accept_warning_ < std::chrono::seconds(10)) {
+    ++suppressed_accept_warnings_;
+    return;
+  }
+  last_accept_warning_ = now;
+  if (suppressed_accept_warnings_ > 0) {
+    spdlog::warn("{} ({} similar messages suppressed)", what, suppressed_accept_warnings_);
+  } else {
+    spdlog::warn("{}", what);
+  }
+  suppressed_accept_warnings_ = 0;
+}
+
 void Daemon::AcceptLoop() {
   while (!stopping_.load()) {
     pollfd p{listen_fd_, POLLIN, 0};
     int r = poll(&p, 1, 200);
     if (r <= 0) continue;
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) continue;
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: the pending connection would make poll()
+        // return at once forever. Free the reserve, take the connection
+        // and close it (the client sees the refusal), take the reserve
+        // back, and pause so the daemon does not spin.
+        if (reserve_fd_ >= 0) {
+          close(reserve_fd_);
+          int c = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+          if (c >= 0) close(c);
+          reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
+        WarnThrottled(absl::StrCat(
+            "out of file descriptors (", strerror(errno),
+            "): refusing new connections until some close (raise the descriptor limit, "
+            "LimitNOFILE= in the systemd unit, or lower idle_connection_ms)"));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      continue;
+    }
     ucred cred{};
     socklen_t len = sizeof cred;
     PeerCredentials peer;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-      peer = {true, cred.pid, cred.uid, cred.gid};
+      peer = {true, cred.pid, cred.uid, cred.gid, nullptr};
+    }
+    if (peer.known &&
+        peers_.OpenConnections(peer.pid, peer.uid) >= config_.max_connections_per_process) {
+      close(fd);
+      WarnThrottled(absl::StrCat("pid ", peer.pid, " (uid ", peer.uid, ") already has ",
+                                 config_.max_connections_per_process,
+                                 " connections open: refusing more (max_connections_per_process)"));
+      continue;
     }
     // Recorded before gRPC sees the connection, so its first call finds it.
     peers_.Record(fd, peer);
@@ -211,6 +280,10 @@ void Daemon::ReapLoop() {
       session_service_->Cancel(id);
     }
     core_->ReapOrphans();
+    if (size_t n = peers_.Sweep(std::chrono::milliseconds(config_.idle_connection_ms))) {
+      spdlog::info("closed {} connections that made no call within {} ms", n,
+                   config_.idle_connection_ms);
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <thread>
 
@@ -39,11 +40,17 @@ class Daemon {
   void AcceptLoop();
   void ReapLoop();
   std::string WriteAdminCapability() const;
+  void RaiseDescriptorLimit();
+  // Accept-loop thread only.
+  void WarnThrottled(const std::string& what);
   void WarnIfStateMayBeRemoved() const;
 
   DaemonConfig config_;
   int lock_fd_ = -1;
   int listen_fd_ = -1;
+  int reserve_fd_ = -1;  // /dev/null, freed to refuse a connection at EMFILE
+  std::chrono::steady_clock::time_point last_accept_warning_{};
+  uint64_t suppressed_accept_warnings_ = 0;
   std::unique_ptr<Core> core_;
   PeerTable peers_;
   std::unique_ptr<SessionService> session_service_;

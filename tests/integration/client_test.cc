@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -319,6 +320,63 @@ TEST_F(ClientTest, ReferencesOfAClientThatDiedDuringTheOutageAreReleased) {
   auto guard = (*guarded)->lock().Lock();
   ASSERT_TRUE(guard.ok()) << guard.status();
   EXPECT_TRUE(guard->owner_died());
+}
+
+// Issue 13.4: a client stopped (SIGSTOP) for longer than the lease had its
+// session ended and its blocks handed to other processes; resumed, it
+// wrote through its old Owned into someone else's struct. Now a live
+// process keeps its session however long it is silent.
+TEST(ClientLeaseTest, AStoppedClientKeepsItsInstancesPastTheLease) {
+  DaemonProcess daemon({"--lease-ms", "300"});
+  auto me = ConnectTo(daemon);
+  ASSERT_NE(me, nullptr);
+  auto created = me->CreateChannel("c");
+  ASSERT_TRUE(created.ok()) << created.status();
+  Channel& c = *created->channel;
+  auto worker = Worker(daemon, *created, "own");
+  std::string line = worker->ReadLine();
+  ASSERT_THAT(line, StartsWith("ref "));
+  kill(worker->pid(), SIGSTOP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // 5 leases
+  // Had the worker's block been freed, one of these would reuse it.
+  std::vector<Owned<Counter>> ours;
+  for (int i = 0; i < 50; ++i) {
+    auto o = c.Allocate<Counter>();
+    ASSERT_TRUE(o.ok()) << o.status();
+    (*o)->hits().store(9999);
+    EXPECT_NE(o->ref().ToString(), line.substr(4));
+    ours.push_back(std::move(*o));
+  }
+  kill(worker->pid(), SIGCONT);
+  auto go = c.Allocate<Counter>();
+  ASSERT_TRUE(go.ok());
+  ASSERT_TRUE(c.SetRoot("go", go->ref()).ok());
+  EXPECT_EQ(worker->ReadLine(), "value 1234 status OK");
+  EXPECT_EQ(worker->Wait(), 0);
+}
+
+// The other half of 13.4: a client whose session really was ended while it
+// lived learns it, instead of re-attaching silently with a new session
+// while its old Owned objects name freed memory. Here the daemon restarts
+// and cannot resume the session (its record is gone).
+TEST(ClientLeaseTest, AClientWhoseSessionWasEndedIsToldAndStops) {
+  DaemonProcess daemon;
+  auto me = ConnectTo(daemon);
+  ASSERT_NE(me, nullptr);
+  auto created = me->CreateChannel("c");
+  ASSERT_TRUE(created.ok()) << created.status();
+  auto worker = Worker(daemon, *created, "lost");
+  std::string line = worker->ReadLine();
+  ASSERT_THAT(line, StartsWith("ready "));
+  std::string session = line.substr(6);
+  daemon.Kill9();
+  ASSERT_TRUE(std::filesystem::remove(daemon.state_dir() + "/sessions/" + session));
+  daemon.Start();
+  line = worker->ReadLine();
+  EXPECT_THAT(line, StartsWith("lost structd: session " + session.substr(0, 8)));
+  EXPECT_THAT(line, HasSubstr("connect a new Client"));
+  EXPECT_EQ(worker->ReadLine(), "call FAILED_PRECONDITION");
+  EXPECT_EQ(worker->Wait(), 0);
 }
 
 }  // namespace

@@ -136,7 +136,12 @@ TEST(DaemonTest, EndingASessionReleasesItsReferences) {
 
 // A client that stays connected but never heartbeats (hung while alive)
 // loses its session once the lease runs out; its references go with it.
-TEST(DaemonTest, ASessionThatStopsHeartbeatingIsEndedAfterItsLease) {
+// Issue 13.4: the lease used to end the session of a process that was only
+// silent (SIGSTOP, a debugger, this test client that never heartbeats),
+// free its blocks and hand them to others while it could still write
+// them. A live process keeps its session; the lease ends only sessions
+// whose process is gone (DaemonClientKillTest, KillMatrixTest).
+TEST(DaemonTest, ASilentButLiveClientKeepsItsSessionPastTheLease) {
   DaemonProcess daemon({"--lease-ms", "300"});
   GrpcClient observer(daemon.target(), /*attach=*/false);
   GrpcClient hung(daemon.target());  // the test client never heartbeats
@@ -146,16 +151,11 @@ TEST(DaemonTest, ASessionThatStopsHeartbeatingIsEndedAfterItsLease) {
   Alloc(hung, "ch", t.token(), 7, &s);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(observer.LiveInstances("ch"), 7u);
-  for (int i = 0; i < 300 && observer.LiveInstances("ch") != 0u; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(observer.LiveInstances("ch"), 0u);
-  // The daemon ends the hung client's stream so it knows to re-attach.
-  EXPECT_EQ(hung.AwaitAttachEnd(std::chrono::seconds(5)).error_code(),
-            grpc::StatusCode::CANCELLED);
-  // The expired session id is no longer accepted.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // 4 leases
+  EXPECT_EQ(observer.LiveInstances("ch"), 7u);
   Alloc(hung, "ch", t.token(), 1, &s);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << s.error_message();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(observer.LiveInstances("ch"), 8u);
 }
 
 TEST(DaemonTest, CapabilitiesTokensAndSealingGiveTheirDocumentedCodes) {

@@ -21,6 +21,14 @@
 //                       then "detached" when the daemon is gone and
 //                       "reattached" once calls work again (exit 0), or
 //                       exits 5 after 30 s
+//   own                 owns a new Counter with hits = 1234, prints
+//                       "ref REF", waits until root "go" exists, then
+//                       prints "value HITS status CODE" (CODE: the
+//                       session status's code name)
+//   lost                prints "ready SESSION", waits until the client
+//                       reports its session lost, then prints "lost MSG"
+//                       and "call CODE" for one Allocate (or exits 5
+//                       after 30 s)
 //
 // Exit codes: 0 ok, 2 usage, 3 connect/join failed, 4 a call failed.
 #include <unistd.h>
@@ -272,6 +280,38 @@ int main(int argc, char** argv) {
       usleep(200);
     }
     return 5;
+  }
+  if (mode == "own" && argc == 5) {
+    auto mine = c.Allocate<Counter>();
+    if (!mine.ok()) return Fail(mine.status());
+    (*mine)->hits().store(1234);
+    std::printf("ref %s\n", mine->ref().ToString().c_str());
+    std::fflush(stdout);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!c.GetRoot("go").ok()) {
+      if (std::chrono::steady_clock::now() > deadline) return 5;
+      usleep(20000);
+    }
+    std::printf("value %llu status %s\n",
+                static_cast<unsigned long long>((*mine)->hits().load()),
+                absl::StatusCodeToString((*client)->session_status().code()).c_str());
+    return 0;
+  }
+  if (mode == "lost" && argc == 5) {
+    auto mine = c.Allocate<Counter>();
+    if (!mine.ok()) return Fail(mine.status());
+    std::printf("ready %s\n", (*client)->session_id().c_str());
+    std::fflush(stdout);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while ((*client)->session_status().ok()) {
+      if (std::chrono::steady_clock::now() > deadline) return 5;
+      usleep(10000);
+    }
+    std::printf("lost %s\n", std::string((*client)->session_status().message()).c_str());
+    auto more = c.Allocate<Counter>();
+    std::printf("call %s\n", absl::StatusCodeToString(more.status().code()).c_str());
+    mine->Disown();
+    return 0;
   }
   std::fprintf(stderr, "unknown mode or wrong arguments: %s\n", mode.c_str());
   return 2;

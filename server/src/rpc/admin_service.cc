@@ -47,6 +47,12 @@ grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
   response->set_sessions(static_cast<uint32_t>(core_->Sessions().size()));
   response->set_live_instances(live);
   response->set_arena_bytes(bytes);
+  for (const UnrecoveredChannel& u : core_->Unrecovered()) {
+    v1::UnrecoveredChannel* out = response->add_unrecovered();
+    out->set_dir(u.dir);
+    out->set_name(u.name);
+    out->set_reason(u.reason);
+  }
   return grpc::Status::OK;
 }
 
@@ -67,6 +73,9 @@ grpc::Status AdminService::ListChannels(grpc::ServerContext* context,
     out->set_sealed(st.sealed);
     out->set_dropped(st.dropped);
     out->set_epoch(c->Arena().epoch);
+    if (absl::Status usable = c->Usable(); absl::IsDataLoss(usable)) {
+      out->set_damage(std::string(usable.message()));
+    }
   }
   return grpc::Status::OK;
 }

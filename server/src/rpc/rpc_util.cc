@@ -1,5 +1,8 @@
 #include "server/src/rpc/rpc_util.h"
 
+#include <sys/socket.h>
+#include <sys/stat.h>
+
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -15,19 +18,91 @@ grpc::Status ToGrpc(const absl::Status& s) {
 }
 
 void PeerTable::Record(int fd, const PeerCredentials& creds) {
-  RecordPeer("fd:" + std::to_string(fd), creds);
+  Connection c;
+  c.creds = creds;
+  c.fd = fd;
+  struct stat st;
+  if (fstat(fd, &st) == 0) {
+    c.dev = st.st_dev;
+    c.ino = st.st_ino;
+  }
+  c.accepted = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  by_peer_["fd:" + std::to_string(fd)] = c;
 }
 
 void PeerTable::RecordPeer(const std::string& peer,
                            const PeerCredentials& creds) {
+  Connection c;
+  c.creds = creds;
+  c.used = true;
   std::lock_guard<std::mutex> lock(mu_);
-  by_peer_[peer] = creds;
+  by_peer_[peer] = c;
 }
 
 PeerCredentials PeerTable::Lookup(const std::string& peer) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = by_peer_.find(peer);
-  return it == by_peer_.end() ? PeerCredentials{} : it->second;
+  if (it == by_peer_.end()) return PeerCredentials{};
+  it->second.used = true;
+  return it->second.creds;
+}
+
+std::shared_ptr<const ProcessHandle> PeerTable::ProcessOf(const std::string& peer) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_peer_.find(peer);
+  if (it == by_peer_.end()) return nullptr;
+  if (it->second.fd < 0) return ProcessHandle::OfPid(it->second.creds.pid);
+  return ProcessHandle::OfSocketPeer(it->second.fd, it->second.creds.pid);
+}
+
+bool PeerTable::StillOpen(const Connection& c) {
+  struct stat st;
+  return fstat(c.fd, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == c.dev &&
+         st.st_ino == c.ino;
+}
+
+void PeerTable::ForgetClosedLocked() {
+  for (auto it = by_peer_.begin(); it != by_peer_.end();) {
+    if (it->second.fd >= 0 && !StillOpen(it->second)) {
+      it = by_peer_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+size_t PeerTable::OpenConnections(pid_t pid, uid_t uid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ForgetClosedLocked();
+  size_t n = 0;
+  for (const auto& [peer, c] : by_peer_) {
+    if (c.fd >= 0 && c.creds.pid == pid && c.creds.uid == uid) ++n;
+  }
+  return n;
+}
+
+size_t PeerTable::Sweep(std::chrono::milliseconds idle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ForgetClosedLocked();
+  size_t closed = 0;
+  auto now = std::chrono::steady_clock::now();
+  for (auto& [peer, c] : by_peer_) {
+    if (c.fd < 0 || c.used || now - c.accepted < idle) continue;
+    // gRPC owns the descriptor: shut the socket down (gRPC then sees EOF
+    // and closes it) rather than closing a number it may reuse.
+    if (StillOpen(c)) {
+      shutdown(c.fd, SHUT_RDWR);
+      ++closed;
+    }
+    c.used = true;  // once
+  }
+  return closed;
+}
+
+size_t PeerTable::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return by_peer_.size();
 }
 
 std::string SessionIdOf(const grpc::ServerContext& context) {

@@ -3,10 +3,13 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "server/src/core/core.h"
 #include "structd/shm/type_token.h"
@@ -16,9 +19,15 @@ namespace structd::server {
 // absl and gRPC share the canonical status codes; the mapping is 1:1.
 grpc::Status ToGrpc(const absl::Status& s);
 
-// Peer credentials of accepted connections, by the peer string gRPC
-// reports for connections handed over with AddInsecureChannelFromFd
-// ("fd:N"). The listener records SO_PEERCRED at accept time.
+// The connections the daemon accepted, with their peer credentials, by
+// the peer string gRPC reports for connections handed over with
+// AddInsecureChannelFromFd ("fd:N"). The listener records SO_PEERCRED at
+// accept time; every call looks its caller up here.
+//
+// The table also bounds what connections cost: it counts a process's
+// open connections, forgets connections gRPC has closed (the descriptor
+// no longer names the same socket), and shuts down connections that never
+// made a call (a peer that only holds a descriptor).
 //
 // Thread safety: all methods may be called concurrently.
 class PeerTable {
@@ -26,14 +35,37 @@ class PeerTable {
   // A connection adopted from accept(): gRPC names it "fd:N".
   void Record(int fd, const PeerCredentials& creds);
   // Any peer name as ServerContext::peer() reports it ("" for a handler
-  // called in-process, as the service tests do).
+  // called in-process, as the service tests do). Never swept.
   void RecordPeer(const std::string& peer, const PeerCredentials& creds);
-  // Unknown credentials (known = false) for an unrecognized peer.
+  // Unknown credentials (known = false) for an unrecognized peer. Marks
+  // the connection as used.
   PeerCredentials Lookup(const std::string& peer) const;
+  // A pidfd of the peer process of connection `peer` (null if none can be
+  // had). REQUIRES: a call on that connection is in flight, so its
+  // descriptor is open.
+  std::shared_ptr<const ProcessHandle> ProcessOf(const std::string& peer) const;
+  // Open connections of process `pid` of `uid` (closed ones are forgotten
+  // first).
+  size_t OpenConnections(pid_t pid, uid_t uid);
+  // Forgets closed connections and shuts down those that made no call
+  // within `idle` of being accepted. Returns how many it shut down.
+  size_t Sweep(std::chrono::milliseconds idle);
+  size_t size() const;
 
  private:
+  struct Connection {
+    PeerCredentials creds;
+    int fd = -1;    // -1: not a socket of ours (RecordPeer)
+    uint64_t dev = 0, ino = 0;  // which socket the fd named at accept
+    std::chrono::steady_clock::time_point accepted;
+    mutable bool used = false;
+  };
+  // True if `c.fd` still names the socket it named at accept.
+  static bool StillOpen(const Connection& c);
+  void ForgetClosedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   mutable std::mutex mu_;
-  std::map<std::string, PeerCredentials> by_peer_;
+  std::map<std::string, Connection> by_peer_ ABSL_GUARDED_BY(mu_);
 };
 
 // The "structd-session" metadata value, or "".

@@ -6,8 +6,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
+#include <vector>
 #include <map>
 #include <mutex>
+
+#include "absl/base/thread_annotations.h"
 #include <string>
 
 #include "server/src/core/core.h"
@@ -19,33 +24,46 @@
 
 namespace structd::server {
 
-class SessionService final : public v1::Session::Service {
+// The Attach stream of every client, served with gRPC's callback API: an
+// attached client costs a reactor object, not a thread (a sync stream
+// would pin a server thread per client for the session's whole life).
+// Ending a session (releasing what it held) runs on the service's own
+// worker thread, never on a gRPC callback thread.
+//
+// Thread safety: all public methods may be called from any thread.
+class SessionService final : public v1::Session::CallbackService {
  public:
-  SessionService(Core* core, const PeerTable* peers) : core_(core), peers_(peers) {}
-  grpc::Status Attach(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>* stream)
-      override;
+  SessionService(Core* core, const PeerTable* peers);
+  ~SessionService() override;
+  grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* Attach(
+      grpc::CallbackServerContext* context) override;
 
-  // Ends the Attach stream of session `id` (its lease ran out): the client
-  // sees the stream finish with CANCELLED and knows to re-attach.
+  // Ends the Attach stream of session `id` (its lease ran out and its
+  // process is gone): the client sees the stream finish with CANCELLED.
   void Cancel(const std::string& id);
-  // Tells every attached client the daemon is going away.
+  // Tells every attached client the daemon is going away. From then on a
+  // closing stream keeps its session for resumption by the next daemon.
   void AnnounceShutdown(const std::string& reason);
+  // Streams currently attached.
+  size_t attached_count();
 
  private:
-  using Stream = grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>;
-  struct Live {
-    grpc::ServerContext* context;
-    Stream* stream;
-  };
-  Core* core_;
-  const PeerTable* peers_;
-  // Streams between `attached` and their end. Guarded by mu_; after the
-  // attached write only holders of mu_ write to a stream.
-  std::mutex mu_;
-  std::map<std::string, Live> live_;
+  class Reactor;
+  // Queues `id` for Core::Detach on the worker thread.
+  void DetachLater(const std::string& id);
+  void DetachWorker();
+
+  Core* const core_;         // not owned; outlives the service
+  const PeerTable* peers_;   // not owned; outlives the service
   std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  // Attached streams by session id; a reactor removes itself (under mu_)
+  // before it is deleted, so holders of mu_ may call into it.
+  std::map<std::string, Reactor*> live_ ABSL_GUARDED_BY(mu_);
+  std::condition_variable detach_cv_;
+  std::vector<std::string> to_detach_ ABSL_GUARDED_BY(mu_);
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread detach_thread_;
 };
 
 class RegistryService final : public v1::Registry::Service {

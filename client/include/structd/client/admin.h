@@ -43,6 +43,14 @@ struct DaemonStatus {
   uint32_t sessions = 0;
   uint64_t live_instances = 0;
   uint64_t arena_bytes = 0;
+  // Channel directories the daemon could not adopt at start-up (kept
+  // untouched, names reserved).
+  struct Unrecovered {
+    std::string dir;
+    std::string name;
+    std::string reason;
+  };
+  std::vector<Unrecovered> unrecovered;
 };
 
 struct ChannelSummary {
@@ -56,6 +64,7 @@ struct ChannelSummary {
   bool sealed = false;
   bool dropped = false;
   uint64_t epoch = 0;
+  std::string damage;  // non-empty: the channel fails with DATA_LOSS
 };
 
 struct SessionSummary {

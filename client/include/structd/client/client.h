@@ -81,6 +81,16 @@ class Client {
   bool attached() const;
   // How many times the session was re-established after losing the daemon.
   uint64_t reattach_count() const;
+  // OK while the session is this process's, FAILED_PRECONDITION once it was
+  // lost: the daemon ended it while the process could not be reached (its
+  // process looked gone, or a restarted daemon could not let it resume),
+  // and released every reference it held. Then every call of this Client
+  // and its Channels fails with that status, and nothing re-attaches: the
+  // Owned objects and views of the old session may name instances that now
+  // belong to others, so stop using them and connect a new Client. (A
+  // process that is merely stopped or slow keeps its session: the daemon
+  // checks that the process is gone before it ends a session.)
+  absl::Status session_status() const;
   const std::string& socket() const;
 
  private:
