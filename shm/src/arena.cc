@@ -28,7 +28,7 @@ using internal::UniqueFd;
 
 constexpr const char* kHeaderFile = "arena";
 // Tag of the header's mapping in the SIGBUS registry (extents use their id).
-constexpr uint64_t kHeaderTag = ~uint64_t{0};
+constexpr uint64_t kHeaderTag = 0xFFFFFFFFu;
 
 // posix_fallocate, retried on EINTR (tmpfs returns it when a signal is
 // pending during a large allocation).

@@ -317,6 +317,23 @@ TEST(ArenaTest, ATruncatedExtentUnderTheGuardIsDataLossNotSigbus) {
   EXPECT_EQ(child.Wait(), 0);
 }
 
+// The header's mapping is guarded too (its tag once wrapped to "intact").
+TEST(ArenaTest, ATruncatedHeaderUnderTheGuardIsDataLoss) {
+  TempDir dir;
+  ChildProcess child([&] {
+    InstallSigbusGuard();
+    auto a = Arena::Create(dir.Sub("a"), Small(8, 1));
+    if (!a.ok()) return 10;
+    if (truncate(dir.Sub("a/arena").c_str(), 0) != 0) return 11;
+    (void)(*a)->Grow();  // reads the header's extent count
+    absl::Status s = (*a)->Intact();
+    if (s.code() != absl::StatusCode::kDataLoss) return 12;
+    if (s.message().find("/arena was truncated") == std::string::npos) return 13;
+    return 0;
+  });
+  EXPECT_EQ(child.Wait(), 0);
+}
+
 TEST(ArenaTest, ASigbusOutsideGuardedMappingsStillKills) {
   TempDir dir;
   ChildProcess child([&] {

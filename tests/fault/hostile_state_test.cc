@@ -142,7 +142,8 @@ TEST(HostileStateTest, RandomBytesInTheArenaLedgersAndMetadataNeverCrashTheDaemo
   const std::string state = daemon.state_dir() + "/channels/" + c.id();
   auto admin = AdminOf(daemon);
   // Rounds of damage, each followed by every kind of request.
-  for (int round = 0; round < 6; ++round) {
+  const int rounds = 6 * FaultScale();
+  for (int round = 0; round < rounds; ++round) {
     std::string target;
     switch (round % 3) {
       case 0: target = state + "/arena/extent.0"; break;  // headers, refcounts, slabs

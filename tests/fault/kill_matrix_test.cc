@@ -92,7 +92,7 @@ class KillMatrixTest : public ::testing::Test {
 
 TEST_F(KillMatrixTest, ClientsKilledAtRandomPointsLeaveAConsistentArena) {
   std::mt19937_64 rng(TestSeed());
-  constexpr int kRounds = 12;
+  const int kRounds = 12 * FaultScale();
   constexpr int kWorkers = 3;
   uint64_t killed_while_ready = 0, killed_early = 0;
   for (int round = 0; round < kRounds; ++round) {
@@ -137,7 +137,7 @@ TEST_F(KillMatrixTest, ClientsKilledAtRandomPointsLeaveAConsistentArena) {
 
 TEST_F(KillMatrixTest, TheDaemonKilledUnderLoadRecoversAConsistentArena) {
   std::mt19937_64 rng(TestSeed());
-  constexpr int kRounds = 3;
+  const int kRounds = 3 * FaultScale();
   for (int round = 0; round < kRounds; ++round) {
     std::vector<std::unique_ptr<SpawnedProcess>> workers;
     for (int w = 0; w < 3; ++w) workers.push_back(Chaos(rng()));

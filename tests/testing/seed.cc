@@ -19,4 +19,12 @@ uint64_t TestSeed() {
   return seed;
 }
 
+int FaultScale() {
+  int scale = 1;
+  if (const char* env = std::getenv("STRUCTD_FAULT_SCALE")) scale = std::atoi(env);
+  if (scale < 1) scale = 1;
+  std::printf("[ SCALE    ] STRUCTD_FAULT_SCALE=%d\n", scale);
+  return scale;
+}
+
 }  // namespace structd::testing

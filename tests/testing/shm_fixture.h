@@ -73,6 +73,10 @@ struct OwnedArena {
 // Printed so a failing run can be repeated.
 uint64_t TestSeed();
 
+// How many times longer randomized fault tests run: STRUCTD_FAULT_SCALE
+// (default 1; the long mode of doc/recovery.md uses 50). Printed.
+int FaultScale();
+
 }  // namespace structd::testing
 
 #endif  // STRUCTD_TESTS_TESTING_SHM_FIXTURE_H_

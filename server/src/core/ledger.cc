@@ -274,6 +274,13 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
 }
 
 absl::Status Ledger::Rehash(uint64_t min_capacity) {
+  if (damage_ != nullptr && damage_->damaged()) {
+    // The mapping reads zeros since the file was cut short: a table built
+    // from it would replace what the file held with nothing. Leave the
+    // file as it is; a restart sets it aside and keeps its counts.
+    return absl::DataLossError(absl::StrCat(
+        "ledger ", path_, ": the file was truncated while mapped (restart the daemon)"));
+  }
   std::vector<LedgerEntry> entries = Entries();
   // Scribbled slots read as entries too: size the table for what is there.
   uint64_t new_capacity = min_capacity;

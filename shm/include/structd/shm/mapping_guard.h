@@ -41,7 +41,7 @@ bool SigbusGuardInstalled();
 class GuardedMapping {
  public:
   GuardedMapping() = default;
-  // `tag` names the mapping to its owner (an extent id, say).
+  // `tag` names the mapping to its owner (an extent id, say); below 2^63.
   GuardedMapping(void* base, size_t length, DamageFlag* flag, uint64_t tag);
   ~GuardedMapping();
   GuardedMapping(GuardedMapping&& o) noexcept : slot_(o.slot_) { o.slot_ = -1; }
