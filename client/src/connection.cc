@@ -41,7 +41,14 @@ Connection::Connection(ClientOptions options) : options_(std::move(options)) {
 
 absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(ClientOptions options) {
   if (options.socket.empty()) options.socket = shm::DefaultSocketPath();
-  if (options.name.empty()) options.name = program_invocation_short_name;
+  if (options.name.empty()) {
+    // The daemon accepts printable text only; a program name is usually
+    // that, but need not be.
+    options.name = program_invocation_short_name;
+    for (char& ch : options.name) {
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7F) ch = '?';
+    }
+  }
   std::shared_ptr<Connection> c(new Connection(options));
   auto deadline = std::chrono::system_clock::now() + options.connect_timeout;
   if (!SocketExists(options.socket) || !c->channel_->WaitForConnected(deadline)) {
@@ -129,7 +136,13 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
     attach_context_ = std::move(context);
   }
   v1::AttachRequest hello;
-  hello.mutable_hello()->set_client_name(options_.name.substr(0, 128));
+  // At most 128 bytes, cut at a UTF-8 character boundary.
+  size_t cut = std::min<size_t>(options_.name.size(), 128);
+  while (cut > 0 && cut < options_.name.size() &&
+         (static_cast<unsigned char>(options_.name[cut]) & 0xC0) == 0x80) {
+    --cut;
+  }
+  hello.mutable_hello()->set_client_name(options_.name.substr(0, cut));
   {
     std::lock_guard lock(mu_);
     if (!resume_id_.empty()) {

@@ -59,6 +59,13 @@ const Option kOptions[] = {
      &DaemonConfig::idle_connection_ms},
     {"max_fields", nullptr, "Fields per registered type", &DaemonConfig::max_fields},
     {"max_type_bytes", nullptr, "Payload bytes of one struct", &DaemonConfig::max_type_bytes},
+    {"max_types_per_channel", nullptr, "Types one channel may register",
+     &DaemonConfig::max_types_per_channel},
+    {"max_registry_bytes", nullptr,
+     "Bytes of type keys and canonical layouts one channel may hold",
+     &DaemonConfig::max_registry_bytes},
+    {"max_roots_per_channel", nullptr, "Roots one channel may hold",
+     &DaemonConfig::max_roots_per_channel},
 };
 
 std::string Flag(const char* key) {

@@ -31,6 +31,10 @@ struct DaemonConfig {
   uint32_t idle_connection_ms = 10000;
   uint32_t max_fields = 256;
   uint32_t max_type_bytes = 1u << 20;  // payload of one struct
+  // What one channel may hold (its metadata stays bounded).
+  uint32_t max_types_per_channel = 1024;
+  uint64_t max_registry_bytes = 4u << 20;  // keys + canonical layouts
+  uint32_t max_roots_per_channel = 100000;
 };
 
 enum class ParseOutcome { kRun, kExitOk, kExitUsage };

@@ -19,6 +19,7 @@
 #include <grpcpp/server_posix.h>
 
 #include "absl/strings/str_cat.h"
+#include "server/src/core/private_dir.h"
 #include "server/src/core/random.h"
 #include "structd/shm/mapping_guard.h"
 #include "spdlog/spdlog.h"
@@ -69,13 +70,12 @@ void Daemon::Close() {
 
 absl::Status Daemon::Start() {
   std::error_code ec;
-  std::filesystem::create_directories(config_.state_dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "state dir ", config_.state_dir, ": ", ec.message(),
-        " (choose a writable --state-dir)"));
+  // Everything the daemon creates is its own: files 0600, directories 0700.
+  umask(077);
+  if (absl::Status s = MakePrivateDir(config_.state_dir); !s.ok()) {
+    return absl::PermissionDeniedError(absl::StrCat("state dir ", config_.state_dir, ": ",
+                                                    s.message()));
   }
-  chmod(config_.state_dir.c_str(), 0700);
   WarnIfStateMayBeRemoved();
   // A client that truncates a file the daemon maps must not kill it.
   shm::InstallSigbusGuard();
@@ -103,8 +103,11 @@ absl::Status Daemon::Start() {
   o.state_dir = config_.state_dir;
   o.arena.extent_size = config_.extent_size;
   o.arena.max_extents = config_.max_extents;
-  o.limits.max_fields = config_.max_fields;
-  o.limits.max_payload_size = config_.max_type_bytes;
+  o.limits.layout.max_fields = config_.max_fields;
+  o.limits.layout.max_payload_size = config_.max_type_bytes;
+  o.limits.registry.max_types = config_.max_types_per_channel;
+  o.limits.registry.max_registry_bytes = config_.max_registry_bytes;
+  o.limits.max_roots = config_.max_roots_per_channel;
   o.max_channels = config_.max_channels;
   o.max_sessions = config_.max_sessions;
   o.max_sessions_per_process = config_.max_sessions_per_process;

@@ -44,12 +44,13 @@ absl::StatusOr<Allocator::Block> Allocator::Locate(Loc loc) const {
   }
   uint32_t slab = SlabOf(off);
   uint32_t in_slab = off - SlabOffset(slab);
-  const SlabDescriptor& d = Desc(e, slab);
-  uint32_t bs = d.block_size.load(std::memory_order_acquire);
+  // The owner's record, never the shared descriptor (see SlabState).
+  const SlabState& st = State(e, slab);
+  uint32_t bs = st.block_size;
   Block b;
   b.loc = loc;
   if (bs == kSlabLargeHead) {
-    uint32_t span = d.span_slabs.load(std::memory_order_acquire);
+    uint32_t span = st.span;
     if (in_slab != 0 || span == 0 || span > geometry_.slab_count - slab) {
       return damaged();
     }
@@ -88,6 +89,8 @@ absl::Status Allocator::RefreshExtents() {
     }
     bases_.push_back(*base);
     quarantined_extent_.push_back(false);
+    // Created by this owner's Grow: every slab unassigned.
+    slabs_.emplace_back(geometry_.slab_count);
   }
   return absl::OkStatus();
 }
@@ -98,6 +101,8 @@ absl::Status Allocator::Scan(AdoptReport& report) {
     absl::StatusOr<uint8_t*> base = arena_->ExtentBase(e);
     bases_.push_back(base.ok() ? *base : nullptr);
     quarantined_extent_.push_back(!base.ok());
+    slabs_.emplace_back(geometry_.slab_count,
+                        SlabState{base.ok() ? kSlabUnassigned : kQuarantined, 0, 0});
     if (!base.ok()) {
       report.problems.push_back(absl::StrFormat(
           "extent %d: unusable, kept out of allocation: %s", e,
@@ -164,6 +169,7 @@ absl::Status Allocator::Scan(AdoptReport& report) {
         }
         d.live.store(live, std::memory_order_relaxed);
         d.generation_watermark.store(watermark, std::memory_order_relaxed);
+        State(e, s) = SlabState{bs, 0, used};
         if (used < per && classes_[cls].bump_slab == kNoSlab) {
           classes_[cls].bump_slab = Pack(e, s);
         }
@@ -179,6 +185,7 @@ absl::Status Allocator::Scan(AdoptReport& report) {
               "extent %d slab %d: damaged large span (span %d); slab "
               "quarantined",
               e, s, span));
+          State(e, s).block_size = kQuarantined;
           continue;
         }
         InstanceHeader& h = HeaderAt(Pack(e, SlabOffset(s)));
@@ -192,6 +199,8 @@ absl::Status Allocator::Scan(AdoptReport& report) {
           }
           ++report.free_blocks;
         } else {
+          State(e, s) = SlabState{kSlabLargeHead, span, 1};
+          for (uint32_t t = 1; t < span; ++t) State(e, s + t) = SlabState{kSlabLargeTail, 0, 0};
           ++live_instances_;
           live_block_bytes_ += uint64_t{span} * kSlabSize;
           ++report.live_instances;
@@ -207,11 +216,13 @@ absl::Status Allocator::Scan(AdoptReport& report) {
             "extent %d slab %d: large-span tail without a head; slab "
             "quarantined",
             e, s));
+        State(e, s).block_size = kQuarantined;
       } else {
         report.problems.push_back(absl::StrFormat(
             "extent %d slab %d: damaged descriptor (block size %d); slab "
             "quarantined",
             e, s, bs));
+        State(e, s).block_size = kQuarantined;
       }
     }
   }
@@ -234,9 +245,10 @@ absl::StatusOr<uint64_t> Allocator::FindUnassignedRun(uint32_t n) {
       uint32_t run = 0;
       for (uint32_t s = first; s < geometry_.slab_count; ++s) {
         const SlabDescriptor& d = Desc(e, s);
-        // A slab whose watermark reached the end of the generation space
-        // is never recycled: a recycled block must start above it.
-        if (d.block_size.load(std::memory_order_relaxed) == kSlabUnassigned &&
+        // Free by the owner's record; a slab whose watermark reached the
+        // end of the generation space is never recycled: a recycled block
+        // must start above it.
+        if (State(e, s).block_size == kSlabUnassigned &&
             d.generation_watermark.load(std::memory_order_relaxed) <
                 kGenerationMask - 1) {
           if (++run == n) {
@@ -289,10 +301,22 @@ absl::StatusOr<Allocator::Loc> Allocator::TakeClassBlock(size_t cls) {
   for (;;) {
     if (c.bump_slab != kNoSlab) {
       SlabDescriptor& d = Desc(Hi(c.bump_slab), Lo(c.bump_slab));
-      uint32_t i = d.next_unused.load(std::memory_order_relaxed);
+      SlabState& st = State(Hi(c.bump_slab), Lo(c.bump_slab));
+      if (d.next_unused.load(std::memory_order_relaxed) != st.next_unused) {
+        ++descriptor_mismatches_;  // written by another process: ours decides
+      }
+      uint32_t i = st.next_unused;
       if (i < kSlabSize / bs) {
+        st.next_unused = i + 1;
         d.next_unused.store(i + 1, std::memory_order_relaxed);
-        return Pack(Hi(c.bump_slab), SlabOffset(Lo(c.bump_slab)) + i * bs);
+        Loc loc = Pack(Hi(c.bump_slab), SlabOffset(Lo(c.bump_slab)) + i * bs);
+        if (HeaderAt(loc).type_index.load(std::memory_order_acquire) != 0) {
+          // Never handed out, yet it looks live: a member wrote a header
+          // here. Leave it alone rather than overwrite what may be data.
+          ++descriptor_mismatches_;
+          continue;
+        }
+        return loc;
       }
       c.bump_slab = kNoSlab;
     }
@@ -301,6 +325,10 @@ absl::StatusOr<Allocator::Loc> Allocator::TakeClassBlock(size_t cls) {
     uint32_t e = Hi(*slab);
     uint32_t s = Lo(*slab);
     SlabDescriptor& d = Desc(e, s);
+    if (d.block_size.load(std::memory_order_relaxed) != kSlabUnassigned) {
+      ++descriptor_mismatches_;  // a member marked our free slab as in use
+    }
+    State(e, s) = SlabState{bs, 0, 0};
     // Recycled memory may hold anything. Give every block a clean header,
     // with a generation above any this slab ever had, *before* the
     // descriptor makes the blocks addressable: a stale ref that lands here
@@ -345,6 +373,8 @@ absl::StatusOr<Allocator::Loc> Allocator::TakeLargeSpan(uint32_t slabs) {
   d.next_unused.store(1, std::memory_order_relaxed);
   d.live.store(0, std::memory_order_relaxed);
   d.block_size.store(kSlabLargeHead, std::memory_order_release);
+  State(e, head) = SlabState{kSlabLargeHead, slabs, 1};
+  for (uint32_t t = 1; t < slabs; ++t) State(e, head + t) = SlabState{kSlabLargeTail, 0, 0};
   return loc;
 }
 
@@ -554,6 +584,7 @@ void Allocator::FreeBlock(const Block& block) {
       Desc(e, head + t).block_size.store(kSlabUnassigned,
                                          std::memory_order_release);
       Desc(e, head + t).span_slabs.store(0, std::memory_order_relaxed);
+      State(e, head + t) = SlabState{};
     }
     scan_hint_ = std::min(scan_hint_, Pack(e, head));
     return;
@@ -578,22 +609,55 @@ AllocatorStats Allocator::Stats() const {
     s.free_blocks += classes_[i].free_count;
     s.free_block_bytes += classes_[i].free_count * kSizeClasses[i];
   }
+  s.descriptor_mismatches = descriptor_mismatches_;
   for (uint32_t e = 0; e < bases_.size(); ++e) {
     ++s.extents;
     s.extent_bytes += arena_->extent_size();
     if (quarantined_extent_[e]) continue;
     for (uint32_t sl = 0; sl < geometry_.slab_count; ++sl) {
-      uint32_t bs = Desc(e, sl).block_size.load(std::memory_order_relaxed);
+      uint32_t bs = State(e, sl).block_size;
       if (bs == kSlabUnassigned) {
         ++s.unassigned_slabs;
       } else if (bs == kSlabLargeHead || bs == kSlabLargeTail) {
         ++s.large_slabs;
-      } else {
+      } else if (bs != kQuarantined) {
         ++s.class_slabs;
       }
     }
   }
   return s;
+}
+
+std::vector<std::string> Allocator::DescriptorMismatches() const {
+  std::vector<std::string> out;
+  for (uint32_t e = 0; e < bases_.size(); ++e) {
+    if (quarantined_extent_[e]) continue;
+    for (uint32_t sl = 0; sl < geometry_.slab_count; ++sl) {
+      const SlabState& st = State(e, sl);
+      if (st.block_size == kQuarantined) continue;
+      const SlabDescriptor& d = Desc(e, sl);
+      uint32_t bs = d.block_size.load(std::memory_order_relaxed);
+      std::string what;
+      if (bs != st.block_size) {
+        what = absl::StrFormat("block size %d, but the daemon's record says %d", bs,
+                               st.block_size);
+      } else if (bs == kSlabLargeHead &&
+                 d.span_slabs.load(std::memory_order_relaxed) != st.span) {
+        what = absl::StrFormat("span of %d slabs, but the daemon's record says %d",
+                               d.span_slabs.load(std::memory_order_relaxed), st.span);
+      } else if (IsSizeClass(bs) && d.next_unused.load(std::memory_order_relaxed) != st.next_unused) {
+        what = absl::StrFormat("%d blocks handed out, but the daemon's record says %d",
+                               d.next_unused.load(std::memory_order_relaxed), st.next_unused);
+      }
+      if (!what.empty()) {
+        out.push_back(absl::StrFormat(
+            "extent %d slab %d: its descriptor says %s (written by another process; the "
+            "daemon allocates by its record)",
+            e, sl, what));
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace structd::shm

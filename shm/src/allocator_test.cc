@@ -396,5 +396,63 @@ TEST_F(AllocatorTest, DamagedSlabDescriptorIsQuarantinedOnAdopt) {
   ASSERT_TRUE(r.ok()) << r.status();
 }
 
+// Issue 14.8: a member that scribbles the slab descriptors used to make the
+// owner itself hand out live blocks. The owner now decides from its own
+// record of every slab; the scribble is only reported.
+SlabDescriptor& DescOf(Arena& arena, Ref r) {
+  uint8_t* base = *arena.ExtentBase(r.extent_id());
+  ExtentGeometry g = ComputeExtentGeometry(arena.extent_size());
+  uint32_t slab = (r.offset() - g.data_offset) / kSlabSize;
+  return reinterpret_cast<SlabDescriptor*>(base + sizeof(ExtentHeader))[slab];
+}
+
+TEST_F(AllocatorTest, AScribbledNextUnusedNeverHandsOutALiveBlock) {
+  std::set<uint64_t> live;
+  for (int i = 0; i < 3; ++i) live.insert(alloc_->Allocate(1, node_)->bits());
+  DescOf(*arena_, Ref::FromBits(*live.begin())).next_unused.store(0);
+  for (int i = 0; i < 3; ++i) {
+    auto r = alloc_->Allocate(1, node_);
+    ASSERT_TRUE(r.ok());
+    EXPECT_FALSE(live.count(r->bits())) << r->ToString() << " handed out twice";
+  }
+  EXPECT_GT(alloc_->Stats().descriptor_mismatches, 0u);
+}
+
+TEST_F(AllocatorTest, AScribbledBlockSizeNeverRecarvesALiveSlab) {
+  auto victim = alloc_->Allocate(1, node_);
+  ASSERT_TRUE(victim.ok());
+  auto inst = *arena_->Resolve(*victim);
+  Scalar<uint64_t>(inst.payload()).store(77);
+  DescOf(*arena_, *victim).block_size.store(kSlabUnassigned);
+  ASSERT_FALSE(alloc_->DescriptorMismatches().empty());
+  EXPECT_THAT(alloc_->DescriptorMismatches()[0], HasSubstr("daemon's record"));
+  // A new size class needs a new slab: it must not be the victim's.
+  auto other = alloc_->Allocate(2, small_);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(inst.type_index(), 1u);
+  EXPECT_EQ(inst.header().refcount.load(), 1u);
+  EXPECT_EQ(Scalar<uint64_t>(inst.payload()).load(), 77u);
+}
+
+TEST_F(AllocatorTest, AnEnlargedSpanNeverFreesItsNeighbours) {
+  Init(4, 1 << 20);  // 15 slabs: both spans in one extent
+  Layout big = *Layout::Compute({FieldSpec::Array("data", FieldKind::kU8, 70000)});
+  auto first = alloc_->Allocate(3, big);
+  auto second = alloc_->Allocate(3, big);
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_EQ(first->extent_id(), second->extent_id());
+  DescOf(*arena_, *first).span_slabs.store(3);  // really 2: swallows the next
+  auto no_types = [](uint32_t) -> const Layout* { return nullptr; };
+  ASSERT_TRUE(alloc_->Release(*first, no_types).ok());
+  auto still = arena_->Resolve(*second);
+  ASSERT_TRUE(still.ok()) << still.status();
+  EXPECT_EQ(still->type_index(), 3u);
+  // And its slabs are not handed out again.
+  auto third = alloc_->Allocate(3, big);
+  ASSERT_TRUE(third.ok());
+  EXPECT_NE(third->bits(), second->bits());
+  EXPECT_TRUE(arena_->Resolve(*second).ok());
+}
+
 }  // namespace
 }  // namespace structd::shm

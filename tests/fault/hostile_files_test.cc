@@ -69,13 +69,24 @@ RawChannel CreateRaw(GrpcClient& g, const std::string& name) {
   return {name, resp.channel_id(), rr.type().token()};
 }
 
-grpc::Status AllocRaw(GrpcClient& g, const RawChannel& c, uint32_t n) {
+grpc::Status AllocRaw(GrpcClient& g, const RawChannel& c, uint32_t n,
+                      std::vector<uint64_t>* refs = nullptr) {
   v1::AllocateBatchRequest req;
   req.set_channel(c.name);
   req.set_token(c.token);
   req.set_count(n);
   v1::AllocateBatchResponse resp;
-  return g.instances().AllocateBatch(g.Ctx().get(), req, &resp);
+  grpc::Status s = g.instances().AllocateBatch(g.Ctx().get(), req, &resp);
+  if (refs != nullptr) refs->assign(resp.refs().begin(), resp.refs().end());
+  return s;
+}
+
+grpc::Status RetainRaw(GrpcClient& g, const RawChannel& c, uint64_t ref) {
+  v1::RetainRequest req;
+  req.set_channel(c.name);
+  req.add_refs(ref);
+  v1::RetainResponse resp;
+  return g.instances().Retain(g.Ctx().get(), req, &resp);
 }
 
 TEST(HostileFilesTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
@@ -90,12 +101,13 @@ TEST(HostileFilesTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
 
   const std::vector<std::string> victims = {"arena/extent.0", "arena/arena", "ledger"};
   std::vector<RawChannel> channels;
+  std::vector<std::vector<uint64_t>> refs(victims.size());
   {
     GrpcClient g(daemon.target());
     for (size_t i = 0; i < victims.size(); ++i) {
       RawChannel c = CreateRaw(g, "victim" + std::to_string(i));
       // 2,000 records of 64 bytes: two extents of 128 KiB.
-      ASSERT_TRUE(AllocRaw(g, c, 2000).ok());
+      ASSERT_TRUE(AllocRaw(g, c, 2000, &refs[i]).ok());
       channels.push_back(c);
     }
     for (size_t i = 0; i < victims.size(); ++i) {
@@ -104,6 +116,9 @@ TEST(HostileFilesTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
       std::string file = victims[i] == "ledger" ? dir + "ledgers/" + g.session_id()
                                                 : dir + victims[i];
       ASSERT_EQ(truncate(file.c_str(), 0), 0) << file;
+      // The first request that touches the cut file finds the damage (a
+      // retain of an instance in extent 0 touches all three files).
+      (void)RetainRaw(g, c, refs[i].front());
       grpc::Status s = AllocRaw(g, c, 2000);
       EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << victims[i] << ": "
                                                              << s.error_message();

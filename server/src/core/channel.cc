@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "spdlog/spdlog.h"
+#include "server/src/core/private_dir.h"
 #include "server/src/core/random.h"
 #include "structd/shm/field.h"
 #include "structd/shm/format_value.h"
@@ -58,11 +59,27 @@ std::optional<uint64_t> ParseHex64(const std::string& text) {
 
 }  // namespace
 
+bool LooksLikeChannelId(const std::string& text) {
+  if (text.size() != 16) return false;
+  for (char c : text) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
 absl::Status ValidateChannelName(const std::string& name) {
   if (name.empty() || name.size() > 64 || !AllChars(name, "_.-")) {
     return absl::InvalidArgumentError(absl::StrCat(
         "channel name '", name,
         "': use 1 to 64 characters of letters, digits, '_', '.' and '-'"));
+  }
+  // Calls accept a channel's name or its id: a name with the shape of an
+  // id could shadow another channel.
+  if (LooksLikeChannelId(name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "channel name '", name,
+        "': 16 lower-case hex digits is the shape of a channel id, which calls accept in "
+        "place of a name (choose a name that is not 16 hex digits)"));
   }
   return absl::OkStatus();
 }
@@ -87,15 +104,15 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
   c->owner_capability_ = RandomHex128();
   c->member_capability_ = RandomHex128();
   c->created_unix_ms_ = NowUnixMs();
-  c->registry_ = TypeRegistry(options.limits);
+  c->registry_ = TypeRegistry(options.limits.layout, options.limits.registry);
+  c->max_roots_ = options.limits.max_roots;
   std::error_code ec;
-  std::filesystem::create_directories(options.dir + "/ledgers", ec);
-  if (ec) {
-    return absl::InternalError(absl::StrCat("channel '", options.name,
-                                            "': cannot create ", options.dir,
-                                            ": ", ec.message()));
+  for (const std::string& d : {options.dir, options.dir + "/ledgers", options.dir + "/arena"}) {
+    if (absl::Status s = MakePrivateDir(d); !s.ok()) {
+      std::filesystem::remove_all(options.dir, ec);
+      return absl::InternalError(absl::StrCat("channel '", options.name, "': ", s.message()));
+    }
   }
-  chmod(options.dir.c_str(), 0700);
   absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
       shm::Arena::Create(options.dir + "/arena", options.arena);
   if (!arena.ok()) {
@@ -111,90 +128,79 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
   std::lock_guard<std::mutex> lock(c->mu_);
   c->arena_ = std::move(*arena);
   c->allocator_ = std::move(*alloc);
-  if (absl::Status s = c->SaveMetaLocked(); !s.ok()) {
+  ChannelMeta meta;
+  meta.id = c->id_;
+  meta.name = c->name_;
+  meta.owner_capability = c->owner_capability_;
+  meta.member_capability = c->member_capability_;
+  meta.created_unix_ms = c->created_unix_ms_;
+  meta.arena = c->arena_->identity();
+  absl::StatusOr<std::unique_ptr<MetaStore>> store = MetaStore::Create(options.dir, meta);
+  if (!store.ok()) {
     std::filesystem::remove_all(options.dir, ec);
-    return s;
+    return absl::Status(store.status().code(),
+                        absl::StrCat("channel '", options.name, "': ", store.status().message()));
   }
+  c->store_ = std::move(*store);
   return c;
 }
 
-absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
-    const std::string& dir, const shm::LayoutLimits& limits) {
+absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir,
+                                                          const Limits& limits) {
+  absl::StatusOr<std::unique_ptr<MetaStore>> store = MetaStore::Open(dir);
+  if (!store.ok()) return store.status();
+  for (const std::string& d : {dir, dir + "/ledgers", dir + "/arena"}) {
+    // Older daemons left these 0755; the state is the daemon's alone.
+    if (absl::Status s = MakePrivateDir(d); !s.ok()) return s;
+  }
+  const ChannelMeta& meta = (*store)->meta();
   const std::string path = dir + "/meta.toml";
   auto damaged = [&](absl::string_view what) {
     return absl::DataLossError(absl::StrCat(path, ": ", what,
                                             " (the file is damaged; restore it from a "
                                             "backup or remove the channel directory)"));
   };
-  toml::table meta;
-  try {
-    meta = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    return damaged(absl::StrCat("not valid TOML: ", std::string(e.description().data(), e.description().size())));
-  }
-  if (meta["format"].value_or(int64_t{0}) != 1) return damaged("unknown format");
   std::unique_ptr<Channel> c(new Channel());
   c->dir_ = dir;
-  c->id_ = meta["id"].value_or(std::string());
-  c->name_ = meta["name"].value_or(std::string());
-  c->created_unix_ms_ = static_cast<uint64_t>(meta["created_unix_ms"].value_or(int64_t{0}));
-  c->owner_capability_ = meta["owner_capability"].value_or(std::string());
-  c->member_capability_ = meta["member_capability"].value_or(std::string());
-  c->dropped_ = meta["dropped"].value_or(false);
-  if (c->id_.empty() || c->name_.empty() || c->owner_capability_.empty() ||
-      c->member_capability_.empty()) {
-    return damaged("id, name or a capability is missing");
-  }
-  c->registry_ = TypeRegistry(limits);
-  if (const toml::array* types = meta["types"].as_array()) {
-    for (const toml::node& node : *types) {
-      const toml::table* t = node.as_table();
-      if (t == nullptr) return damaged("a types entry is not a table");
-      std::string key = (*t)["key"].value_or(std::string());
-      std::optional<shm::TypeToken> token =
-          shm::TypeToken::FromHex((*t)["token"].value_or(std::string()));
-      int64_t index = (*t)["type_index"].value_or(int64_t{0});
-      const toml::array* fields = (*t)["fields"].as_array();
-      if (!token || index <= 0 || index > UINT32_MAX || fields == nullptr) {
-        return damaged(absl::StrCat("type '", key, "' lacks a token, index or fields"));
-      }
-      std::vector<shm::FieldSpec> specs;
-      for (const toml::node& f : *fields) {
-        std::string text = f.value_or(std::string());
-        size_t colon = text.find(':');
-        shm::FieldSpec spec;
-        if (colon == std::string::npos) return damaged(absl::StrCat("field '", text, "'"));
-        spec.name = text.substr(0, colon);
-        if (absl::Status st = shm::ParseFieldType(text.substr(colon + 1), spec); !st.ok()) {
-          return damaged(st.message());
-        }
-        specs.push_back(std::move(spec));
-      }
-      if (absl::Status st = c->registry_.Restore(key, *token, static_cast<uint32_t>(index),
-                                                 std::move(specs));
-          !st.ok()) {
+  c->id_ = meta.id;
+  c->name_ = meta.name;
+  c->created_unix_ms_ = meta.created_unix_ms;
+  c->owner_capability_ = meta.owner_capability;
+  c->member_capability_ = meta.member_capability;
+  c->dropped_ = meta.dropped;
+  c->max_roots_ = limits.max_roots;
+  // Types registered under larger limits than today's still load: limits
+  // bound what may be added, not what exists.
+  shm::LayoutLimits unbounded;
+  unbounded.max_fields = UINT32_MAX;
+  unbounded.max_name_length = UINT32_MAX;
+  unbounded.max_payload_size = UINT32_MAX;
+  unbounded.max_count = UINT32_MAX;
+  c->registry_ = TypeRegistry(unbounded, RegistryLimits{0, 0});
+  for (const ChannelMeta::Type& t : meta.types) {
+    std::vector<shm::FieldSpec> specs;
+    for (const std::string& text : t.fields) {
+      size_t colon = text.find(':');
+      shm::FieldSpec spec;
+      if (colon == std::string::npos) return damaged(absl::StrCat("field '", text, "'"));
+      spec.name = text.substr(0, colon);
+      if (absl::Status st = shm::ParseFieldType(text.substr(colon + 1), spec); !st.ok()) {
         return damaged(st.message());
       }
+      specs.push_back(std::move(spec));
+    }
+    if (absl::Status st = c->registry_.Restore(t.key, t.token, t.type_index, std::move(specs));
+        !st.ok()) {
+      return damaged(st.message());
     }
   }
-  if (meta["sealed"].value_or(false)) c->registry_.Seal();
-  if (const toml::table* roots = meta["roots"].as_table()) {
-    for (const auto& [name, value] : *roots) {
-      std::optional<shm::Ref> ref = shm::Ref::Parse(value.value_or(std::string()));
-      if (!ref) return damaged(absl::StrCat("root '", std::string(name.str()), "'"));
-      c->roots_[std::string(name.str())] = *ref;
-    }
-  }
+  c->registry_.SetLimits(limits.layout, limits.registry);
+  if (meta.sealed) c->registry_.Seal();
+  c->roots_ = meta.roots;
   // What the daemon knows of the arena (absent in metadata written before
-  // format 1 recorded it): a header scribbled in shared memory is put back
-  // from it instead of costing the channel.
-  shm::ArenaIdentity identity;
-  if (std::optional<uint64_t> epoch =
-          ParseHex64(meta["arena_epoch"].value_or(std::string()))) {
-    identity.epoch = *epoch;
-  }
-  identity.extent_size = static_cast<uint64_t>(meta["arena_extent_size"].value_or(int64_t{0}));
-  identity.max_extents = static_cast<uint32_t>(meta["arena_max_extents"].value_or(int64_t{0}));
+  // it was recorded): a header scribbled in shared memory is put back from
+  // it instead of costing the channel.
+  const shm::ArenaIdentity identity = meta.arena;
   // The header's extent count is shared memory: Adopt trusts the files.
   uint32_t published = 0;
   if (auto peek = shm::Arena::Open(dir + "/arena", shm::Access::kReadOnly); peek.ok()) {
@@ -216,6 +222,14 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
   std::lock_guard<std::mutex> lock(c->mu_);
   c->arena_ = std::move(*arena);
   c->allocator_ = std::move(*alloc);
+  c->store_ = std::move(*store);
+  if (identity.epoch == 0) {
+    // Metadata of an older daemon: record the identity for the next start.
+    if (absl::Status s = c->store_->SetArena(c->arena_->identity()); !s.ok()) {
+      spdlog::warn("channel '{}': cannot record the arena's identity: {}", c->name_,
+                   std::string(s.message()));
+    }
+  }
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir + "/ledgers", ec)) {
     std::string session = entry.path().filename().string();
@@ -267,12 +281,12 @@ Channel::RepairReport Channel::Reconcile() {
   // again, and a StatusOr is never read unchecked.
   auto live = [&](shm::Ref r) { return arena_->Resolve(r).ok(); };
   std::map<uint64_t, uint64_t> expected;  // references that exist, by target
-  bool roots_changed = false;
+  std::vector<std::string> dangling_roots;
   for (auto it = roots_.begin(); it != roots_.end();) {
     if (!live(it->second)) {
+      dangling_roots.push_back(it->first);
       it = roots_.erase(it);
       ++report.dangling_dropped;
-      roots_changed = true;
     } else {
       ++expected[it->second.bits()];
       ++it;
@@ -339,10 +353,11 @@ Channel::RepairReport Channel::Reconcile() {
     inst->header().refcount.store(0);
     if (allocator_->FinishCondemned(ref, types).ok()) ++report.leaked_freed;
   }
-  if (roots_changed) {
-    if (absl::Status s = SaveMetaLocked(); !s.ok()) {
-      spdlog::error("channel '{}': recovery dropped dangling roots but could not save them: {}",
-                    name_, std::string(s.message()));
+  for (const std::string& root : dangling_roots) {
+    if (absl::Status s = store_->DeleteRoot(root); !s.ok()) {
+      spdlog::error("channel '{}': recovery dropped dangling root '{}' but could not record it "
+                    "(it is dropped again at the next start): {}",
+                    name_, root, std::string(s.message()));
     }
   }
   return report;
@@ -399,64 +414,6 @@ std::vector<std::string> Channel::LedgerSessions() const {
   std::vector<std::string> out;
   for (const auto& [session, ledger] : ledgers_) out.push_back(session);
   return out;
-}
-
-absl::Status Channel::SaveMetaLocked() const {
-  toml::table meta;
-  meta.insert("format", 1);
-  meta.insert("id", id_);
-  meta.insert("name", name_);
-  meta.insert("created_unix_ms", static_cast<int64_t>(created_unix_ms_));
-  meta.insert("owner_capability", owner_capability_);
-  meta.insert("member_capability", member_capability_);
-  meta.insert("sealed", registry_.sealed());
-  meta.insert("dropped", dropped_);
-  if (arena_ != nullptr) {
-    // What Restore needs to put a scribbled arena header back.
-    shm::ArenaIdentity a = arena_->identity();
-    meta.insert("arena_epoch", absl::StrFormat("%016x", a.epoch));
-    meta.insert("arena_extent_size", static_cast<int64_t>(a.extent_size));
-    meta.insert("arena_max_extents", static_cast<int64_t>(a.max_extents));
-  }
-  toml::array types;
-  for (const RegisteredType* t : registry_.List()) {
-    toml::array fields;
-    for (const shm::Field& f : t->layout.fields()) {
-      fields.push_back(absl::StrCat(f.name(), ":", shm::FieldTypeName(f.spec)));
-    }
-    types.push_back(toml::table{{"key", t->key},
-                                {"token", t->token.ToHex()},
-                                {"type_index", static_cast<int64_t>(t->type_index)},
-                                {"fields", std::move(fields)}});
-  }
-  meta.insert("types", std::move(types));
-  toml::table roots;
-  for (const auto& [name, ref] : roots_) roots.insert(name, ref.ToString());
-  meta.insert("roots", std::move(roots));
-
-  std::ostringstream text;
-  text << "# structd channel metadata; written by the daemon, do not edit.\n"
-       << meta << "\n";
-  std::string path = dir_ + "/meta.toml";
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text.str();
-    out.flush();
-    if (!out) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "channel '", name_, "': cannot write ", tmp,
-          " (free space on the state directory's file system)"));
-    }
-  }
-  chmod(tmp.c_str(), 0600);
-  // rename() makes the new metadata appear whole or not at all.
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("channel '", name_,
-                                            "': cannot replace ", path, ": ",
-                                            strerror(errno)));
-  }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<Role> Channel::CheckCapability(
@@ -553,7 +510,15 @@ absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
   absl::StatusOr<TypeRegistry::RegisterResult> r =
       registry_.Register(key, std::move(fields));
   if (r.ok() && r->created) {
-    if (absl::Status s = SaveMetaLocked(); !s.ok()) return s;
+    ChannelMeta::Type record{key, r->type->token, r->type->type_index, {}};
+    for (const shm::Field& f : r->type->layout.fields()) {
+      record.fields.push_back(absl::StrCat(f.name(), ":", shm::FieldTypeName(f.spec)));
+    }
+    if (absl::Status s = store_->AddType(record); !s.ok()) {
+      // Registered for this run only; the caller learns it was not saved.
+      return absl::Status(s.code(), absl::StrCat("channel '", name_, "': type '", key,
+                                                 "' registered but not saved: ", s.message()));
+    }
     spdlog::info("channel '{}': type '{}' registered (token {}, {} bytes, "
                  "fingerprint {})",
                  name_, key, r->type->token.ShortHex(), r->type->layout.size(),
@@ -586,40 +551,41 @@ absl::Status Channel::Seal() {
   std::lock_guard<std::mutex> lock(mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
   if (registry_.sealed()) return absl::OkStatus();
+  if (absl::Status s = store_->Seal(); !s.ok()) return s;
   registry_.Seal();
-  return SaveMetaLocked();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<shm::Ref>> Channel::Allocate(
     const std::string& session_id, shm::TypeToken token, uint32_t count) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
-  if (!ledger.ok()) return ledger.status();
-  absl::StatusOr<const RegisteredType*> type = registry_.Find(token);
-  if (!type.ok()) return type.status();
-  std::vector<shm::Ref> refs;
-  uint32_t extents_before = arena_->extent_count();
-  absl::Status s = allocator_->AllocateBatch((*type)->type_index,
-                                             (*type)->layout, count, refs);
-  if (arena_->extent_count() != extents_before) {
-    spdlog::info("channel '{}': arena grown to {} extents ({} bytes)", name_,
-                 arena_->extent_count(),
-                 uint64_t{arena_->extent_count()} * arena_->extent_size());
-  }
-  if (!s.ok()) {
-    spdlog::warn("channel '{}': allocation of {} failed: {}", name_, count,
-                 std::string(s.message()));
-    return s;
-  }
-  if (absl::Status ls = (*ledger)->AddAll(refs); !ls.ok()) {
-    shm::Allocator::TypeLookup types = TypesLocked();
-    for (shm::Ref r : refs) (void)allocator_->Release(r, types);
-    return ls;
-  }
-  // A file cut short during the call: what it did is not in the file.
-  if (absl::Status us = UsableLocked(); !us.ok()) return us;
-  return refs;
+  return GuardLocked([&]() -> absl::StatusOr<std::vector<shm::Ref>> {
+    if (absl::Status s = UsableLocked(); !s.ok()) return s;
+    absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
+    if (!ledger.ok()) return ledger.status();
+    absl::StatusOr<const RegisteredType*> type = registry_.Find(token);
+    if (!type.ok()) return type.status();
+    std::vector<shm::Ref> refs;
+    uint32_t extents_before = arena_->extent_count();
+    absl::Status s = allocator_->AllocateBatch((*type)->type_index,
+                                               (*type)->layout, count, refs);
+    if (arena_->extent_count() != extents_before) {
+      spdlog::info("channel '{}': arena grown to {} extents ({} bytes)", name_,
+                   arena_->extent_count(),
+                   uint64_t{arena_->extent_count()} * arena_->extent_size());
+    }
+    if (!s.ok()) {
+      spdlog::warn("channel '{}': allocation of {} failed: {}", name_, count,
+                   std::string(s.message()));
+      return s;
+    }
+    if (absl::Status ls = (*ledger)->AddAll(refs); !ls.ok()) {
+      shm::Allocator::TypeLookup types = TypesLocked();
+      for (shm::Ref r : refs) (void)allocator_->Release(r, types);
+      return ls;
+    }
+    return refs;
+  }());
 }
 
 absl::Status Channel::ResolveAllLocked(
@@ -637,251 +603,262 @@ absl::Status Channel::ResolveAllLocked(
 absl::Status Channel::Retain(const std::string& session_id,
                              const std::vector<shm::Ref>& refs) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
-  if (!ledger.ok()) return ledger.status();
-  if (absl::Status s = ResolveAllLocked(refs); !s.ok()) return s;
-  shm::Allocator::TypeLookup types = TypesLocked();
-  auto undo = [&](size_t upto) {
-    for (size_t j = 0; j < upto; ++j) {
-      (*ledger)->Remove(refs[j]);
-      (void)allocator_->Release(refs[j], types);
+  return GuardLocked([&]() -> absl::Status {
+    if (absl::Status s = UsableLocked(); !s.ok()) return s;
+    absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
+    if (!ledger.ok()) return ledger.status();
+    if (absl::Status s = ResolveAllLocked(refs); !s.ok()) return s;
+    shm::Allocator::TypeLookup types = TypesLocked();
+    auto undo = [&](size_t upto) {
+      for (size_t j = 0; j < upto; ++j) {
+        (*ledger)->Remove(refs[j]);
+        (void)allocator_->Release(refs[j], types);
+      }
+    };
+    for (size_t i = 0; i < refs.size(); ++i) {
+      absl::Status s = allocator_->Retain(refs[i]);
+      if (s.ok()) {
+        s = (*ledger)->Add(refs[i]);
+        if (!s.ok()) (void)allocator_->Release(refs[i], types);
+      }
+      if (!s.ok()) {
+        undo(i);  // all or none
+        return absl::Status(s.code(),
+                            absl::StrCat("refs[", i, "]: ", s.message()));
+      }
     }
-  };
-  for (size_t i = 0; i < refs.size(); ++i) {
-    absl::Status s = allocator_->Retain(refs[i]);
-    if (s.ok()) {
-      s = (*ledger)->Add(refs[i]);
-      if (!s.ok()) (void)allocator_->Release(refs[i], types);
-    }
-    if (!s.ok()) {
-      undo(i);  // all or none
-      return absl::Status(s.code(),
-                          absl::StrCat("refs[", i, "]: ", s.message()));
-    }
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  }());
 }
 
 absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
                                           const std::vector<shm::Ref>& refs) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
-  if (!ledger.ok()) return ledger.status();
-  // A malformed ref is INVALID_ARGUMENT and a stale one NOT_FOUND, as for
-  // every other call taking refs; then ownership of every ref (with
-  // multiplicity) is checked before changing anything: all or none.
-  for (size_t i = 0; i < refs.size(); ++i) {
-    if (auto r = arena_->Resolve(refs[i]); !r.ok()) {
-      return absl::Status(r.status().code(),
-                          absl::StrCat("refs[", i, "]: ", r.status().message()));
+  return GuardLocked([&]() -> absl::StatusOr<uint64_t> {
+    if (absl::Status s = UsableLocked(); !s.ok()) return s;
+    absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
+    if (!ledger.ok()) return ledger.status();
+    // A malformed ref is INVALID_ARGUMENT and a stale one NOT_FOUND, as for
+    // every other call taking refs; then ownership of every ref (with
+    // multiplicity) is checked before changing anything: all or none.
+    for (size_t i = 0; i < refs.size(); ++i) {
+      if (auto r = arena_->Resolve(refs[i]); !r.ok()) {
+        return absl::Status(r.status().code(),
+                            absl::StrCat("refs[", i, "]: ", r.status().message()));
+      }
     }
-  }
-  std::vector<shm::Ref> taken;
-  for (size_t i = 0; i < refs.size(); ++i) {
-    if (!(*ledger)->Remove(refs[i])) {
-      for (shm::Ref r : taken) (void)(*ledger)->Add(r);
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "refs[%d] %s: this session does not own that reference (release "
-          "only refs you allocated or retained, once per reference)",
-          i, refs[i].ToString()));
+    std::vector<shm::Ref> taken;
+    for (size_t i = 0; i < refs.size(); ++i) {
+      if (!(*ledger)->Remove(refs[i])) {
+        for (shm::Ref r : taken) (void)(*ledger)->Add(r);
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "refs[%d] %s: this session does not own that reference (release "
+            "only refs you allocated or retained, once per reference)",
+            i, refs[i].ToString()));
+      }
+      taken.push_back(refs[i]);
     }
-    taken.push_back(refs[i]);
-  }
-  uint64_t freed = 0;
-  shm::Allocator::TypeLookup types = TypesLocked();
-  for (shm::Ref r : refs) {
-    absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(r, types);
-    if (rr.ok()) freed += rr->freed;
-  }
-  return freed;
+    uint64_t freed = 0;
+    shm::Allocator::TypeLookup types = TypesLocked();
+    for (shm::Ref r : refs) {
+      absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(r, types);
+      if (rr.ok()) freed += rr->freed;
+    }
+    return freed;
+  }());
 }
 
 absl::StatusOr<uint64_t> Channel::StoreRefs(
     const std::string& session_id, const std::vector<RefStore>& stores) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
-  if (!ledger.ok()) return ledger.status();
-  auto error = [](absl::StatusCode code, size_t i, absl::string_view what,
-                  absl::string_view message) {
-    return absl::Status(code, absl::StrCat("stores[", i, "]", what, ": ", message));
-  };
-  // Validate everything first.
-  std::vector<shm::RefField> fields;
-  std::vector<uint32_t> offsets;  // of each field in its payload
-  fields.reserve(stores.size());
-  for (size_t i = 0; i < stores.size(); ++i) {
-    const RefStore& st = stores[i];
-    absl::StatusOr<shm::InstancePtr> target = arena_->Resolve(st.target);
-    if (!target.ok()) {
-      return error(target.status().code(), i, ".target", target.status().message());
-    }
-    const RegisteredType* type = registry_.FindByIndex(target->type_index());
-    if (type == nullptr || !target->Fits(type->layout.size())) {
-      return error(absl::StatusCode::kDataLoss, i, ".target",
-                   absl::StrCat(st.target.ToString(),
-                                " has a damaged header (type index ",
-                                target->type_index(),
-                                "); run structctl check on the channel"));
-    }
-    const auto& layout_fields = type->layout.fields();
-    if (st.field >= layout_fields.size()) {
-      return error(absl::StatusCode::kInvalidArgument, i, ".field",
-                   absl::StrCat("'", type->key, "' has ", layout_fields.size(),
-                                " fields; there is no field ", st.field,
-                                " (use the index of a ref field)"));
-    }
-    const shm::Field& field = layout_fields[st.field];
-    if (field.kind() != shm::FieldKind::kRef) {
-      return error(absl::StatusCode::kInvalidArgument, i, ".field",
-                   absl::StrCat("'", type->key, ".", field.name(), "' is ",
-                                shm::FieldTypeName(field.spec),
-                                ", not a ref (store refs into ref fields only)"));
-    }
-    if (!st.value.is_null()) {
-      absl::StatusOr<shm::InstancePtr> value = arena_->Resolve(st.value);
-      if (!value.ok()) {
-        return error(value.status().code(), i, ".value", value.status().message());
+  return GuardLocked([&]() -> absl::StatusOr<uint64_t> {
+    if (absl::Status s = UsableLocked(); !s.ok()) return s;
+    absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
+    if (!ledger.ok()) return ledger.status();
+    auto error = [](absl::StatusCode code, size_t i, absl::string_view what,
+                    absl::string_view message) {
+      return absl::Status(code, absl::StrCat("stores[", i, "]", what, ": ", message));
+    };
+    // Validate everything first.
+    std::vector<shm::RefField> fields;
+    std::vector<uint32_t> offsets;  // of each field in its payload
+    fields.reserve(stores.size());
+    for (size_t i = 0; i < stores.size(); ++i) {
+      const RefStore& st = stores[i];
+      absl::StatusOr<shm::InstancePtr> target = arena_->Resolve(st.target);
+      if (!target.ok()) {
+        return error(target.status().code(), i, ".target", target.status().message());
       }
-      const shm::TypeToken want = field.spec.ref_target;
-      const RegisteredType* vt = registry_.FindByIndex(value->type_index());
-      if (!want.is_zero() && (vt == nullptr || vt->token != want)) {
+      const RegisteredType* type = registry_.FindByIndex(target->type_index());
+      if (type == nullptr || !target->Fits(type->layout.size())) {
+        return error(absl::StatusCode::kDataLoss, i, ".target",
+                     absl::StrCat(st.target.ToString(),
+                                  " has a damaged header (type index ",
+                                  target->type_index(),
+                                  "); run structctl check on the channel"));
+      }
+      const auto& layout_fields = type->layout.fields();
+      if (st.field >= layout_fields.size()) {
+        return error(absl::StatusCode::kInvalidArgument, i, ".field",
+                     absl::StrCat("'", type->key, "' has ", layout_fields.size(),
+                                  " fields; there is no field ", st.field,
+                                  " (use the index of a ref field)"));
+      }
+      const shm::Field& field = layout_fields[st.field];
+      if (field.kind() != shm::FieldKind::kRef) {
+        return error(absl::StatusCode::kInvalidArgument, i, ".field",
+                     absl::StrCat("'", type->key, ".", field.name(), "' is ",
+                                  shm::FieldTypeName(field.spec),
+                                  ", not a ref (store refs into ref fields only)"));
+      }
+      if (!st.value.is_null()) {
+        absl::StatusOr<shm::InstancePtr> value = arena_->Resolve(st.value);
+        if (!value.ok()) {
+          return error(value.status().code(), i, ".value", value.status().message());
+        }
+        const shm::TypeToken want = field.spec.ref_target;
+        const RegisteredType* vt = registry_.FindByIndex(value->type_index());
+        if (!want.is_zero() && (vt == nullptr || vt->token != want)) {
+          return error(absl::StatusCode::kFailedPrecondition, i, ".value",
+                       absl::StrCat("'", type->key, ".", field.name(),
+                                    "' only holds refs to type ", want.ToHex(),
+                                    ", and ", st.value.ToString(), " is a '",
+                                    vt ? vt->key : "?", "'"));
+        }
+      }
+      fields.emplace_back(target->payload() + field.offset);
+      offsets.push_back(field.offset);
+    }
+    // Moved references must be in the ledger, with multiplicity.
+    std::map<uint64_t, uint64_t> moves;  // ref bits -> times moved
+    for (size_t i = 0; i < stores.size(); ++i) {
+      const RefStore& st = stores[i];
+      if (st.value.is_null() || !st.move) continue;
+      if (++moves[st.value.bits()] > (*ledger)->Count(st.value)) {
         return error(absl::StatusCode::kFailedPrecondition, i, ".value",
-                     absl::StrCat("'", type->key, ".", field.name(),
-                                  "' only holds refs to type ", want.ToHex(),
-                                  ", and ", st.value.ToString(), " is a '",
-                                  vt ? vt->key : "?", "'"));
+                     absl::StrCat(st.value.ToString(),
+                                  ": this session does not own that reference "
+                                  "(move only refs you hold, once each; or "
+                                  "store without move to add a reference)"));
       }
     }
-    fields.emplace_back(target->payload() + field.offset);
-    offsets.push_back(field.offset);
-  }
-  // Moved references must be in the ledger, with multiplicity.
-  std::map<uint64_t, uint64_t> moves;  // ref bits -> times moved
-  for (size_t i = 0; i < stores.size(); ++i) {
-    const RefStore& st = stores[i];
-    if (st.value.is_null() || !st.move) continue;
-    if (++moves[st.value.bits()] > (*ledger)->Count(st.value)) {
-      return error(absl::StatusCode::kFailedPrecondition, i, ".value",
-                   absl::StrCat(st.value.ToString(),
-                                ": this session does not own that reference "
-                                "(move only refs you hold, once each; or "
-                                "store without move to add a reference)"));
+    // Retain what is stored without move. A crash from here on is repaired
+    // by the census, which counts fields and ledgers, not these increments.
+    shm::Allocator::TypeLookup types = TypesLocked();
+    std::vector<size_t> retained;
+    for (size_t i = 0; i < stores.size(); ++i) {
+      const RefStore& st = stores[i];
+      if (st.value.is_null() || st.move) continue;
+      if (absl::Status s = allocator_->Retain(st.value); !s.ok()) {
+        for (size_t j : retained) (void)allocator_->Release(stores[j].value, types);
+        return error(s.code(), i, ".value", s.message());
+      }
+      retained.push_back(i);
     }
-  }
-  // Retain what is stored without move. A crash from here on is repaired
-  // by the census, which counts fields and ledgers, not these increments.
-  shm::Allocator::TypeLookup types = TypesLocked();
-  std::vector<size_t> retained;
-  for (size_t i = 0; i < stores.size(); ++i) {
-    const RefStore& st = stores[i];
-    if (st.value.is_null() || st.move) continue;
-    if (absl::Status s = allocator_->Retain(st.value); !s.ok()) {
+    // Write ahead what the fields and the ledger will hold (store_intent.h),
+    // then change both, then forget the intent.
+    StoreIntent intent;
+    intent.session = session_id;
+    for (size_t i = 0; i < stores.size(); ++i) {
+      intent.fields.push_back({stores[i].target, offsets[i], stores[i].value});
+    }
+    for (const auto& [bits, n] : moves) {
+      shm::Ref r = shm::Ref::FromBits(bits);
+      intent.counts.push_back({r, (*ledger)->Count(r) - n});
+    }
+    if (absl::Status s = WriteStoreIntent(IntentPath(), intent); !s.ok()) {
       for (size_t j : retained) (void)allocator_->Release(stores[j].value, types);
-      return error(s.code(), i, ".value", s.message());
+      return absl::Status(s.code(), absl::StrCat("channel '", name_, "': ", s.message()));
     }
-    retained.push_back(i);
-  }
-  // Write ahead what the fields and the ledger will hold (store_intent.h),
-  // then change both, then forget the intent.
-  StoreIntent intent;
-  intent.session = session_id;
-  for (size_t i = 0; i < stores.size(); ++i) {
-    intent.fields.push_back({stores[i].target, offsets[i], stores[i].value});
-  }
-  for (const auto& [bits, n] : moves) {
-    shm::Ref r = shm::Ref::FromBits(bits);
-    intent.counts.push_back({r, (*ledger)->Count(r) - n});
-  }
-  if (absl::Status s = WriteStoreIntent(IntentPath(), intent); !s.ok()) {
-    for (size_t j : retained) (void)allocator_->Release(stores[j].value, types);
-    return absl::Status(s.code(), absl::StrCat("channel '", name_, "': ", s.message()));
-  }
-  std::vector<shm::Ref> previous;
-  for (size_t i = 0; i < stores.size(); ++i) {
-    shm::Ref old = fields[i].exchange(stores[i].value);
-    if (!old.is_null()) previous.push_back(old);
-  }
-  for (const StoreIntent::LedgerCount& c : intent.counts) {
-    if (absl::Status s = (*ledger)->SetCount(c.ref, c.count); !s.ok()) {
-      spdlog::error("channel '{}': StoreRefs: {}", name_, std::string(s.message()));
+    std::vector<shm::Ref> previous;
+    for (size_t i = 0; i < stores.size(); ++i) {
+      shm::Ref old = fields[i].exchange(stores[i].value);
+      if (!old.is_null()) previous.push_back(old);
     }
-  }
-  RemoveStoreIntent(IntentPath());
-  // Release what the fields held.
-  uint64_t freed = 0;
-  for (shm::Ref old : previous) {
-    absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(old, types);
-    if (rr.ok()) freed += rr->freed;
-  }
-  if (absl::Status us = UsableLocked(); !us.ok()) return us;
-  return freed;
+    for (const StoreIntent::LedgerCount& c : intent.counts) {
+      if (absl::Status s = (*ledger)->SetCount(c.ref, c.count); !s.ok()) {
+        spdlog::error("channel '{}': StoreRefs: {}", name_, std::string(s.message()));
+      }
+    }
+    RemoveStoreIntent(IntentPath());
+    // Release what the fields held.
+    uint64_t freed = 0;
+    for (shm::Ref old : previous) {
+      absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(old, types);
+      if (rr.ok()) freed += rr->freed;
+    }
+    return freed;
+  }());
 }
 
 absl::StatusOr<shm::Ref> Channel::SetRoot(const std::string& name,
                                           shm::Ref ref) {
   if (absl::Status s = ValidateRootName(name); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  if (absl::Status s = allocator_->Retain(ref); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("root '", name, "': ", s.message()));
-  }
-  shm::Ref previous;
-  auto it = roots_.find(name);
-  if (it != roots_.end()) previous = it->second;
-  roots_[name] = ref;
-  if (absl::Status s = SaveMetaLocked(); !s.ok()) {
-    // Undo: keep memory and metadata in agreement.
-    if (previous) {
-      roots_[name] = previous;
-    } else {
-      roots_.erase(name);
+  return GuardLocked([&]() -> absl::StatusOr<shm::Ref> {
+    if (absl::Status s = UsableLocked(); !s.ok()) return s;
+    auto it = roots_.find(name);
+    if (it == roots_.end() && max_roots_ != 0 && roots_.size() >= max_roots_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "root '", name, "': channel '", name_, "' already has ", roots_.size(),
+          " roots, its limit (max_roots_per_channel; delete roots you no longer need, or "
+          "raise it in the daemon's config)"));
     }
-    (void)allocator_->Release(ref, TypesLocked());
-    return s;
-  }
-  if (previous) (void)allocator_->Release(previous, TypesLocked());
-  return previous;
+    if (absl::Status s = allocator_->Retain(ref); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("root '", name, "': ", s.message()));
+    }
+    shm::Ref previous;
+    if (it != roots_.end()) previous = it->second;
+    if (absl::Status s = store_->SetRoot(name, ref); !s.ok()) {
+      // Not recorded: nothing changes.
+      if (absl::Status r = allocator_->Release(ref, TypesLocked()).status(); !r.ok()) {
+        spdlog::error("channel '{}': undoing root '{}': {}", name_, name, std::string(r.message()));
+      }
+      return s;
+    }
+    roots_[name] = ref;
+    if (previous) (void)allocator_->Release(previous, TypesLocked());
+    return previous;
+  }());
 }
 
 absl::StatusOr<RootEntry> Channel::GetRoot(const std::string& name) const {
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  auto it = roots_.find(name);
-  if (it == roots_.end()) {
-    return absl::NotFoundError(absl::StrCat(
-        "root '", name, "': not set in channel '", name_,
-        "' (set it with SetRoot, or list roots with ListRoots)"));
-  }
-  RootEntry e{name, it->second, {}};
-  absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(it->second);
-  if (inst.ok()) {
-    if (const RegisteredType* t = registry_.FindByIndex(inst->type_index())) {
-      e.token = t->token;
+  return GuardLocked([&]() -> absl::StatusOr<RootEntry> {
+    if (absl::Status s = UsableLocked(); !s.ok()) return s;
+    auto it = roots_.find(name);
+    if (it == roots_.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "root '", name, "': not set in channel '", name_,
+          "' (set it with SetRoot, or list roots with ListRoots)"));
     }
-  }
-  return e;
+    RootEntry e{name, it->second, {}};
+    absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(it->second);
+    if (inst.ok()) {
+      if (const RegisteredType* t = registry_.FindByIndex(inst->type_index())) {
+        e.token = t->token;
+      }
+    }
+    return e;
+  }());
 }
 
 absl::Status Channel::DeleteRoot(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  auto it = roots_.find(name);
-  if (it == roots_.end()) {
-    return absl::NotFoundError(absl::StrCat("root '", name,
-                                            "': not set in channel '", name_,
-                                            "' (nothing to delete)"));
-  }
-  shm::Ref ref = it->second;
-  roots_.erase(it);
-  if (absl::Status s = SaveMetaLocked(); !s.ok()) {
-    roots_[name] = ref;
-    return s;
-  }
-  (void)allocator_->Release(ref, TypesLocked());
-  return absl::OkStatus();
+  return GuardLocked([&]() -> absl::Status {
+    if (absl::Status s = UsableLocked(); !s.ok()) return s;
+    auto it = roots_.find(name);
+    if (it == roots_.end()) {
+      return absl::NotFoundError(absl::StrCat("root '", name,
+                                              "': not set in channel '", name_,
+                                              "' (nothing to delete)"));
+    }
+    shm::Ref ref = it->second;
+    if (absl::Status s = store_->DeleteRoot(name); !s.ok()) return s;
+    roots_.erase(it);
+    (void)allocator_->Release(ref, TypesLocked());
+    return absl::OkStatus();
+  }());
 }
 
 std::vector<RootEntry> Channel::ListRoots() const {
@@ -906,7 +883,8 @@ std::vector<RootEntry> Channel::ListRoots() const {
 bool Channel::MarkDropped() {
   std::lock_guard<std::mutex> lock(mu_);
   dropped_ = true;
-  if (absl::Status s = SaveMetaLocked(); !s.ok()) {
+  if (store_ == nullptr) return ledgers_.empty();
+  if (absl::Status s = store_->MarkDropped(); !s.ok()) {
     // The drop holds for this run; a restart would bring the channel back.
     spdlog::error("channel '{}': dropped, but the drop could not be recorded ({}); if the "
                   "daemon restarts before the channel's sessions leave, drop it again",
@@ -1024,15 +1002,17 @@ absl::StatusOr<InstanceView> Channel::Inspect(shm::Ref ref,
         "depth ", depth, ": at most 8 ref hops are followed (lower it)"));
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  if (absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
-      !inst.ok()) {
-    return inst.status();
-  }
-  InstanceView view;
-  std::set<uint64_t> seen;
-  InspectLocked(ref, depth, seen, view);
-  return view;
+  return GuardLocked([&]() -> absl::StatusOr<InstanceView> {
+    if (absl::Status s = UsableLocked(); !s.ok()) return s;
+    if (absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
+        !inst.ok()) {
+      return inst.status();
+    }
+    InstanceView view;
+    std::set<uint64_t> seen;
+    InspectLocked(ref, depth, seen, view);
+    return view;
+  }());
 }
 
 CheckReport Channel::Check() const {
@@ -1107,6 +1087,9 @@ CheckReport Channel::Check() const {
         return true;
       });
   for (const shm::WalkProblem& p : walk) report.problems.push_back({p.ref, p.what});
+  for (const std::string& m : allocator_->DescriptorMismatches()) {
+    report.problems.push_back({shm::Ref(), m});
+  }
   for (const auto& [ref, refcount] : live) {
     uint64_t want = expected.count(ref.bits()) ? expected[ref.bits()] : 0;
     if (refcount != want) {

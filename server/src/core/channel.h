@@ -12,6 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "server/src/core/ledger.h"
+#include "server/src/core/meta_store.h"
 #include "server/src/core/store_intent.h"
 #include "server/src/core/type_registry.h"
 #include "structd/shm/allocator.h"
@@ -96,20 +97,26 @@ struct ChannelStats {
 // live here; the Core decides who may call what.
 //
 // Files, under the channel's directory (mode 0700):
-//   meta.toml           name, capabilities, registry, roots (rewritten
-//                       atomically on every change)
+//   meta.toml           name, capabilities, registry, roots: a snapshot
+//   meta.journal        the changes since the snapshot (MetaStore)
 //   arena/              the arena (doc/arena-format.md)
 //   ledgers/SESSION     one ledger per joined session
 //
 // Thread safety: every public method locks the channel's mutex.
 class Channel {
  public:
+  // What one channel may hold; each limit is a daemon option.
+  struct Limits {
+    shm::LayoutLimits layout;   // max_fields, max_type_bytes
+    RegistryLimits registry;    // max_types_per_channel, max_registry_bytes
+    uint32_t max_roots = 100000;  // max_roots_per_channel
+  };
   struct Options {
     std::string id;
     std::string name;
     std::string dir;
     shm::ArenaOptions arena;
-    shm::LayoutLimits limits;
+    Limits limits;
   };
   // Creates the directory, arena and meta file, with fresh capabilities.
   static absl::StatusOr<std::unique_ptr<Channel>> Create(const Options& options);
@@ -119,7 +126,7 @@ class Channel {
   // ledger (those sessions may resume; see Core). DataLoss naming the file
   // for damaged metadata.
   static absl::StatusOr<std::unique_ptr<Channel>> Restore(const std::string& dir,
-                                                          const shm::LayoutLimits& limits);
+                                                          const Limits& limits);
   // Sessions that have a ledger here.
   std::vector<std::string> LedgerSessions() const;
   // Sessions whose ledger here could not be read at restore. Their file
@@ -243,10 +250,17 @@ class Channel {
  private:
   Channel() = default;
   absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `result`, unless the channel became unusable meanwhile (a file cut
+  // short under a mapping this call touched): then UsableLocked's status,
+  // whatever the call concluded from the zeros it read.
+  template <typename T>
+  T GuardLocked(T result) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (absl::Status u = UsableLocked(); !u.ok()) return u;
+    return result;
+  }
   // Applies a store intent left by a daemon that died inside StoreRefs.
   void ReplayIntentLocked(const StoreIntent& intent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string IntentPath() const { return dir_ + "/store.intent"; }
-  absl::Status SaveMetaLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   shm::Allocator::TypeLookup TypesLocked() const;
   absl::StatusOr<Ledger*> LedgerLocked(const std::string& session_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -267,6 +281,10 @@ class Channel {
   std::unique_ptr<shm::Allocator> allocator_ ABSL_GUARDED_BY(mu_);
   TypeRegistry registry_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, shm::Ref> roots_ ABSL_GUARDED_BY(mu_);
+  uint32_t max_roots_ = 100000;
+  // The metadata on disk; every change of registry, roots, seal and drop
+  // is recorded here before it is acknowledged.
+  std::unique_ptr<MetaStore> store_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Ledger>> ledgers_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> damaged_ledgers_ ABSL_GUARDED_BY(mu_);
   bool dropped_ ABSL_GUARDED_BY(mu_) = false;
@@ -275,7 +293,10 @@ class Channel {
   std::vector<std::string> restore_repairs_;
 };
 
-// Channel names: 1 to 64 characters of [A-Za-z0-9_.-].
+// Channel ids: 16 lower-case hex digits.
+bool LooksLikeChannelId(const std::string& text);
+// Channel names: 1 to 64 characters of [A-Za-z0-9_.-], not shaped like a
+// channel id (calls accept either, so they must never be confusable).
 absl::Status ValidateChannelName(const std::string& name);
 // Root names: 1 to 128 characters of [A-Za-z0-9_.:/-].
 absl::Status ValidateRootName(const std::string& name);

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/src/core/private_dir.h"
 #include "server/src/core/random.h"
 #include "spdlog/spdlog.h"
 
@@ -48,21 +49,54 @@ absl::Status UnknownChannel(const std::string& channel) {
 
 }  // namespace
 
+bool IsPrintableUtf8(std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    uint32_t cp;
+    size_t n;
+    if (c < 0x80) {
+      cp = c;
+      n = 1;
+    } else if ((c & 0xE0) == 0xC0) {
+      cp = c & 0x1F;
+      n = 2;
+    } else if ((c & 0xF0) == 0xE0) {
+      cp = c & 0x0F;
+      n = 3;
+    } else if ((c & 0xF8) == 0xF0) {
+      cp = c & 0x07;
+      n = 4;
+    } else {
+      return false;
+    }
+    if (i + n > text.size()) return false;
+    for (size_t k = 1; k < n; ++k) {
+      unsigned char cc = static_cast<unsigned char>(text[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    if (cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp <= 0x9F)) return false;  // controls
+    if (cp == 0x2028 || cp == 0x2029) return false;  // line separators
+    i += n;
+  }
+  return true;
+}
+
 Core::Core(CoreOptions options)
     : options_(std::move(options)), instance_id_(RandomU64()) {}
 
 Core::~Core() = default;
 
 absl::StatusOr<std::unique_ptr<Core>> Core::Open(CoreOptions options) {
-  std::error_code ec;
-  std::filesystem::create_directories(options.state_dir + "/channels", ec);
-  if (ec) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "state dir ", options.state_dir, ": cannot create: ", ec.message(),
-        " (choose a writable --state-dir)"));
+  for (const std::string& dir : {options.state_dir, options.state_dir + "/channels",
+                                 options.state_dir + "/sessions"}) {
+    if (absl::Status s = MakePrivateDir(dir); !s.ok()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("state dir ", options.state_dir, ": ", s.message()));
+    }
   }
-  std::filesystem::create_directories(options.state_dir + "/sessions", ec);
-  chmod(options.state_dir.c_str(), 0700);
   std::unique_ptr<Core> core(new Core(std::move(options)));
   core->Recover();
   return core;
@@ -248,6 +282,12 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
     return absl::InvalidArgumentError(absl::StrFormat(
         "attach: client_name is %d characters, more than 128 (shorten it)",
         client_name.size()));
+  }
+  if (!IsPrintableUtf8(client_name)) {
+    // It goes into the log and `structctl sessions` as it is.
+    return absl::InvalidArgumentError(
+        "attach: client_name must be printable UTF-8 text: no control characters, "
+        "newlines or escape sequences (name the program, e.g. \"pricer\")");
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (sessions_.size() >= options_.max_sessions) {

@@ -11,6 +11,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -21,6 +22,10 @@
 #include "structd/shm/layout.h"
 
 namespace structd::server {
+
+// True if `text` is valid UTF-8 with no control characters (C0, DEL, C1,
+// line separators): safe to print into a log line or a terminal.
+bool IsPrintableUtf8(std::string_view text);
 
 // Who is calling, as the kernel says (SO_PEERCRED of the connection).
 struct PeerCredentials {
@@ -36,7 +41,7 @@ struct PeerCredentials {
 struct CoreOptions {
   std::string state_dir;                 // channels/ lives here
   shm::ArenaOptions arena;               // defaults for new channels
-  shm::LayoutLimits limits;              // for RegisterType
+  Channel::Limits limits;                // what one channel may hold
   uint32_t max_channels = 256;
   uint32_t max_sessions = 4096;
   // One session per process is the model; a few allow libraries that

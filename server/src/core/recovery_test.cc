@@ -282,9 +282,11 @@ TEST_F(RecoveryTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
     if (victim->Arena().extent_count < 2) return 12;
     std::string vdir = o.state_dir + "/channels/" + victim->id();
     if (truncate((vdir + "/arena/extent.0").c_str(), 0) != 0) return 13;
-    auto a = victim->Allocate(s.id, vt.type->token, 4000);
-    if (a.status().code() != absl::StatusCode::kDataLoss) return 14;
-    if (victim->Retain(s.id, {refs.back()}).code() != absl::StatusCode::kDataLoss) return 15;
+    // The first request that touches the cut file finds it; from then on
+    // every request on the channel fails.
+    if (victim->Retain(s.id, {refs.front()}).code() != absl::StatusCode::kDataLoss) return 14;
+    auto a = victim->Allocate(s.id, vt.type->token, 10);
+    if (a.status().code() != absl::StatusCode::kDataLoss) return 15;
     if (!other->Allocate(s.id, ot.type->token, 10).ok()) return 16;
     // A ledger cut short: the same.
     std::string oledger = o.state_dir + "/channels/" + other->id() + "/ledgers/" + s.id;

@@ -31,6 +31,14 @@ absl::StatusOr<TypeRegistry::RegisterResult> TypeRegistry::Register(
     return absl::InvalidArgumentError(absl::StrCat(
         "type '", key, "': ", layout.status().message()));
   }
+  for (const shm::Field& f : layout->fields()) {
+    if (f.kind() != shm::FieldKind::kRef || f.spec.ref_target.is_zero()) continue;
+    if (!by_token_.count(f.spec.ref_target)) {
+      absl::Status unknown = Find(f.spec.ref_target).status();
+      return absl::NotFoundError(absl::StrCat("type '", key, "': field '", f.name(),
+                                              "' is ref<TOKEN>: ", unknown.message()));
+    }
+  }
   if (const RegisteredType* existing = FindByKey(key)) {
     if (existing->layout == *layout) return RegisterResult{existing, false};
     return absl::FailedPreconditionError(absl::StrCat(
@@ -45,6 +53,21 @@ absl::StatusOr<TypeRegistry::RegisterResult> TypeRegistry::Register(
         "': the channel's registry is sealed, no new types (register types "
         "before the owner seals, or use another channel)"));
   }
+  uint64_t bytes = key.size() + layout->canonical().size();
+  if (registry_limits_.max_types != 0 && types_.size() >= registry_limits_.max_types) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "type '", key, "': the channel already has ", types_.size(),
+        " types, its limit (max_types_per_channel; raise it in the daemon's config, or "
+        "use another channel)"));
+  }
+  if (registry_limits_.max_registry_bytes != 0 &&
+      bytes_ + bytes > registry_limits_.max_registry_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "type '", key, "': the channel's registry would hold ", bytes_ + bytes,
+        " bytes of keys and layouts, more than max_registry_bytes (",
+        registry_limits_.max_registry_bytes,
+        "; raise it in the daemon's config, or use another channel)"));
+  }
   shm::TypeToken token;
   do {
     token = RandomToken();
@@ -56,6 +79,7 @@ absl::StatusOr<TypeRegistry::RegisterResult> TypeRegistry::Register(
   by_key_[key] = &t;
   by_token_[token] = &t;
   by_index_[index] = &t;
+  bytes_ += bytes;
   return RegisterResult{&t, true};
 }
 
@@ -75,6 +99,7 @@ absl::Status TypeRegistry::Restore(const std::string& key,
   by_key_[key] = &t;
   by_token_[token] = &t;
   by_index_[type_index] = &t;
+  bytes_ += key.size() + t.layout.canonical().size();
   return absl::OkStatus();
 }
 

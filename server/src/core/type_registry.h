@@ -20,6 +20,14 @@ struct RegisteredType {
   shm::Layout layout;
 };
 
+// What one channel's registry may hold (issue 14: a channel's metadata
+// must stay bounded). Zero means no limit.
+struct RegistryLimits {
+  uint32_t max_types = 1024;                // Default: 1024 types
+  uint64_t max_registry_bytes = 4u << 20;   // Default: 4 MiB of keys and
+                                            // canonical layouts
+};
+
 // One channel's registry: registration key -> (token, layout). Keys are
 // scoped to the channel. Entries are never removed or changed (invariant
 // 1), so pointers to them stay valid for the registry's lifetime.
@@ -27,7 +35,8 @@ struct RegisteredType {
 // Thread safety: none; the channel's lock serializes calls.
 class TypeRegistry {
  public:
-  explicit TypeRegistry(shm::LayoutLimits limits = {}) : limits_(limits) {}
+  explicit TypeRegistry(shm::LayoutLimits limits = {}, RegistryLimits registry = {})
+      : limits_(limits), registry_limits_(registry) {}
 
   struct RegisterResult {
     const RegisteredType* type;
@@ -36,7 +45,9 @@ class TypeRegistry {
   // Same key + identical layout: the existing entry (created = false).
   // Same key + different layout: FailedPrecondition showing both layouts.
   // New key on a sealed registry: FailedPrecondition.
-  // Malformed fields: InvalidArgument.
+  // Malformed fields: InvalidArgument. A ref<TOKEN> field whose TOKEN this
+  // registry did not issue: NotFound, worded as for any unknown token.
+  // A new type past RegistryLimits: ResourceExhausted naming the option.
   absl::StatusOr<RegisterResult> Register(const std::string& key,
                                           std::vector<shm::FieldSpec> fields);
   // Re-creates an entry read back from disk (daemon restart). Tokens and
@@ -52,13 +63,22 @@ class TypeRegistry {
   // In registration order.
   std::vector<const RegisteredType*> List() const;
   size_t size() const { return types_.size(); }
+  // Bytes of keys and canonical layouts (what max_registry_bytes bounds).
+  uint64_t bytes() const { return bytes_; }
 
+  // Limits for what is registered from now on (Restore ignores them).
+  void SetLimits(shm::LayoutLimits limits, RegistryLimits registry) {
+    limits_ = limits;
+    registry_limits_ = registry;
+  }
   void Seal() { sealed_ = true; }
   bool sealed() const { return sealed_; }
   const shm::LayoutLimits& limits() const { return limits_; }
 
  private:
   shm::LayoutLimits limits_;
+  RegistryLimits registry_limits_;
+  uint64_t bytes_ = 0;
   bool sealed_ = false;
   std::deque<RegisteredType> types_;  // stable addresses
   std::map<std::string, const RegisteredType*> by_key_;
@@ -66,7 +86,8 @@ class TypeRegistry {
   std::map<uint32_t, const RegisteredType*> by_index_;
 };
 
-// Validates a registration key: 1 to 128 printable ASCII characters.
+// Validates a registration key: 1 to 128 printable ASCII characters, no
+// spaces (0x21 to 0x7e).
 absl::Status ValidateTypeKey(const std::string& key);
 
 }  // namespace structd::server

@@ -82,10 +82,10 @@ grpc::Status RegistryService::RegisterType(
       JoinedChannel(*context, *core_, *peers_, request->channel());
   if (!call.ok()) return ToGrpc(call.status());
   if (static_cast<uint32_t>(request->fields_size()) >
-      core_->options().limits.max_fields) {
+      core_->options().limits.layout.max_fields) {
     return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
         "type '", request->key(), "': ", request->fields_size(),
-        " fields, more than the limit of ", core_->options().limits.max_fields,
+        " fields, more than the limit of ", core_->options().limits.layout.max_fields,
         " (split the struct)")));
   }
   std::vector<shm::FieldSpec> fields;

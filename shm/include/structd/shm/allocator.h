@@ -39,6 +39,9 @@ struct AllocatorStats {
   uint64_t unassigned_slabs = 0;
   uint64_t extents = 0;
   uint64_t extent_bytes = 0;
+  // Times the shared slab descriptors disagreed with the owner's own record
+  // (another process wrote them). The owner acted on its record.
+  uint64_t descriptor_mismatches = 0;
 };
 
 struct ReleaseResult {
@@ -103,10 +106,25 @@ class Allocator {
 
   AllocatorStats Stats() const;
   Arena& arena() const { return *arena_; }
+  // Every slab whose shared descriptor disagrees with the owner's record
+  // (block size, span length, blocks handed out), one sentence each, for
+  // the consistency check. Read-only.
+  std::vector<std::string> DescriptorMismatches() const;
 
  private:
   // (extent << 32) | offset. 0 means none (offsets are never 0).
   using Loc = uint64_t;
+  // The owner's own record of one slab. The SlabDescriptor in the arena
+  // mirrors it for readers, but any member can write that; the owner
+  // decides from this copy, so a scribbled descriptor can never make it
+  // hand out a live block, re-carve a live slab or free a neighbour.
+  struct SlabState {
+    uint32_t block_size = kSlabUnassigned;  // as SlabDescriptor, or kQuarantined
+    uint32_t span = 0;                      // large head: slabs in the span
+    uint32_t next_unused = 0;               // class slab: blocks handed out
+  };
+  // A slab found damaged at Adopt: never allocated from.
+  static constexpr uint32_t kQuarantined = 1;
   struct ClassState {
     Loc free_head = 0;
     uint64_t free_count = 0;
@@ -164,6 +182,10 @@ class Allocator {
   const ExtentGeometry geometry_;
   std::vector<uint8_t*> bases_;  // extents usable by the allocator
   std::vector<bool> quarantined_extent_;
+  std::vector<std::vector<SlabState>> slabs_;  // [extent][slab]
+  uint64_t descriptor_mismatches_ = 0;
+  SlabState& State(uint32_t extent, uint32_t slab) { return slabs_[extent][slab]; }
+  const SlabState& State(uint32_t extent, uint32_t slab) const { return slabs_[extent][slab]; }
   std::array<ClassState, kNumSizeClasses> classes_;
   // Where FindUnassignedRun starts looking: (extent << 32) | slab.
   uint64_t scan_hint_ = 0;
