@@ -23,6 +23,7 @@
 #include "structd/client/client.h"
 #include "structd/shm/arena.h"
 #include "testing/child_process.h"
+#include "testing/client_connect.h"
 #include "testing/client_types.h"
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
@@ -32,14 +33,6 @@ namespace structd::testing {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::unique_ptr<client::AdminClient> AdminOf(const DaemonProcess& daemon) {
-  client::AdminOptions o;
-  o.socket = daemon.socket();
-  auto a = client::AdminClient::Connect(o);
-  EXPECT_TRUE(a.ok()) << a.status();
-  return a.ok() ? std::move(*a) : nullptr;
-}
 
 // A channel driven over raw gRPC: this process never maps its arena, so it
 // can cut the arena's files without taking SIGBUS itself.
@@ -93,9 +86,7 @@ TEST(HostileFilesTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
   DaemonProcess daemon;
   auto admin = AdminOf(daemon);
   // The bystander: a channel this process maps and uses through the library.
-  client::ClientOptions o;
-  o.socket = daemon.socket();
-  auto me = *client::Client::Connect(o);
+  auto me = ConnectTo(daemon);
   auto other = *me->CreateChannel("bystander");
   auto counter = *other.channel->Allocate<Counter>();
 

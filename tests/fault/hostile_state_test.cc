@@ -21,6 +21,7 @@
 #include "structd/client/admin.h"
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "testing/client_connect.h"
 #include "testing/client_types.h"
 #include "testing/daemon_process.h"
 #include "testing/shm_fixture.h"
@@ -30,22 +31,6 @@ namespace structd::testing {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::unique_ptr<client::Client> ConnectTo(const DaemonProcess& daemon) {
-  client::ClientOptions o;
-  o.socket = daemon.socket();
-  auto c = client::Client::Connect(o);
-  EXPECT_TRUE(c.ok()) << c.status();
-  return c.ok() ? std::move(*c) : nullptr;
-}
-
-std::unique_ptr<client::AdminClient> AdminOf(const DaemonProcess& daemon) {
-  client::AdminOptions o;
-  o.socket = daemon.socket();
-  auto a = client::AdminClient::Connect(o);
-  EXPECT_TRUE(a.ok()) << a.status();
-  return a.ok() ? std::move(*a) : nullptr;
-}
 
 // A daemon whose posix_fallocate fails with ENOSPC while `flag` exists.
 std::unique_ptr<DaemonProcess> DaemonWithFullableTmpfs(const std::string& flag) {

@@ -13,6 +13,7 @@
 
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "testing/client_connect.h"
 #include "testing/client_types.h"
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
@@ -28,14 +29,6 @@ using client::Channel;
 using client::Client;
 using client::Owned;
 using client::Ref;
-
-std::unique_ptr<Client> ConnectTo(const DaemonProcess& daemon) {
-  client::ClientOptions o;
-  o.socket = daemon.socket();
-  auto c = Client::Connect(o);
-  EXPECT_TRUE(c.ok()) << c.status();
-  return c.ok() ? std::move(*c) : nullptr;
-}
 
 // A worker process: structd_test_client MODE SOCKET CHANNEL CAPABILITY ARGS.
 std::unique_ptr<SpawnedProcess> Worker(const DaemonProcess& daemon,

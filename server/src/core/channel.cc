@@ -46,17 +46,6 @@ std::string LedgerPath(const std::string& dir, const std::string& session) {
   return absl::StrCat(dir, "/ledgers/", session);
 }
 
-std::optional<uint64_t> ParseHex64(const std::string& text) {
-  if (text.empty() || text.size() > 16) return std::nullopt;
-  uint64_t v = 0;
-  for (char c : text) {
-    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-    if (d < 0) return std::nullopt;
-    v = v * 16 + static_cast<uint64_t>(d);
-  }
-  return v;
-}
-
 }  // namespace
 
 bool LooksLikeChannelId(const std::string& text) {

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "server/src/core/core.h"
+#include "server/src/core/core_fixture.h"
 #include "testing/temp_dir.h"
 
 namespace structd::server {
@@ -19,23 +20,15 @@ using ::testing::HasSubstr;
 using shm::FieldKind;
 using shm::FieldSpec;
 
-class ContractTest : public ::testing::Test {
+class ContractTest : public CoreFixture {
  protected:
   void SetUp() override {
-    options_.state_dir = dir_.Sub("state");
-    options_.arena.extent_size = 1 << 20;
-    options_.arena.max_extents = 8;
-    me_.known = true;
-    me_.pid = getpid();
-    me_.uid = getuid();
-    Reopen();
+    CoreFixture::SetUp();
+    session_ = Attach("contract");
   }
-  void Reopen() {
-    core_.reset();
-    auto c = Core::Open(options_);
-    ASSERT_TRUE(c.ok()) << c.status();
-    core_ = std::move(*c);
-    session_ = core_->Attach(me_, "contract")->id;
+  void ReopenAndAttach() {
+    Reopen();
+    session_ = Attach("contract");
   }
   std::shared_ptr<Channel> Make(const std::string& name) {
     auto created = core_->CreateChannel(session_, name, 0, 0);
@@ -43,10 +36,6 @@ class ContractTest : public ::testing::Test {
     return *core_->Joined(session_, name);
   }
 
-  structd::testing::TempDir dir_;
-  CoreOptions options_;
-  std::unique_ptr<Core> core_;
-  PeerCredentials me_;
   std::string session_;
 };
 
@@ -87,7 +76,7 @@ TEST_F(ContractTest, TypesRootsAndRegistryBytesPerChannelAreBounded) {
   options_.limits.registry.max_types = 3;
   options_.limits.registry.max_registry_bytes = 400;
   options_.limits.max_roots = 2;
-  Reopen();
+  ReopenAndAttach();
   auto ch = Make("small");
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(ch->RegisterType("T" + std::to_string(i),
@@ -125,7 +114,7 @@ TEST_F(ContractTest, ManyRootsAndTypesSurviveARestart) {
   for (int i = 0; i < 2500; i += 2) ASSERT_TRUE(ch->DeleteRoot("r" + std::to_string(i)).ok());
   ASSERT_TRUE(ch->Seal().ok());
   ch.reset();
-  Reopen();
+  ReopenAndAttach();
   auto again = *core_->Find("many");
   EXPECT_EQ(again->ListRoots().size(), 1250u);
   EXPECT_TRUE(again->Check().problems.empty());
@@ -147,9 +136,9 @@ TEST_F(ContractTest, EveryStateDirectoryIsPrivate) {
   // Directories an older daemon left 0755 are made private at restart.
   chmod((ch->dir() + "/ledgers").c_str(), 0755);
   ch.reset();
-  Reopen();
+  ReopenAndAttach();
   struct stat st;
-  ASSERT_EQ(stat((dir_.Sub("state") + "/channels").c_str(), &st), 0);
+  ASSERT_EQ(stat((options_.state_dir + "/channels").c_str(), &st), 0);
   auto again = *core_->Find("private");
   ASSERT_EQ(stat((again->dir() + "/ledgers").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u);

@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "server/src/core/core_fixture.h"
 #include "server/src/core/ledger.h"
 #include "structd/shm/field.h"
 #include "testing/temp_dir.h"
@@ -19,44 +20,7 @@ using ::testing::HasSubstr;
 using shm::FieldKind;
 using shm::FieldSpec;
 
-class CoreTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    options_.state_dir = dir_.path();
-    options_.arena.extent_size = 1 << 20;
-    options_.arena.max_extents = 8;
-    Reopen();
-    me_.known = true;
-    me_.pid = getpid();
-    me_.uid = getuid();
-  }
-  // Opens the core on the state directory, as a (re)started daemon does;
-  // the previous core is dropped without ending its sessions, as a daemon
-  // killed with SIGKILL would.
-  void Reopen() {
-    core_.reset();
-    auto c = Core::Open(options_);
-    ASSERT_TRUE(c.ok()) << c.status();
-    core_ = std::move(*c);
-  }
-  std::string Attach(const std::string& name = "test") {
-    auto s = core_->Attach(me_, name);
-    EXPECT_TRUE(s.ok()) << s.status();
-    return s->id;
-  }
-  std::vector<FieldSpec> Point() {
-    return {FieldSpec::Scalar("x", FieldKind::kF64),
-            FieldSpec::Scalar("y", FieldKind::kF64)};
-  }
-  std::vector<FieldSpec> Node() {
-    return {FieldSpec::Scalar("v", FieldKind::kU64), FieldSpec::Ref("next")};
-  }
-
-  structd::testing::TempDir dir_;
-  CoreOptions options_;
-  std::unique_ptr<Core> core_;
-  PeerCredentials me_;
-};
+using CoreTest = CoreFixture;
 
 TEST_F(CoreTest, ARestartedCoreReadoptsChannelsTypesRootsAndInstances) {
   auto session = core_->Attach(me_, "app");

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "server/src/core/core.h"
+#include "server/src/core/core_fixture.h"
 #include "server/src/core/ledger.h"
 #include "server/src/core/store_intent.h"
 #include "structd/shm/field.h"
@@ -29,38 +30,11 @@ using shm::FieldKind;
 using shm::FieldSpec;
 using structd::testing::ChildProcess;
 
-class RecoveryTest : public ::testing::Test {
+class RecoveryTest : public CoreFixture {
  protected:
-  void SetUp() override {
-    options_.state_dir = dir_.path();
-    options_.arena.extent_size = 1 << 20;
-    options_.arena.max_extents = 8;
-    Reopen();
-    me_.known = true;
-    me_.pid = getpid();
-    me_.uid = getuid();
-  }
-  // A restarted daemon; the previous core is dropped as SIGKILL would.
-  void Reopen() {
-    core_.reset();
-    auto c = Core::Open(options_);
-    ASSERT_TRUE(c.ok()) << c.status();
-    core_ = std::move(*c);
-  }
-  std::vector<FieldSpec> Node() {
-    return {FieldSpec::Scalar("v", FieldKind::kU64), FieldSpec::Ref("next")};
-  }
-  std::string ChannelDir(const std::string& name) {
-    return dir_.path() + "/channels/" + (*core_->Find(name))->id();
-  }
   uint64_t Live(const std::string& name) {
     return (*core_->Find(name))->Stats().alloc.live_instances;
   }
-
-  structd::testing::TempDir dir_;
-  CoreOptions options_;
-  std::unique_ptr<Core> core_;
-  PeerCredentials me_;
 };
 
 // 13.2: a member kept writing instance headers (type index flipping, a
