@@ -6,18 +6,32 @@ include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
 set_target_properties(structd_shm PROPERTIES EXPORT_NAME shm)
+# POSIX helpers the static shm library needs at link time; no headers.
+set_target_properties(structd_base PROPERTIES EXPORT_NAME base_internal)
 set_target_properties(structd_client PROPERTIES EXPORT_NAME client)
 # Generated protobuf code the static client library needs at link time;
 # its headers are not installed (no public header uses them).
 set_target_properties(structd_proto PROPERTIES EXPORT_NAME proto_internal)
 
 install(TARGETS structd structctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(TARGETS structd_shm structd_client structd_proto
+install(TARGETS structd_base structd_shm structd_client structd_proto
   EXPORT structdTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(DIRECTORY shm/include/ client/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+# The client API and the shm headers it includes; owner-only machinery
+# (allocator.h, walk.h, format_value.h) and base/ stay out of the API.
+install(DIRECTORY client/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(FILES
+  shm/include/structd/shm/arena.h
+  shm/include/structd/shm/field.h
+  shm/include/structd/shm/format.h
+  shm/include/structd/shm/layout.h
+  shm/include/structd/shm/mapping_guard.h
+  shm/include/structd/shm/ref.h
+  shm/include/structd/shm/sync.h
+  shm/include/structd/shm/type_token.h
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/structd/shm)
 
 set(_cmake_dir ${CMAKE_INSTALL_LIBDIR}/cmake/structd)
 install(EXPORT structdTargets NAMESPACE structd:: DESTINATION ${_cmake_dir})

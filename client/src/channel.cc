@@ -10,9 +10,7 @@ namespace structd::client {
 namespace {
 
 // At most this many refs or stores per call (the daemon's default limit).
-constexpr size_t kMaxPerCall = 100000;
 
-std::string FingerprintHex(uint64_t fp) { return absl::StrFormat("%016x", fp); }
 
 }  // namespace
 
@@ -173,9 +171,9 @@ absl::StatusOr<std::shared_ptr<const TypeInfo>> Channel::UseType(std::string_vie
   if (found && found->layout.fingerprint() != local->fingerprint()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "type '", key, "': this program's layout (fingerprint ",
-        FingerprintHex(local->fingerprint()), ")\n", local->ToString(),
+        shm::FingerprintHex(local->fingerprint()), ")\n", local->ToString(),
         "differs from channel '", name_, "''s (token ", found->token.ToHex(),
-        ", fingerprint ", FingerprintHex(found->layout.fingerprint()), ")\n",
+        ", fingerprint ", shm::FingerprintHex(found->layout.fingerprint()), ")\n",
         found->layout.ToString(),
         "(build against the same struct definition, or use another key)"));
   }
@@ -247,19 +245,32 @@ absl::StatusOr<shm::InstancePtr> Channel::ResolveAs(Ref ref, const TypeInfo& typ
 }
 
 absl::Status Channel::RetainRefs(const std::vector<Ref>& refs) {
-  v1::RetainRequest request;
-  request.set_channel(id_);
-  for (Ref r : refs) request.add_refs(r.bits());
-  v1::RetainResponse response;
-  return connection_->Call(connection_->instances(), &v1::Instances::Stub::Retain, request,
-                           &response);
+  // In calls of at most max_refs_per_call; all or none: if a later call
+  // fails, the references taken by the earlier ones are given back.
+  const size_t per_call = connection_->max_refs_per_call();
+  for (size_t begin = 0; begin < refs.size(); begin += per_call) {
+    size_t end = std::min(refs.size(), begin + per_call);
+    v1::RetainRequest request;
+    request.set_channel(id_);
+    for (size_t i = begin; i < end; ++i) request.add_refs(refs[i].bits());
+    v1::RetainResponse response;
+    absl::Status s = connection_->Call(connection_->instances(), &v1::Instances::Stub::Retain,
+                                       request, &response);
+    if (!s.ok()) {
+      if (begin > 0) {
+        (void)Release(std::vector<Ref>(refs.begin(), refs.begin() + begin));  // best effort
+      }
+      return s;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Channel::Release(const std::vector<Ref>& refs) {
-  for (size_t begin = 0; begin < refs.size(); begin += kMaxPerCall) {
+  for (size_t begin = 0; begin < refs.size(); begin += connection_->max_refs_per_call()) {
     v1::ReleaseRequest request;
     request.set_channel(id_);
-    size_t end = std::min(refs.size(), begin + kMaxPerCall);
+    size_t end = std::min(refs.size(), begin + connection_->max_refs_per_call());
     for (size_t i = begin; i < end; ++i) request.add_refs(refs[i].bits());
     v1::ReleaseResponse response;
     if (absl::Status s = connection_->Call(connection_->instances(),
@@ -280,10 +291,10 @@ void Channel::ReleaseQuietly(Ref ref) {
 }
 
 absl::Status Channel::Store(RefStores& batch) {
-  for (size_t begin = 0; begin < batch.stores_.size(); begin += kMaxPerCall) {
+  for (size_t begin = 0; begin < batch.stores_.size(); begin += connection_->max_refs_per_call()) {
     v1::StoreRefsRequest request;
     request.set_channel(id_);
-    size_t end = std::min(batch.stores_.size(), begin + kMaxPerCall);
+    size_t end = std::min(batch.stores_.size(), begin + connection_->max_refs_per_call());
     for (size_t i = begin; i < end; ++i) {
       const RefStores::Store& st = batch.stores_[i];
       v1::RefStore* out = request.add_stores();

@@ -166,6 +166,9 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   resume_id_ = session_id_;
   resume_secret_ = event.attached().session_secret();
   lease_ms_ = std::max<uint32_t>(event.attached().lease_ms(), 300);
+  if (event.attached().max_refs_per_call() != 0) {
+    max_refs_per_call_.store(event.attached().max_refs_per_call());
+  }
   std::lock_guard wlock(write_mu_);
   stream_ = std::move(stream);
   return absl::OkStatus();

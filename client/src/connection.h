@@ -68,6 +68,8 @@ class Connection {
   // then on every call fails with this status and nothing re-attaches.
   absl::Status session_status() const;
   uint64_t reattach_count() const { return reattaches_.load(); }
+  // The most refs one call may carry, as the daemon said in `attached`.
+  size_t max_refs_per_call() const { return max_refs_per_call_.load(); }
   const ClientOptions& options() const { return options_; }
 
   // Channels to re-join after a re-attach (weakly held).
@@ -109,6 +111,7 @@ class Connection {
   std::mutex write_mu_;  // serializes writes to stream_
   std::vector<std::weak_ptr<Channel>> channels_;       // guarded by mu_
   std::atomic<uint64_t> reattaches_{0};
+  std::atomic<size_t> max_refs_per_call_{100000};
   std::thread supervisor_;
 };
 

@@ -555,8 +555,8 @@ int Main(int argc, char** argv) {
   auto* instances = command("instances", "counts and bytes per type; refs with --limit", Instances);
   instances->add_option("CHANNEL", o.channel, "channel name or id")->required();
   instances->add_option("--type", o.type, "only this type (key, token or prefix)");
-  instances->add_option("--limit", o.limit, "refs to list (0: counts only; default 20)")
-      ->check(CLI::Range(0u, 100000u));
+  instances->add_option("--limit", o.limit,
+                        "refs to list (0: counts only; default 20; the daemon says the most)");
   auto* inspect = command("inspect", "decode an instance's fields, following refs", Inspect);
   inspect->add_option("REF", o.ref, "r:EXTENT:OFFSET:GEN or 16 hex digits")->required();
   inspect->add_option("--channel", o.channel, "the channel (default: where the ref is live)");

@@ -145,17 +145,14 @@ bool ValidLevel(const std::string& l) {
 
 // The checks that need more than a type. "" if the configuration is valid.
 std::string Invalid(const DaemonConfig& c) {
+  shm::ArenaOptions arena;
+  arena.extent_size = c.extent_size;
+  arena.max_extents = c.max_extents;
+  if (absl::Status s = shm::ValidateArenaOptions(arena); !s.ok()) return std::string(s.message());
   if (!ValidLevel(c.log_level)) {
     return "log level '" + c.log_level + "' is not one of trace, debug, info, warn, error, off";
   }
   if (c.lease_ms < 100) return "lease_ms " + std::to_string(c.lease_ms) + " is too short (use >= 100)";
-  if (c.extent_size % 65536 != 0 || c.extent_size < 131072 || c.extent_size > 268435456) {
-    return "extent_size " + std::to_string(c.extent_size) +
-           ": use a multiple of 65536 from 131072 to 268435456";
-  }
-  if (c.max_extents < 1 || c.max_extents > 16383) {
-    return "max_extents " + std::to_string(c.max_extents) + ": use 1 to 16383";
-  }
   if (c.max_sessions_per_process < 1 || c.max_sessions_per_uid < 1 ||
       c.max_connections_per_process < 2) {
     return "max_sessions_per_process and max_sessions_per_uid must be >= 1, "
@@ -169,6 +166,24 @@ std::string Invalid(const DaemonConfig& c) {
 }
 
 }  // namespace
+
+CoreOptions DaemonConfig::ToCoreOptions() const {
+  CoreOptions o;
+  o.state_dir = state_dir;
+  o.arena.extent_size = extent_size;
+  o.arena.max_extents = max_extents;
+  o.limits.layout.max_fields = max_fields;
+  o.limits.layout.max_payload_size = max_type_bytes;
+  o.limits.registry.max_types = max_types_per_channel;
+  o.limits.registry.max_registry_bytes = max_registry_bytes;
+  o.limits.max_roots = max_roots_per_channel;
+  o.max_channels = max_channels;
+  o.max_sessions = max_sessions;
+  o.max_sessions_per_process = max_sessions_per_process;
+  o.max_sessions_per_uid = max_sessions_per_uid;
+  o.lease = std::chrono::milliseconds(lease_ms);
+  return o;
+}
 
 ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
   config.socket = shm::DefaultRuntimeDir() + "/structd.sock";

@@ -5,6 +5,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "server/src/core/core.h"
+#include "structd/shm/arena.h"
 
 namespace structd::server {
 
@@ -17,24 +19,29 @@ struct DaemonConfig {
   std::string state_dir;  // channels, arenas, ledgers (tmpfs recommended)
   std::string log_level = "info";  // trace|debug|info|warn|error
   std::string config_file;         // where settings were read from, if any
-  uint64_t extent_size = 64ull << 20;  // default for new channels, bytes
-  uint32_t max_extents = 1024;         // default for new channels
-  uint32_t lease_ms = 15000;           // heartbeat deadline
-  uint32_t max_channels = 256;
-  uint32_t max_sessions = 4096;
-  uint32_t max_sessions_per_process = 16;
-  uint32_t max_sessions_per_uid = 1024;
+  // Every default below is the domain's own (one place each: the structs
+  // named), so the daemon, its tests and its docs cannot disagree.
+  uint64_t extent_size = shm::ArenaOptions{}.extent_size;  // new channels, bytes
+  uint32_t max_extents = shm::ArenaOptions{}.max_extents;  // new channels
+  uint32_t lease_ms = static_cast<uint32_t>(CoreOptions{}.lease.count());
+  uint32_t max_channels = CoreOptions{}.max_channels;
+  uint32_t max_sessions = CoreOptions{}.max_sessions;
+  uint32_t max_sessions_per_process = CoreOptions{}.max_sessions_per_process;
+  uint32_t max_sessions_per_uid = CoreOptions{}.max_sessions_per_uid;
+  uint32_t max_fields = shm::LayoutLimits{}.max_fields;
+  uint32_t max_type_bytes = shm::LayoutLimits{}.max_payload_size;  // one struct
+  uint32_t max_types_per_channel = RegistryLimits{}.max_types;
+  uint64_t max_registry_bytes = RegistryLimits{}.max_registry_bytes;
+  uint32_t max_roots_per_channel = Channel::Limits{}.max_roots;
+  // The listener's own (no domain struct holds these).
   // Connections one process may hold open to the daemon at once.
   uint32_t max_connections_per_process = 64;
   // A connection that makes no call at all for this long is closed (it
   // holds a descriptor and does nothing: a half-open or hostile peer).
   uint32_t idle_connection_ms = 10000;
-  uint32_t max_fields = 256;
-  uint32_t max_type_bytes = 1u << 20;  // payload of one struct
-  // What one channel may hold (its metadata stays bounded).
-  uint32_t max_types_per_channel = 1024;
-  uint64_t max_registry_bytes = 4u << 20;  // keys + canonical layouts
-  uint32_t max_roots_per_channel = 100000;
+
+  // The domain core's options from these settings.
+  CoreOptions ToCoreOptions() const;
 };
 
 enum class ParseOutcome { kRun, kExitOk, kExitUsage };

@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/src/core/private_dir.h"
+#include "structd/base/posix.h"
 #include "server/src/core/random.h"
 #include "structd/shm/mapping_guard.h"
 #include "spdlog/spdlog.h"
@@ -27,9 +28,7 @@
 namespace structd::server {
 namespace {
 
-absl::Status Errno(const std::string& what) {
-  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
-}
+absl::Status Errno(const std::string& what) { return base::ErrnoStatus(errno, what); }
 
 // True if something accepts connections on `path`.
 bool SocketIsLive(const std::string& path) {
@@ -53,19 +52,12 @@ void Daemon::Close() {
   Shutdown();
   if (accept_thread_.joinable()) accept_thread_.join();
   if (reap_thread_.joinable()) reap_thread_.join();
-  if (listen_fd_ >= 0) {
-    close(listen_fd_);
-    listen_fd_ = -1;
+  if (listen_fd_) {
+    listen_fd_.reset();
     unlink(config_.socket.c_str());
   }
-  if (lock_fd_ >= 0) {
-    close(lock_fd_);
-    lock_fd_ = -1;
-  }
-  if (reserve_fd_ >= 0) {
-    close(reserve_fd_);
-    reserve_fd_ = -1;
-  }
+  lock_fd_.reset();
+  reserve_fd_.reset();
 }
 
 absl::Status Daemon::Start() {
@@ -81,12 +73,12 @@ absl::Status Daemon::Start() {
   shm::InstallSigbusGuard();
   RaiseDescriptorLimit();
   // Kept free for the moment descriptors run out (AcceptLoop).
-  reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  reserve_fd_ = base::UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC));
   // One daemon per state directory: an flock the kernel drops if we die.
   std::string lock_path = config_.state_dir + "/structd.pid";
-  lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock_fd_ < 0) return Errno("open " + lock_path);
-  if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+  lock_fd_ = base::UniqueFd(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!lock_fd_) return Errno("open " + lock_path);
+  if (flock(lock_fd_.get(), LOCK_EX | LOCK_NB) != 0) {
     std::string pid;
     std::ifstream(lock_path) >> pid;
     return absl::FailedPreconditionError(absl::StrCat(
@@ -94,25 +86,12 @@ absl::Status Daemon::Start() {
         pid.empty() ? "unknown" : pid,
         "); stop it first, or use another --state-dir"));
   }
-  if (ftruncate(lock_fd_, 0) == 0) {
+  if (ftruncate(lock_fd_.get(), 0) == 0) {
     std::string pid = std::to_string(getpid()) + "\n";
-    (void)!write(lock_fd_, pid.data(), pid.size());
+    (void)base::WriteAll(lock_fd_.get(), pid);  // informational only
   }
 
-  CoreOptions o;
-  o.state_dir = config_.state_dir;
-  o.arena.extent_size = config_.extent_size;
-  o.arena.max_extents = config_.max_extents;
-  o.limits.layout.max_fields = config_.max_fields;
-  o.limits.layout.max_payload_size = config_.max_type_bytes;
-  o.limits.registry.max_types = config_.max_types_per_channel;
-  o.limits.registry.max_registry_bytes = config_.max_registry_bytes;
-  o.limits.max_roots = config_.max_roots_per_channel;
-  o.max_channels = config_.max_channels;
-  o.max_sessions = config_.max_sessions;
-  o.max_sessions_per_process = config_.max_sessions_per_process;
-  o.max_sessions_per_uid = config_.max_sessions_per_uid;
-  o.lease = std::chrono::milliseconds(config_.lease_ms);
+  CoreOptions o = config_.ToCoreOptions();
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Open(o);
   if (!core.ok()) return core.status();
   core_ = std::move(*core);
@@ -131,16 +110,16 @@ absl::Status Daemon::Start() {
         " is served by another process (stop it, or use another --socket)"));
   }
   unlink(config_.socket.c_str());
-  listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (listen_fd_ < 0) return Errno("socket");
+  listen_fd_ = base::UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listen_fd_) return Errno("socket");
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, config_.socket.c_str(), sizeof(addr.sun_path) - 1);
-  if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+  if (bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     return Errno("bind " + config_.socket);
   }
   chmod(config_.socket.c_str(), 0600);
-  if (listen(listen_fd_, 128) != 0) return Errno("listen " + config_.socket);
+  if (listen(listen_fd_.get(), 128) != 0) return Errno("listen " + config_.socket);
 
   session_service_ = std::make_unique<SessionService>(core_.get(), &peers_);
   registry_service_ = std::make_unique<RegistryService>(core_.get(), &peers_);
@@ -186,13 +165,8 @@ void Daemon::WarnIfStateMayBeRemoved() const {
 std::string Daemon::WriteAdminCapability() const {
   std::string capability = RandomHex128();
   std::string path = config_.state_dir + "/admin.capability";
-  int fd = open((path + ".new").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  bool ok = fd >= 0 && write(fd, capability.data(), capability.size()) ==
-                           static_cast<ssize_t>(capability.size());
-  if (fd >= 0) close(fd);
-  if (!ok || rename((path + ".new").c_str(), path.c_str()) != 0) {
-    spdlog::warn("cannot write {}: only uid {} and root may use the Admin service", path,
-                 getuid());
+  if (absl::Status s = base::WriteFileAtomically(path, capability); !s.ok()) {
+    spdlog::warn("{}: only uid {} and root may use the Admin service", s.ToString(), getuid());
     return "";
   }
   return capability;
@@ -229,21 +203,21 @@ void Daemon::WarnThrottled(const std::string& what) {
 
 void Daemon::AcceptLoop() {
   while (!stopping_.load()) {
-    pollfd p{listen_fd_, POLLIN, 0};
+    pollfd p{listen_fd_.get(), POLLIN, 0};
     int r = poll(&p, 1, 200);
     if (r <= 0) continue;
-    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    int fd = accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE) {
         // Out of descriptors: the pending connection would make poll()
         // return at once forever. Free the reserve, take the connection
         // and close it (the client sees the refusal), take the reserve
         // back, and pause so the daemon does not spin.
-        if (reserve_fd_ >= 0) {
-          close(reserve_fd_);
-          int c = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-          if (c >= 0) close(c);
-          reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (reserve_fd_) {
+          reserve_fd_.reset();
+          base::UniqueFd refused(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+          refused.reset();
+          reserve_fd_ = base::UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC));
         }
         WarnThrottled(absl::StrCat(
             "out of file descriptors (", strerror(errno),

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "server/src/config.h"
+#include "structd/base/posix.h"
 #include "server/src/core/core.h"
 #include "server/src/rpc/rpc_util.h"
 #include "server/src/rpc/services.h"
@@ -46,9 +47,9 @@ class Daemon {
   void WarnIfStateMayBeRemoved() const;
 
   DaemonConfig config_;
-  int lock_fd_ = -1;
-  int listen_fd_ = -1;
-  int reserve_fd_ = -1;  // /dev/null, freed to refuse a connection at EMFILE
+  base::UniqueFd lock_fd_;
+  base::UniqueFd listen_fd_;
+  base::UniqueFd reserve_fd_;  // /dev/null, freed to refuse a connection at EMFILE
   std::chrono::steady_clock::time_point last_accept_warning_{};
   uint64_t suppressed_accept_warnings_ = 0;
   std::unique_ptr<Core> core_;

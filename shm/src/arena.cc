@@ -18,34 +18,27 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "structd/shm/internal/posix.h"
+#include "structd/base/posix.h"
 
 namespace structd::shm {
 namespace {
 
-using internal::ErrnoStatus;
-using internal::UniqueFd;
+using base::ErrnoStatus;
+using base::Fallocate;
+using base::UniqueFd;
 
 constexpr const char* kHeaderFile = "arena";
 // Tag of the header's mapping in the SIGBUS registry (extents use their id).
 constexpr uint64_t kHeaderTag = 0xFFFFFFFFu;
 
-// posix_fallocate, retried on EINTR (tmpfs returns it when a signal is
-// pending during a large allocation).
-int Fallocate(int fd, off_t bytes) {
-  int err;
-  do {
-    err = posix_fallocate(fd, 0, bytes);
-  } while (err == EINTR);
-  return err;
-}
 
 bool IsNoSpace(int err) {
   return err == ENOSPC || err == EDQUOT || err == EFBIG;
 }
 
-// Checks options before anything is created.
-absl::Status ValidateOptions(const ArenaOptions& o) {
+}  // namespace
+
+absl::Status ValidateArenaOptions(const ArenaOptions& o) {
   if (o.extent_size < kMinExtentSize || o.extent_size > kMaxExtentSize ||
       o.extent_size % kSlabSize != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -65,8 +58,6 @@ absl::Status ValidateOptions(const ArenaOptions& o) {
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 Arena::Arena(std::string dir, Access access, int header_fd,
              ArenaHeader* header, uint64_t extent_size, uint32_t max_extents,
@@ -115,7 +106,7 @@ std::string Arena::ExtentPath(uint32_t extent_id) const { return ExtentPath(dir_
 
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
     const std::string& dir, const ArenaOptions& options) {
-  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  if (absl::Status s = ValidateArenaOptions(options); !s.ok()) return s;
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) {

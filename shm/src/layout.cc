@@ -101,9 +101,6 @@ size_t ScalarSize(FieldKind kind) {
   }
 }
 
-uint32_t BytesFieldSize(uint32_t capacity) {
-  return 8 + 2 * (8 + RoundUp(capacity, 8));
-}
 
 FieldSpec FieldSpec::Scalar(std::string name, FieldKind kind) {
   FieldSpec s;
@@ -290,7 +287,7 @@ absl::StatusOr<Layout> Layout::Compute(std::vector<FieldSpec> specs,
           size = uint64_t{align} * spec.count;
         } else {
           align = 8;
-          size = 8 + 2 * (8 + (uint64_t{spec.count} + 7) / 8 * 8);
+          size = BytesFieldSize(spec.count);
         }
         break;
       case FieldKind::kMutex:
@@ -379,21 +376,5 @@ std::string FingerprintHex(uint64_t fingerprint) {
   return absl::StrFormat("%016x", fingerprint);
 }
 
-std::string TypeToken::ToHex() const {
-  return absl::StrFormat("%016x%016x", hi, lo);
-}
-
-std::optional<TypeToken> TypeToken::FromHex(std::string_view hex) {
-  if (hex.size() != 32) return std::nullopt;
-  TypeToken t;
-  for (int half = 0; half < 2; ++half) {
-    uint64_t v = 0;
-    std::string_view part = hex.substr(half * 16, 16);
-    auto [p, ec] = std::from_chars(part.data(), part.data() + 16, v, 16);
-    if (ec != std::errc() || p != part.data() + 16) return std::nullopt;
-    (half == 0 ? t.hi : t.lo) = v;
-  }
-  return t;
-}
 
 }  // namespace structd::shm

@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "spdlog/spdlog.h"
 #include "server/src/core/private_dir.h"
+#include "structd/base/posix.h"
 #include "server/src/core/random.h"
 #include "structd/shm/field.h"
 #include "structd/shm/format_value.h"
@@ -35,15 +36,20 @@ bool AllChars(const std::string& s, std::string_view extra) {
   return true;
 }
 
-uint64_t NowUnixMs() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
 
 std::string LedgerPath(const std::string& dir, const std::string& session) {
   return absl::StrCat(dir, "/ledgers/", session);
+}
+
+// A status on a path that cannot act on it (an undo, a cleanup): logged,
+// never dropped silently. None of these is fatal: each can be caused by a
+// member scribbling the arena, which is bad input, not a broken invariant
+// of the daemon (doc/daemon.md, "Errors nobody waits for").
+void LogIfFailed(const std::string& channel, const absl::Status& s, std::string_view what) {
+  if (s.ok()) return;
+  spdlog::error("channel '{}': {}: {} (refcounts are repaired at the next start; run "
+                "'structctl check {}')",
+                channel, what, s.ToString(), channel);
 }
 
 }  // namespace
@@ -92,7 +98,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
   c->dir_ = options.dir;
   c->owner_capability_ = RandomHex128();
   c->member_capability_ = RandomHex128();
-  c->created_unix_ms_ = NowUnixMs();
+  c->created_unix_ms_ = base::NowUnixMs();
   c->registry_ = TypeRegistry(options.limits.layout, options.limits.registry);
   c->max_roots_ = options.limits.max_roots;
   std::error_code ec;
@@ -284,7 +290,7 @@ Channel::RepairReport Channel::Reconcile() {
   for (auto& [session, ledger] : ledgers_) {
     for (const LedgerEntry& e : ledger->Entries()) {
       if (!live(e.ref)) {
-        (void)ledger->SetCount(e.ref, 0);  // removing never allocates
+        LogIfFailed(name_, ledger->SetCount(e.ref, 0), "recovery: dropping a dangling ledger entry");
         ++report.dangling_dropped;
       } else {
         expected[e.ref.bits()] += e.count;
@@ -438,9 +444,13 @@ uint64_t Channel::Leave(const std::string& session_id) {
   if (UsableLocked().ok()) {
     shm::Allocator::TypeLookup types = TypesLocked();
     for (const LedgerEntry& e : it->second->Entries()) {
-      // A ref that no longer resolves was already damaged; nothing to undo.
+      // A ref that no longer resolves was damaged by a member: logged.
       for (uint64_t n = 0; n < e.count; ++n) {
-        if (!allocator_->Release(e.ref, types).ok()) break;
+        absl::Status s = allocator_->Release(e.ref, types).status();
+        if (!s.ok()) {
+          LogIfFailed(name_, s, "releasing what an ended session held");
+          break;
+        }
         ++released;
       }
     }
@@ -453,6 +463,11 @@ uint64_t Channel::Leave(const std::string& session_id) {
 bool Channel::HasSession(const std::string& session_id) const {
   std::lock_guard<std::mutex> lock(mu_);
   return ledgers_.count(session_id) != 0;
+}
+
+size_t Channel::session_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ledgers_.size();
 }
 
 uint64_t Channel::RefsHeld(const std::string& session_id) const {
@@ -570,7 +585,9 @@ absl::StatusOr<std::vector<shm::Ref>> Channel::Allocate(
     }
     if (absl::Status ls = (*ledger)->AddAll(refs); !ls.ok()) {
       shm::Allocator::TypeLookup types = TypesLocked();
-      for (shm::Ref r : refs) (void)allocator_->Release(r, types);
+      for (shm::Ref r : refs) {
+        LogIfFailed(name_, allocator_->Release(r, types).status(), "undoing an allocation");
+      }
       return ls;
     }
     return refs;
@@ -601,14 +618,16 @@ absl::Status Channel::Retain(const std::string& session_id,
     auto undo = [&](size_t upto) {
       for (size_t j = 0; j < upto; ++j) {
         (*ledger)->Remove(refs[j]);
-        (void)allocator_->Release(refs[j], types);
+        LogIfFailed(name_, allocator_->Release(refs[j], types).status(), "undoing a retain");
       }
     };
     for (size_t i = 0; i < refs.size(); ++i) {
       absl::Status s = allocator_->Retain(refs[i]);
       if (s.ok()) {
         s = (*ledger)->Add(refs[i]);
-        if (!s.ok()) (void)allocator_->Release(refs[i], types);
+        if (!s.ok()) {
+          LogIfFailed(name_, allocator_->Release(refs[i], types).status(), "undoing a retain");
+        }
       }
       if (!s.ok()) {
         undo(i);  // all or none
@@ -639,7 +658,7 @@ absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
     std::vector<shm::Ref> taken;
     for (size_t i = 0; i < refs.size(); ++i) {
       if (!(*ledger)->Remove(refs[i])) {
-        for (shm::Ref r : taken) (void)(*ledger)->Add(r);
+        for (shm::Ref r : taken) LogIfFailed(name_, (*ledger)->Add(r), "undoing a release");
         return absl::FailedPreconditionError(absl::StrFormat(
             "refs[%d] %s: this session does not own that reference (release "
             "only refs you allocated or retained, once per reference)",
@@ -650,7 +669,10 @@ absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
     uint64_t freed = 0;
     shm::Allocator::TypeLookup types = TypesLocked();
     for (shm::Ref r : refs) {
+      // The ledger no longer holds it: a failure here (a refcount already
+      // zero: a scribbled header) is logged, and the census repairs it.
       absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(r, types);
+      LogIfFailed(name_, rr.status(), "releasing a reference");
       if (rr.ok()) freed += rr->freed;
     }
     return freed;
@@ -739,7 +761,10 @@ absl::StatusOr<uint64_t> Channel::StoreRefs(
       const RefStore& st = stores[i];
       if (st.value.is_null() || st.move) continue;
       if (absl::Status s = allocator_->Retain(st.value); !s.ok()) {
-        for (size_t j : retained) (void)allocator_->Release(stores[j].value, types);
+        for (size_t j : retained) {
+          LogIfFailed(name_, allocator_->Release(stores[j].value, types).status(),
+                      "undoing a StoreRefs retain");
+        }
         return error(s.code(), i, ".value", s.message());
       }
       retained.push_back(i);
@@ -756,7 +781,10 @@ absl::StatusOr<uint64_t> Channel::StoreRefs(
       intent.counts.push_back({r, (*ledger)->Count(r) - n});
     }
     if (absl::Status s = WriteStoreIntent(IntentPath(), intent); !s.ok()) {
-      for (size_t j : retained) (void)allocator_->Release(stores[j].value, types);
+      for (size_t j : retained) {
+        LogIfFailed(name_, allocator_->Release(stores[j].value, types).status(),
+                    "undoing a StoreRefs retain");
+      }
       return absl::Status(s.code(), absl::StrCat("channel '", name_, "': ", s.message()));
     }
     std::vector<shm::Ref> previous;
@@ -774,6 +802,7 @@ absl::StatusOr<uint64_t> Channel::StoreRefs(
     uint64_t freed = 0;
     for (shm::Ref old : previous) {
       absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(old, types);
+      LogIfFailed(name_, rr.status(), "releasing what a ref field held");
       if (rr.ok()) freed += rr->freed;
     }
     return freed;
@@ -806,7 +835,10 @@ absl::StatusOr<shm::Ref> Channel::SetRoot(const std::string& name,
       return s;
     }
     roots_[name] = ref;
-    if (previous) (void)allocator_->Release(previous, TypesLocked());
+    if (previous) {
+      LogIfFailed(name_, allocator_->Release(previous, TypesLocked()).status(),
+                  "releasing a replaced root");
+    }
     return previous;
   }());
 }
@@ -845,7 +877,8 @@ absl::Status Channel::DeleteRoot(const std::string& name) {
     shm::Ref ref = it->second;
     if (absl::Status s = store_->DeleteRoot(name); !s.ok()) return s;
     roots_.erase(it);
-    (void)allocator_->Release(ref, TypesLocked());
+    LogIfFailed(name_, allocator_->Release(ref, TypesLocked()).status(),
+                "releasing a deleted root");
     return absl::OkStatus();
   }());
 }

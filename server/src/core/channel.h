@@ -168,6 +168,8 @@ class Channel {
   // Returns how many references were released.
   uint64_t Leave(const std::string& session_id);
   bool HasSession(const std::string& session_id) const;
+  // Sessions with a ledger here (cheap: no arena work).
+  size_t session_count() const;
   uint64_t RefsHeld(const std::string& session_id) const;
   // Zeros once the channel is destroyed.
   ArenaSummary Arena() const;

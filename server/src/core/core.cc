@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <filesystem>
+#include <sstream>
 #include <fstream>
 #include <toml++/toml.h>
 
@@ -12,18 +13,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/src/core/private_dir.h"
+#include "structd/base/posix.h"
 #include "server/src/core/random.h"
 #include "spdlog/spdlog.h"
 
 namespace structd::server {
 namespace {
 
-uint64_t NowUnixMs() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
 
 // The channel name in a meta.toml that may not parse: the first
 // `name = "..."` line, if its value is a valid channel name.
@@ -113,14 +109,11 @@ void Core::SaveSession(const SessionInfo& info) const {
                 {"uid", static_cast<int64_t>(info.uid)},
                 {"secret", info.secret},
                 {"client_name", info.client_name}};
-  std::string path = SessionPath(info.id);
-  std::ofstream out(path + ".new", std::ios::trunc);
-  out << t << "\n";
-  out.close();
-  chmod((path + ".new").c_str(), 0600);
-  if (!out || rename((path + ".new").c_str(), path.c_str()) != 0) {
-    spdlog::warn("session {}: cannot write {}: it will not survive a daemon restart",
-                 info.id.substr(0, 8), path);
+  std::ostringstream text;
+  text << t << "\n";
+  if (absl::Status s = base::WriteFileAtomically(SessionPath(info.id), text.str()); !s.ok()) {
+    spdlog::warn("session {}: {}: it will not survive a daemon restart", info.id.substr(0, 8),
+                 s.ToString());
   }
 }
 
@@ -333,7 +326,7 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
   s.info.client_name = client_name;
   s.info.pid = peer.pid;
   s.info.uid = peer.uid;
-  s.info.attached_unix_ms = NowUnixMs();
+  s.info.attached_unix_ms = base::NowUnixMs();
   s.last_heartbeat = std::chrono::steady_clock::now();
   s.process = peer.process;
   SessionInfo info = s.info;
@@ -383,10 +376,14 @@ uint64_t Core::Detach(const std::string& session_id) {
   for (const auto& channel : joined) released += channel->Leave(session_id);
   std::error_code ec;
   std::filesystem::remove(SessionPath(session_id), ec);
+  std::vector<std::shared_ptr<Channel>> gone;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& channel : joined) ReapLocked(channel);
+    for (const auto& channel : joined) {
+      if (auto g = TakeIfUnusedLocked(channel)) gone.push_back(std::move(g));
+    }
   }
+  for (const auto& channel : gone) DestroyChannel(channel);
   spdlog::info("session {} ended (pid {}): released {} references in {} "
                "channels",
                session_id.substr(0, 8), info.pid, released, joined.size());
@@ -516,23 +513,34 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
     // reserved meanwhile so a concurrent create of the same name fails.
     channel_ids_by_name_[name] = o.id;
   }
+  // Arena and ledger files are created outside mu_ (the lock rule above).
   absl::StatusOr<std::unique_ptr<Channel>> created = Channel::Create(o);
-  std::lock_guard<std::mutex> lock(mu_);
   if (!created.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
     channel_ids_by_name_.erase(name);
     return created.status();
   }
   channel = std::move(*created);
-  channels_by_id_[o.id] = channel;
-  ChannelCreated out{o.id, channel->owner_capability(),
-                     channel->member_capability(), channel->Arena()};
+  absl::Status joined = channel->Join(session_id);  // the creator, as owner
+  ChannelCreated out{o.id, channel->owner_capability(), channel->member_capability(),
+                     channel->Arena()};
+  bool session_gone = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    channels_by_id_[o.id] = channel;
+    auto s = sessions_.find(session_id);
+    if (s == sessions_.end()) {
+      session_gone = true;
+    } else if (joined.ok()) {
+      s->second.joined.insert(o.id);
+    }
+  }
+  if (session_gone) channel->Leave(session_id);  // ended while we created
+  if (!joined.ok()) {
+    spdlog::error("channel '{}': its creator could not join it: {}", name, joined.ToString());
+  }
   spdlog::info("channel '{}' created (id {}, extents of {} bytes, at most {})",
                name, o.id, o.arena.extent_size, o.arena.max_extents);
-  // The creator joins as owner.
-  auto s = sessions_.find(session_id);
-  if (s != sessions_.end() && channel->Join(session_id).ok()) {
-    s->second.joined.insert(o.id);
-  }
   return out;
 }
 
@@ -589,24 +597,32 @@ absl::StatusOr<ChannelJoined> Core::JoinChannel(const std::string& session_id,
 
 absl::Status Core::DropChannel(const std::string& channel,
                                const std::string& owner_capability) {
-  absl::StatusOr<std::shared_ptr<Channel>> c = Owned(channel, owner_capability);
+  absl::StatusOr<std::shared_ptr<Channel>> c = OwnedChannel(channel, owner_capability);
   if (!c.ok()) return c.status();
-  std::lock_guard<std::mutex> lock(mu_);
-  (*c)->MarkDropped();
-  channel_ids_by_name_.erase((*c)->name());
+  (*c)->MarkDropped();  // records the drop: file work, outside mu_
+  std::shared_ptr<Channel> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    channel_ids_by_name_.erase((*c)->name());
+    gone = TakeIfUnusedLocked(*c);
+  }
   spdlog::info("channel '{}' dropped; its arena goes when its sessions leave",
                (*c)->name());
-  ReapLocked(*c);
+  if (gone) DestroyChannel(gone);
   return absl::OkStatus();
 }
 
-void Core::ReapLocked(const std::shared_ptr<Channel>& channel) {
-  if (!channel->dropped()) return;
+std::shared_ptr<Channel> Core::TakeIfUnusedLocked(const std::shared_ptr<Channel>& channel) {
+  if (!channel->dropped()) return nullptr;
   for (const auto& [id, s] : sessions_) {
-    if (s.joined.count(channel->id()) && channel->HasSession(id)) return;
+    if (s.joined.count(channel->id()) && channel->HasSession(id)) return nullptr;
   }
-  if (channel->Stats().sessions != 0) return;
-  channels_by_id_.erase(channel->id());
+  if (channel->session_count() != 0) return nullptr;
+  if (channels_by_id_.erase(channel->id()) == 0) return nullptr;  // taken already
+  return channel;
+}
+
+void Core::DestroyChannel(const std::shared_ptr<Channel>& channel) {
   channel->Destroy();
   spdlog::info("channel '{}' (id {}) destroyed: arena deleted", channel->name(),
                channel->id());
@@ -627,7 +643,7 @@ absl::StatusOr<std::shared_ptr<Channel>> Core::Joined(
   return *c;
 }
 
-absl::StatusOr<std::shared_ptr<Channel>> Core::Owned(
+absl::StatusOr<std::shared_ptr<Channel>> Core::OwnedChannel(
     const std::string& channel, const std::string& owner_capability) const {
   absl::StatusOr<std::shared_ptr<Channel>> c = Find(channel);
   if (!c.ok()) return c.status();

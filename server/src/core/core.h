@@ -148,7 +148,7 @@ class Core {
   absl::StatusOr<std::shared_ptr<Channel>> Joined(
       const std::string& session_id, const std::string& channel) const;
   // Owner-only operations check the owner capability.
-  absl::StatusOr<std::shared_ptr<Channel>> Owned(
+  absl::StatusOr<std::shared_ptr<Channel>> OwnedChannel(
       const std::string& channel, const std::string& owner_capability) const;
   // Any channel by name or id (admin).
   absl::StatusOr<std::shared_ptr<Channel>> Find(
@@ -179,9 +179,12 @@ class Core {
   void SaveSession(const SessionInfo& info) const;
   absl::StatusOr<std::shared_ptr<Channel>> FindLocked(
       const std::string& channel) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Destroys a dropped channel once no session is joined to it.
-  void ReapLocked(const std::shared_ptr<Channel>& channel)
+  // A dropped channel that no session is joined to any more, removed from
+  // the directory; null otherwise. The caller destroys it outside mu_.
+  std::shared_ptr<Channel> TakeIfUnusedLocked(const std::shared_ptr<Channel>& channel)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Deletes a taken channel's files. REQUIRES: mu_ not held (file work).
+  void DestroyChannel(const std::shared_ptr<Channel>& channel);
 
   const CoreOptions options_;
   const uint64_t instance_id_;

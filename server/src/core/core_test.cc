@@ -234,9 +234,9 @@ TEST_F(CoreTest, JoinChecksTheCapability) {
                 .code(),
             absl::StatusCode::kNotFound);
   // Owner-only operations need the owner capability, not the member's.
-  EXPECT_EQ(core_->Owned("ch", c->member_capability).status().code(),
+  EXPECT_EQ(core_->OwnedChannel("ch", c->member_capability).status().code(),
             absl::StatusCode::kPermissionDenied);
-  EXPECT_TRUE(core_->Owned("ch", c->owner_capability).ok());
+  EXPECT_TRUE(core_->OwnedChannel("ch", c->owner_capability).ok());
 }
 
 TEST_F(CoreTest, SameKeyAndLayoutMeetDifferentLayoutIsRejectedWithBoth) {

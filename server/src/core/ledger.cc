@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "structd/base/posix.h"
 
 namespace structd::server {
 namespace {
@@ -35,14 +36,7 @@ uint64_t Hash(uint64_t v) {
 
 bool IsRef(uint64_t bits) { return bits != kEmpty && bits != kTombstone; }
 
-absl::Status Errno(int err, const std::string& what) {
-  if (err == ENOSPC || err == EDQUOT || err == EFBIG || err == ENOMEM) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(what, ": ", strerror(err),
-                     " (free space on the state directory's file system)"));
-  }
-  return absl::InternalError(absl::StrCat(what, ": ", strerror(err)));
-}
+absl::Status Errno(int err, const std::string& what) { return base::ErrnoStatus(err, what); }
 
 // Single-word stores: the order of two stores is the crash-atomicity
 // argument of the file (see ledger.h), so the compiler must keep it.
@@ -93,7 +87,6 @@ Ledger::Ledger(std::string path, const Table& table, uint64_t session_tag,
 Ledger::~Ledger() {
   guard_ = shm::GuardedMapping();
   if (map_ != nullptr) munmap(map_, map_bytes_);
-  if (fd_ >= 0) close(fd_);
 }
 
 Ledger::Slot* Ledger::slots() const {
@@ -119,10 +112,7 @@ absl::StatusOr<Ledger::Table> Ledger::WriteTable(
   int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return Errno(errno, "ledger: create " + tmp);
   uint64_t bytes = sizeof(Header) + capacity * sizeof(Slot);
-  int err;
-  do {
-    err = posix_fallocate(fd, 0, static_cast<off_t>(bytes));
-  } while (err == EINTR);
+  int err = base::Fallocate(fd, static_cast<off_t>(bytes));
   void* p = err == 0 ? mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                             MAP_SHARED, fd, 0)
                      : MAP_FAILED;
@@ -290,8 +280,7 @@ absl::Status Ledger::Rehash(uint64_t min_capacity) {
   if (!t.ok()) return t.status();
   guard_ = shm::GuardedMapping();
   munmap(map_, map_bytes_);
-  close(fd_);
-  fd_ = t->fd;
+  fd_ = base::UniqueFd(t->fd);
   map_ = t->map;
   map_bytes_ = t->bytes;
   guard_ = shm::GuardedMapping(map_, map_bytes_, damage_, 0);

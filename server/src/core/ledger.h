@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "structd/base/posix.h"
 #include "structd/shm/mapping_guard.h"
 #include "structd/shm/ref.h"
 
@@ -98,7 +99,7 @@ class Ledger {
   void PublishCounters();
 
   std::string path_;
-  int fd_;
+  base::UniqueFd fd_;
   uint8_t* map_;
   uint64_t map_bytes_;
   uint64_t capacity_;  // slots; a power of two, from the mapping's size

@@ -16,6 +16,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "structd/base/posix.h"
+#include "spdlog/spdlog.h"
 
 namespace structd::server {
 namespace {
@@ -36,45 +38,8 @@ std::optional<uint64_t> ParseHex64(const std::string& text) {
   return v;
 }
 
-absl::Status WriteError(const std::string& path, int err) {
-  if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cannot write ", path, ": ", strerror(err),
-        " (free space on the state directory's file system)"));
-  }
-  return absl::InternalError(absl::StrCat("cannot write ", path, ": ", strerror(err)));
-}
 
-// Writes all of `bytes` to `fd`; errno-style error or 0.
-int WriteAll(int fd, const std::string& bytes) {
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return n < 0 ? errno : EIO;
-    done += static_cast<size_t>(n);
-  }
-  return 0;
-}
 
-// `path` replaced by `bytes` whole or not at all.
-absl::Status ReplaceFile(const std::string& path, const std::string& bytes) {
-  std::string tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return WriteError(tmp, errno);
-  int err = WriteAll(fd, bytes);
-  close(fd);
-  if (err != 0) {
-    unlink(tmp.c_str());
-    return WriteError(tmp, err);
-  }
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    err = errno;
-    unlink(tmp.c_str());
-    return WriteError(path, err);
-  }
-  return absl::OkStatus();
-}
 
 toml::array Fields(const std::vector<std::string>& fields) {
   toml::array out;
@@ -292,7 +257,7 @@ absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& di
   if (at != text.size()) {
     // Drop the torn tail so the next append starts a fresh line.
     if (truncate(store->JournalPath().c_str(), static_cast<off_t>(at)) != 0) {
-      return WriteError(store->JournalPath(), errno);
+      return base::ErrnoStatus(errno, "truncate " + store->JournalPath());
     }
   }
   return store;
@@ -301,16 +266,16 @@ absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& di
 absl::Status MetaStore::Append(const std::string& line) {
   std::string path = JournalPath();
   int fd = open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return WriteError(path, errno);
+  if (fd < 0) return base::ErrnoStatus(errno, "open " + path);
   struct stat st;
   off_t before = fstat(fd, &st) == 0 ? st.st_size : -1;
-  int err = WriteAll(fd, line + "\n");
+  int err = base::WriteAll(fd, line + "\n");
   if (err != 0 && before >= 0) {
     // A partial line must not be followed by the next record.
     (void)!ftruncate(fd, before);
   }
   close(fd);
-  if (err != 0) return WriteError(path, err);
+  if (err != 0) return base::ErrnoStatus(err, "write " + path);
   journal_bytes_ += line.size() + 1;
   ++journal_records_;
   return absl::OkStatus();
@@ -320,17 +285,19 @@ void MetaStore::MaybeCompact() {
   if (journal_records_ >= kCompactAfterRecords && journal_bytes_ > snapshot_bytes_) {
     // Every record is in the journal already; a failed compaction only
     // postpones the next one.
-    (void)Compact();
+    if (absl::Status s = Compact(); !s.ok()) {
+      spdlog::warn("{}: compaction postponed: {}", dir_, s.ToString());
+    }
   }
 }
 
 absl::Status MetaStore::Compact() {
   std::string snapshot = Snapshot(meta_);
-  if (absl::Status s = ReplaceFile(SnapshotPath(), snapshot); !s.ok()) return s;
+  if (absl::Status s = base::WriteFileAtomically(SnapshotPath(), snapshot); !s.ok()) return s;
   snapshot_bytes_ = snapshot.size();
   // The snapshot holds everything: the journal starts over. A crash before
   // this point replays records the snapshot already has (idempotent).
-  if (absl::Status s = ReplaceFile(JournalPath(), ""); !s.ok()) return s;
+  if (absl::Status s = base::WriteFileAtomically(JournalPath(), ""); !s.ok()) return s;
   journal_bytes_ = 0;
   journal_records_ = 0;
   return absl::OkStatus();

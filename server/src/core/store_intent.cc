@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "structd/base/posix.h"
 
 namespace structd::server {
 namespace {
@@ -63,32 +64,7 @@ absl::Status WriteStoreIntent(const std::string& path, const StoreIntent& intent
   file += body;
   uint64_t sum = Fnv1a(file, 16);
   std::memcpy(file.data() + 8, &sum, 8);
-  std::string tmp = path + ".new";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", strerror(errno)));
-  }
-  size_t done = 0;
-  while (done < file.size()) {
-    ssize_t n = write(fd, file.data() + done, file.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = errno;
-      close(fd);
-      unlink(tmp.c_str());
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot write ", tmp, ": ", strerror(err),
-          " (free space on the state directory's file system)"));
-    }
-    done += static_cast<size_t>(n);
-  }
-  close(fd);
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat("cannot publish ", path, ": ", strerror(err)));
-  }
-  return absl::OkStatus();
+  return base::WriteFileAtomically(path, file);
 }
 
 absl::StatusOr<std::optional<StoreIntent>> ReadStoreIntent(const std::string& path) {

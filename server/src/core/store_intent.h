@@ -44,7 +44,7 @@ struct StoreIntent {
   std::vector<LedgerCount> counts;
 };
 
-// Writes `intent` to `path` (via path + ".new" and rename).
+// Writes `intent` to `path`, whole or not at all (base::WriteFileAtomically).
 absl::Status WriteStoreIntent(const std::string& path, const StoreIntent& intent);
 // nullopt if there is no file; DataLoss if it is damaged or incomplete
 // (which a rename makes impossible unless something else wrote it).

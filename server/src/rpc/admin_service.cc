@@ -175,10 +175,10 @@ grpc::Status AdminService::ListInstances(
     grpc::ServerContext* context, const v1::ListInstancesRequest* request,
     v1::ListInstancesResponse* response) {
   if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
-  if (request->limit() > 100000) {
+  if (request->limit() > core_->options().max_refs_per_call) {
     return ToGrpc(absl::InvalidArgumentError(absl::StrFormat(
-        "limit: %d, at most 100000 (use counts, or filter by type)",
-        request->limit())));
+        "limit: %d, at most %d (use counts, or filter by type)", request->limit(),
+        core_->options().max_refs_per_call)));
   }
   absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
   if (!ch.ok()) return ToGrpc(ch.status());

@@ -142,7 +142,7 @@ grpc::Status RegistryService::SealRegistry(
   absl::StatusOr<std::string> session = CallerSession(*context, *core_, *peers_);
   if (!session.ok()) return ToGrpc(session.status());
   absl::StatusOr<std::shared_ptr<Channel>> ch =
-      core_->Owned(request->channel(), request->owner_capability());
+      core_->OwnedChannel(request->channel(), request->owner_capability());
   if (!ch.ok()) return ToGrpc(ch.status());
   return ToGrpc((*ch)->Seal());
 }

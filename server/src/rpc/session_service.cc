@@ -88,6 +88,7 @@ class SessionService::Reactor final
     a->set_lease_ms(static_cast<uint32_t>(service_->core_->options().lease.count()));
     a->set_daemon_instance(service_->core_->instance_id());
     a->set_daemon_version(STRUCTD_VERSION);
+    a->set_max_refs_per_call(service_->core_->options().max_refs_per_call);
     {
       std::lock_guard lock(service_->mu_);
       service_->live_[session_id_] = this;

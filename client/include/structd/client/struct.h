@@ -98,13 +98,11 @@ struct Scalar {
   static Accessor Make(uint8_t* p, Ref, uint32_t) { return Accessor(p); }
 };
 
-constexpr uint32_t BytesFieldSize(uint32_t n) { return 8 + 2 * (8 + (n + 7) / 8 * 8); }
-
 template <uint32_t N>
 struct String {
   static_assert(N > 0, "string(N) needs N >= 1");
   using Accessor = shm::BytesField;
-  static constexpr uint32_t kSize = BytesFieldSize(N);
+  static constexpr uint32_t kSize = static_cast<uint32_t>(shm::BytesFieldSize(N));
   static constexpr uint32_t kAlign = 8;
   static shm::FieldSpec Spec(std::string name) {
     return shm::FieldSpec::String(std::move(name), N);

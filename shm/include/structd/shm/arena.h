@@ -29,6 +29,11 @@ struct ArenaOptions {
   uint32_t file_mode = 0600;
 };
 
+// InvalidArgument saying how to fix a bad extent_size, max_extents or
+// initial_extents; the one check of these options (Create, the daemon's
+// config).
+absl::Status ValidateArenaOptions(const ArenaOptions& options);
+
 enum class Access { kReadOnly, kReadWrite };
 
 // What the owner knows about its arena from its own records (the daemon's

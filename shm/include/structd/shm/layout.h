@@ -107,7 +107,9 @@ inline constexpr uint32_t kMutexFieldSize = 64;
 inline constexpr uint32_t kConditionFieldSize = 8;
 // bytes[N]/string[N]: an 8-byte state word, then two slots, each an 8-byte
 // length word and N bytes rounded up to 8.
-uint32_t BytesFieldSize(uint32_t capacity);
+constexpr uint64_t BytesFieldSize(uint64_t capacity) {
+  return 8 + 2 * (8 + (capacity + 7) / 8 * 8);
+}
 
 class Layout {
  public:
