@@ -7,17 +7,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <algorithm>
 #include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "slab_view.h"
 #include "structd/base/posix.h"
 
 namespace structd::shm {
@@ -27,10 +28,9 @@ using base::ErrnoStatus;
 using base::Fallocate;
 using base::UniqueFd;
 
-constexpr const char* kHeaderFile = "arena";
+constexpr const char* kHeaderFile = kArenaHeaderFile;
 // Tag of the header's mapping in the SIGBUS registry (extents use their id).
 constexpr uint64_t kHeaderTag = 0xFFFFFFFFu;
-
 
 bool IsNoSpace(int err) {
   return err == ENOSPC || err == EDQUOT || err == EFBIG;
@@ -190,203 +190,6 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
   return arena;
 }
 
-namespace {
-
-bool ValidGeometry(uint64_t extent_size, uint32_t max_extents) {
-  return extent_size >= kMinExtentSize && extent_size <= kMaxExtentSize &&
-         extent_size % kSlabSize == 0 && max_extents > 0 && max_extents <= kMaxExtents;
-}
-
-// Ids of the extent.N files in `dir` (N decimal, nothing after it).
-std::vector<uint32_t> ExtentFileIds(const std::string& dir) {
-  std::vector<uint32_t> ids;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    std::string name = entry.path().filename().string();
-    if (!name.starts_with("extent.") || name.size() == 7 || name.size() > 12) continue;
-    uint64_t id = 0;
-    bool digits = true;
-    for (size_t i = 7; i < name.size(); ++i) {
-      if (name[i] < '0' || name[i] > '9') digits = false;
-      id = id * 10 + static_cast<uint64_t>(name[i] - '0');
-    }
-    if (digits && id < kMaxExtents) ids.push_back(static_cast<uint32_t>(id));
-  }
-  std::sort(ids.begin(), ids.end());
-  return ids;
-}
-
-// Puts extent `id` back to full size with a correct header. Pages that
-// were cut off come back as zeros; nothing else in the file changes.
-absl::Status RepairExtentFile(const std::string& path, uint32_t id, const ArenaIdentity& a,
-                              std::vector<std::string>* repairs) {
-  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!fd) return ErrnoStatus(errno, "arena: open " + path);
-  struct stat st;
-  if (fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "arena: stat " + path);
-  if (!S_ISREG(st.st_mode)) {
-    return absl::DataLossError(absl::StrCat("arena: ", path, " is not a regular file"));
-  }
-  ExtentGeometry g = ComputeExtentGeometry(a.extent_size);
-  ExtentHeader want{};
-  want.magic = kExtentMagic;
-  want.epoch = a.epoch;
-  want.extent_size = a.extent_size;
-  want.extent_id = id;
-  want.slab_count = g.slab_count;
-  want.data_offset = g.data_offset;
-  ExtentHeader have{};
-  bool header_ok = static_cast<uint64_t>(st.st_size) >= sizeof have &&
-                   pread(fd.get(), &have, sizeof have, 0) == static_cast<ssize_t>(sizeof have) &&
-                   have.magic == want.magic && have.epoch == want.epoch &&
-                   have.extent_size == want.extent_size && have.extent_id == want.extent_id &&
-                   have.slab_count == want.slab_count && have.data_offset == want.data_offset;
-  bool size_ok = static_cast<uint64_t>(st.st_size) == a.extent_size;
-  if (header_ok && size_ok) return absl::OkStatus();
-  if (!size_ok) {
-    if (ftruncate(fd.get(), static_cast<off_t>(a.extent_size)) != 0) {
-      return ErrnoStatus(errno, "arena: restore the size of " + path);
-    }
-    if (int err = Fallocate(fd.get(), static_cast<off_t>(a.extent_size)); err != 0) {
-      return ErrnoStatus(err, "arena: back " + path);
-    }
-  }
-  if (!header_ok &&
-      pwrite(fd.get(), &want, sizeof want, 0) != static_cast<ssize_t>(sizeof want)) {
-    return ErrnoStatus(errno, "arena: write the header of " + path);
-  }
-  if (repairs != nullptr) {
-    repairs->push_back(absl::StrFormat(
-        "%s was %s (%d bytes, expected %d)%s: restored; what was cut off reads as zeros, so "
-        "instances there are lost",
-        path, st.st_size == 0 && !header_ok ? "missing or empty" : "damaged", st.st_size,
-        a.extent_size, header_ok ? "" : ", header rewritten"));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Arena>> Arena::Adopt(const std::string& dir,
-                                                    const ArenaIdentity& known,
-                                                    std::vector<std::string>* repairs) {
-  auto note = [&](std::string what) {
-    if (repairs != nullptr) repairs->push_back(std::move(what));
-  };
-  std::string path = absl::StrCat(dir, "/", kHeaderFile);
-  UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd && errno != ENOENT) return ErrnoStatus(errno, "arena: open " + path);
-  bool created = false;
-  if (!fd) {
-    if (known.extent_size == 0) {
-      return absl::NotFoundError(absl::StrCat(
-          "arena: no arena in ", dir, " (create one first, or check the path)"));
-    }
-    fd = UniqueFd(open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
-    if (!fd) return ErrnoStatus(errno, "arena: create " + path);
-    created = true;
-  }
-  struct stat st;
-  if (fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "arena: stat " + path);
-  if (!S_ISREG(st.st_mode)) {
-    return absl::DataLossError(absl::StrCat("arena: ", path, " is not a regular file"));
-  }
-  // What the header says now, read without mapping (it may be short).
-  alignas(ArenaHeader) unsigned char raw[sizeof(ArenaHeader)] = {};
-  ssize_t got = pread(fd.get(), raw, sizeof raw, 0);
-  const auto* h = reinterpret_cast<const ArenaHeader*>(raw);
-  bool full = got == static_cast<ssize_t>(sizeof raw) &&
-              static_cast<uint64_t>(st.st_size) == sizeof(ArenaHeader);
-  bool header_valid = got == static_cast<ssize_t>(sizeof raw) && h->magic == kArenaMagic &&
-                      h->format_version == kFormatVersion &&
-                      h->header_size == sizeof(ArenaHeader) &&
-                      ValidGeometry(h->extent_size, h->max_extents) && h->epoch != 0;
-  // The identity: the owner's records first, then the header, then extent 0.
-  ArenaIdentity id = known;
-  if (header_valid) {
-    if (id.extent_size == 0) id.extent_size = h->extent_size;
-    if (id.max_extents == 0) id.max_extents = h->max_extents;
-    if (id.epoch == 0) id.epoch = h->epoch;
-  }
-  std::vector<uint32_t> files = ExtentFileIds(dir);
-  if (id.extent_size == 0 || id.epoch == 0) {
-    ExtentHeader e0{};
-    UniqueFd f0(open(ExtentPath(dir, 0).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-    if (f0 && pread(f0.get(), &e0, sizeof e0, 0) == static_cast<ssize_t>(sizeof e0) &&
-        e0.magic == kExtentMagic && e0.extent_id == 0 && e0.epoch != 0 &&
-        ValidGeometry(e0.extent_size, 1)) {
-      if (id.extent_size == 0) id.extent_size = e0.extent_size;
-      if (id.epoch == 0) id.epoch = e0.epoch;
-    }
-  }
-  if (id.max_extents == 0) {
-    id.max_extents = std::max<uint32_t>(ArenaOptions{}.max_extents,
-                                        files.empty() ? 1 : files.back() + 1);
-  }
-  if (!ValidGeometry(id.extent_size, id.max_extents) || id.epoch == 0) {
-    return absl::DataLossError(absl::StrFormat(
-        "arena: %s has a damaged header (extent_size %d, max_extents %d) and neither the "
-        "daemon's records nor extent 0 say what it was; restore the directory from a backup",
-        path, header_valid ? h->extent_size : 0, header_valid ? h->max_extents : 0));
-  }
-  bool matches = header_valid && full && h->epoch == id.epoch &&
-                 h->extent_size == id.extent_size && h->max_extents == id.max_extents;
-  if (!matches) {
-    ArenaHeader fresh_storage;
-    std::memset(static_cast<void*>(&fresh_storage), 0, sizeof fresh_storage);
-    ArenaHeader& fresh = fresh_storage;
-    fresh.magic = kArenaMagic;
-    fresh.format_version = kFormatVersion;
-    fresh.header_size = sizeof(ArenaHeader);
-    fresh.epoch = id.epoch;
-    fresh.extent_size = id.extent_size;
-    fresh.max_extents = id.max_extents;
-    // The count is recounted from the files below; the generation goes on.
-    fresh.extent_count.store(0, std::memory_order_relaxed);
-    fresh.created_unix_ms = header_valid ? h->created_unix_ms : 0;
-    fresh.owner_generation.store(header_valid ? h->owner_generation.load() : 1,
-                                 std::memory_order_relaxed);
-    if (ftruncate(fd.get(), sizeof(ArenaHeader)) != 0 ||
-        pwrite(fd.get(), &fresh, sizeof fresh, 0) != static_cast<ssize_t>(sizeof fresh)) {
-      return ErrnoStatus(errno, "arena: rewrite " + path);
-    }
-    note(created ? absl::StrCat(path, " was missing: recreated from the daemon's records")
-                 : absl::StrFormat(
-                       "%s: header was damaged (%d bytes; magic %s, extent_size %d, max_extents "
-                       "%d, epoch %s): rewritten from the daemon's records",
-                       path, st.st_size, got >= 8 && h->magic == kArenaMagic ? "ok" : "bad",
-                       got >= 32 ? h->extent_size : 0, got >= 40 ? h->max_extents : 0,
-                       got >= 24 && h->epoch == id.epoch ? "ok" : "changed"));
-  }
-  // Every extent file up to the last one present is put back whole; a gap
-  // (a removed file) becomes an empty extent, so later ids keep their data.
-  uint32_t last = 0;
-  bool any = false;
-  for (uint32_t f : files) {
-    if (f < id.max_extents) {
-      last = f;
-      any = true;
-    } else {
-      note(absl::StrFormat("%s: id %d is beyond max_extents %d; ignored", ExtentPath(dir, f), f,
-                           id.max_extents));
-    }
-  }
-  if (any) {
-    for (uint32_t e = 0; e <= last; ++e) {
-      if (absl::Status s = RepairExtentFile(ExtentPath(dir, e), e, id, repairs); !s.ok()) {
-        return s;
-      }
-    }
-  }
-  fd = UniqueFd();
-  absl::StatusOr<std::unique_ptr<Arena>> arena = Open(dir, Access::kReadWrite);
-  if (!arena.ok()) return arena.status();
-  absl::StatusOr<uint32_t> n = (*arena)->RecountExtents();
-  if (!n.ok()) return n.status();
-  (*arena)->header_->owner_generation.fetch_add(1, std::memory_order_acq_rel);
-  return arena;
-}
-
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
                                                    Access access) {
   std::string path = absl::StrCat(dir, "/", kHeaderFile);
@@ -507,14 +310,7 @@ absl::Status Arena::CreateExtent(uint32_t id) {
     drop_name();
     return ErrnoStatus(err, "arena: map extent " + final_path);
   }
-  ExtentGeometry g = ComputeExtentGeometry(extent_size_);
-  auto* eh = static_cast<ExtentHeader*>(p);
-  eh->magic = kExtentMagic;
-  eh->epoch = epoch_;
-  eh->extent_size = extent_size_;
-  eh->extent_id = id;
-  eh->slab_count = g.slab_count;
-  eh->data_offset = g.data_offset;
+  *static_cast<ExtentHeader*>(p) = ExpectedExtentHeader(epoch_, extent_size_, id);
   // link(), not rename(): never replace an extent file that exists (a
   // live extent is never moved or remapped). A concurrent grower that
   // linked this id first wins; the caller moves on to the next id.
@@ -554,10 +350,7 @@ bool Arena::ExtentFileIsComplete(uint32_t id) const {
   if (pread(fd.get(), &eh, sizeof eh, 0) != static_cast<ssize_t>(sizeof eh)) {
     return false;
   }
-  ExtentGeometry g = ComputeExtentGeometry(extent_size_);
-  return eh.magic == kExtentMagic && eh.epoch == epoch_ &&
-         eh.extent_id == id && eh.extent_size == extent_size_ &&
-         eh.slab_count == g.slab_count && eh.data_offset == g.data_offset;
+  return ExtentHeaderMatches(eh, epoch_, extent_size_, id);
 }
 
 uint32_t Arena::RecountExtentsLocked() {
@@ -647,10 +440,7 @@ absl::StatusOr<uint8_t*> Arena::MapExtent(uint32_t id) const {
   void* p = mmap(nullptr, extent_size_, prot, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return ErrnoStatus(errno, "arena: map extent " + path);
   const auto* eh = static_cast<const ExtentHeader*>(p);
-  ExtentGeometry g = ComputeExtentGeometry(extent_size_);
-  if (eh->magic != kExtentMagic || eh->epoch != epoch_ ||
-      eh->extent_id != id || eh->extent_size != extent_size_ ||
-      eh->slab_count != g.slab_count || eh->data_offset != g.data_offset) {
+  if (!ExtentHeaderMatches(*eh, epoch_, extent_size_, id)) {
     munmap(p, extent_size_);
     return absl::DataLossError(absl::StrFormat(
         "arena %s: extent %d has a damaged or foreign header (the arena is "
@@ -686,21 +476,20 @@ absl::StatusOr<BlockSpan> Arena::BlockAt(uint32_t extent_id,
   const auto* descs = reinterpret_cast<const SlabDescriptor*>(
       *base + sizeof(ExtentHeader));
   // One snapshot of the descriptor, validated, is all this call uses.
-  uint32_t bs = descs[slab].block_size.load(std::memory_order_acquire);
+  using Kind = internal::SlabSnapshot::Kind;
+  const internal::SlabSnapshot snap = internal::ReadSlab(descs[slab], slab, g.slab_count);
   uint32_t capacity = 0;
-  if (bs == kSlabLargeHead) {
-    uint32_t span = descs[slab].span_slabs.load(std::memory_order_acquire);
+  if (snap.kind == Kind::kLargeHead) {
     if (in_slab != 0) return bad("not at the start of an instance");
-    if (span == 0 || span > g.slab_count - slab) {
-      return bad("its slab descriptor is damaged");
-    }
-    capacity = span * kSlabSize;
-  } else if (IsSizeClass(bs)) {
-    if (!IsClassBlockStart(bs, in_slab)) {
+    capacity = snap.span * kSlabSize;
+  } else if (snap.kind == Kind::kDamaged && snap.raw_block_size == kSlabLargeHead) {
+    return bad("its slab descriptor is damaged");
+  } else if (snap.kind == Kind::kClass) {
+    if (!IsClassBlockStart(snap.block_size, in_slab)) {
       return bad("not at the start of an instance");
     }
-    capacity = bs;
-  } else if (bs == kSlabUnassigned && in_slab == 0 &&
+    capacity = snap.block_size;
+  } else if (snap.kind == Kind::kUnassigned && in_slab == 0 &&
              reinterpret_cast<const InstanceHeader*>(*base + offset)
                      ->generation.load(std::memory_order_acquire) != 0) {
     // The head of a freed large span: its header (with the bumped

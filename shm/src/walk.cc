@@ -1,6 +1,7 @@
 #include "structd/shm/walk.h"
 
 #include "absl/strings/str_format.h"
+#include "slab_view.h"
 
 namespace structd::shm {
 
@@ -24,8 +25,9 @@ std::vector<WalkProblem> ForEachInstance(
     }
     const auto* descs =
         reinterpret_cast<const SlabDescriptor*>(*base + sizeof(ExtentHeader));
+    using Kind = internal::SlabSnapshot::Kind;
     for (uint32_t s = 0; s < g.slab_count; ++s) {
-      uint32_t bs = descs[s].block_size.load(std::memory_order_acquire);
+      const internal::SlabSnapshot snap = internal::ReadSlab(descs[s], s, g.slab_count);
       uint32_t slab_off = g.data_offset + s * kSlabSize;
       auto visit = [&](uint32_t off, uint32_t capacity) {
         const auto* h = reinterpret_cast<const InstanceHeader*>(*base + off);
@@ -33,34 +35,34 @@ std::vector<WalkProblem> ForEachInstance(
         Ref ref = Ref::Make(e, off, h->generation.load(std::memory_order_acquire));
         return fn(InstancePtr(*base + off, ref, capacity));
       };
-      if (bs == kSlabUnassigned || bs == kSlabLargeTail) continue;
-      if (bs == kSlabLargeHead) {
-        uint32_t span = descs[s].span_slabs.load(std::memory_order_acquire);
-        if (span == 0 || span > g.slab_count - s) {
-          problems.push_back({Ref(), absl::StrFormat(
-              "extent %d slab %d: damaged large span (span %d)", e, s, span)});
-          continue;
-        }
-        if (!visit(slab_off, span * kSlabSize)) return problems;
-        s += span - 1;
-        continue;
-      }
-      if (!IsSizeClass(bs)) {
-        problems.push_back({Ref(), absl::StrFormat(
-            "extent %d slab %d: damaged descriptor (block size %d)", e, s, bs)});
-        continue;
-      }
-      uint32_t used = descs[s].next_unused.load(std::memory_order_relaxed);
-      uint32_t per = kSlabSize / bs;
-      if (used > per) {
-        problems.push_back({Ref(), absl::StrFormat(
-            "extent %d slab %d: %d blocks handed out, more than the %d that "
-            "fit",
-            e, s, used, per)});
-        used = per;
-      }
-      for (uint32_t i = 0; i < used; ++i) {
-        if (!visit(slab_off + i * bs, bs)) return problems;
+      switch (snap.kind) {
+        case Kind::kUnassigned:
+        case Kind::kLargeTail:
+          break;
+        case Kind::kLargeHead:
+          if (!visit(slab_off, snap.span * kSlabSize)) return problems;
+          s += snap.span - 1;
+          break;
+        case Kind::kDamaged:
+          problems.push_back({Ref(), snap.raw_block_size == kSlabLargeHead
+                                         ? absl::StrFormat(
+                                               "extent %d slab %d: damaged large span (span %d)",
+                                               e, s, snap.raw_span)
+                                         : absl::StrFormat(
+                                               "extent %d slab %d: damaged descriptor (block "
+                                               "size %d)",
+                                               e, s, snap.raw_block_size)});
+          break;
+        case Kind::kClass:
+          if (snap.clamped) {
+            problems.push_back({Ref(), absl::StrFormat(
+                "extent %d slab %d: %d blocks handed out, more than the %d that fit", e, s,
+                snap.raw_next_unused, snap.handed_out)});
+          }
+          for (uint32_t i = 0; i < snap.handed_out; ++i) {
+            if (!visit(slab_off + i * snap.block_size, snap.block_size)) return problems;
+          }
+          break;
       }
     }
   }

@@ -252,6 +252,11 @@ class Channel {
  private:
   Channel() = default;
   absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A status on a path that cannot act on it (an undo, a cleanup): logged,
+  // never dropped silently. None is fatal: each can be caused by a member
+  // scribbling the arena, which is bad input, not a broken invariant of
+  // the daemon (doc/daemon.md, "Errors nobody waits for").
+  void LogIfFailed(const absl::Status& s, std::string_view what) const;
   // `result`, unless the channel became unusable meanwhile (a file cut
   // short under a mapping this call touched): then UsableLocked's status,
   // whatever the call concluded from the zeros it read.

@@ -103,6 +103,10 @@ class Allocator {
   // AdoptReport::condemned). FailedPrecondition if its refcount is not zero.
   absl::StatusOr<ReleaseResult> FinishCondemned(Ref ref,
                                                 const TypeLookup& types);
+  // Recovery: makes `ref`'s refcount `count` (the references a census
+  // found), freeing the instance when `count` is 0. The Allocator is the
+  // only writer of instance headers; this is the repair path into it.
+  absl::StatusOr<ReleaseResult> SetRefcount(Ref ref, uint32_t count, const TypeLookup& types);
 
   AllocatorStats Stats() const;
   Arena& arena() const { return *arena_; }

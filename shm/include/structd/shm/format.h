@@ -24,6 +24,8 @@ namespace structd::shm {
 inline constexpr uint64_t kArenaMagic = 0x31414e4552414453ull;   // "SDARENA1"
 inline constexpr uint64_t kExtentMagic = 0x31544e4554584553ull;  // "SEXTENT1"
 inline constexpr uint32_t kFormatVersion = 1;
+// DIR/arena holds the ArenaHeader; DIR/extent.N the extents.
+inline constexpr const char* kArenaHeaderFile = "arena";
 
 inline constexpr uint32_t kSlabSize = 64 * 1024;
 inline constexpr uint32_t kBlockAlign = 16;
@@ -162,6 +164,29 @@ constexpr ExtentGeometry ComputeExtentGeometry(uint64_t extent_size) {
     --slabs;
   }
   return {0, 0};
+}
+
+// The header extent `id` of an arena with this epoch and extent size has.
+inline ExtentHeader ExpectedExtentHeader(uint64_t epoch, uint64_t extent_size, uint32_t id) {
+  ExtentGeometry g = ComputeExtentGeometry(extent_size);
+  ExtentHeader h{};
+  h.magic = kExtentMagic;
+  h.epoch = epoch;
+  h.extent_size = extent_size;
+  h.extent_id = id;
+  h.slab_count = g.slab_count;
+  h.data_offset = g.data_offset;
+  return h;
+}
+
+// True if `h` is that header: the one rule every opener of an extent
+// applies before it maps or trusts the extent.
+inline bool ExtentHeaderMatches(const ExtentHeader& h, uint64_t epoch, uint64_t extent_size,
+                                uint32_t id) {
+  ExtentHeader want = ExpectedExtentHeader(epoch, extent_size, id);
+  return h.magic == want.magic && h.epoch == want.epoch && h.extent_size == want.extent_size &&
+         h.extent_id == want.extent_id && h.slab_count == want.slab_count &&
+         h.data_offset == want.data_offset;
 }
 
 }  // namespace structd::shm

@@ -1,0 +1,61 @@
+#include "server/src/core/census.h"
+
+#include "absl/strings/str_cat.h"
+#include "structd/shm/field.h"
+#include "structd/shm/walk.h"
+
+namespace structd::server {
+
+Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
+                  const std::map<std::string, shm::Ref>& roots,
+                  const std::map<std::string, std::unique_ptr<Ledger>>& ledgers) {
+  Census c;
+  auto live = [&](shm::Ref r) { return arena.Resolve(r).ok(); };
+  for (const auto& [name, ref] : roots) {
+    if (live(ref)) {
+      ++c.expected[ref.bits()];
+    } else {
+      c.dangling_roots.push_back(name);
+    }
+  }
+  for (const auto& [session, ledger] : ledgers) {
+    for (const LedgerEntry& e : ledger->Entries()) {
+      if (live(e.ref)) {
+        c.expected[e.ref.bits()] += e.count;
+      } else {
+        c.dangling_entries.push_back({session, e.ref});
+      }
+    }
+  }
+  std::vector<shm::WalkProblem> walk =
+      shm::ForEachInstance(arena, [&](const shm::InstancePtr& inst) {
+        c.instances.push_back(inst.ref());
+        const RegisteredType* t = registry.FindByIndex(inst.type_index());
+        if (t == nullptr) {
+          c.problems.push_back(
+              {inst.ref(), absl::StrCat("type index ", inst.type_index(), " is not registered")});
+          return true;
+        }
+        if (!inst.Fits(t->layout.size())) {
+          c.problems.push_back({inst.ref(), absl::StrCat("type '", t->key, "' (",
+                                                         t->layout.size(),
+                                                         " bytes) does not fit its block of ",
+                                                         inst.capacity())});
+          return true;
+        }
+        for (uint32_t off : t->layout.ref_offsets()) {
+          shm::Ref child = shm::RefField(inst.payload() + off).load();
+          if (child.is_null()) continue;
+          if (live(child)) {
+            ++c.expected[child.bits()];
+          } else {
+            c.dangling_fields.push_back({inst.ref(), off, child});
+          }
+        }
+        return true;
+      });
+  for (const shm::WalkProblem& p : walk) c.problems.push_back({p.ref, p.what});
+  return c;
+}
+
+}  // namespace structd::server

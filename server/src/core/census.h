@@ -1,0 +1,62 @@
+#ifndef STRUCTD_SERVER_CORE_CENSUS_H_
+#define STRUCTD_SERVER_CORE_CENSUS_H_
+
+// The census of a channel's references: one count, from everything that
+// can hold a reference (roots, ledger entries, ref fields of live
+// instances), of how many references to each live instance exist. The
+// consistency check (Channel::Check) reports from it; recovery
+// (Channel::Reconcile) repairs from it. It only reads: members may write
+// the arena meanwhile, and whoever acts on it resolves again first.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "server/src/core/ledger.h"
+#include "server/src/core/type_registry.h"
+#include "structd/shm/arena.h"
+#include "structd/shm/ref.h"
+
+namespace structd::server {
+
+struct Census {
+  // References that exist, by the bits of the instance they name.
+  std::map<uint64_t, uint64_t> expected;
+  // Every live instance the walk found, in arena order.
+  std::vector<shm::Ref> instances;
+  // Holders of a reference to no live instance.
+  std::vector<std::string> dangling_roots;  // root names
+  struct LedgerEntryRef {
+    std::string session;
+    shm::Ref ref;
+  };
+  std::vector<LedgerEntryRef> dangling_entries;
+  struct FieldRef {
+    shm::Ref holder;      // the instance with the ref field
+    uint32_t offset = 0;  // of the field in the holder's payload
+    shm::Ref target;      // what it names
+  };
+  std::vector<FieldRef> dangling_fields;
+  // Instances whose fields cannot be read (unknown type index, a layout
+  // bigger than the block), and what the walk itself found damaged.
+  struct Problem {
+    shm::Ref ref;
+    std::string what;
+  };
+  std::vector<Problem> problems;
+
+  uint64_t Expected(shm::Ref ref) const {
+    auto it = expected.find(ref.bits());
+    return it == expected.end() ? 0 : it->second;
+  }
+};
+
+Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
+                  const std::map<std::string, shm::Ref>& roots,
+                  const std::map<std::string, std::unique_ptr<Ledger>>& ledgers);
+
+}  // namespace structd::server
+
+#endif  // STRUCTD_SERVER_CORE_CENSUS_H_
