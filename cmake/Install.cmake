@@ -26,6 +26,7 @@ install(FILES
   shm/include/structd/shm/arena.h
   shm/include/structd/shm/field.h
   shm/include/structd/shm/format.h
+  shm/include/structd/shm/inspection.h
   shm/include/structd/shm/layout.h
   shm/include/structd/shm/mapping_guard.h
   shm/include/structd/shm/ref.h

@@ -59,8 +59,8 @@ class AdminConnection {
 
 namespace {
 
-InstanceView ViewFromProto(const v1::InstanceView& in) {
-  InstanceView out;
+DecodedInstance ViewFromProto(const v1::InstanceView& in) {
+  DecodedInstance out;
   out.ref = Ref::FromBits(in.ref());
   out.token = shm::TypeToken::FromHex(in.token()).value_or(shm::TypeToken());
   out.key = in.key();
@@ -68,7 +68,7 @@ InstanceView ViewFromProto(const v1::InstanceView& in) {
   out.generation = in.generation();
   out.error = in.error();
   for (const v1::FieldValue& f : in.fields()) {
-    FieldValue v{f.name(), f.type(), f.value(), {}};
+    DecodedField v{f.name(), f.type(), f.value(), {}};
     if (f.has_target()) v.target.push_back(ViewFromProto(f.target()));
     out.fields.push_back(std::move(v));
   }
@@ -212,7 +212,7 @@ absl::StatusOr<InstanceListing> AdminClient::Instances(const std::string& channe
   return out;
 }
 
-absl::StatusOr<InstanceView> AdminClient::Inspect(const std::string& channel, Ref ref,
+absl::StatusOr<DecodedInstance> AdminClient::Inspect(const std::string& channel, Ref ref,
                                                   uint32_t depth) {
   v1::InspectInstanceRequest request;
   request.set_channel(channel);

@@ -361,7 +361,7 @@ Result Instances(AdminClient& admin, const Options& o) {
   return std::nullopt;
 }
 
-toml::table ViewJson(const client::InstanceView& v) {
+toml::table ViewJson(const client::DecodedInstance& v) {
   toml::array fields;
   for (const auto& f : v.fields) {
     toml::table field{{"name", f.name}, {"type", f.type}, {"value", f.value}};
@@ -375,7 +375,7 @@ toml::table ViewJson(const client::InstanceView& v) {
   return out;
 }
 
-void PrintView(const client::InstanceView& v, int indent) {
+void PrintView(const client::DecodedInstance& v, int indent) {
   std::string pad(indent, ' ');
   std::printf("%s%s %s (refcount %u, generation %u)\n", pad.c_str(), v.key.c_str(),
               v.ref.ToString().c_str(), v.refcount, v.generation);
@@ -394,7 +394,7 @@ Result Inspect(AdminClient& admin, const Options& o) {
                                                     "as structctl prints it, or 16 hex digits)")};
   }
   // Without --channel: the channel where the ref names a live instance.
-  std::vector<std::pair<std::string, client::InstanceView>> hits;
+  std::vector<std::pair<std::string, client::DecodedInstance>> hits;
   absl::Status last = absl::OkStatus();
   for (const std::string& ch : ChannelNames(admin, o.channel)) {
     auto view = admin.Inspect(ch, *ref, o.depth);

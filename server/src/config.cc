@@ -1,4 +1,4 @@
-#include "server/src/config.h"
+#include "config.h"
 
 #include <cstdio>
 #include <cerrno>

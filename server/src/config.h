@@ -5,7 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "server/src/core/core.h"
+#include "core/core.h"
 #include "structd/shm/arena.h"
 
 namespace structd::server {

@@ -1,4 +1,4 @@
-#include "server/src/daemon.h"
+#include "daemon.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -19,9 +19,9 @@
 #include <grpcpp/server_posix.h>
 
 #include "absl/strings/str_cat.h"
-#include "server/src/core/private_dir.h"
+#include "core/private_dir.h"
 #include "structd/base/posix.h"
-#include "server/src/core/random.h"
+#include "core/random.h"
 #include "structd/shm/mapping_guard.h"
 #include "spdlog/spdlog.h"
 
@@ -127,7 +127,7 @@ absl::Status Daemon::Start() {
   admin_service_ = std::make_unique<AdminService>(
       core_.get(), &peers_,
       AdminService::Info{STRUCTD_VERSION, config_.socket, config_.state_dir,
-                         std::chrono::steady_clock::now(), WriteAdminCapability()});
+                         std::chrono::steady_clock::now()});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -158,18 +158,6 @@ void Daemon::WarnIfStateMayBeRemoved() const {
         "enable lingering (loginctl enable-linger), or choose another --state-dir",
         dir, getuid());
   }
-}
-
-// A fresh admin capability per start, readable only by the daemon's user:
-// operators of another uid get it from there (STRUCTD_ADMIN_CAPABILITY).
-std::string Daemon::WriteAdminCapability() const {
-  std::string capability = RandomHex128();
-  std::string path = config_.state_dir + "/admin.capability";
-  if (absl::Status s = base::WriteFileAtomically(path, capability); !s.ok()) {
-    spdlog::warn("{}: only uid {} and root may use the Admin service", s.ToString(), getuid());
-    return "";
-  }
-  return capability;
 }
 
 // The soft limit on descriptors is often 1,024 while the hard limit is far

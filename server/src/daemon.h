@@ -9,11 +9,11 @@
 #include <thread>
 
 #include "absl/status/status.h"
-#include "server/src/config.h"
+#include "config.h"
 #include "structd/base/posix.h"
-#include "server/src/core/core.h"
-#include "server/src/rpc/rpc_util.h"
-#include "server/src/rpc/services.h"
+#include "core/core.h"
+#include "rpc/rpc_util.h"
+#include "rpc/services.h"
 
 namespace structd::server {
 
@@ -40,7 +40,6 @@ class Daemon {
  private:
   void AcceptLoop();
   void ReapLoop();
-  std::string WriteAdminCapability() const;
   void RaiseDescriptorLimit();
   // Accept-loop thread only.
   void WarnThrottled(const std::string& what);

@@ -9,8 +9,8 @@
 #include <sanitizer/lsan_interface.h>
 #endif
 
-#include "server/src/config.h"
-#include "server/src/daemon.h"
+#include "config.h"
+#include "daemon.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {

@@ -23,7 +23,7 @@
 #include <google/protobuf/message.h>
 #include <google/protobuf/reflection.h>
 
-#include "server/src/rpc/services.h"
+#include "rpc/services.h"
 #include "spdlog/spdlog.h"
 #include "testing/temp_dir.h"
 
@@ -104,8 +104,7 @@ void SetUp() {
   g->instances = std::make_unique<InstancesService>(g->core.get(), &g->peers);
   g->admin = std::make_unique<AdminService>(
       g->core.get(), &g->peers,
-      AdminService::Info{"fuzz", "/fuzz.sock", g->dir.path(), std::chrono::steady_clock::now(),
-                         ""});
+      AdminService::Info{"fuzz", "/fuzz.sock", g->dir.path(), std::chrono::steady_clock::now()});
   MakeChannel();
 }
 

@@ -1,4 +1,4 @@
-#include "server/src/core/census.h"
+#include "core/census.h"
 
 #include "absl/strings/str_cat.h"
 #include "structd/shm/field.h"

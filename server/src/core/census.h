@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "server/src/core/ledger.h"
-#include "server/src/core/type_registry.h"
+#include "core/ledger.h"
+#include "core/type_registry.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/ref.h"
 

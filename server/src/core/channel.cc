@@ -1,4 +1,4 @@
-#include "server/src/core/channel.h"
+#include "core/channel.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -17,9 +17,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "spdlog/spdlog.h"
-#include "server/src/core/private_dir.h"
+#include "core/private_dir.h"
 #include "structd/base/posix.h"
-#include "server/src/core/random.h"
+#include "core/random.h"
 #include "structd/shm/field.h"
 #include "structd/shm/format_value.h"
 #include "structd/shm/walk.h"

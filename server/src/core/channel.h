@@ -11,12 +11,13 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "server/src/core/ledger.h"
-#include "server/src/core/meta_store.h"
-#include "server/src/core/store_intent.h"
-#include "server/src/core/type_registry.h"
+#include "core/ledger.h"
+#include "core/meta_store.h"
+#include "core/store_intent.h"
+#include "core/type_registry.h"
 #include "structd/shm/allocator.h"
 #include "structd/shm/arena.h"
+#include "structd/shm/inspection.h"
 #include "structd/shm/mapping_guard.h"
 
 namespace structd::server {
@@ -38,49 +39,14 @@ struct RootEntry {
   shm::TypeToken token;
 };
 
-struct TypeCount {
-  shm::TypeToken token;  // zero for instances of an unknown type index
-  std::string key;
-  uint64_t count = 0;
-  uint64_t bytes = 0;  // block bytes, headers included
-};
+using shm::ArenaProblem;
+using shm::DecodedField;
+using shm::DecodedInstance;
+using shm::InstanceListing;
 
-struct InstanceSummary {
-  shm::Ref ref;
-  shm::TypeToken token;
-  uint32_t refcount = 0;
-};
-
-struct InstanceListing {
-  std::vector<TypeCount> counts;
-  std::vector<InstanceSummary> instances;
-  bool truncated = false;
-};
-
-struct FieldView;
-struct InstanceView {
-  shm::Ref ref;
-  shm::TypeToken token;
-  std::string key;
-  uint32_t refcount = 0;
-  uint32_t generation = 0;
-  std::vector<FieldView> fields;
-  std::string error;  // why it could not be decoded, if so
-};
-struct FieldView {
-  std::string name;
-  std::string type;
-  std::string value;
-  std::unique_ptr<InstanceView> target;  // followed ref, if any
-};
-
-struct CheckProblem {
-  shm::Ref ref;
-  std::string what;
-};
 struct CheckReport {
   uint64_t instances_checked = 0;
-  std::vector<CheckProblem> problems;
+  std::vector<ArenaProblem> problems;
 };
 
 struct ChannelStats {
@@ -90,6 +56,14 @@ struct ChannelStats {
   bool sealed = false;
   bool dropped = false;
   shm::AllocatorStats alloc;
+  // 1 - live bytes / bytes of assigned slabs; 0 when none is assigned
+  // (GetMemoryResponse.fragmentation in admin.proto).
+  double fragmentation() const {
+    uint64_t assigned = (alloc.class_slabs + alloc.large_slabs) * uint64_t{shm::kSlabSize};
+    return assigned == 0 ? 0.0
+                         : 1.0 - static_cast<double>(alloc.live_block_bytes) /
+                                     static_cast<double>(assigned);
+  }
 };
 
 // One channel: its arena and allocator, type registry, roots, and the
@@ -230,7 +204,7 @@ class Channel {
   // `limit` instances are listed (counts cover all).
   InstanceListing ListInstances(shm::TypeToken filter, uint32_t limit) const;
   // Decodes one instance, following ref fields `depth` hops (at most 8).
-  absl::StatusOr<InstanceView> Inspect(shm::Ref ref, uint32_t depth) const;
+  absl::StatusOr<DecodedInstance> Inspect(shm::Ref ref, uint32_t depth) const;
   // Read-only consistency check: every live instance's refcount equals the
   // references that exist (roots + ledger entries + ref fields of live
   // instances); every ref field resolves; every type index is registered
@@ -274,7 +248,7 @@ class Channel {
   absl::Status ResolveAllLocked(const std::vector<shm::Ref>& refs) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void InspectLocked(shm::Ref ref, uint32_t depth, std::set<uint64_t>& seen,
-                     InstanceView& out) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                     DecodedInstance& out) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::string id_;
   std::string name_;

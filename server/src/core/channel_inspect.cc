@@ -1,12 +1,12 @@
 // Channel: read-only admin inspection (ListInstances, Inspect) and the
 // consistency check, all on the channel lock.
-#include "server/src/core/channel.h"
+#include "core/channel.h"
 
 #include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "server/src/core/census.h"
+#include "core/census.h"
 #include "structd/shm/field.h"
 #include "structd/shm/format_value.h"
 #include "structd/shm/walk.h"
@@ -20,13 +20,13 @@ InstanceListing Channel::ListInstances(shm::TypeToken filter,
     return {};
   }
   InstanceListing out;
-  std::map<uint32_t, TypeCount> counts;
+  std::map<uint32_t, shm::TypeCount> counts;
   shm::ForEachInstance(*arena_, [&](const shm::InstancePtr& inst) {
     uint32_t index = inst.type_index();
     const RegisteredType* t = registry_.FindByIndex(index);
     shm::TypeToken token = t ? t->token : shm::TypeToken{};
     if (!filter.is_zero() && token != filter) return true;
-    TypeCount& c = counts[index];
+    shm::TypeCount& c = counts[index];
     c.token = token;
     c.key = t ? t->key : absl::StrCat("<unknown type index ", index, ">");
     ++c.count;
@@ -45,7 +45,7 @@ InstanceListing Channel::ListInstances(shm::TypeToken filter,
 
 void Channel::InspectLocked(shm::Ref ref, uint32_t depth,
                             std::set<uint64_t>& seen,
-                            InstanceView& out) const {
+                            DecodedInstance& out) const {
   out.ref = ref;
   absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
   if (!inst.ok()) {
@@ -71,35 +71,35 @@ void Channel::InspectLocked(shm::Ref ref, uint32_t depth,
   }
   seen.insert(ref.bits());
   for (const shm::Field& f : t->layout.fields()) {
-    FieldView fv;
+    DecodedField fv;
     fv.name = f.name();
     fv.type = shm::FieldTypeName(f.spec);
     fv.value = shm::FormatFieldValue(f, *inst);
     if (f.kind() == shm::FieldKind::kRef && depth > 0) {
       shm::Ref target = shm::RefField(inst->payload() + f.offset).load();
       if (target && !seen.count(target.bits())) {
-        fv.target = std::make_unique<InstanceView>();
-        InspectLocked(target, depth - 1, seen, *fv.target);
+        fv.target.emplace_back();
+        InspectLocked(target, depth - 1, seen, fv.target.front());
       }
     }
     out.fields.push_back(std::move(fv));
   }
 }
 
-absl::StatusOr<InstanceView> Channel::Inspect(shm::Ref ref,
+absl::StatusOr<DecodedInstance> Channel::Inspect(shm::Ref ref,
                                               uint32_t depth) const {
   if (depth > 8) {
     return absl::InvalidArgumentError(absl::StrCat(
         "depth ", depth, ": at most 8 ref hops are followed (lower it)"));
   }
   std::lock_guard<std::mutex> lock(mu_);
-  return GuardLocked([&]() -> absl::StatusOr<InstanceView> {
+  return GuardLocked([&]() -> absl::StatusOr<DecodedInstance> {
     if (absl::Status s = UsableLocked(); !s.ok()) return s;
     if (absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
         !inst.ok()) {
       return inst.status();
     }
-    InstanceView view;
+    DecodedInstance view;
     std::set<uint64_t> seen;
     InspectLocked(ref, depth, seen, view);
     return view;

@@ -1,7 +1,7 @@
 // Channel: the ownership transactions (Allocate, Retain, Release,
 // StoreRefs). Each is all or none; each leaves the census (census.h) true
 // or, if the daemon dies midway, repairable to one outcome.
-#include "server/src/core/channel.h"
+#include "core/channel.h"
 
 #include <map>
 

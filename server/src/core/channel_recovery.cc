@@ -1,14 +1,14 @@
 // Channel: re-adoption after a daemon restart (metadata, arena, ledgers,
 // an unfinished StoreRefs) and the census-based repair of what an
 // interrupted operation left. See doc/recovery.md.
-#include "server/src/core/channel.h"
+#include "core/channel.h"
 
 #include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "server/src/core/census.h"
-#include "server/src/core/private_dir.h"
+#include "core/census.h"
+#include "core/private_dir.h"
 #include "spdlog/spdlog.h"
 #include "structd/shm/field.h"
 

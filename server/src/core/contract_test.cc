@@ -9,8 +9,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "server/src/core/core.h"
-#include "server/src/core/core_fixture.h"
+#include "core/core.h"
+#include "core/core_fixture.h"
 #include "testing/temp_dir.h"
 
 namespace structd::server {

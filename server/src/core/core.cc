@@ -1,6 +1,7 @@
-#include "server/src/core/core.h"
+#include "core/core.h"
 
 #include <signal.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -12,8 +13,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "server/src/core/private_dir.h"
-#include "server/src/core/random.h"
+#include "core/private_dir.h"
+#include "core/random.h"
 #include "spdlog/spdlog.h"
 #include "structd/base/posix.h"
 
@@ -79,7 +80,46 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Open(CoreOptions options) {
   }
   std::unique_ptr<Core> core(new Core(std::move(options)));
   core->Recover();
+  core->WriteAdminCapability();
   return core;
+}
+
+void Core::WriteAdminCapability() {
+  std::string capability = RandomHex128();
+  std::string path = options_.state_dir + "/admin.capability";
+  if (absl::Status s = base::WriteFileAtomically(path, capability); !s.ok()) {
+    spdlog::warn("{}: only uid {} and root may use the Admin service", s.ToString(), getuid());
+    return;
+  }
+  admin_capability_ = std::move(capability);
+}
+
+absl::Status Core::AuthorizeAdmin(const PeerCredentials& peer,
+                                  std::string_view presented_capability) const {
+  if (peer.known && (peer.uid == getuid() || peer.uid == 0)) return absl::OkStatus();
+  if (!admin_capability_.empty() && !presented_capability.empty() &&
+      ConstantTimeEquals(presented_capability, admin_capability_)) {
+    return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrFormat(
+      "admin: only the daemon's user (uid %d), root, or a caller with the admin "
+      "capability (STATE/admin.capability; STRUCTD_ADMIN_CAPABILITY for structctl) "
+      "may call the Admin service",
+      getuid()));
+}
+
+Core::Totals Core::GetTotals() const {
+  Totals t;
+  std::vector<std::shared_ptr<Channel>> channels = Channels();
+  for (const auto& c : channels) {
+    ChannelStats st = c->Stats();
+    t.live_instances += st.alloc.live_instances;
+    t.arena_bytes += st.alloc.extent_bytes;
+  }
+  t.channels = static_cast<uint32_t>(channels.size());
+  std::lock_guard<std::mutex> lock(mu_);
+  t.sessions = static_cast<uint32_t>(sessions_.size());
+  return t;
 }
 
 std::string Core::SessionPath(const std::string& id) const {

@@ -16,8 +16,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "server/src/core/channel.h"
-#include "server/src/core/process_handle.h"
+#include "core/channel.h"
+#include "core/process_handle.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/layout.h"
 
@@ -114,6 +114,22 @@ class Core {
   void Heartbeat(const std::string& session_id);
   // Channels found at start-up that could not be adopted.
   std::vector<UnrecoveredChannel> Unrecovered() const;
+
+  // Who may call the Admin service: the daemon's own uid, root, or a
+  // caller presenting the admin capability (a fresh one per start, in
+  // STATE/admin.capability, readable by the daemon's uid only).
+  // PermissionDenied saying how to get access otherwise.
+  absl::Status AuthorizeAdmin(const PeerCredentials& peer,
+                              std::string_view presented_capability) const;
+
+  // Daemon-wide totals (Admin.GetStatus).
+  struct Totals {
+    uint32_t channels = 0;
+    uint32_t sessions = 0;
+    uint64_t live_instances = 0;
+    uint64_t arena_bytes = 0;
+  };
+  Totals GetTotals() const;
   // Ends a session: leaves every joined channel, releasing every reference
   // in its ledgers. Returns how many references were released. Idempotent.
   uint64_t Detach(const std::string& session_id);
@@ -176,6 +192,8 @@ class Core {
   // Re-adopts every channel and session record in the state directory.
   void Recover();
   std::string SessionPath(const std::string& id) const;
+  // A fresh admin capability in STATE/admin.capability (0600).
+  void WriteAdminCapability();
   void SaveSession(const SessionInfo& info) const;
   absl::StatusOr<std::shared_ptr<Channel>> FindLocked(
       const std::string& channel) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -188,6 +206,7 @@ class Core {
 
   const CoreOptions options_;
   const uint64_t instance_id_;
+  std::string admin_capability_;  // set once by Open; "" if it could not be saved
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Channel>> channels_by_id_
       ABSL_GUARDED_BY(mu_);

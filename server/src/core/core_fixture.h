@@ -12,7 +12,7 @@
 
 #include <gtest/gtest.h>
 
-#include "server/src/core/core.h"
+#include "core/core.h"
 #include "testing/temp_dir.h"
 
 namespace structd::server {

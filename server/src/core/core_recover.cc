@@ -12,7 +12,7 @@
 #include <toml++/toml.h>
 
 #include "absl/strings/str_cat.h"
-#include "server/src/core/core.h"
+#include "core/core.h"
 #include "spdlog/spdlog.h"
 
 namespace structd::server {

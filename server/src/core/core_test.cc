@@ -1,4 +1,4 @@
-#include "server/src/core/core.h"
+#include "core/core.h"
 
 #include <unistd.h>
 
@@ -8,8 +8,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "server/src/core/core_fixture.h"
-#include "server/src/core/ledger.h"
+#include "core/core_fixture.h"
+#include "core/ledger.h"
 #include "structd/shm/field.h"
 #include "testing/temp_dir.h"
 
@@ -514,8 +514,8 @@ TEST_F(CoreTest, InspectDecodesFieldsAndFollowsRefs) {
   ASSERT_EQ(v->fields.size(), 2u);
   EXPECT_EQ(v->fields[0].value, "42");
   EXPECT_EQ(v->fields[1].value, refs[1].ToString());
-  ASSERT_NE(v->fields[1].target, nullptr);
-  EXPECT_EQ(v->fields[1].target->fields[0].value, "7");
+  ASSERT_EQ(v->fields[1].target.size(), 1u);
+  EXPECT_EQ(v->fields[1].target[0].fields[0].value, "7");
   EXPECT_EQ(ch->Inspect(refs[0], 9).status().code(),
             absl::StatusCode::kInvalidArgument);
   auto listing = ch->ListInstances({}, 1);

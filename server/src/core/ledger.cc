@@ -1,4 +1,4 @@
-#include "server/src/core/ledger.h"
+#include "core/ledger.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,4 +1,4 @@
-#include "server/src/core/meta_store.h"
+#include "core/meta_store.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

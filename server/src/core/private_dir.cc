@@ -1,4 +1,4 @@
-#include "server/src/core/private_dir.h"
+#include "core/private_dir.h"
 
 #include <sys/stat.h>
 

@@ -1,4 +1,4 @@
-#include "server/src/core/process_handle.h"
+#include "core/process_handle.h"
 
 #include <poll.h>
 #include <sys/socket.h>

@@ -1,4 +1,4 @@
-#include "server/src/core/random.h"
+#include "core/random.h"
 
 #include <sys/random.h>
 

@@ -13,10 +13,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "server/src/core/core.h"
-#include "server/src/core/core_fixture.h"
-#include "server/src/core/ledger.h"
-#include "server/src/core/store_intent.h"
+#include "core/core.h"
+#include "core/core_fixture.h"
+#include "core/ledger.h"
+#include "core/store_intent.h"
 #include "structd/shm/field.h"
 #include "structd/shm/mapping_guard.h"
 #include "testing/child_process.h"

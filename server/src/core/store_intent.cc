@@ -1,4 +1,4 @@
-#include "server/src/core/store_intent.h"
+#include "core/store_intent.h"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,8 +1,8 @@
-#include "server/src/core/type_registry.h"
+#include "core/type_registry.h"
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "server/src/core/random.h"
+#include "core/random.h"
 
 namespace structd::server {
 

@@ -1,26 +1,16 @@
 #include <unistd.h>
 
 #include "absl/strings/str_format.h"
-#include "server/src/core/random.h"
-#include "server/src/rpc/services.h"
+#include "rpc/services.h"
 
 namespace structd::server {
 
 absl::Status AdminService::CheckAdmin(grpc::ServerContext& context) const {
-  PeerCredentials peer = peers_->Lookup(context.peer());
-  if (peer.known && (peer.uid == getuid() || peer.uid == 0)) return absl::OkStatus();
   const auto& md = context.client_metadata();
   auto it = md.find("structd-admin");
-  if (!info_.admin_capability.empty() && it != md.end() &&
-      ConstantTimeEquals(std::string_view(it->second.data(), it->second.size()),
-                         info_.admin_capability)) {
-    return absl::OkStatus();
-  }
-  return absl::PermissionDeniedError(absl::StrFormat(
-      "admin: only the daemon's user (uid %d), root, or a caller with the admin "
-      "capability (STATE/admin.capability; STRUCTD_ADMIN_CAPABILITY for structctl) "
-      "may call the Admin service",
-      getuid()));
+  std::string_view presented =
+      it == md.end() ? std::string_view() : std::string_view(it->second.data(), it->second.size());
+  return core_->AuthorizeAdmin(peers_->Lookup(context.peer()), presented);
 }
 
 grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
@@ -36,17 +26,11 @@ grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
   response->set_socket(info_.socket);
   response->set_state_dir(info_.state_dir);
   response->set_pid(static_cast<uint32_t>(getpid()));
-  uint64_t live = 0, bytes = 0;
-  std::vector<std::shared_ptr<Channel>> channels = core_->Channels();
-  for (const auto& c : channels) {
-    ChannelStats st = c->Stats();
-    live += st.alloc.live_instances;
-    bytes += st.alloc.extent_bytes;
-  }
-  response->set_channels(static_cast<uint32_t>(channels.size()));
-  response->set_sessions(static_cast<uint32_t>(core_->Sessions().size()));
-  response->set_live_instances(live);
-  response->set_arena_bytes(bytes);
+  Core::Totals totals = core_->GetTotals();
+  response->set_channels(totals.channels);
+  response->set_sessions(totals.sessions);
+  response->set_live_instances(totals.live_instances);
+  response->set_arena_bytes(totals.arena_bytes);
   for (const UnrecoveredChannel& u : core_->Unrecovered()) {
     v1::UnrecoveredChannel* out = response->add_unrecovered();
     out->set_dir(u.dir);
@@ -142,30 +126,25 @@ grpc::Status AdminService::GetMemory(grpc::ServerContext* context,
   response->set_class_slabs(st.alloc.class_slabs);
   response->set_large_slabs(st.alloc.large_slabs);
   response->set_unassigned_slabs(st.alloc.unassigned_slabs);
-  uint64_t assigned =
-      (st.alloc.class_slabs + st.alloc.large_slabs) * uint64_t{shm::kSlabSize};
-  response->set_fragmentation(
-      assigned == 0 ? 0.0
-                    : 1.0 - static_cast<double>(st.alloc.live_block_bytes) /
-                                static_cast<double>(assigned));
+  response->set_fragmentation(st.fragmentation());
   return grpc::Status::OK;
 }
 
 namespace {
 
-void ToProto(const InstanceView& v, v1::InstanceView* out) {
+void ToProto(const DecodedInstance& v, v1::InstanceView* out) {
   out->set_ref(v.ref.bits());
   if (!v.token.is_zero()) out->set_token(v.token.ToHex());
   out->set_key(v.key);
   out->set_refcount(v.refcount);
   out->set_generation(v.generation);
   out->set_error(v.error);
-  for (const FieldView& f : v.fields) {
+  for (const DecodedField& f : v.fields) {
     v1::FieldValue* pf = out->add_fields();
     pf->set_name(f.name);
     pf->set_type(f.type);
     pf->set_value(f.value);
-    if (f.target) ToProto(*f.target, pf->mutable_target());
+    if (!f.target.empty()) ToProto(f.target.front(), pf->mutable_target());
   }
 }
 
@@ -189,14 +168,14 @@ grpc::Status AdminService::ListInstances(
     filter = *t;
   }
   InstanceListing l = (*ch)->ListInstances(filter, request->limit());
-  for (const TypeCount& c : l.counts) {
+  for (const shm::TypeCount& c : l.counts) {
     v1::TypeCount* out = response->add_counts();
     if (!c.token.is_zero()) out->set_token(c.token.ToHex());
     out->set_key(c.key);
     out->set_count(c.count);
     out->set_bytes(c.bytes);
   }
-  for (const InstanceSummary& i : l.instances) {
+  for (const shm::InstanceSummary& i : l.instances) {
     v1::InstanceSummary* out = response->add_instances();
     out->set_ref(i.ref.bits());
     if (!i.token.is_zero()) out->set_token(i.token.ToHex());
@@ -212,7 +191,7 @@ grpc::Status AdminService::InspectInstance(
   if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
   absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
   if (!ch.ok()) return ToGrpc(ch.status());
-  absl::StatusOr<InstanceView> v =
+  absl::StatusOr<DecodedInstance> v =
       (*ch)->Inspect(shm::Ref::FromBits(request->ref()), request->depth());
   if (!v.ok()) return ToGrpc(v.status());
   ToProto(*v, response->mutable_instance());
@@ -228,7 +207,7 @@ grpc::Status AdminService::CheckArena(grpc::ServerContext* context,
   CheckReport r = (*ch)->Check();
   response->set_ok(r.problems.empty());
   response->set_instances_checked(r.instances_checked);
-  for (const CheckProblem& p : r.problems) {
+  for (const ArenaProblem& p : r.problems) {
     v1::Problem* out = response->add_problems();
     out->set_ref(p.ref.bits());
     out->set_what(p.what);

@@ -1,5 +1,5 @@
 #include "absl/strings/str_format.h"
-#include "server/src/rpc/services.h"
+#include "rpc/services.h"
 
 namespace structd::server {
 namespace {
@@ -24,16 +24,14 @@ absl::StatusOr<std::vector<shm::Ref>> RefsOf(
 grpc::Status InstancesService::Allocate(grpc::ServerContext* context,
                                         const v1::AllocateRequest* request,
                                         v1::AllocateResponse* response) {
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
-  if (!token.ok()) return ToGrpc(token.status());
-  absl::StatusOr<std::vector<shm::Ref>> refs =
-      call->channel->Allocate(call->session, *token, 1);
-  if (!refs.ok()) return ToGrpc(refs.status());
-  response->set_ref(refs->front().bits());
-  return grpc::Status::OK;
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) -> absl::Status {
+    absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
+    if (!token.ok()) return token.status();
+    absl::StatusOr<std::vector<shm::Ref>> refs = c.channel->Allocate(c.session, *token, 1);
+    if (refs.ok()) response->set_ref(refs->front().bits());
+    return refs.status();
+  });
 }
 
 grpc::Status InstancesService::AllocateBatch(
@@ -44,17 +42,17 @@ grpc::Status InstancesService::AllocateBatch(
         "count: %d, allowed 1 to %d (split large batches)", request->count(),
         core_->options().max_batch)));
   }
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
-  if (!token.ok()) return ToGrpc(token.status());
-  absl::StatusOr<std::vector<shm::Ref>> refs =
-      call->channel->Allocate(call->session, *token, request->count());
-  if (!refs.ok()) return ToGrpc(refs.status());
-  response->mutable_refs()->Reserve(static_cast<int>(refs->size()));
-  for (shm::Ref r : *refs) response->add_refs(r.bits());
-  return grpc::Status::OK;
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) -> absl::Status {
+    absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
+    if (!token.ok()) return token.status();
+    absl::StatusOr<std::vector<shm::Ref>> refs =
+        c.channel->Allocate(c.session, *token, request->count());
+    if (!refs.ok()) return refs.status();
+    response->mutable_refs()->Reserve(static_cast<int>(refs->size()));
+    for (shm::Ref r : *refs) response->add_refs(r.bits());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InstancesService::Retain(grpc::ServerContext* context,
@@ -63,10 +61,8 @@ grpc::Status InstancesService::Retain(grpc::ServerContext* context,
   absl::StatusOr<std::vector<shm::Ref>> refs =
       RefsOf(request->refs(), core_->options().max_refs_per_call);
   if (!refs.ok()) return ToGrpc(refs.status());
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  return ToGrpc(call->channel->Retain(call->session, *refs));
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) { return c.channel->Retain(c.session, *refs); });
 }
 
 grpc::Status InstancesService::Release(grpc::ServerContext* context,
@@ -75,13 +71,12 @@ grpc::Status InstancesService::Release(grpc::ServerContext* context,
   absl::StatusOr<std::vector<shm::Ref>> refs =
       RefsOf(request->refs(), core_->options().max_refs_per_call);
   if (!refs.ok()) return ToGrpc(refs.status());
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  absl::StatusOr<uint64_t> freed = call->channel->Release(call->session, *refs);
-  if (!freed.ok()) return ToGrpc(freed.status());
-  response->set_freed(*freed);
-  return grpc::Status::OK;
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) -> absl::Status {
+    absl::StatusOr<uint64_t> freed = c.channel->Release(c.session, *refs);
+    if (freed.ok()) response->set_freed(*freed);
+    return freed.status();
+  });
 }
 
 grpc::Status InstancesService::StoreRefs(grpc::ServerContext* context,
@@ -100,63 +95,59 @@ grpc::Status InstancesService::StoreRefs(grpc::ServerContext* context,
     stores.push_back({shm::Ref::FromBits(st.target()), st.field(),
                       shm::Ref::FromBits(st.value()), st.move()});
   }
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  absl::StatusOr<uint64_t> freed = call->channel->StoreRefs(call->session, stores);
-  if (!freed.ok()) return ToGrpc(freed.status());
-  response->set_freed(*freed);
-  return grpc::Status::OK;
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) -> absl::Status {
+    absl::StatusOr<uint64_t> freed = c.channel->StoreRefs(c.session, stores);
+    if (freed.ok()) response->set_freed(*freed);
+    return freed.status();
+  });
 }
 
 grpc::Status InstancesService::SetRoot(grpc::ServerContext* context,
                                        const v1::SetRootRequest* request,
                                        v1::SetRootResponse* response) {
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  absl::StatusOr<shm::Ref> prev =
-      call->channel->SetRoot(request->name(), shm::Ref::FromBits(request->ref()));
-  if (!prev.ok()) return ToGrpc(prev.status());
-  response->set_previous(prev->bits());
-  return grpc::Status::OK;
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) -> absl::Status {
+    absl::StatusOr<shm::Ref> prev =
+        c.channel->SetRoot(request->name(), shm::Ref::FromBits(request->ref()));
+    if (prev.ok()) response->set_previous(prev->bits());
+    return prev.status();
+  });
 }
 
 grpc::Status InstancesService::GetRoot(grpc::ServerContext* context,
                                        const v1::GetRootRequest* request,
                                        v1::GetRootResponse* response) {
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  absl::StatusOr<RootEntry> root = call->channel->GetRoot(request->name());
-  if (!root.ok()) return ToGrpc(root.status());
-  response->set_ref(root->ref.bits());
-  if (!root->token.is_zero()) response->set_token(root->token.ToHex());
-  return grpc::Status::OK;
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) -> absl::Status {
+    absl::StatusOr<RootEntry> root = c.channel->GetRoot(request->name());
+    if (!root.ok()) return root.status();
+    response->set_ref(root->ref.bits());
+    if (!root->token.is_zero()) response->set_token(root->token.ToHex());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InstancesService::DeleteRoot(grpc::ServerContext* context,
                                           const v1::DeleteRootRequest* request,
                                           v1::DeleteRootResponse*) {
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  return ToGrpc(call->channel->DeleteRoot(request->name()));
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) { return c.channel->DeleteRoot(request->name()); });
 }
 
 grpc::Status InstancesService::ListRoots(grpc::ServerContext* context,
                                          const v1::ListRootsRequest* request,
                                          v1::ListRootsResponse* response) {
-  absl::StatusOr<CallerChannel> call =
-      JoinedChannel(*context, *core_, *peers_, request->channel());
-  if (!call.ok()) return ToGrpc(call.status());
-  for (const RootEntry& r : call->channel->ListRoots()) {
-    v1::Root* out = response->add_roots();
-    out->set_name(r.name);
-    out->set_ref(r.ref.bits());
-    if (!r.token.is_zero()) out->set_token(r.token.ToHex());
-  }
-  return grpc::Status::OK;
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) {
+    for (const RootEntry& r : c.channel->ListRoots()) {
+      v1::Root* out = response->add_roots();
+      out->set_name(r.name);
+      out->set_ref(r.ref.bits());
+      if (!r.token.is_zero()) out->set_token(r.token.ToHex());
+    }
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace structd::server

@@ -1,4 +1,4 @@
-#include "server/src/rpc/rpc_util.h"
+#include "rpc/rpc_util.h"
 
 #include <sys/socket.h>
 #include <sys/stat.h>

@@ -11,7 +11,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "server/src/core/core.h"
+#include "core/core.h"
 #include "structd/shm/type_token.h"
 
 namespace structd::server {
@@ -91,6 +91,26 @@ absl::StatusOr<CallerChannel> JoinedChannel(grpc::ServerContext& context,
                                             const Core& core,
                                             const PeerTable& peers,
                                             const std::string& channel);
+
+// The skeleton every channel-scoped handler shares, written once: the
+// caller's session and joined channel, then `fn(call)` (an absl::Status:
+// fill the response on success), then the status mapped to gRPC.
+template <typename Fn>
+grpc::Status OnJoinedChannel(grpc::ServerContext& context, const Core& core,
+                             const PeerTable& peers, const std::string& channel, Fn&& fn) {
+  absl::StatusOr<CallerChannel> call = JoinedChannel(context, core, peers, channel);
+  if (!call.ok()) return ToGrpc(call.status());
+  return ToGrpc(fn(*call));
+}
+
+// The same for calls that need a session but no channel.
+template <typename Fn>
+grpc::Status OnSession(grpc::ServerContext& context, const Core& core, const PeerTable& peers,
+                       Fn&& fn) {
+  absl::StatusOr<std::string> session = CallerSession(context, core, peers);
+  if (!session.ok()) return ToGrpc(session.status());
+  return ToGrpc(fn(*session));
+}
 
 }  // namespace structd::server
 

@@ -15,8 +15,8 @@
 #include "absl/base/thread_annotations.h"
 #include <string>
 
-#include "server/src/core/core.h"
-#include "server/src/rpc/rpc_util.h"
+#include "core/core.h"
+#include "rpc/rpc_util.h"
 #include "structd/v1/admin.grpc.pb.h"
 #include "structd/v1/instances.grpc.pb.h"
 #include "structd/v1/registry.grpc.pb.h"
@@ -139,9 +139,6 @@ class AdminService final : public v1::Admin::Service {
     std::string socket;
     std::string state_dir;
     std::chrono::steady_clock::time_point started;
-    // Admits callers of any uid that present it in "structd-admin"
-    // metadata; "" admits none that way.
-    std::string admin_capability;
   };
   AdminService(Core* core, const PeerTable* peers, Info info)
       : core_(core), peers_(peers), info_(std::move(info)) {}
@@ -174,7 +171,8 @@ class AdminService final : public v1::Admin::Service {
                           v1::CheckArenaResponse* response) override;
 
  private:
-  // Admin calls: the daemon's uid (peer credentials) only, for now.
+  // Core::AuthorizeAdmin for the caller's credentials and the
+  // "structd-admin" metadata.
   absl::Status CheckAdmin(grpc::ServerContext& context) const;
   Core* core_;
   const PeerTable* peers_;

@@ -4,10 +4,12 @@
 // translation is the core's and is tested in core_test.cc; the full
 // stack over a real socket is tests/integration/daemon_test.cc.
 
-#include "server/src/rpc/services.h"
+#include "rpc/services.h"
 
 #include <grpcpp/test/server_context_test_spouse.h>
 #include <unistd.h>
+
+#include <fstream>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -186,17 +188,18 @@ TEST_F(ServicesTest, AdminIsForTheDaemonsUserOnly) {
   s = admin.GetStatus(&Caller()->context, &req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(s.error_message(), HasSubstr("uid"));
-  // ... unless it presents the admin capability.
-  AdminService with_capability(core_.get(), &peers_,
-                               {"v", "/sock", dir_.path(), std::chrono::steady_clock::now(),
-                                std::string(32, 'c')});
+  // ... unless it presents the admin capability the core wrote for this
+  // start (readable by the daemon's uid only).
+  std::string capability;
+  std::ifstream(dir_.path() + "/admin.capability") >> capability;
+  ASSERT_EQ(capability.size(), 32u);
   auto wrong = Caller();
   wrong->spouse.AddClientMetadata("structd-admin", std::string(32, 'd'));
-  EXPECT_EQ(with_capability.GetStatus(&wrong->context, &req, &resp).error_code(),
+  EXPECT_EQ(admin.GetStatus(&wrong->context, &req, &resp).error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
   auto right = Caller();
-  right->spouse.AddClientMetadata("structd-admin", std::string(32, 'c'));
-  EXPECT_TRUE(with_capability.GetStatus(&right->context, &req, &resp).ok());
+  right->spouse.AddClientMetadata("structd-admin", capability);
+  EXPECT_TRUE(admin.GetStatus(&right->context, &req, &resp).ok());
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 #include <deque>
 
-#include "server/src/rpc/services.h"
+#include "rpc/services.h"
 #include "spdlog/spdlog.h"
 
 namespace structd::server {

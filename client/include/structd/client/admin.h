@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "structd/client/channel.h"
+#include "structd/shm/inspection.h"
 #include "structd/shm/ref.h"
 #include "structd/shm/type_token.h"
 
@@ -77,41 +78,14 @@ struct SessionSummary {
   std::vector<std::string> channels;
 };
 
-struct TypeCount {
-  shm::TypeToken token;
-  std::string key;
-  uint64_t count = 0;
-  uint64_t bytes = 0;
-};
-
-struct InstanceSummary {
-  Ref ref;
-  shm::TypeToken token;
-  uint32_t refcount = 0;
-};
-
-struct InstanceListing {
-  std::vector<TypeCount> counts;
-  std::vector<InstanceSummary> instances;
-  bool truncated = false;
-};
-
-struct InstanceView;
-struct FieldValue {
-  std::string name;
-  std::string type;
-  std::string value;
-  std::vector<InstanceView> target;  // the followed ref, if any (0 or 1)
-};
-struct InstanceView {
-  Ref ref;
-  shm::TypeToken token;
-  std::string key;
-  uint32_t refcount = 0;
-  uint32_t generation = 0;
-  std::vector<FieldValue> fields;
-  std::string error;  // why it could not be decoded, if so
-};
+// What an arena holds, as the daemon's admin calls describe it
+// (structd/shm/inspection.h: one definition for the daemon and clients).
+using shm::ArenaProblem;
+using shm::DecodedField;
+using shm::DecodedInstance;
+using shm::InstanceListing;
+using shm::InstanceSummary;
+using shm::TypeCount;
 
 struct MemoryReport {
   uint32_t extents = 0;
@@ -125,10 +99,6 @@ struct MemoryReport {
   double fragmentation = 0;
 };
 
-struct ArenaProblem {
-  Ref ref;  // null if not about one instance
-  std::string what;
-};
 struct ArenaCheck {
   bool ok = false;
   uint64_t instances_checked = 0;
@@ -152,7 +122,7 @@ class AdminClient {
   // `token` zero: every type. `limit`: refs to list (0: counts only).
   absl::StatusOr<InstanceListing> Instances(const std::string& channel, shm::TypeToken token,
                                             uint32_t limit);
-  absl::StatusOr<InstanceView> Inspect(const std::string& channel, Ref ref, uint32_t depth);
+  absl::StatusOr<DecodedInstance> Inspect(const std::string& channel, Ref ref, uint32_t depth);
   absl::StatusOr<std::vector<RootInfo>> Roots(const std::string& channel);
   absl::StatusOr<MemoryReport> Memory(const std::string& channel);
   absl::StatusOr<ArenaCheck> Check(const std::string& channel);
