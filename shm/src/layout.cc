@@ -102,36 +102,36 @@ size_t ScalarSize(FieldKind kind) {
 }
 
 
-FieldSpec FieldSpec::Scalar(std::string name, FieldKind kind) {
+namespace {
+
+// Every factory: a name and a kind, the rest defaulted.
+FieldSpec Named(std::string name, FieldKind kind) {
   FieldSpec s;
   s.name = std::move(name);
   s.kind = kind;
   return s;
 }
+
+}  // namespace
+
+FieldSpec FieldSpec::Scalar(std::string name, FieldKind kind) { return Named(std::move(name), kind); }
 FieldSpec FieldSpec::Ref(std::string name, TypeToken target) {
-  FieldSpec s;
-  s.name = std::move(name);
-  s.kind = FieldKind::kRef;
+  FieldSpec s = Named(std::move(name), FieldKind::kRef);
   s.ref_target = target;
   return s;
 }
 FieldSpec FieldSpec::Bytes(std::string name, uint32_t capacity) {
-  FieldSpec s;
-  s.name = std::move(name);
-  s.kind = FieldKind::kBytes;
+  FieldSpec s = Named(std::move(name), FieldKind::kBytes);
   s.count = capacity;
   return s;
 }
 FieldSpec FieldSpec::String(std::string name, uint32_t capacity) {
-  FieldSpec s = Bytes(std::move(name), capacity);
-  s.kind = FieldKind::kString;
+  FieldSpec s = Named(std::move(name), FieldKind::kString);
+  s.count = capacity;
   return s;
 }
-FieldSpec FieldSpec::Array(std::string name, FieldKind element,
-                           uint32_t count) {
-  FieldSpec s;
-  s.name = std::move(name);
-  s.kind = FieldKind::kArray;
+FieldSpec FieldSpec::Array(std::string name, FieldKind element, uint32_t count) {
+  FieldSpec s = Named(std::move(name), FieldKind::kArray);
   s.element = element;
   s.count = count;
   return s;

@@ -25,6 +25,15 @@ GrpcClient::GrpcClient(const std::string& target, bool attach) {
 
 GrpcClient::~GrpcClient() { Detach(); }
 
+bool GrpcClient::Join(const std::string& channel, const std::string& capability,
+                      v1::JoinChannelResponse* joined) {
+  v1::JoinChannelRequest join;
+  join.set_channel(channel);
+  join.set_capability(capability);
+  v1::JoinChannelResponse local;
+  return registry_->JoinChannel(Ctx().get(), join, joined ? joined : &local).ok();
+}
+
 grpc::Status GrpcClient::AwaitAttachEnd(std::chrono::milliseconds timeout,
                                         v1::AttachEvent* last_event) {
   if (!attach_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "not attached");

@@ -28,6 +28,9 @@ class GrpcClient {
   const std::string& session_id() const { return session_id_; }
   // Ends the session by closing the Attach stream.
   void Detach();
+  // Joins `channel` with `capability`; false on any error.
+  bool Join(const std::string& channel, const std::string& capability,
+            v1::JoinChannelResponse* joined = nullptr);
   // Waits for the daemon to end the Attach stream; returns its final status
   // (DEADLINE_EXCEEDED if it is still open after `timeout`) and the last
   // event read into `last_event`.

@@ -15,11 +15,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   structd::testing::GrpcClient c(argv[1]);
-  structd::v1::JoinChannelRequest join;
-  join.set_channel(argv[2]);
-  join.set_capability(argv[3]);
   structd::v1::JoinChannelResponse joined;
-  if (!c.registry().JoinChannel(c.Ctx().get(), join, &joined).ok()) return 3;
+  if (!c.Join(argv[2], argv[3], &joined)) return 3;
   for (int i = 5; i < argc; ++i) {
     structd::v1::RegisterTypeRequest req;
     req.set_channel(argv[2]);

@@ -229,7 +229,7 @@ uint64_t Channel::RefsHeld(const std::string& session_id) const {
   return it == ledgers_.end() ? 0 : it->second->size();
 }
 
-ArenaSummary Channel::Arena() const {
+ArenaSummary Channel::arena_summary() const {
   std::lock_guard<std::mutex> lock(mu_);
   ArenaSummary a;
   if (arena_ == nullptr) return a;  // destroyed after a drop

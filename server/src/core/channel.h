@@ -146,7 +146,7 @@ class Channel {
   size_t session_count() const;
   uint64_t RefsHeld(const std::string& session_id) const;
   // Zeros once the channel is destroyed.
-  ArenaSummary Arena() const;
+  ArenaSummary arena_summary() const;
   // OK, or why the channel can no longer serve requests: NotFound once it
   // was dropped and destroyed, DataLoss once a file under it was
   // truncated while the daemon had it mapped. Every operation starts (and

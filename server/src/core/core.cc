@@ -402,7 +402,7 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
   channel = std::move(*created);
   absl::Status joined = channel->Join(session_id);  // the creator, as owner
   ChannelCreated out{o.id, channel->owner_capability(), channel->member_capability(),
-                     channel->Arena()};
+                     channel->arena_summary()};
   bool session_gone = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -471,7 +471,7 @@ absl::StatusOr<ChannelJoined> Core::JoinChannel(const std::string& session_id,
     }
     s->second.joined.insert(c->id());
   }
-  return ChannelJoined{c->id(), c->name(), *role, c->Arena()};
+  return ChannelJoined{c->id(), c->name(), *role, c->arena_summary()};
 }
 
 absl::Status Core::DropChannel(const std::string& channel,

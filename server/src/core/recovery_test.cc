@@ -77,7 +77,7 @@ TEST_F(RecoveryTest, ADestroyedChannelAnswersInsteadOfCrashing) {
   core_->Detach(s.id);
   ASSERT_TRUE(core_->DropChannel("gone", created.owner_capability).ok());
   // The admin snapshot still holds the channel.
-  EXPECT_EQ(ch->Arena().extent_count, 0u);
+  EXPECT_EQ(ch->arena_summary().extent_count, 0u);
   EXPECT_EQ(ch->Stats().alloc.live_instances, 0u);
   EXPECT_TRUE(ch->ListInstances({}, 10).instances.empty());
   EXPECT_EQ(ch->Usable().code(), absl::StatusCode::kNotFound);
@@ -253,7 +253,7 @@ TEST_F(RecoveryTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
     auto ot = *other->RegisterType("N", Node());
     // Enough for two extents: extent 1 keeps its instances after the repair.
     std::vector<shm::Ref> refs = *victim->Allocate(s.id, vt.type->token, 4000);
-    if (victim->Arena().extent_count < 2) return 12;
+    if (victim->arena_summary().extent_count < 2) return 12;
     std::string vdir = o.state_dir + "/channels/" + victim->id();
     if (truncate((vdir + "/arena/extent.0").c_str(), 0) != 0) return 13;
     // The first request that touches the cut file finds it; from then on

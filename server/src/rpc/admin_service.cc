@@ -56,7 +56,7 @@ grpc::Status AdminService::ListChannels(grpc::ServerContext* context,
     out->set_arena_bytes(st.alloc.extent_bytes);
     out->set_sealed(st.sealed);
     out->set_dropped(st.dropped);
-    out->set_epoch(c->Arena().epoch);
+    out->set_epoch(c->arena_summary().epoch);
     if (absl::Status usable = c->Usable(); absl::IsDataLoss(usable)) {
       out->set_damage(std::string(usable.message()));
     }
@@ -84,50 +84,47 @@ grpc::Status AdminService::ListSessions(grpc::ServerContext* context,
 grpc::Status AdminService::ListTypes(grpc::ServerContext* context,
                                      const v1::AdminListTypesRequest* request,
                                      v1::AdminListTypesResponse* response) {
-  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
-  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  bool sealed = false;
-  for (const RegisteredType& t : (*ch)->ListTypes(&sealed)) {
-    ToProto(t, response->add_types());
-  }
-  response->set_sealed(sealed);
-  return grpc::Status::OK;
+  return OnAdminChannel(*context, request->channel(), [&](Channel& ch) -> absl::Status {
+    bool sealed = false;
+    for (const RegisteredType& t : ch.ListTypes(&sealed)) {
+      ToProto(t, response->add_types());
+    }
+    response->set_sealed(sealed);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminService::ListRoots(grpc::ServerContext* context,
                                      const v1::AdminListRootsRequest* request,
                                      v1::AdminListRootsResponse* response) {
-  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
-  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  for (const RootEntry& r : (*ch)->ListRoots()) {
-    v1::AdminRoot* out = response->add_roots();
-    out->set_name(r.name);
-    out->set_ref(r.ref.bits());
-    if (!r.token.is_zero()) out->set_token(r.token.ToHex());
-  }
-  return grpc::Status::OK;
+  return OnAdminChannel(*context, request->channel(), [&](Channel& ch) -> absl::Status {
+    for (const RootEntry& r : ch.ListRoots()) {
+      v1::AdminRoot* out = response->add_roots();
+      out->set_name(r.name);
+      out->set_ref(r.ref.bits());
+      if (!r.token.is_zero()) out->set_token(r.token.ToHex());
+    }
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminService::GetMemory(grpc::ServerContext* context,
                                      const v1::GetMemoryRequest* request,
                                      v1::GetMemoryResponse* response) {
-  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
-  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  ChannelStats st = (*ch)->Stats();
-  ArenaSummary a = (*ch)->Arena();
-  response->set_extents(static_cast<uint32_t>(st.alloc.extents));
-  response->set_extent_size(a.extent_size);
-  response->set_arena_bytes(st.alloc.extent_bytes);
-  response->set_live_bytes(st.alloc.live_block_bytes);
-  response->set_free_block_bytes(st.alloc.free_block_bytes);
-  response->set_class_slabs(st.alloc.class_slabs);
-  response->set_large_slabs(st.alloc.large_slabs);
-  response->set_unassigned_slabs(st.alloc.unassigned_slabs);
-  response->set_fragmentation(st.fragmentation());
-  return grpc::Status::OK;
+  return OnAdminChannel(*context, request->channel(), [&](Channel& ch) -> absl::Status {
+    ChannelStats st = ch.Stats();
+    ArenaSummary a = ch.arena_summary();
+    response->set_extents(static_cast<uint32_t>(st.alloc.extents));
+    response->set_extent_size(a.extent_size);
+    response->set_arena_bytes(st.alloc.extent_bytes);
+    response->set_live_bytes(st.alloc.live_block_bytes);
+    response->set_free_block_bytes(st.alloc.free_block_bytes);
+    response->set_class_slabs(st.alloc.class_slabs);
+    response->set_large_slabs(st.alloc.large_slabs);
+    response->set_unassigned_slabs(st.alloc.unassigned_slabs);
+    response->set_fragmentation(st.fragmentation());
+    return absl::OkStatus();
+  });
 }
 
 namespace {
@@ -153,66 +150,63 @@ void ToProto(const DecodedInstance& v, v1::InstanceView* out) {
 grpc::Status AdminService::ListInstances(
     grpc::ServerContext* context, const v1::ListInstancesRequest* request,
     v1::ListInstancesResponse* response) {
-  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
-  if (request->limit() > core_->options().max_refs_per_call) {
-    return ToGrpc(absl::InvalidArgumentError(absl::StrFormat(
-        "limit: %d, at most %d (use counts, or filter by type)", request->limit(),
-        core_->options().max_refs_per_call)));
-  }
-  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  shm::TypeToken filter;
-  if (!request->token().empty()) {
-    absl::StatusOr<shm::TypeToken> t = ParseToken(request->token());
-    if (!t.ok()) return ToGrpc(t.status());
-    filter = *t;
-  }
-  InstanceListing l = (*ch)->ListInstances(filter, request->limit());
-  for (const shm::TypeCount& c : l.counts) {
-    v1::TypeCount* out = response->add_counts();
-    if (!c.token.is_zero()) out->set_token(c.token.ToHex());
-    out->set_key(c.key);
-    out->set_count(c.count);
-    out->set_bytes(c.bytes);
-  }
-  for (const shm::InstanceSummary& i : l.instances) {
-    v1::InstanceSummary* out = response->add_instances();
-    out->set_ref(i.ref.bits());
-    if (!i.token.is_zero()) out->set_token(i.token.ToHex());
-    out->set_refcount(i.refcount);
-  }
-  response->set_truncated(l.truncated);
-  return grpc::Status::OK;
+  return OnAdminChannel(*context, request->channel(), [&](Channel& ch) -> absl::Status {
+    if (request->limit() > core_->options().max_refs_per_call) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "limit: %d, at most %d (use counts, or filter by type)", request->limit(),
+          core_->options().max_refs_per_call));
+    }
+    shm::TypeToken filter;
+    if (!request->token().empty()) {
+      absl::StatusOr<shm::TypeToken> t = ParseToken(request->token());
+      if (!t.ok()) return t.status();
+      filter = *t;
+    }
+    InstanceListing l = ch.ListInstances(filter, request->limit());
+    for (const shm::TypeCount& c : l.counts) {
+      v1::TypeCount* out = response->add_counts();
+      if (!c.token.is_zero()) out->set_token(c.token.ToHex());
+      out->set_key(c.key);
+      out->set_count(c.count);
+      out->set_bytes(c.bytes);
+    }
+    for (const shm::InstanceSummary& i : l.instances) {
+      v1::InstanceSummary* out = response->add_instances();
+      out->set_ref(i.ref.bits());
+      if (!i.token.is_zero()) out->set_token(i.token.ToHex());
+      out->set_refcount(i.refcount);
+    }
+    response->set_truncated(l.truncated);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminService::InspectInstance(
     grpc::ServerContext* context, const v1::InspectInstanceRequest* request,
     v1::InspectInstanceResponse* response) {
-  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
-  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  absl::StatusOr<DecodedInstance> v =
-      (*ch)->Inspect(shm::Ref::FromBits(request->ref()), request->depth());
-  if (!v.ok()) return ToGrpc(v.status());
-  ToProto(*v, response->mutable_instance());
-  return grpc::Status::OK;
+  return OnAdminChannel(*context, request->channel(), [&](Channel& ch) -> absl::Status {
+    absl::StatusOr<DecodedInstance> v =
+        ch.Inspect(shm::Ref::FromBits(request->ref()), request->depth());
+    if (!v.ok()) return v.status();
+    ToProto(*v, response->mutable_instance());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AdminService::CheckArena(grpc::ServerContext* context,
                                       const v1::CheckArenaRequest* request,
                                       v1::CheckArenaResponse* response) {
-  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
-  absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(request->channel());
-  if (!ch.ok()) return ToGrpc(ch.status());
-  CheckReport r = (*ch)->Check();
-  response->set_ok(r.problems.empty());
-  response->set_instances_checked(r.instances_checked);
-  for (const ArenaProblem& p : r.problems) {
-    v1::Problem* out = response->add_problems();
-    out->set_ref(p.ref.bits());
-    out->set_what(p.what);
-  }
-  return grpc::Status::OK;
+  return OnAdminChannel(*context, request->channel(), [&](Channel& ch) -> absl::Status {
+    CheckReport r = ch.Check();
+    response->set_ok(r.problems.empty());
+    response->set_instances_checked(r.instances_checked);
+    for (const ArenaProblem& p : r.problems) {
+      v1::Problem* out = response->add_problems();
+      out->set_ref(p.ref.bits());
+      out->set_what(p.what);
+    }
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace structd::server

@@ -174,6 +174,15 @@ class AdminService final : public v1::Admin::Service {
   // Core::AuthorizeAdmin for the caller's credentials and the
   // "structd-admin" metadata.
   absl::Status CheckAdmin(grpc::ServerContext& context) const;
+  // The skeleton of every per-channel admin call: authorize, find the
+  // channel (by name or id), run `fn(channel)`, map the status.
+  template <typename Fn>
+  grpc::Status OnAdminChannel(grpc::ServerContext& context, const std::string& channel, Fn&& fn) {
+    if (absl::Status s = CheckAdmin(context); !s.ok()) return ToGrpc(s);
+    absl::StatusOr<std::shared_ptr<Channel>> ch = core_->Find(channel);
+    if (!ch.ok()) return ToGrpc(ch.status());
+    return ToGrpc(fn(**ch));
+  }
   Core* core_;
   const PeerTable* peers_;
   Info info_;
