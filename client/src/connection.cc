@@ -66,18 +66,17 @@ Connection::~Connection() { Close(); }
 
 void Connection::Close() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     closing_ = true;
-    std::lock_guard wlock(write_mu_);
+    absl::MutexLock wlock(&write_mu_);
     if (stream_) stream_->WritesDone();
     if (attach_context_) attach_context_->TryCancel();
   }
-  cv_.notify_all();
   if (supervisor_.joinable()) supervisor_.join();
 }
 
 absl::Status Connection::Prepare(grpc::ClientContext& context) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!lost_.empty()) return absl::FailedPreconditionError(lost_);
   if (session_id_.empty()) {
     return absl::UnavailableError(absl::StrCat(
@@ -92,29 +91,29 @@ absl::Status Connection::Prepare(grpc::ClientContext& context) const {
 }
 
 std::string Connection::session_id() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return session_id_;
 }
 
 bool Connection::attached() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return !session_id_.empty();
 }
 
 absl::Status Connection::session_status() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (lost_.empty()) return absl::OkStatus();
   return absl::FailedPreconditionError(lost_);
 }
 
 void Connection::Track(std::weak_ptr<Channel> channel) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::erase_if(channels_, [](const std::weak_ptr<Channel>& c) { return c.expired(); });
   channels_.push_back(std::move(channel));
 }
 
 std::shared_ptr<Channel> Connection::FindChannel(const std::string& name_or_id) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (const auto& weak : channels_) {
     std::shared_ptr<Channel> c = weak.lock();
     if (c && (c->name() == name_or_id || c->id() == name_or_id)) return c;
@@ -130,7 +129,7 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   }
   std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>> stream;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (closing_) return absl::CancelledError("client closed");
     stream = session_stub_->Attach(context.get());
     attach_context_ = std::move(context);
@@ -144,7 +143,7 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   }
   hello.mutable_hello()->set_client_name(options_.name.substr(0, cut));
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (!resume_id_.empty()) {
       hello.mutable_hello()->set_resume_session_id(resume_id_);
       hello.mutable_hello()->set_resume_secret(resume_secret_);
@@ -153,7 +152,7 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   v1::AttachEvent event;
   if (!stream->Write(hello) || !stream->Read(&event) || !event.has_attached()) {
     grpc::Status status = stream->Finish();
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     attach_context_.reset();
     if (status.ok()) {
       return absl::UnavailableError(absl::StrCat(
@@ -161,7 +160,7 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
     }
     return FromGrpc(status);
   }
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   session_id_ = event.attached().session_id();
   resume_id_ = session_id_;
   resume_secret_ = event.attached().session_secret();
@@ -169,32 +168,33 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   if (event.attached().max_refs_per_call() != 0) {
     max_refs_per_call_.store(event.attached().max_refs_per_call());
   }
-  std::lock_guard wlock(write_mu_);
+  absl::MutexLock wlock(&write_mu_);
   stream_ = std::move(stream);
   return absl::OkStatus();
 }
 
 void Connection::Heartbeats(std::chrono::milliseconds every) {
-  std::unique_lock lock(mu_);
-  while (true) {
-    if (cv_.wait_for(lock, every, [&] { return closing_ || session_id_.empty(); })) return;
+  mu_.Lock();
+  while (!mu_.AwaitWithTimeout(absl::Condition(this, &Connection::HeartbeatsShouldStop),
+                               absl::FromChrono(every))) {
     // The stream stays installed while session_id_ is set (Supervise
     // clears the id and joins this thread before resetting the stream).
-    lock.unlock();
+    mu_.Unlock();
     {
-      std::lock_guard wlock(write_mu_);
+      absl::MutexLock wlock(&write_mu_);
       v1::AttachRequest beat;
       beat.mutable_heartbeat();
       if (stream_) stream_->Write(beat);
     }
-    lock.lock();
+    mu_.Lock();
   }
+  mu_.Unlock();
 }
 
 void Connection::RejoinChannels() {
   std::vector<std::shared_ptr<Channel>> live;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (const auto& weak : channels_) {
       if (auto c = weak.lock()) live.push_back(std::move(c));
     }
@@ -209,7 +209,7 @@ void Connection::Supervise() {
     std::chrono::milliseconds every;
     grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>* stream;
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       every = std::chrono::milliseconds(lease_ms_ / 3);
       stream = stream_.get();
     }
@@ -219,14 +219,13 @@ void Connection::Supervise() {
       // `shutting_down`: the stream ends next; nothing to do before.
     }
     {
-      std::lock_guard lock(mu_);
-      session_id_.clear();
+      absl::MutexLock lock(&mu_);
+      session_id_.clear();  // wakes Heartbeats (its condition)
     }
-    cv_.notify_all();
     heartbeats.join();
     {
-      std::lock_guard lock(mu_);
-      std::lock_guard wlock(write_mu_);
+      absl::MutexLock lock(&mu_);
+      absl::MutexLock wlock(&write_mu_);
       (void)stream_->Finish();
       stream_.reset();
       attach_context_.reset();
@@ -234,20 +233,20 @@ void Connection::Supervise() {
     auto backoff = std::chrono::milliseconds(50);
     while (true) {
       {
-        std::unique_lock lock(mu_);
+        absl::MutexLock lock(&mu_);
         if (closing_ || !options_.reconnect) return;
-        cv_.wait_for(lock, backoff, [&] { return closing_; });
+        mu_.AwaitWithTimeout(absl::Condition(&closing_), absl::FromChrono(backoff));
         if (closing_) return;
       }
       std::string previous;
       {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         previous = resume_id_;
       }
       if (AttachOnce(std::chrono::milliseconds(1000)).ok()) {
         bool resumed;
         {
-          std::lock_guard lock(mu_);
+          absl::MutexLock lock(&mu_);
           resumed = previous.empty() || session_id_ == previous;
           if (!resumed) {
             // The daemon ended the old session and released what it held;
@@ -265,13 +264,13 @@ void Connection::Supervise() {
         }
         if (resumed) break;
         {
-          std::lock_guard lock(mu_);
-          std::lock_guard wlock(write_mu_);
+          absl::MutexLock lock(&mu_);
+          absl::MutexLock wlock(&write_mu_);
           if (stream_) stream_->WritesDone();
           if (attach_context_) attach_context_->TryCancel();
         }
-        std::lock_guard lock(mu_);
-        std::lock_guard wlock(write_mu_);
+        absl::MutexLock lock(&mu_);
+        absl::MutexLock wlock(&write_mu_);
         if (stream_) (void)stream_->Finish();
         stream_.reset();  // Close() must not end it twice
         attach_context_.reset();

@@ -11,16 +11,15 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "structd/client/client.h"
 #include "structd/v1/instances.grpc.pb.h"
 #include "structd/v1/registry.grpc.pb.h"
@@ -90,6 +89,9 @@ class Connection {
   // stream ends unless closing.
   void Supervise();
   void Heartbeats(std::chrono::milliseconds every);
+  bool HeartbeatsShouldStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return closing_ || session_id_.empty();
+  }
   void RejoinChannels();
 
   const ClientOptions options_;
@@ -98,18 +100,22 @@ class Connection {
   std::unique_ptr<v1::Registry::Stub> registry_;
   std::unique_ptr<v1::Instances::Stub> instances_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool closing_ = false;                               // guarded by mu_
-  std::string session_id_;                             // "" while detached
-  std::string resume_id_;  // the last session, offered for resumption
-  std::string resume_secret_;
-  std::string lost_;  // why the session was lost; "" while it is not (mu_)
-  uint32_t lease_ms_ = 15000;
+  // Waiters use mu_.Await (absl re-checks conditions on every unlock), so
+  // no condition variable is needed.
+  mutable absl::Mutex mu_;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  std::string session_id_ ABSL_GUARDED_BY(mu_);  // "" while detached
+  std::string resume_id_ ABSL_GUARDED_BY(mu_);   // the last session, to resume
+  std::string resume_secret_ ABSL_GUARDED_BY(mu_);
+  std::string lost_ ABSL_GUARDED_BY(mu_);  // why the session was lost; "" if not
+  uint32_t lease_ms_ ABSL_GUARDED_BY(mu_) = 15000;
+  // The Attach stream and its context. Installed and reset under mu_ and
+  // write_mu_; written (heartbeats) under write_mu_; read by Supervise
+  // alone while it is installed (so not annotated: two locks or none).
   std::unique_ptr<grpc::ClientContext> attach_context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>> stream_;
-  std::mutex write_mu_;  // serializes writes to stream_
-  std::vector<std::weak_ptr<Channel>> channels_;       // guarded by mu_
+  absl::Mutex write_mu_ ABSL_ACQUIRED_AFTER(mu_);  // serializes writes to stream_
+  std::vector<std::weak_ptr<Channel>> channels_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> reattaches_{0};
   std::atomic<size_t> max_refs_per_call_{100000};
   std::thread supervisor_;

@@ -94,6 +94,8 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
   c->owner_capability_ = RandomHex128();
   c->member_capability_ = RandomHex128();
   c->created_unix_ms_ = base::NowUnixMs();
+  // Not shared yet; locked so the guarded members are set under mu_.
+  absl::MutexLock lock(&c->mu_);
   c->registry_ = TypeRegistry(options.limits.layout, options.limits.registry);
   c->max_roots_ = options.limits.max_roots;
   std::error_code ec;
@@ -115,7 +117,6 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
     std::filesystem::remove_all(options.dir, ec);
     return alloc.status();
   }
-  std::lock_guard<std::mutex> lock(c->mu_);
   c->arena_ = std::move(*arena);
   c->allocator_ = std::move(*alloc);
   ChannelMeta meta;
@@ -136,7 +137,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
 }
 
 absl::Status Channel::Usable() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return UsableLocked();
 }
 
@@ -158,7 +159,7 @@ absl::Status Channel::UsableLocked() const {
 }
 
 std::vector<std::string> Channel::LedgerSessions() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const auto& [session, ledger] : ledgers_) out.push_back(session);
   return out;
@@ -175,7 +176,7 @@ absl::StatusOr<Role> Channel::CheckCapability(
 }
 
 absl::Status Channel::Join(const std::string& session_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (dropped_) {
     return absl::NotFoundError(absl::StrCat(
         "channel '", name_, "': dropped (create a new channel)"));
@@ -190,7 +191,7 @@ absl::Status Channel::Join(const std::string& session_id) {
 }
 
 uint64_t Channel::Leave(const std::string& session_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = ledgers_.find(session_id);
   if (it == ledgers_.end()) return 0;
   uint64_t released = 0;
@@ -214,23 +215,23 @@ uint64_t Channel::Leave(const std::string& session_id) {
 }
 
 bool Channel::HasSession(const std::string& session_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return ledgers_.count(session_id) != 0;
 }
 
 size_t Channel::session_count() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return ledgers_.size();
 }
 
 uint64_t Channel::RefsHeld(const std::string& session_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = ledgers_.find(session_id);
   return it == ledgers_.end() ? 0 : it->second->size();
 }
 
 ArenaSummary Channel::arena_summary() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ArenaSummary a;
   if (arena_ == nullptr) return a;  // destroyed after a drop
   a.path = arena_->dir();
@@ -243,8 +244,10 @@ ArenaSummary Channel::arena_summary() const {
 }
 
 shm::Allocator::TypeLookup Channel::TypesLocked() const {
-  return [this](uint32_t index) -> const shm::Layout* {
-    const RegisteredType* t = registry_.FindByIndex(index);
+  // Called back by the Allocator within the caller's critical section.
+  const TypeRegistry* registry = &registry_;
+  return [registry](uint32_t index) -> const shm::Layout* {
+    const RegisteredType* t = registry->FindByIndex(index);
     return t ? &t->layout : nullptr;
   };
 }
@@ -262,7 +265,7 @@ absl::StatusOr<Ledger*> Channel::LedgerLocked(
 
 absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
     const std::string& key, std::vector<shm::FieldSpec> fields) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<TypeRegistry::RegisterResult> r =
       registry_.Register(key, std::move(fields));
@@ -286,7 +289,7 @@ absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
 
 absl::StatusOr<RegisteredType> Channel::DescribeType(
     shm::TypeToken token) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<const RegisteredType*> t = registry_.Find(token);
   if (!t.ok()) return t.status();
@@ -294,7 +297,7 @@ absl::StatusOr<RegisteredType> Channel::DescribeType(
 }
 
 std::vector<RegisteredType> Channel::ListTypes(bool* sealed) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (arena_ == nullptr) {
     return {};
   }
@@ -305,7 +308,7 @@ std::vector<RegisteredType> Channel::ListTypes(bool* sealed) const {
 }
 
 absl::Status Channel::Seal() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
   if (registry_.sealed()) return absl::OkStatus();
   if (absl::Status s = store_->Seal(); !s.ok()) return s;
@@ -316,79 +319,86 @@ absl::Status Channel::Seal() {
 absl::StatusOr<shm::Ref> Channel::SetRoot(const std::string& name,
                                           shm::Ref ref) {
   if (absl::Status s = ValidateRootName(name); !s.ok()) return s;
-  std::lock_guard<std::mutex> lock(mu_);
-  return GuardLocked([&]() -> absl::StatusOr<shm::Ref> {
-    if (absl::Status s = UsableLocked(); !s.ok()) return s;
-    auto it = roots_.find(name);
-    if (it == roots_.end() && max_roots_ != 0 && roots_.size() >= max_roots_) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "root '", name, "': channel '", name_, "' already has ", roots_.size(),
-          " roots, its limit (max_roots_per_channel; delete roots you no longer need, or "
-          "raise it in the daemon's config)"));
+  absl::MutexLock lock(&mu_);
+  return GuardLocked(SetRootLocked(name, ref));
+}
+
+absl::StatusOr<shm::Ref> Channel::SetRootLocked(const std::string& name,
+                                          shm::Ref ref) {
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
+  auto it = roots_.find(name);
+  if (it == roots_.end() && max_roots_ != 0 && roots_.size() >= max_roots_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "root '", name, "': channel '", name_, "' already has ", roots_.size(),
+        " roots, its limit (max_roots_per_channel; delete roots you no longer need, or "
+        "raise it in the daemon's config)"));
+  }
+  if (absl::Status s = allocator_->Retain(ref); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("root '", name, "': ", s.message()));
+  }
+  shm::Ref previous;
+  if (it != roots_.end()) previous = it->second;
+  if (absl::Status s = store_->SetRoot(name, ref); !s.ok()) {
+    // Not recorded: nothing changes.
+    if (absl::Status r = allocator_->Release(ref, TypesLocked()).status(); !r.ok()) {
+      spdlog::error("channel '{}': undoing root '{}': {}", name_, name, std::string(r.message()));
     }
-    if (absl::Status s = allocator_->Retain(ref); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("root '", name, "': ", s.message()));
-    }
-    shm::Ref previous;
-    if (it != roots_.end()) previous = it->second;
-    if (absl::Status s = store_->SetRoot(name, ref); !s.ok()) {
-      // Not recorded: nothing changes.
-      if (absl::Status r = allocator_->Release(ref, TypesLocked()).status(); !r.ok()) {
-        spdlog::error("channel '{}': undoing root '{}': {}", name_, name, std::string(r.message()));
-      }
-      return s;
-    }
-    roots_[name] = ref;
-    if (previous) {
-      LogIfFailed(allocator_->Release(previous, TypesLocked()).status(),
-                  "releasing a replaced root");
-    }
-    return previous;
-  }());
+    return s;
+  }
+  roots_[name] = ref;
+  if (previous) {
+    LogIfFailed(allocator_->Release(previous, TypesLocked()).status(),
+                "releasing a replaced root");
+  }
+  return previous;
 }
 
 absl::StatusOr<RootEntry> Channel::GetRoot(const std::string& name) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return GuardLocked([&]() -> absl::StatusOr<RootEntry> {
-    if (absl::Status s = UsableLocked(); !s.ok()) return s;
-    auto it = roots_.find(name);
-    if (it == roots_.end()) {
-      return absl::NotFoundError(absl::StrCat(
-          "root '", name, "': not set in channel '", name_,
-          "' (set it with SetRoot, or list roots with ListRoots)"));
+  absl::MutexLock lock(&mu_);
+  return GuardLocked(GetRootLocked(name));
+}
+
+absl::StatusOr<RootEntry> Channel::GetRootLocked(const std::string& name) const {
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
+  auto it = roots_.find(name);
+  if (it == roots_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "root '", name, "': not set in channel '", name_,
+        "' (set it with SetRoot, or list roots with ListRoots)"));
+  }
+  RootEntry e{name, it->second, {}};
+  absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(it->second);
+  if (inst.ok()) {
+    if (const RegisteredType* t = registry_.FindByIndex(inst->type_index())) {
+      e.token = t->token;
     }
-    RootEntry e{name, it->second, {}};
-    absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(it->second);
-    if (inst.ok()) {
-      if (const RegisteredType* t = registry_.FindByIndex(inst->type_index())) {
-        e.token = t->token;
-      }
-    }
-    return e;
-  }());
+  }
+  return e;
 }
 
 absl::Status Channel::DeleteRoot(const std::string& name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return GuardLocked([&]() -> absl::Status {
-    if (absl::Status s = UsableLocked(); !s.ok()) return s;
-    auto it = roots_.find(name);
-    if (it == roots_.end()) {
-      return absl::NotFoundError(absl::StrCat("root '", name,
-                                              "': not set in channel '", name_,
-                                              "' (nothing to delete)"));
-    }
-    shm::Ref ref = it->second;
-    if (absl::Status s = store_->DeleteRoot(name); !s.ok()) return s;
-    roots_.erase(it);
-    LogIfFailed(allocator_->Release(ref, TypesLocked()).status(),
-                "releasing a deleted root");
-    return absl::OkStatus();
-  }());
+  absl::MutexLock lock(&mu_);
+  return GuardLocked(DeleteRootLocked(name));
+}
+
+absl::Status Channel::DeleteRootLocked(const std::string& name) {
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
+  auto it = roots_.find(name);
+  if (it == roots_.end()) {
+    return absl::NotFoundError(absl::StrCat("root '", name,
+                                            "': not set in channel '", name_,
+                                            "' (nothing to delete)"));
+  }
+  shm::Ref ref = it->second;
+  if (absl::Status s = store_->DeleteRoot(name); !s.ok()) return s;
+  roots_.erase(it);
+  LogIfFailed(allocator_->Release(ref, TypesLocked()).status(),
+              "releasing a deleted root");
+  return absl::OkStatus();
 }
 
 std::vector<RootEntry> Channel::ListRoots() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (arena_ == nullptr) {
     return {};
   }
@@ -407,7 +417,7 @@ std::vector<RootEntry> Channel::ListRoots() const {
 }
 
 bool Channel::MarkDropped() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   dropped_ = true;
   if (store_ == nullptr) return ledgers_.empty();
   if (absl::Status s = store_->MarkDropped(); !s.ok()) {
@@ -420,12 +430,12 @@ bool Channel::MarkDropped() {
 }
 
 bool Channel::dropped() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return dropped_;
 }
 
 void Channel::Destroy() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   allocator_.reset();
   arena_.reset();
   std::error_code ec;
@@ -433,7 +443,7 @@ void Channel::Destroy() {
 }
 
 ChannelStats Channel::Stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ChannelStats s;
   s.types = static_cast<uint32_t>(registry_.size());
   s.roots = static_cast<uint32_t>(roots_.size());

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "core/ledger.h"
 #include "core/meta_store.h"
@@ -216,7 +217,7 @@ class Channel {
   // REQUIRES: the channel is not destroyed.
   template <typename Fn>
   auto WithArena(Fn fn) const {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     return fn(*arena_, registry_);
   }
 
@@ -226,6 +227,28 @@ class Channel {
  private:
   Channel() = default;
   absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The bodies of the public calls of the same names, under mu_.
+  absl::StatusOr<std::vector<shm::Ref>> AllocateLocked(
+    const std::string& session_id, shm::TypeToken token, uint32_t count)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RetainLocked(const std::string& session_id,
+                             const std::vector<shm::Ref>& refs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> ReleaseLocked(const std::string& session_id,
+                                          const std::vector<shm::Ref>& refs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> StoreRefsLocked(
+    const std::string& session_id, const std::vector<RefStore>& stores)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<shm::Ref> SetRootLocked(const std::string& name,
+                                          shm::Ref ref)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<RootEntry> GetRootLocked(const std::string& name) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DeleteRootLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<DecodedInstance> InspectTopLocked(shm::Ref ref, uint32_t depth) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A status on a path that cannot act on it (an undo, a cleanup): logged,
   // never dropped silently. None is fatal: each can be caused by a member
   // scribbling the arena, which is bad input, not a broken invariant of
@@ -257,7 +280,7 @@ class Channel {
   std::string member_capability_;
   uint64_t created_unix_ms_ = 0;
 
-  mutable std::mutex mu_;
+  mutable absl::Mutex mu_;
   std::unique_ptr<shm::Arena> arena_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<shm::Allocator> allocator_ ABSL_GUARDED_BY(mu_);
   TypeRegistry registry_ ABSL_GUARDED_BY(mu_);

@@ -15,15 +15,16 @@ namespace structd::server {
 
 InstanceListing Channel::ListInstances(shm::TypeToken filter,
                                        uint32_t limit) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (arena_ == nullptr) {
     return {};
   }
   InstanceListing out;
   std::map<uint32_t, shm::TypeCount> counts;
+  const TypeRegistry* registry = &registry_;  // the walk runs under mu_
   shm::ForEachInstance(*arena_, [&](const shm::InstancePtr& inst) {
     uint32_t index = inst.type_index();
-    const RegisteredType* t = registry_.FindByIndex(index);
+    const RegisteredType* t = registry->FindByIndex(index);
     shm::TypeToken token = t ? t->token : shm::TypeToken{};
     if (!filter.is_zero() && token != filter) return true;
     shm::TypeCount& c = counts[index];
@@ -92,22 +93,24 @@ absl::StatusOr<DecodedInstance> Channel::Inspect(shm::Ref ref,
     return absl::InvalidArgumentError(absl::StrCat(
         "depth ", depth, ": at most 8 ref hops are followed (lower it)"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  return GuardLocked([&]() -> absl::StatusOr<DecodedInstance> {
-    if (absl::Status s = UsableLocked(); !s.ok()) return s;
-    if (absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
-        !inst.ok()) {
-      return inst.status();
-    }
-    DecodedInstance view;
-    std::set<uint64_t> seen;
-    InspectLocked(ref, depth, seen, view);
-    return view;
-  }());
+  absl::MutexLock lock(&mu_);
+  return GuardLocked(InspectTopLocked(ref, depth));
+}
+
+absl::StatusOr<DecodedInstance> Channel::InspectTopLocked(shm::Ref ref, uint32_t depth) const {
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
+  if (absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
+      !inst.ok()) {
+    return inst.status();
+  }
+  DecodedInstance view;
+  std::set<uint64_t> seen;
+  InspectLocked(ref, depth, seen, view);
+  return view;
 }
 
 CheckReport Channel::Check() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (arena_ == nullptr) {
     return {};
   }

@@ -30,6 +30,8 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir
                                             "backup or remove the channel directory)"));
   };
   std::unique_ptr<Channel> c(new Channel());
+  // Not shared yet; locked so the guarded members are set under mu_.
+  absl::MutexLock lock(&c->mu_);
   c->dir_ = dir;
   c->id_ = meta.id;
   c->name_ = meta.name;
@@ -88,7 +90,6 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir
   }
   absl::StatusOr<std::unique_ptr<shm::Allocator>> alloc = shm::Allocator::Adopt(arena->get());
   if (!alloc.ok()) return alloc.status();
-  std::lock_guard<std::mutex> lock(c->mu_);
   c->arena_ = std::move(*arena);
   c->allocator_ = std::move(*alloc);
   c->store_ = std::move(*store);
@@ -143,7 +144,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir
 }
 
 Channel::RepairReport Channel::Reconcile() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   RepairReport report;
   if (arena_ == nullptr) return report;
   const Census census = TakeCensus(*arena_, registry_, roots_, ledgers_);
@@ -223,7 +224,7 @@ void Channel::ReplayIntentLocked(const StoreIntent& intent) {
 }
 
 std::vector<std::string> Channel::DamagedLedgerSessions() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return damaged_ledgers_;
 }
 

@@ -30,7 +30,7 @@ class SessionService::Reactor final
   }
 
   void OnWriteDone(bool ok) override {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     writing_ = false;
     if (!ok) return;  // the stream is going; OnReadDone(false) follows
     if (!pending_.empty()) StartNextWriteLocked();
@@ -38,7 +38,7 @@ class SessionService::Reactor final
 
   void OnDone() override {
     {
-      std::lock_guard lock(service_->mu_);
+      absl::MutexLock lock(&service_->mu_);
       if (!session_id_.empty()) {
         auto it = service_->live_.find(session_id_);
         if (it != service_->live_.end() && it->second == this) service_->live_.erase(it);
@@ -53,8 +53,8 @@ class SessionService::Reactor final
   }
 
   // REQUIRES: service_->mu_ held (the reactor is in live_).
-  void Send(const v1::AttachEvent& event) {
-    std::lock_guard lock(mu_);
+  void Send(const v1::AttachEvent& event) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     pending_.push_back(event);
     if (!writing_) StartNextWriteLocked();
   }
@@ -90,14 +90,14 @@ class SessionService::Reactor final
     a->set_daemon_version(STRUCTD_VERSION);
     a->set_max_refs_per_call(service_->core_->options().max_refs_per_call);
     {
-      std::lock_guard lock(service_->mu_);
+      absl::MutexLock lock(&service_->mu_);
       service_->live_[session_id_] = this;
       Send(attached);
     }
     StartRead(&in_);
   }
 
-  void StartNextWriteLocked() {
+  void StartNextWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     out_ = std::move(pending_.front());
     pending_.pop_front();
     writing_ = true;
@@ -108,9 +108,9 @@ class SessionService::Reactor final
   grpc::CallbackServerContext* const context_;
   v1::AttachRequest in_;
   std::string session_id_;  // set once, by the reading side
-  std::mutex mu_;
-  bool writing_ = false;                 // guarded by mu_
-  std::deque<v1::AttachEvent> pending_;  // guarded by mu_
+  absl::Mutex mu_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<v1::AttachEvent> pending_ ABSL_GUARDED_BY(mu_);
   v1::AttachEvent out_;                  // the write in flight
 };
 
@@ -119,10 +119,10 @@ SessionService::SessionService(Core* core, const PeerTable* peers)
 
 SessionService::~SessionService() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     closing_ = true;
   }
-  detach_cv_.notify_all();
+  detach_cv_.SignalAll();
   detach_thread_.join();
 }
 
@@ -132,7 +132,7 @@ grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* SessionService::Att
 }
 
 void SessionService::Cancel(const std::string& id) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = live_.find(id);
   if (it != live_.end()) it->second->Cancel();
 }
@@ -141,33 +141,33 @@ void SessionService::AnnounceShutdown(const std::string& reason) {
   v1::AttachEvent event;
   event.mutable_shutting_down()->set_reason(reason);
   stopping_.store(true);
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (auto& [id, reactor] : live_) reactor->Send(event);
 }
 
 size_t SessionService::attached_count() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return live_.size();
 }
 
 void SessionService::DetachLater(const std::string& id) {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     to_detach_.push_back(id);
   }
-  detach_cv_.notify_one();
+  detach_cv_.Signal();
 }
 
 void SessionService::DetachWorker() {
-  std::unique_lock lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (true) {
-    detach_cv_.wait(lock, [&] { return closing_ || !to_detach_.empty(); });
+    while (!closing_ && to_detach_.empty()) detach_cv_.Wait(&mu_);
     if (to_detach_.empty()) return;  // closing, nothing left
     std::vector<std::string> batch;
     batch.swap(to_detach_);
-    lock.unlock();
+    mu_.Unlock();
     for (const std::string& id : batch) core_->Detach(id);
-    lock.lock();
+    mu_.Lock();
   }
 }
 

@@ -20,11 +20,12 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <typeindex>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "structd/shm/type_token.h"
 
 namespace structd::client::internal {
@@ -64,7 +65,7 @@ class BehaviorTable {
 
   // REQUIRES: type_index <= kMaxTypeIndex.
   void Set(uint32_t type_index, std::unique_ptr<BoundTable> entry) {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto& slot = pages_[type_index / kPageSize];
     std::atomic<const BoundTable*>* page = slot.load(std::memory_order_relaxed);
     if (page == nullptr) {
@@ -77,8 +78,8 @@ class BehaviorTable {
 
  private:
   std::array<std::atomic<std::atomic<const BoundTable*>*>, kPages> pages_{};
-  std::mutex mu_;
-  std::vector<std::unique_ptr<BoundTable>> entries_;  // guarded by mu_
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<BoundTable>> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace structd::client::internal

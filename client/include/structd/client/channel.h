@@ -8,7 +8,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string_view>
 #include <string>
@@ -19,6 +18,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "structd/client/behavior.h"
 #include "structd/client/owned.h"
@@ -287,13 +288,15 @@ class Channel : public std::enable_shared_from_this<Channel> {
   std::string id_;
   const std::string capability_;
 
-  mutable std::mutex mu_;
-  std::unique_ptr<shm::Arena> arena_;  // guarded by mu_ for replacement
-  uint64_t arena_epoch_ = 0;
-  // Arenas replaced after a daemon restart gave a new one: kept mapped so
-  // views into them never dangle.
-  std::vector<std::unique_ptr<shm::Arena>> retired_arenas_;
-  std::map<std::string, std::shared_ptr<const TypeInfo>, std::less<>> types_by_key_;
+  mutable absl::Mutex mu_;
+  // Replaced (under mu_) when a restarted daemon hands out a new arena; the
+  // old one moves to retired_arenas_ and stays mapped, so a reference that
+  // arena() returned never dangles.
+  std::unique_ptr<shm::Arena> arena_ ABSL_GUARDED_BY(mu_);
+  uint64_t arena_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::unique_ptr<shm::Arena>> retired_arenas_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<const TypeInfo>, std::less<>> types_by_key_
+      ABSL_GUARDED_BY(mu_);
   internal::BehaviorTable behaviors_;
 };
 
