@@ -12,6 +12,9 @@ packages=(
   python3 python3-yaml
   redis-server libhiredis-dev liblmdb-dev
 )
+# The clang build (STRUCTD_CLANG=1 deploy/scripts/test.sh) checks the lock
+# annotations; only then is clang needed.
+if [ "${STRUCTD_CLANG:-}" = 1 ]; then packages+=(clang); fi
 
 missing=()
 for p in "${packages[@]}"; do
