@@ -201,16 +201,17 @@ void Daemon::AcceptLoop() {
         // return at once forever. Free the reserve, take the connection
         // and close it (the client sees the refusal), take the reserve
         // back, and pause so the daemon does not spin.
-        if (reserve_fd_) {
-          reserve_fd_.reset();
-          base::UniqueFd refused(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-          refused.reset();
-          reserve_fd_ = base::UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC));
-        }
-        WarnThrottled(absl::StrCat(
+        const std::string warning = absl::StrCat(
             "out of file descriptors (", strerror(errno),
             "): refusing new connections until some close (raise the descriptor limit, "
-            "LimitNOFILE= in the systemd unit, or lower idle_connection_ms)"));
+            "LimitNOFILE= in the systemd unit, or lower idle_connection_ms)");
+        reserve_fd_.reset();
+        base::UniqueFd refused(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        refused.reset();
+        // Logged while the reserve is free: writing the log (and, in
+        // sanitizer builds, checking it) may need a descriptor.
+        WarnThrottled(warning);
+        reserve_fd_ = base::UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC));
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
       continue;
