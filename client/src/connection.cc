@@ -263,16 +263,14 @@ void Connection::Supervise() {
           }
         }
         if (resumed) break;
-        {
-          absl::MutexLock lock(&mu_);
-          absl::MutexLock wlock(&write_mu_);
-          if (stream_) stream_->WritesDone();
-          if (attach_context_) attach_context_->TryCancel();
-        }
+        // End the new session in one critical section: Close() (the Client
+        // going away) may run meanwhile, and a second WritesDone or Finish
+        // on one stream is an error in gRPC.
         absl::MutexLock lock(&mu_);
         absl::MutexLock wlock(&write_mu_);
+        if (attach_context_) attach_context_->TryCancel();
         if (stream_) (void)stream_->Finish();
-        stream_.reset();  // Close() must not end it twice
+        stream_.reset();  // Close() must not end it again
         attach_context_.reset();
         return;
       }
