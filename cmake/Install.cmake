@@ -33,6 +33,9 @@ install(FILES
   shm/include/structd/shm/sync.h
   shm/include/structd/shm/type_token.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/structd/shm)
+# The annotated mutex the client's public headers hold (header-only).
+install(FILES shm/base/include/structd/base/mutex.h
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/structd/base)
 
 set(_cmake_dir ${CMAKE_INSTALL_LIBDIR}/cmake/structd)
 install(EXPORT structdTargets NAMESPACE structd:: DESTINATION ${_cmake_dir})

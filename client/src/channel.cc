@@ -24,7 +24,7 @@ Channel::Channel(std::shared_ptr<internal::Connection> connection, std::string n
 Channel::~Channel() = default;
 
 shm::Arena& Channel::arena() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return *arena_;
 }
 
@@ -36,7 +36,7 @@ absl::Status Channel::MapArena(const std::string& path, uint64_t epoch) {
                         absl::StrCat("channel '", name_, "': mapping its arena: ",
                                      arena.status().message()));
   }
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (arena_) retired_arenas_.push_back(std::move(arena_));
   arena_ = std::move(*arena);
   arena_epoch_ = epoch;
@@ -54,7 +54,7 @@ absl::StatusOr<std::shared_ptr<Channel>> Channel::Join(
 absl::Status Channel::Rejoin() {
   v1::JoinChannelRequest request;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     request.set_channel(id_.empty() ? name_ : id_);
   }
   request.set_capability(capability_);
@@ -66,7 +66,7 @@ absl::Status Channel::Rejoin() {
     return s;
   }
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     if (id_.empty()) {  // the first join names the channel
       name_ = response.name();
       id_ = response.channel_id();
@@ -143,7 +143,7 @@ absl::StatusOr<std::shared_ptr<const TypeInfo>> Channel::UseType(std::string_vie
                                           const absl::StatusOr<shm::Layout>& local,
                                           std::span<const uint32_t> offsets) {
   if (local.ok()) {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     auto it = types_by_key_.find(key_view);
     if (it != types_by_key_.end() &&
         it->second->layout.fingerprint() == local->fingerprint()) {
@@ -185,7 +185,7 @@ absl::StatusOr<std::shared_ptr<const TypeInfo>> Channel::UseType(std::string_vie
     found = std::move(*registered);
   }
   auto shared = std::make_shared<const TypeInfo>(std::move(*found));
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   types_by_key_.insert_or_assign(key, shared);
   return shared;
 }
@@ -227,7 +227,7 @@ absl::StatusOr<shm::InstancePtr> Channel::ResolveAs(Ref ref, const TypeInfo& typ
   if (index != type.type_index) {
     std::string other = absl::StrCat("type index ", index);
     {
-      absl::MutexLock lock(&mu_);
+      base::MutexLock lock(&mu_);
       for (const auto& [key, t] : types_by_key_) {
         if (t->type_index == index) other = absl::StrCat("'", key, "'");
       }
@@ -402,7 +402,7 @@ absl::Status Channel::NoBehavior(const StructView& view, const internal::BoundTa
   }
   std::string name = absl::StrCat("with index ", index);
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     for (const auto& [key, t] : types_by_key_) {
       if (t->type_index == index) name = absl::StrCat("'", key, "' (token ", t->token.ToHex(), ")");
     }

@@ -66,17 +66,18 @@ Connection::~Connection() { Close(); }
 
 void Connection::Close() {
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     closing_ = true;
-    absl::MutexLock wlock(&write_mu_);
+    base::MutexLock wlock(&write_mu_);
     if (stream_) stream_->WritesDone();
     if (attach_context_) attach_context_->TryCancel();
   }
+  cv_.SignalAll();  // the supervisor's backoff and the heartbeats stop waiting
   if (supervisor_.joinable()) supervisor_.join();
 }
 
 absl::Status Connection::Prepare(grpc::ClientContext& context) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (!lost_.empty()) return absl::FailedPreconditionError(lost_);
   if (session_id_.empty()) {
     return absl::UnavailableError(absl::StrCat(
@@ -91,29 +92,29 @@ absl::Status Connection::Prepare(grpc::ClientContext& context) const {
 }
 
 std::string Connection::session_id() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return session_id_;
 }
 
 bool Connection::attached() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return !session_id_.empty();
 }
 
 absl::Status Connection::session_status() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (lost_.empty()) return absl::OkStatus();
   return absl::FailedPreconditionError(lost_);
 }
 
 void Connection::Track(std::weak_ptr<Channel> channel) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   std::erase_if(channels_, [](const std::weak_ptr<Channel>& c) { return c.expired(); });
   channels_.push_back(std::move(channel));
 }
 
 std::shared_ptr<Channel> Connection::FindChannel(const std::string& name_or_id) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   for (const auto& weak : channels_) {
     std::shared_ptr<Channel> c = weak.lock();
     if (c && (c->name() == name_or_id || c->id() == name_or_id)) return c;
@@ -129,7 +130,7 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   }
   std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>> stream;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     if (closing_) return absl::CancelledError("client closed");
     stream = session_stub_->Attach(context.get());
     attach_context_ = std::move(context);
@@ -143,7 +144,7 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   }
   hello.mutable_hello()->set_client_name(options_.name.substr(0, cut));
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     if (!resume_id_.empty()) {
       hello.mutable_hello()->set_resume_session_id(resume_id_);
       hello.mutable_hello()->set_resume_secret(resume_secret_);
@@ -152,7 +153,7 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   v1::AttachEvent event;
   if (!stream->Write(hello) || !stream->Read(&event) || !event.has_attached()) {
     grpc::Status status = stream->Finish();
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     attach_context_.reset();
     if (status.ok()) {
       return absl::UnavailableError(absl::StrCat(
@@ -160,7 +161,7 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
     }
     return FromGrpc(status);
   }
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   session_id_ = event.attached().session_id();
   resume_id_ = session_id_;
   resume_secret_ = event.attached().session_secret();
@@ -168,20 +169,24 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   if (event.attached().max_refs_per_call() != 0) {
     max_refs_per_call_.store(event.attached().max_refs_per_call());
   }
-  absl::MutexLock wlock(&write_mu_);
+  base::MutexLock wlock(&write_mu_);
   stream_ = std::move(stream);
   return absl::OkStatus();
 }
 
 void Connection::Heartbeats(std::chrono::milliseconds every) {
   mu_.Lock();
-  while (!mu_.AwaitWithTimeout(absl::Condition(this, &Connection::HeartbeatsShouldStop),
-                               absl::FromChrono(every))) {
+  while (true) {
+    auto deadline = std::chrono::steady_clock::now() + every;
+    while (!HeartbeatsShouldStop() && std::chrono::steady_clock::now() < deadline) {
+      cv_.WaitFor(&mu_, deadline - std::chrono::steady_clock::now());
+    }
+    if (HeartbeatsShouldStop()) break;
     // The stream stays installed while session_id_ is set (Supervise
     // clears the id and joins this thread before resetting the stream).
     mu_.Unlock();
     {
-      absl::MutexLock wlock(&write_mu_);
+      base::MutexLock wlock(&write_mu_);
       v1::AttachRequest beat;
       beat.mutable_heartbeat();
       if (stream_) stream_->Write(beat);
@@ -194,7 +199,7 @@ void Connection::Heartbeats(std::chrono::milliseconds every) {
 void Connection::RejoinChannels() {
   std::vector<std::shared_ptr<Channel>> live;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     for (const auto& weak : channels_) {
       if (auto c = weak.lock()) live.push_back(std::move(c));
     }
@@ -209,7 +214,7 @@ void Connection::Supervise() {
     std::chrono::milliseconds every;
     grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>* stream;
     {
-      absl::MutexLock lock(&mu_);
+      base::MutexLock lock(&mu_);
       every = std::chrono::milliseconds(lease_ms_ / 3);
       stream = stream_.get();
     }
@@ -219,13 +224,14 @@ void Connection::Supervise() {
       // `shutting_down`: the stream ends next; nothing to do before.
     }
     {
-      absl::MutexLock lock(&mu_);
-      session_id_.clear();  // wakes Heartbeats (its condition)
+      base::MutexLock lock(&mu_);
+      session_id_.clear();
     }
+    cv_.SignalAll();  // Heartbeats stops
     heartbeats.join();
     {
-      absl::MutexLock lock(&mu_);
-      absl::MutexLock wlock(&write_mu_);
+      base::MutexLock lock(&mu_);
+      base::MutexLock wlock(&write_mu_);
       (void)stream_->Finish();
       stream_.reset();
       attach_context_.reset();
@@ -233,20 +239,23 @@ void Connection::Supervise() {
     auto backoff = std::chrono::milliseconds(50);
     while (true) {
       {
-        absl::MutexLock lock(&mu_);
+        base::MutexLock lock(&mu_);
         if (closing_ || !options_.reconnect) return;
-        mu_.AwaitWithTimeout(absl::Condition(&closing_), absl::FromChrono(backoff));
+        auto until = std::chrono::steady_clock::now() + backoff;
+        while (!closing_ && std::chrono::steady_clock::now() < until) {
+          cv_.WaitFor(&mu_, until - std::chrono::steady_clock::now());
+        }
         if (closing_) return;
       }
       std::string previous;
       {
-        absl::MutexLock lock(&mu_);
+        base::MutexLock lock(&mu_);
         previous = resume_id_;
       }
       if (AttachOnce(std::chrono::milliseconds(1000)).ok()) {
         bool resumed;
         {
-          absl::MutexLock lock(&mu_);
+          base::MutexLock lock(&mu_);
           resumed = previous.empty() || session_id_ == previous;
           if (!resumed) {
             // The daemon ended the old session and released what it held;
@@ -266,8 +275,8 @@ void Connection::Supervise() {
         // End the new session in one critical section: Close() (the Client
         // going away) may run meanwhile, and a second WritesDone or Finish
         // on one stream is an error in gRPC.
-        absl::MutexLock lock(&mu_);
-        absl::MutexLock wlock(&write_mu_);
+        base::MutexLock lock(&mu_);
+        base::MutexLock wlock(&write_mu_);
         if (attach_context_) attach_context_->TryCancel();
         if (stream_) (void)stream_->Finish();
         stream_.reset();  // Close() must not end it again

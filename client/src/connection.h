@@ -19,7 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "structd/base/mutex.h"
 #include "structd/client/client.h"
 #include "structd/v1/instances.grpc.pb.h"
 #include "structd/v1/registry.grpc.pb.h"
@@ -100,9 +100,8 @@ class Connection {
   std::unique_ptr<v1::Registry::Stub> registry_;
   std::unique_ptr<v1::Instances::Stub> instances_;
 
-  // Waiters use mu_.Await (absl re-checks conditions on every unlock), so
-  // no condition variable is needed.
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
+  base::CondVar cv_;  // signalled when closing_ or session_id_ change
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   std::string session_id_ ABSL_GUARDED_BY(mu_);  // "" while detached
   std::string resume_id_ ABSL_GUARDED_BY(mu_);   // the last session, to resume
@@ -114,7 +113,7 @@ class Connection {
   // alone while it is installed (so not annotated: two locks or none).
   std::unique_ptr<grpc::ClientContext> attach_context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>> stream_;
-  absl::Mutex write_mu_ ABSL_ACQUIRED_AFTER(mu_);  // serializes writes to stream_
+  base::Mutex write_mu_ ABSL_ACQUIRED_AFTER(mu_);  // serializes writes to stream_
   std::vector<std::weak_ptr<Channel>> channels_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> reattaches_{0};
   std::atomic<size_t> max_refs_per_call_{100000};

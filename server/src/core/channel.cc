@@ -95,7 +95,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
   c->member_capability_ = RandomHex128();
   c->created_unix_ms_ = base::NowUnixMs();
   // Not shared yet; locked so the guarded members are set under mu_.
-  absl::MutexLock lock(&c->mu_);
+  base::MutexLock lock(&c->mu_);
   c->registry_ = TypeRegistry(options.limits.layout, options.limits.registry);
   c->max_roots_ = options.limits.max_roots;
   std::error_code ec;
@@ -137,7 +137,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
 }
 
 absl::Status Channel::Usable() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return UsableLocked();
 }
 
@@ -159,7 +159,7 @@ absl::Status Channel::UsableLocked() const {
 }
 
 std::vector<std::string> Channel::LedgerSessions() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const auto& [session, ledger] : ledgers_) out.push_back(session);
   return out;
@@ -176,7 +176,7 @@ absl::StatusOr<Role> Channel::CheckCapability(
 }
 
 absl::Status Channel::Join(const std::string& session_id) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (dropped_) {
     return absl::NotFoundError(absl::StrCat(
         "channel '", name_, "': dropped (create a new channel)"));
@@ -191,7 +191,7 @@ absl::Status Channel::Join(const std::string& session_id) {
 }
 
 uint64_t Channel::Leave(const std::string& session_id) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   auto it = ledgers_.find(session_id);
   if (it == ledgers_.end()) return 0;
   uint64_t released = 0;
@@ -215,23 +215,23 @@ uint64_t Channel::Leave(const std::string& session_id) {
 }
 
 bool Channel::HasSession(const std::string& session_id) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return ledgers_.count(session_id) != 0;
 }
 
 size_t Channel::session_count() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return ledgers_.size();
 }
 
 uint64_t Channel::RefsHeld(const std::string& session_id) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   auto it = ledgers_.find(session_id);
   return it == ledgers_.end() ? 0 : it->second->size();
 }
 
 ArenaSummary Channel::arena_summary() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   ArenaSummary a;
   if (arena_ == nullptr) return a;  // destroyed after a drop
   a.path = arena_->dir();
@@ -265,7 +265,7 @@ absl::StatusOr<Ledger*> Channel::LedgerLocked(
 
 absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
     const std::string& key, std::vector<shm::FieldSpec> fields) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<TypeRegistry::RegisterResult> r =
       registry_.Register(key, std::move(fields));
@@ -289,7 +289,7 @@ absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
 
 absl::StatusOr<RegisteredType> Channel::DescribeType(
     shm::TypeToken token) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<const RegisteredType*> t = registry_.Find(token);
   if (!t.ok()) return t.status();
@@ -297,7 +297,7 @@ absl::StatusOr<RegisteredType> Channel::DescribeType(
 }
 
 std::vector<RegisteredType> Channel::ListTypes(bool* sealed) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (arena_ == nullptr) {
     return {};
   }
@@ -308,7 +308,7 @@ std::vector<RegisteredType> Channel::ListTypes(bool* sealed) const {
 }
 
 absl::Status Channel::Seal() {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
   if (registry_.sealed()) return absl::OkStatus();
   if (absl::Status s = store_->Seal(); !s.ok()) return s;
@@ -319,7 +319,7 @@ absl::Status Channel::Seal() {
 absl::StatusOr<shm::Ref> Channel::SetRoot(const std::string& name,
                                           shm::Ref ref) {
   if (absl::Status s = ValidateRootName(name); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return GuardLocked(SetRootLocked(name, ref));
 }
 
@@ -354,7 +354,7 @@ absl::StatusOr<shm::Ref> Channel::SetRootLocked(const std::string& name,
 }
 
 absl::StatusOr<RootEntry> Channel::GetRoot(const std::string& name) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return GuardLocked(GetRootLocked(name));
 }
 
@@ -377,7 +377,7 @@ absl::StatusOr<RootEntry> Channel::GetRootLocked(const std::string& name) const 
 }
 
 absl::Status Channel::DeleteRoot(const std::string& name) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return GuardLocked(DeleteRootLocked(name));
 }
 
@@ -398,7 +398,7 @@ absl::Status Channel::DeleteRootLocked(const std::string& name) {
 }
 
 std::vector<RootEntry> Channel::ListRoots() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (arena_ == nullptr) {
     return {};
   }
@@ -417,7 +417,7 @@ std::vector<RootEntry> Channel::ListRoots() const {
 }
 
 bool Channel::MarkDropped() {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   dropped_ = true;
   if (store_ == nullptr) return ledgers_.empty();
   if (absl::Status s = store_->MarkDropped(); !s.ok()) {
@@ -430,12 +430,12 @@ bool Channel::MarkDropped() {
 }
 
 bool Channel::dropped() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return dropped_;
 }
 
 void Channel::Destroy() {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   allocator_.reset();
   arena_.reset();
   std::error_code ec;
@@ -443,7 +443,7 @@ void Channel::Destroy() {
 }
 
 ChannelStats Channel::Stats() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   ChannelStats s;
   s.types = static_cast<uint32_t>(registry_.size());
   s.roots = static_cast<uint32_t>(roots_.size());

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "structd/base/mutex.h"
 #include "absl/status/statusor.h"
 #include "core/ledger.h"
 #include "core/meta_store.h"
@@ -217,7 +217,7 @@ class Channel {
   // REQUIRES: the channel is not destroyed.
   template <typename Fn>
   auto WithArena(Fn fn) const {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     return fn(*arena_, registry_);
   }
 
@@ -280,7 +280,7 @@ class Channel {
   std::string member_capability_;
   uint64_t created_unix_ms_ = 0;
 
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
   std::unique_ptr<shm::Arena> arena_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<shm::Allocator> allocator_ ABSL_GUARDED_BY(mu_);
   TypeRegistry registry_ ABSL_GUARDED_BY(mu_);

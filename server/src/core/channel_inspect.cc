@@ -15,7 +15,7 @@ namespace structd::server {
 
 InstanceListing Channel::ListInstances(shm::TypeToken filter,
                                        uint32_t limit) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (arena_ == nullptr) {
     return {};
   }
@@ -93,7 +93,7 @@ absl::StatusOr<DecodedInstance> Channel::Inspect(shm::Ref ref,
     return absl::InvalidArgumentError(absl::StrCat(
         "depth ", depth, ": at most 8 ref hops are followed (lower it)"));
   }
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return GuardLocked(InspectTopLocked(ref, depth));
 }
 
@@ -110,7 +110,7 @@ absl::StatusOr<DecodedInstance> Channel::InspectTopLocked(shm::Ref ref, uint32_t
 }
 
 CheckReport Channel::Check() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (arena_ == nullptr) {
     return {};
   }

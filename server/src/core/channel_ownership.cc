@@ -14,7 +14,7 @@ namespace structd::server {
 
 absl::StatusOr<std::vector<shm::Ref>> Channel::Allocate(
     const std::string& session_id, shm::TypeToken token, uint32_t count) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return GuardLocked(AllocateLocked(session_id, token, count));
 }
 
@@ -63,7 +63,7 @@ absl::Status Channel::ResolveAllLocked(
 
 absl::Status Channel::Retain(const std::string& session_id,
                              const std::vector<shm::Ref>& refs) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return GuardLocked(RetainLocked(session_id, refs));
 }
 
@@ -100,7 +100,7 @@ absl::Status Channel::RetainLocked(const std::string& session_id,
 
 absl::StatusOr<uint64_t> Channel::Release(const std::string& session_id,
                                           const std::vector<shm::Ref>& refs) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return GuardLocked(ReleaseLocked(session_id, refs));
 }
 
@@ -143,7 +143,7 @@ absl::StatusOr<uint64_t> Channel::ReleaseLocked(const std::string& session_id,
 
 absl::StatusOr<uint64_t> Channel::StoreRefs(
     const std::string& session_id, const std::vector<RefStore>& stores) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return GuardLocked(StoreRefsLocked(session_id, stores));
 }
 

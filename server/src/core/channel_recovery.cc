@@ -31,7 +31,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir
   };
   std::unique_ptr<Channel> c(new Channel());
   // Not shared yet; locked so the guarded members are set under mu_.
-  absl::MutexLock lock(&c->mu_);
+  base::MutexLock lock(&c->mu_);
   c->dir_ = dir;
   c->id_ = meta.id;
   c->name_ = meta.name;
@@ -144,7 +144,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir
 }
 
 Channel::RepairReport Channel::Reconcile() {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   RepairReport report;
   if (arena_ == nullptr) return report;
   const Census census = TakeCensus(*arena_, registry_, roots_, ledgers_);
@@ -224,7 +224,7 @@ void Channel::ReplayIntentLocked(const StoreIntent& intent) {
 }
 
 std::vector<std::string> Channel::DamagedLedgerSessions() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return damaged_ledgers_;
 }
 

@@ -117,7 +117,7 @@ Core::Totals Core::GetTotals() const {
     t.arena_bytes += st.alloc.extent_bytes;
   }
   t.channels = static_cast<uint32_t>(channels.size());
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   t.sessions = static_cast<uint32_t>(sessions_.size());
   return t;
 }
@@ -161,7 +161,7 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
         "attach: client_name must be printable UTF-8 text: no control characters, "
         "newlines or escape sequences (name the program, e.g. \"pricer\")");
   }
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   if (sessions_.size() >= options_.max_sessions) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "attach: %d sessions already (raise max_sessions in the daemon's "
@@ -225,7 +225,7 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
 }
 
 void Core::Heartbeat(const std::string& session_id) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   auto it = sessions_.find(session_id);
   if (it != sessions_.end()) {
     it->second.last_heartbeat = std::chrono::steady_clock::now();
@@ -241,7 +241,7 @@ uint64_t Core::Detach(const std::string& session_id) {
   std::vector<std::shared_ptr<Channel>> joined;
   SessionInfo info;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     auto it = sessions_.find(session_id);
     if (it == sessions_.end()) return 0;
     info = it->second.info;
@@ -257,7 +257,7 @@ uint64_t Core::Detach(const std::string& session_id) {
   std::filesystem::remove(SessionPath(session_id), ec);
   std::vector<std::shared_ptr<Channel>> gone;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     for (const auto& channel : joined) {
       if (auto g = TakeIfUnusedLocked(channel)) gone.push_back(std::move(g));
     }
@@ -270,7 +270,7 @@ uint64_t Core::Detach(const std::string& session_id) {
 }
 
 std::vector<std::string> Core::ExpiredSessions() {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   std::vector<std::string> out;
   auto now = std::chrono::steady_clock::now();
   for (auto& [id, s] : sessions_) {
@@ -291,7 +291,7 @@ std::vector<std::string> Core::ExpiredSessions() {
 }
 
 std::vector<UnrecoveredChannel> Core::Unrecovered() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return unrecovered_;
 }
 
@@ -302,7 +302,7 @@ absl::Status Core::CheckSession(const std::string& session_id,
         "session: missing (attach first and send the session id in the "
         "'structd-session' metadata)");
   }
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   auto it = sessions_.find(session_id);
   if (it == sessions_.end()) {
     return absl::UnauthenticatedError(
@@ -327,7 +327,7 @@ std::vector<SessionInfo> Core::Sessions() const {
   std::vector<std::pair<SessionInfo, std::vector<std::shared_ptr<Channel>>>>
       snapshot;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     for (const auto& [id, s] : sessions_) {
       std::vector<std::shared_ptr<Channel>> chans;
       for (const std::string& cid : s.joined) {
@@ -361,7 +361,7 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
   o.limits = options_.limits;
   std::shared_ptr<Channel> channel;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     if (sessions_.count(session_id) == 0) {
       return absl::UnauthenticatedError("session: unknown or ended (attach again)");
     }
@@ -395,7 +395,7 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
   // Arena and ledger files are created outside mu_ (the lock rule above).
   absl::StatusOr<std::unique_ptr<Channel>> created = Channel::Create(o);
   if (!created.ok()) {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     channel_ids_by_name_.erase(name);
     return created.status();
   }
@@ -405,7 +405,7 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
                      channel->arena_summary()};
   bool session_gone = false;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     channels_by_id_[o.id] = channel;
     auto s = sessions_.find(session_id);
     if (s == sessions_.end()) {
@@ -439,7 +439,7 @@ absl::StatusOr<std::shared_ptr<Channel>> Core::FindLocked(
 
 absl::StatusOr<std::shared_ptr<Channel>> Core::Find(
     const std::string& channel) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return FindLocked(channel);
 }
 
@@ -448,7 +448,7 @@ absl::StatusOr<ChannelJoined> Core::JoinChannel(const std::string& session_id,
                                                 const std::string& capability) {
   std::shared_ptr<Channel> c;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     if (sessions_.count(session_id) == 0) {
       return absl::UnauthenticatedError("session: unknown or ended (attach again)");
     }
@@ -463,7 +463,7 @@ absl::StatusOr<ChannelJoined> Core::JoinChannel(const std::string& session_id,
   }
   if (absl::Status s = c->Join(session_id); !s.ok()) return s;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     auto s = sessions_.find(session_id);
     if (s == sessions_.end()) {
       c->Leave(session_id);
@@ -481,7 +481,7 @@ absl::Status Core::DropChannel(const std::string& channel,
   (*c)->MarkDropped();  // records the drop: file work, outside mu_
   std::shared_ptr<Channel> gone;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     channel_ids_by_name_.erase((*c)->name());
     gone = TakeIfUnusedLocked(*c);
   }
@@ -509,7 +509,7 @@ void Core::DestroyChannel(const std::shared_ptr<Channel>& channel) {
 
 absl::StatusOr<std::shared_ptr<Channel>> Core::Joined(
     const std::string& session_id, const std::string& channel) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   absl::StatusOr<std::shared_ptr<Channel>> c = FindLocked(channel);
   if (!c.ok()) return c.status();
   auto s = sessions_.find(session_id);
@@ -537,7 +537,7 @@ absl::StatusOr<std::shared_ptr<Channel>> Core::OwnedChannel(
 }
 
 std::vector<std::shared_ptr<Channel>> Core::Channels() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   std::vector<std::shared_ptr<Channel>> out;
   for (const auto& [id, c] : channels_by_id_) out.push_back(c);
   return out;

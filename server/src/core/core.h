@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "structd/base/mutex.h"
 #include "absl/status/statusor.h"
 #include "core/channel.h"
 #include "core/process_handle.h"
@@ -208,7 +208,7 @@ class Core {
   const CoreOptions options_;
   const uint64_t instance_id_;
   std::string admin_capability_;  // set once by Open; "" if it could not be saved
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
   std::map<std::string, std::shared_ptr<Channel>> channels_by_id_
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> channel_ids_by_name_ ABSL_GUARDED_BY(mu_);

@@ -61,7 +61,7 @@ void Core::Recover() {
           "then restart the daemon; or stop the daemon and move the directory away to give "
           "up the channel.",
           u.name.empty() ? "?" : u.name, dir, u.reason);
-      absl::MutexLock lock(&mu_);
+      base::MutexLock lock(&mu_);
       unrecovered_.push_back(std::move(u));
       continue;
     }
@@ -85,7 +85,7 @@ void Core::Recover() {
     live += stats.alloc.live_instances;
     for (const std::string& s : channel->LedgerSessions()) ledger_sessions.insert(s);
     for (const std::string& s : channel->DamagedLedgerSessions()) unresumable.insert(s);
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     if (channel_ids_by_name_.count(channel->name())) {
       // Two directories claim one name (a backup restored next to the
       // channel that took the name meanwhile): keep the first, refuse
@@ -103,7 +103,7 @@ void Core::Recover() {
     channels_by_id_[channel->id()] = std::move(channel);
   }
   auto deadline = std::chrono::steady_clock::now() + options_.lease;
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   for (const auto& entry :
        std::filesystem::directory_iterator(options_.state_dir + "/sessions", ec)) {
     const std::string id = entry.path().filename().string();
@@ -146,7 +146,7 @@ uint64_t Core::ReapOrphans() {
   std::vector<std::pair<std::string, Orphan>> gone;
   std::vector<std::shared_ptr<Channel>> channels;
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     auto now = std::chrono::steady_clock::now();
     for (auto it = orphans_.begin(); it != orphans_.end();) {
       const Orphan& o = it->second;
@@ -179,7 +179,7 @@ uint64_t Core::ReapOrphans() {
 
 
 size_t Core::orphan_count() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return orphans_.size();
 }
 

@@ -27,7 +27,7 @@ void PeerTable::Record(int fd, const PeerCredentials& creds) {
     c.ino = st.st_ino;
   }
   c.accepted = std::chrono::steady_clock::now();
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   by_peer_["fd:" + std::to_string(fd)] = c;
 }
 
@@ -36,12 +36,12 @@ void PeerTable::RecordPeer(const std::string& peer,
   Connection c;
   c.creds = creds;
   c.used = true;
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   by_peer_[peer] = c;
 }
 
 PeerCredentials PeerTable::Lookup(const std::string& peer) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   auto it = by_peer_.find(peer);
   if (it == by_peer_.end()) return PeerCredentials{};
   it->second.used = true;
@@ -49,7 +49,7 @@ PeerCredentials PeerTable::Lookup(const std::string& peer) const {
 }
 
 std::shared_ptr<const ProcessHandle> PeerTable::ProcessOf(const std::string& peer) const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   auto it = by_peer_.find(peer);
   if (it == by_peer_.end()) return nullptr;
   if (it->second.fd < 0) return ProcessHandle::OfPid(it->second.creds.pid);
@@ -73,7 +73,7 @@ void PeerTable::ForgetClosedLocked() {
 }
 
 size_t PeerTable::OpenConnections(pid_t pid, uid_t uid) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   ForgetClosedLocked();
   size_t n = 0;
   for (const auto& [peer, c] : by_peer_) {
@@ -83,7 +83,7 @@ size_t PeerTable::OpenConnections(pid_t pid, uid_t uid) {
 }
 
 size_t PeerTable::Sweep(std::chrono::milliseconds idle) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   ForgetClosedLocked();
   size_t closed = 0;
   auto now = std::chrono::steady_clock::now();
@@ -101,7 +101,7 @@ size_t PeerTable::Sweep(std::chrono::milliseconds idle) {
 }
 
 size_t PeerTable::size() const {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return by_peer_.size();
 }
 

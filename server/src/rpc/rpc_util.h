@@ -10,7 +10,7 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "structd/base/mutex.h"
 #include "absl/status/status.h"
 #include "core/core.h"
 #include "structd/shm/type_token.h"
@@ -65,7 +65,7 @@ class PeerTable {
   static bool StillOpen(const Connection& c);
   void ForgetClosedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
   std::map<std::string, Connection> by_peer_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -12,7 +12,7 @@
 #include <mutex>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "structd/base/mutex.h"
 #include <string>
 
 #include "core/core.h"
@@ -56,11 +56,11 @@ class SessionService final : public v1::Session::CallbackService {
   Core* const core_;         // not owned; outlives the service
   const PeerTable* peers_;   // not owned; outlives the service
   std::atomic<bool> stopping_{false};
-  absl::Mutex mu_;
+  base::Mutex mu_;
   // Attached streams by session id; a reactor removes itself (under mu_)
   // before it is deleted, so holders of mu_ may call into it.
   std::map<std::string, Reactor*> live_ ABSL_GUARDED_BY(mu_);
-  absl::CondVar detach_cv_;
+  base::CondVar detach_cv_;
   std::vector<std::string> to_detach_ ABSL_GUARDED_BY(mu_);
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   std::thread detach_thread_;

@@ -30,7 +30,7 @@ class SessionService::Reactor final
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     writing_ = false;
     if (!ok) return;  // the stream is going; OnReadDone(false) follows
     if (!pending_.empty()) StartNextWriteLocked();
@@ -38,7 +38,7 @@ class SessionService::Reactor final
 
   void OnDone() override {
     {
-      absl::MutexLock lock(&service_->mu_);
+      base::MutexLock lock(&service_->mu_);
       if (!session_id_.empty()) {
         auto it = service_->live_.find(session_id_);
         if (it != service_->live_.end() && it->second == this) service_->live_.erase(it);
@@ -54,7 +54,7 @@ class SessionService::Reactor final
 
   // REQUIRES: service_->mu_ held (the reactor is in live_).
   void Send(const v1::AttachEvent& event) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     pending_.push_back(event);
     if (!writing_) StartNextWriteLocked();
   }
@@ -90,7 +90,7 @@ class SessionService::Reactor final
     a->set_daemon_version(STRUCTD_VERSION);
     a->set_max_refs_per_call(service_->core_->options().max_refs_per_call);
     {
-      absl::MutexLock lock(&service_->mu_);
+      base::MutexLock lock(&service_->mu_);
       service_->live_[session_id_] = this;
       Send(attached);
     }
@@ -108,7 +108,7 @@ class SessionService::Reactor final
   grpc::CallbackServerContext* const context_;
   v1::AttachRequest in_;
   std::string session_id_;  // set once, by the reading side
-  absl::Mutex mu_;
+  base::Mutex mu_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<v1::AttachEvent> pending_ ABSL_GUARDED_BY(mu_);
   v1::AttachEvent out_;                  // the write in flight
@@ -119,7 +119,7 @@ SessionService::SessionService(Core* core, const PeerTable* peers)
 
 SessionService::~SessionService() {
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     closing_ = true;
   }
   detach_cv_.SignalAll();
@@ -132,7 +132,7 @@ grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* SessionService::Att
 }
 
 void SessionService::Cancel(const std::string& id) {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   auto it = live_.find(id);
   if (it != live_.end()) it->second->Cancel();
 }
@@ -141,25 +141,25 @@ void SessionService::AnnounceShutdown(const std::string& reason) {
   v1::AttachEvent event;
   event.mutable_shutting_down()->set_reason(reason);
   stopping_.store(true);
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   for (auto& [id, reactor] : live_) reactor->Send(event);
 }
 
 size_t SessionService::attached_count() {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   return live_.size();
 }
 
 void SessionService::DetachLater(const std::string& id) {
   {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     to_detach_.push_back(id);
   }
   detach_cv_.Signal();
 }
 
 void SessionService::DetachWorker() {
-  absl::MutexLock lock(&mu_);
+  base::MutexLock lock(&mu_);
   while (true) {
     while (!closing_ && to_detach_.empty()) detach_cv_.Wait(&mu_);
     if (to_detach_.empty()) return;  // closing, nothing left

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "structd/base/mutex.h"
 #include "structd/shm/type_token.h"
 
 namespace structd::client::internal {
@@ -65,7 +65,7 @@ class BehaviorTable {
 
   // REQUIRES: type_index <= kMaxTypeIndex.
   void Set(uint32_t type_index, std::unique_ptr<BoundTable> entry) {
-    absl::MutexLock lock(&mu_);
+    base::MutexLock lock(&mu_);
     auto& slot = pages_[type_index / kPageSize];
     std::atomic<const BoundTable*>* page = slot.load(std::memory_order_relaxed);
     if (page == nullptr) {
@@ -78,7 +78,7 @@ class BehaviorTable {
 
  private:
   std::array<std::atomic<std::atomic<const BoundTable*>*>, kPages> pages_{};
-  absl::Mutex mu_;
+  base::Mutex mu_;
   std::vector<std::unique_ptr<BoundTable>> entries_ ABSL_GUARDED_BY(mu_);
 };
 

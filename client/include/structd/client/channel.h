@@ -19,7 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "structd/base/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "structd/client/behavior.h"
 #include "structd/client/owned.h"
@@ -288,7 +288,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   std::string id_;
   const std::string capability_;
 
-  mutable absl::Mutex mu_;
+  mutable base::Mutex mu_;
   // Replaced (under mu_) when a restarted daemon hands out a new arena; the
   // old one moves to retired_arenas_ and stays mapped, so a reference that
   // arena() returned never dangles.
