@@ -69,13 +69,16 @@ int Reader(const std::string& channel, const std::string& capability, const std:
   int printed = 0;
   while (true) {
     std::string text;
+    bool closed = false;
     {
       auto guard = book->lock().Lock();
       Check(guard.status(), "lock");
       (void)book->changed().WaitFor(*guard, std::chrono::milliseconds(100), [&] {
         return book->version().load() != seen || book->closed().load();
       });
-      if (book->closed().load()) break;
+      closed = book->closed().load();
+      // A reader that started after the last update still shows the book once.
+      if (closed && printed > 0) break;
       seen = book->version().load();
       // Sampled under the lock: a consistent quote.
       auto described = c.Call(*book, &BookMethods::describe);
@@ -88,6 +91,7 @@ int Reader(const std::string& channel, const std::string& capability, const std:
       std::fflush(stdout);
       ++printed;
     }
+    if (closed) break;
   }
   return 0;
 }
