@@ -13,7 +13,6 @@
 #include "structd/shm/sync.h"
 
 namespace structd::shm {
-using internal::Hi;
 using internal::kNoSlab;
 using internal::Link;
 using internal::Lo;
