@@ -3,6 +3,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "client/src/connection.h"
@@ -86,11 +88,27 @@ absl::StatusOr<std::unique_ptr<AdminClient>> AdminClient::Connect(AdminOptions o
   if (options.admin_capability.empty()) {
     if (const char* cap = std::getenv("STRUCTD_ADMIN_CAPABILITY")) options.admin_capability = cap;
   }
+  if (options.admin_capability.empty()) {
+    std::string file = options.admin_capability_file;
+    if (file.empty()) {
+      file = std::filesystem::path(options.socket).parent_path() / "state" / "admin.capability";
+    }
+    // Unreadable (another user's daemon) is not an error: root needs none,
+    // and the daemon's refusal says what to do.
+    std::ifstream in(file);
+    in >> options.admin_capability;
+  }
   auto c = std::make_unique<internal::AdminConnection>(options);
   if (!internal::SocketExists(options.socket) || !c->WaitForConnected()) {
     return absl::UnavailableError(absl::StrCat(
         "no structd at ", options.socket, ": start it with `structd --socket ",
         options.socket, "` (or deploy/scripts/run.sh), or point --socket/STRUCTD_SOCKET at it"));
+  }
+  // The admin capability is a secret: only for a daemon of a trusted uid.
+  if (absl::Status s = internal::VerifyDaemon(options.socket,
+                                              internal::ExpectedDaemonUid(options.daemon_uid));
+      !s.ok()) {
+    return s;
   }
   return std::unique_ptr<AdminClient>(new AdminClient(std::move(c)));
 }

@@ -1,9 +1,15 @@
 #include "client/src/connection.h"
 
 #include <errno.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "structd/client/channel.h"
@@ -19,6 +25,68 @@ absl::Status FromGrpc(const grpc::Status& status) {
 bool SocketExists(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+std::optional<uid_t> ExpectedDaemonUid(std::optional<uid_t> configured) {
+  if (configured) return configured;
+  const char* env = std::getenv("STRUCTD_DAEMON_UID");
+  if (env == nullptr || *env == '\0') return std::nullopt;
+  char* end = nullptr;
+  unsigned long v = std::strtoul(env, &end, 10);
+  if (*end != '\0') return std::nullopt;
+  return static_cast<uid_t>(v);
+}
+
+absl::Status VerifyDaemon(const std::string& socket, std::optional<uid_t> daemon_uid) {
+  std::set<uid_t> trusted{0, getuid()};
+  if (daemon_uid) trusted.insert(*daemon_uid);
+  std::filesystem::path dir = std::filesystem::path(socket).parent_path();
+  if (dir.empty()) dir = ".";
+  dir = std::filesystem::absolute(dir);
+  struct stat st;
+  if (!daemon_uid && stat(dir.c_str(), &st) == 0) {
+    struct stat parent;
+    if (stat(dir.parent_path().c_str(), &parent) == 0 && parent.st_uid == 0 &&
+        (parent.st_mode & (S_IWGRP | S_IWOTH)) == 0) {
+      trusted.insert(st.st_uid);  // a place root provisioned for the daemon
+    }
+  }
+  auto untrusted = [&](const std::string& what, uid_t uid) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "socket ", socket, ": ", what, " uid ", uid,
+        ", which is not root, your uid or the daemon's expected uid; another user may be "
+        "impersonating the daemon, so no capability was sent (if that uid runs the daemon, "
+        "set STRUCTD_DAEMON_UID=", uid, " or ClientOptions::daemon_uid)"));
+  };
+  // Nobody untrusted can swap the socket: every directory above it is a
+  // trusted uid's, and writable by others only if sticky.
+  for (std::filesystem::path p = dir;; p = p.parent_path()) {
+    if (stat(p.c_str(), &st) != 0) break;  // the connect below reports it
+    if (!trusted.count(st.st_uid)) return untrusted("directory " + p.string() + " belongs to", st.st_uid);
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "socket ", socket, ": directory ", p.string(),
+          " is writable by others and not sticky, so anyone could swap the socket; no "
+          "capability was sent (put the daemon's socket in a private directory)"));
+    }
+    if (p == p.parent_path()) break;
+  }
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("socket: ", strerror(errno)));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socket.c_str(), sizeof(addr.sun_path) - 1);
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+  int err = errno;
+  close(fd);
+  if (!ok) {
+    return absl::UnavailableError(absl::StrCat("no structd at ", socket, ": ", strerror(err)));
+  }
+  if (!trusted.count(cred.uid)) return untrusted("served by a process of", cred.uid);
+  return absl::OkStatus();
 }
 
 Connection::Connection(ClientOptions options) : options_(std::move(options)) {
@@ -127,6 +195,11 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   context->set_wait_for_ready(false);
   if (!channel_->WaitForConnected(std::chrono::system_clock::now() + timeout)) {
     return absl::UnavailableError(absl::StrCat("no structd at ", options_.socket));
+  }
+  // Every (re)attach sends the session secret, and re-joins capabilities.
+  if (absl::Status s = VerifyDaemon(options_.socket, ExpectedDaemonUid(options_.daemon_uid));
+      !s.ok()) {
+    return s;
   }
   std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>> stream;
   {

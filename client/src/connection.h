@@ -25,11 +25,27 @@
 #include "structd/v1/registry.grpc.pb.h"
 #include "structd/v1/session.grpc.pb.h"
 
+#include <optional>
+
 namespace structd::client::internal {
 
 // True if `path` is a Unix socket (no daemon can answer otherwise: fail
 // fast instead of waiting out the connect timeout).
 bool SocketExists(const std::string& path);
+
+// Before anything secret goes to the daemon at `socket` (a capability, a
+// session secret): the kernel's word that a trusted uid serves it. Trusted
+// are root, this process's uid, `daemon_uid` (ClientOptions::daemon_uid or
+// $STRUCTD_DAEMON_UID) and, when none is set, the owner of the socket's
+// directory if root made that place (its parent is root's and writable by
+// nobody else: /run/structd of a system service). The socket's directory
+// and its ancestors must be root's or a trusted uid's and not writable by
+// others unless sticky, so nobody else can swap the socket. Checked with
+// SO_PEERCRED on a probe connection. PERMISSION_DENIED saying who serves
+// the socket and how to trust it; UNAVAILABLE if nothing answers.
+absl::Status VerifyDaemon(const std::string& socket, std::optional<uid_t> daemon_uid);
+// ClientOptions::daemon_uid, else $STRUCTD_DAEMON_UID, else none.
+std::optional<uid_t> ExpectedDaemonUid(std::optional<uid_t> configured);
 
 // grpc::Status -> absl::Status, same code and message.
 absl::Status FromGrpc(const grpc::Status& status);

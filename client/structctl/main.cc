@@ -39,6 +39,7 @@ constexpr int kNoDaemon = 3;
 struct Options {
   std::string socket;
   std::string admin_capability;
+  std::string admin_capability_file;
   bool json = false;
   std::string channel;
   std::string type;
@@ -530,8 +531,11 @@ int Main(int argc, char** argv) {
   app.add_option("--socket", o.socket, "daemon socket (default: $STRUCTD_SOCKET, else " +
                                            shm::DefaultSocketPath() + ")");
   app.add_option("--admin-capability", o.admin_capability,
-                 "admin capability from STATE/admin.capability, for a user other than the "
-                 "daemon's (default: $STRUCTD_ADMIN_CAPABILITY)");
+                 "admin capability (root needs none; default: $STRUCTD_ADMIN_CAPABILITY, "
+                 "else read from --admin-capability-file)");
+  app.add_option("--admin-capability-file", o.admin_capability_file,
+                 "file holding the admin capability (default: state/admin.capability beside "
+                 "the socket; readable by the daemon's user only)");
   app.add_flag("--json", o.json, "print JSON (schema: doc/structctl.md)");
 
   std::function<Result(AdminClient&, const Options&)> run;
@@ -586,6 +590,7 @@ int Main(int argc, char** argv) {
   client::AdminOptions options;
   options.socket = o.socket;
   options.admin_capability = o.admin_capability;
+  options.admin_capability_file = o.admin_capability_file;
   auto admin = AdminClient::Connect(options);
   if (!admin.ok()) {
     std::fprintf(stderr, "structctl: %s\n", std::string(admin.status().message()).c_str());

@@ -1,5 +1,8 @@
 #include "config.h"
 
+#include <grp.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cerrno>
 #include <cstdlib>
@@ -8,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <variant>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <toml++/toml.h>
@@ -22,7 +26,7 @@ namespace {
 // DaemonConfig. Every source (file, environment, flags, --check-config)
 // walks this table, so an option is written down once.
 using Member = std::variant<std::string DaemonConfig::*, uint32_t DaemonConfig::*,
-                            uint64_t DaemonConfig::*>;
+                            uint64_t DaemonConfig::*, bool DaemonConfig::*>;
 struct Option {
   const char* key;
   const char* env;  // nullptr: no environment variable
@@ -66,6 +70,19 @@ const Option kOptions[] = {
      &DaemonConfig::max_registry_bytes},
     {"max_roots_per_channel", nullptr, "Roots one channel may hold",
      &DaemonConfig::max_roots_per_channel},
+    {"socket_mode", nullptr,
+     "Permission bits of the socket, in octal: 0600 lets only the daemon's user connect, "
+     "0660 also the socket_group",
+     &DaemonConfig::socket_mode},
+    {"socket_group", nullptr,
+     "Group (name or gid) that owns the socket and may traverse its directory; clients of "
+     "other uids in this group may connect (with socket_mode 0660). Empty: the daemon's "
+     "group, and no other user can connect",
+     &DaemonConfig::socket_group},
+    {"allow_unbound_peers", nullptr,
+     "Accept clients the kernel gives no pidfd for (pid invisible to the daemon and no "
+     "SO_PEERPIDFD); their sessions are bound to their connection instead of their process",
+     &DaemonConfig::allow_unbound_peers},
 };
 
 std::string Flag(const char* key) {
@@ -82,6 +99,8 @@ std::string ValueText(const DaemonConfig& c, const Member& m) {
         using T = std::decay_t<decltype(c.*member)>;
         if constexpr (std::is_same_v<T, std::string>) {
           return c.*member;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          return c.*member ? "true" : "false";
         } else {
           return std::to_string(c.*member);
         }
@@ -97,6 +116,17 @@ bool SetFromText(DaemonConfig& c, const Option& o, const std::string& text, std:
         using T = std::decay_t<decltype(c.*member)>;
         if constexpr (std::is_same_v<T, std::string>) {
           c.*member = text;
+          return true;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          if (text == "true" || text == "1") {
+            c.*member = true;
+          } else if (text == "false" || text == "0") {
+            c.*member = false;
+          } else {
+            err = std::string("option '") + o.key + "': '" + text +
+                  "' is not a boolean (use true or false)";
+            return false;
+          }
           return true;
         } else {
           char* end = nullptr;
@@ -122,6 +152,11 @@ bool SetFromToml(DaemonConfig& c, const Option& o, const toml::node& n, std::str
         using T = std::decay_t<decltype(c.*member)>;
         if constexpr (std::is_same_v<T, std::string>) {
           if (auto v = n.value<std::string>()) {
+            c.*member = *v;
+            return true;
+          }
+        } else if constexpr (std::is_same_v<T, bool>) {
+          if (auto v = n.value<bool>()) {
             c.*member = *v;
             return true;
           }
@@ -158,6 +193,9 @@ std::string Invalid(const DaemonConfig& c) {
     return "max_sessions_per_process and max_sessions_per_uid must be >= 1, "
            "max_connections_per_process >= 2";
   }
+  if (absl::StatusOr<SocketAccess> access = ResolveSocketAccess(c); !access.ok()) {
+    return std::string(access.status().message());
+  }
   if (c.idle_connection_ms < 100) {
     return "idle_connection_ms " + std::to_string(c.idle_connection_ms) +
            " is too short (use >= 100)";
@@ -166,6 +204,50 @@ std::string Invalid(const DaemonConfig& c) {
 }
 
 }  // namespace
+
+absl::StatusOr<uint32_t> ParseSocketMode(const std::string& text) {
+  uint32_t mode = 0;
+  bool digits = !text.empty() && text.size() <= 4;
+  for (char ch : text) {
+    if (ch < '0' || ch > '7') digits = false;
+    mode = mode * 8 + static_cast<uint32_t>(ch - '0');
+  }
+  if (!digits || (mode & 0600) != 0600 || (mode & 0111) != 0 || mode > 0777) {
+    return absl::InvalidArgumentError(
+        "socket_mode '" + text +
+        "' is not permission bits in octal with owner read and write and nothing executable "
+        "(use 0600 for the daemon's user only, or 0660 with socket_group)");
+  }
+  return mode;
+}
+
+absl::StatusOr<SocketAccess> ResolveSocketAccess(const DaemonConfig& config) {
+  SocketAccess a;
+  absl::StatusOr<uint32_t> mode = ParseSocketMode(config.socket_mode);
+  if (!mode.ok()) return mode.status();
+  a.socket_mode = *mode;
+  if ((a.socket_mode & 0006) != 0) {
+    a.dir_mode = 0711;
+  } else if ((a.socket_mode & 0060) != 0) {
+    a.dir_mode = 0710;
+  }
+  const std::string& g = config.socket_group;
+  if (g.empty()) return a;
+  if (std::all_of(g.begin(), g.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+    a.gid = static_cast<gid_t>(std::strtoul(g.c_str(), nullptr, 10));
+    return a;
+  }
+  std::vector<char> buf(16384);
+  group gr{};
+  group* found = nullptr;
+  if (getgrnam_r(g.c_str(), &gr, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
+    return absl::InvalidArgumentError("socket_group '" + g +
+                                      "' is not a group of this system (create it, e.g. "
+                                      "`groupadd structd`, or give a numeric gid)");
+  }
+  a.gid = found->gr_gid;
+  return a;
+}
 
 CoreOptions DaemonConfig::ToCoreOptions() const {
   CoreOptions o;
@@ -182,6 +264,7 @@ CoreOptions DaemonConfig::ToCoreOptions() const {
   o.max_sessions_per_process = max_sessions_per_process;
   o.max_sessions_per_uid = max_sessions_per_uid;
   o.lease = std::chrono::milliseconds(lease_ms);
+  o.allow_unbound_peers = allow_unbound_peers;
   return o;
 }
 
@@ -270,7 +353,7 @@ ParseOutcome LoadConfig(int argc, char** argv, DaemonConfig& config) {
       std::visit(
           [&](auto member) {
             using T = std::decay_t<decltype(config.*member)>;
-            if constexpr (std::is_same_v<T, std::string>) {
+            if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, bool>) {
               effective.insert(o.key, config.*member);
             } else {
               effective.insert(o.key, static_cast<int64_t>(config.*member));

@@ -1,6 +1,8 @@
 #ifndef STRUCTD_SERVER_CONFIG_H_
 #define STRUCTD_SERVER_CONFIG_H_
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
 
@@ -39,10 +41,32 @@ struct DaemonConfig {
   // A connection that makes no call at all for this long is closed (it
   // holds a descriptor and does nothing: a half-open or hostile peer).
   uint32_t idle_connection_ms = 10000;
+  // Who may connect (doc/security.md): the socket's permission bits (octal
+  // text) and group ("" = the daemon's own group). The runtime directory
+  // is made traversable by that group when the mode grants it access.
+  std::string socket_mode = "0600";
+  std::string socket_group;
+  bool allow_unbound_peers = CoreOptions{}.allow_unbound_peers;
 
   // The domain core's options from these settings.
   CoreOptions ToCoreOptions() const;
 };
+
+// socket_mode's octal text as permission bits: InvalidArgument unless it
+// is 0600, 0660 or 0666-like (owner read+write, nothing executable).
+absl::StatusOr<uint32_t> ParseSocketMode(const std::string& text);
+
+// What socket_mode and socket_group mean for the files: the socket's
+// mode, its group (-1: leave the daemon's), and the mode of a socket
+// directory the daemon creates (0710 when the group may connect: search
+// only, so the group can reach the socket but not list the directory).
+struct SocketAccess {
+  uint32_t socket_mode = 0600;
+  uint32_t dir_mode = 0700;
+  gid_t gid = static_cast<gid_t>(-1);
+};
+// InvalidArgument for a bad mode or a group that does not exist.
+absl::StatusOr<SocketAccess> ResolveSocketAccess(const DaemonConfig& config);
 
 enum class ParseOutcome { kRun, kExitOk, kExitUsage };
 

@@ -96,9 +96,16 @@ absl::Status Daemon::Start() {
   if (!core.ok()) return core.status();
   core_ = std::move(*core);
 
-  // The socket: refuse to steal a live one, replace a stale one.
-  std::filesystem::create_directories(
-      std::filesystem::path(config_.socket).parent_path(), ec);
+  // The socket: in a directory nobody else controls (a squatted
+  // /tmp/structd-UID is refused); refuse to steal a live one, replace a
+  // stale one.
+  absl::StatusOr<SocketAccess> access = ResolveSocketAccess(config_);
+  if (!access.ok()) return access.status();
+  if (absl::Status s = MakeSocketDir(std::filesystem::path(config_.socket).parent_path(),
+                                     access->dir_mode, access->gid);
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("socket ", config_.socket, ": ", s.message()));
+  }
   if (config_.socket.size() >= sizeof(sockaddr_un::sun_path)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "socket path ", config_.socket, " is longer than ",
@@ -118,7 +125,12 @@ absl::Status Daemon::Start() {
   if (bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     return Errno("bind " + config_.socket);
   }
-  chmod(config_.socket.c_str(), 0600);
+  // Who may connect: the socket's mode and group (doc/security.md).
+  if (chmod(config_.socket.c_str(), access->socket_mode) != 0 ||
+      (access->gid != static_cast<gid_t>(-1) &&
+       chown(config_.socket.c_str(), static_cast<uid_t>(-1), access->gid) != 0)) {
+    return Errno("set the mode and group of " + config_.socket);
+  }
   if (listen(listen_fd_.get(), 128) != 0) return Errno("listen " + config_.socket);
 
   session_service_ = std::make_unique<SessionService>(core_.get(), &peers_);

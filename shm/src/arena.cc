@@ -125,7 +125,7 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
   std::string tmp_path =
       absl::StrCat(dir, "/", kHeaderFile, ".tmp.", getpid());
   unlink(tmp_path.c_str());  // a leftover of a creator with our pid
-  UniqueFd fd(open(tmp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+  UniqueFd fd(open(tmp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
                    options.file_mode));
   if (!fd) return ErrnoStatus(errno, "arena: create " + tmp_path);
   if (int err = Fallocate(fd.get(), sizeof(ArenaHeader)); err != 0) {

@@ -95,7 +95,7 @@ void SetUp() {
   auto core = Core::Open(o);
   Check(core.ok(), "core");
   g->core = std::move(*core);
-  PeerCredentials me{true, getpid(), getuid(), getgid()};
+  PeerCredentials me{true, getpid(), getuid(), getgid(), ProcessHandle::OfPid(getpid())};
   g->peers.RecordPeer("", me);
   auto s = g->core->Attach(me, "fuzz");
   Check(s.ok(), "attach");
@@ -207,7 +207,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto ch = g->core->Find("f"); !ch.ok() || (*ch)->dropped()) {
     // Dropped: a new session lets the old channel go; start over.
     g->core->Detach(g->session);
-    PeerCredentials me{true, getpid(), getuid(), getgid()};
+    PeerCredentials me{true, getpid(), getuid(), getgid(), ProcessHandle::OfPid(getpid())};
     auto s = g->core->Attach(me, "fuzz");
     if (s.ok()) g->session = s->id;
     MakeChannel();

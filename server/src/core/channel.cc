@@ -84,15 +84,17 @@ absl::Status ValidateRootName(const std::string& name) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(
-    const Options& options) {
+absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(const Options& options,
+                                                         IssuedCapabilities* issued) {
   if (absl::Status s = ValidateChannelName(options.name); !s.ok()) return s;
   std::unique_ptr<Channel> c(new Channel());
   c->id_ = options.id;
   c->name_ = options.name;
   c->dir_ = options.dir;
-  c->owner_capability_ = RandomHex128();
-  c->member_capability_ = RandomHex128();
+  issued->owner = RandomHex128();
+  issued->member = RandomHex128();
+  c->owner_capability_ = SecretDigest::Of(issued->owner);
+  c->member_capability_ = SecretDigest::Of(issued->member);
   c->created_unix_ms_ = base::NowUnixMs();
   // Not shared yet; locked so the guarded members are set under mu_.
   base::MutexLock lock(&c->mu_);
@@ -167,8 +169,8 @@ std::vector<std::string> Channel::LedgerSessions() const {
 
 absl::StatusOr<Role> Channel::CheckCapability(
     const std::string& capability) const {
-  if (ConstantTimeEquals(capability, owner_capability_)) return Role::kOwner;
-  if (ConstantTimeEquals(capability, member_capability_)) return Role::kMember;
+  if (owner_capability_.Matches(capability)) return Role::kOwner;
+  if (member_capability_.Matches(capability)) return Role::kMember;
   return absl::PermissionDeniedError(absl::StrCat(
       "channel '", name_,
       "': wrong capability (use the owner or member capability that "

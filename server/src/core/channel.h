@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "core/ledger.h"
 #include "core/meta_store.h"
+#include "core/secret_digest.h"
 #include "core/store_intent.h"
 #include "core/type_registry.h"
 #include "structd/shm/allocator.h"
@@ -93,8 +94,15 @@ class Channel {
     shm::ArenaOptions arena;
     Limits limits;
   };
+  // The capabilities of a new channel, in clear: Create hands them out
+  // once (to CreateChannel's caller); the channel keeps only digests.
+  struct IssuedCapabilities {
+    std::string owner;
+    std::string member;
+  };
   // Creates the directory, arena and meta file, with fresh capabilities.
-  static absl::StatusOr<std::unique_ptr<Channel>> Create(const Options& options);
+  static absl::StatusOr<std::unique_ptr<Channel>> Create(const Options& options,
+                                                         IssuedCapabilities* issued);
   // Re-adopts a channel after a daemon restart: meta.toml (name,
   // capabilities, types with their tokens and indexes, roots), the arena
   // (the allocator's state is rebuilt by scanning it) and every session's
@@ -132,8 +140,6 @@ class Channel {
   const std::string& id() const { return id_; }
   const std::string& name() const { return name_; }
   const std::string& dir() const { return dir_; }
-  const std::string& owner_capability() const { return owner_capability_; }
-  const std::string& member_capability() const { return member_capability_; }
 
   // PermissionDenied for a capability that is neither.
   absl::StatusOr<Role> CheckCapability(const std::string& capability) const;
@@ -276,8 +282,8 @@ class Channel {
   std::string id_;
   std::string name_;
   std::string dir_;
-  std::string owner_capability_;
-  std::string member_capability_;
+  SecretDigest owner_capability_;
+  SecretDigest member_capability_;
   uint64_t created_unix_ms_ = 0;
 
   mutable base::Mutex mu_;

@@ -88,24 +88,24 @@ void Core::WriteAdminCapability() {
   std::string capability = RandomHex128();
   std::string path = options_.state_dir + "/admin.capability";
   if (absl::Status s = base::WriteFileAtomically(path, capability); !s.ok()) {
-    spdlog::warn("{}: only uid {} and root may use the Admin service", s.ToString(), getuid());
+    spdlog::warn("{}: only root may use the Admin service", s.ToString());
     return;
   }
-  admin_capability_ = std::move(capability);
+  admin_capability_ = SecretDigest::Of(capability);
 }
 
 absl::Status Core::AuthorizeAdmin(const PeerCredentials& peer,
                                   std::string_view presented_capability) const {
-  if (peer.known && (peer.uid == getuid() || peer.uid == 0)) return absl::OkStatus();
-  if (!admin_capability_.empty() && !presented_capability.empty() &&
-      ConstantTimeEquals(presented_capability, admin_capability_)) {
-    return absl::OkStatus();
-  }
+  if (peer.known && peer.uid == 0) return absl::OkStatus();
+  if (admin_capability_.Matches(presented_capability)) return absl::OkStatus();
   return absl::PermissionDeniedError(absl::StrFormat(
-      "admin: only the daemon's user (uid %d), root, or a caller with the admin "
-      "capability (STATE/admin.capability; STRUCTD_ADMIN_CAPABILITY for structctl) "
-      "may call the Admin service",
-      getuid()));
+      "admin: %s; only root or a caller presenting the admin capability may call the "
+      "Admin service (structctl reads it from %s/admin.capability, which only the "
+      "daemon's user (uid %d) can read; or pass --admin-capability / "
+      "STRUCTD_ADMIN_CAPABILITY)",
+      presented_capability.empty() ? "no admin capability presented"
+                                   : "wrong admin capability (it changes at every daemon start)",
+      options_.state_dir, getuid()));
 }
 
 Core::Totals Core::GetTotals() const {
@@ -128,10 +128,10 @@ std::string Core::SessionPath(const std::string& id) const {
 
 // A session record (state/sessions/ID, 0600): what a restarted daemon
 // needs to let the same process resume the session.
-void Core::SaveSession(const SessionInfo& info) const {
+void Core::SaveSession(const SessionInfo& info, const SecretDigest& secret) const {
   toml::table t{{"pid", static_cast<int64_t>(info.pid)},
                 {"uid", static_cast<int64_t>(info.uid)},
-                {"secret", info.secret},
+                {"secret_sha256", secret.ToHex()},
                 {"client_name", info.client_name}};
   std::ostringstream text;
   text << t << "\n";
@@ -149,6 +149,18 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
     return absl::UnauthenticatedError(
         "attach: the daemon cannot identify the calling process (connect "
         "over the daemon's Unix socket)");
+  }
+  if (peer.process == nullptr && !options_.allow_unbound_peers) {
+    spdlog::warn(
+        "attach refused: pid {} uid {}: the kernel gives no pidfd for this process (its pid "
+        "is not visible in the daemon's pid namespace, and the kernel predates "
+        "SO_PEERPIDFD), so the daemon could tell neither its death nor its identity; run "
+        "the daemon in the clients' pid namespace, or set allow_unbound_peers = true",
+        peer.pid, peer.uid);
+    return absl::PermissionDeniedError(
+        "attach: the daemon cannot bind this process (no pidfd: its pid is invisible to "
+        "the daemon and the kernel has no SO_PEERPIDFD); run the daemon in the host's pid "
+        "namespace, or have the operator set allow_unbound_peers = true");
   }
   if (client_name.size() > 128) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -188,11 +200,10 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
   Session s;
   auto orphan = orphans_.find(resume_id);
   bool resumed = false;
-  if (orphan != orphans_.end() && !resume_secret.empty() &&
-      ConstantTimeEquals(resume_secret, orphan->second.secret) &&
+  if (orphan != orphans_.end() && orphan->second.secret.Matches(resume_secret) &&
       orphan->second.pid == peer.pid && orphan->second.uid == peer.uid) {
     s.info.id = resume_id;
-    s.info.secret = orphan->second.secret;
+    s.info.secret = resume_secret;
     for (const auto& [id, channel] : channels_by_id_) {
       if (channel->HasSession(resume_id)) s.joined.insert(id);
     }
@@ -208,7 +219,10 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
   s.info.attached_unix_ms = base::NowUnixMs();
   s.last_heartbeat = std::chrono::steady_clock::now();
   s.process = peer.process;
+  s.connection = peer.connection;
   SessionInfo info = s.info;
+  SecretDigest secret = SecretDigest::Of(info.secret);
+  s.info.secret.clear();  // the caller gets it once; the daemon keeps a digest
   sessions_[info.id] = std::move(s);
   spdlog::info("session {} {}: pid {} uid {} name '{}'", info.id.substr(0, 8),
                resumed ? "resumed after a daemon restart" : "attached", info.pid, info.uid,
@@ -220,7 +234,7 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
         "out even when it is gone (run the daemon in the host's pid namespace)",
         info.id.substr(0, 8), options_.lease.count());
   }
-  SaveSession(info);
+  SaveSession(info, secret);
   return info;
 }
 
@@ -314,12 +328,30 @@ absl::Status Core::CheckSession(const std::string& session_id,
         "session: the caller's process credentials are unknown (connect "
         "over the daemon's Unix socket)");
   }
-  if (peer.pid != it->second.info.pid) {
+  const Session& s = it->second;
+  auto not_yours = [&] {
     return absl::PermissionDeniedError(absl::StrFormat(
-        "session: belongs to pid %d, not to the calling pid %d (each "
-        "process attaches for itself)",
-        it->second.info.pid, peer.pid));
+        "session: belongs to another process (pid %d), not to the caller (pid %d); each "
+        "process attaches for itself",
+        s.info.pid, peer.pid));
+  };
+  if (s.process == nullptr) {
+    // Allowed unbound (allow_unbound_peers): only its own connection.
+    if (peer.connection == 0 || peer.connection != s.connection) {
+      return absl::PermissionDeniedError(
+          "session: it is bound to the connection that attached (the daemon cannot see "
+          "the process: allow_unbound_peers), and this call came over another one (a "
+          "process uses its own session, over its own connection)");
+    }
+    return absl::OkStatus();
   }
+  if (s.info.pid > 0 && peer.pid > 0) {
+    // The session's process is alive while its session is, so its pid
+    // names no other process.
+    if (peer.pid != s.info.pid) return not_yours();
+    return absl::OkStatus();
+  }
+  if (peer.process == nullptr || !s.process->SameProcess(*peer.process)) return not_yours();
   return absl::OkStatus();
 }
 
@@ -393,7 +425,8 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
     channel_ids_by_name_[name] = o.id;
   }
   // Arena and ledger files are created outside mu_ (the lock rule above).
-  absl::StatusOr<std::unique_ptr<Channel>> created = Channel::Create(o);
+  Channel::IssuedCapabilities issued;
+  absl::StatusOr<std::unique_ptr<Channel>> created = Channel::Create(o, &issued);
   if (!created.ok()) {
     base::MutexLock lock(&mu_);
     channel_ids_by_name_.erase(name);
@@ -401,7 +434,7 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
   }
   channel = std::move(*created);
   absl::Status joined = channel->Join(session_id);  // the creator, as owner
-  ChannelCreated out{o.id, channel->owner_capability(), channel->member_capability(),
+  ChannelCreated out{o.id, std::move(issued.owner), std::move(issued.member),
                      channel->arena_summary()};
   bool session_gone = false;
   {

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "core/channel.h"
 #include "core/process_handle.h"
+#include "core/secret_digest.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/layout.h"
 
@@ -37,6 +38,9 @@ struct PeerCredentials {
   // The calling process itself (a pidfd), when the kernel could give one:
   // liveness is decided by it, never by the pid alone.
   std::shared_ptr<const ProcessHandle> process;
+  // The calling connection (its socket's inode); 0 if unknown. Binds a
+  // session whose process cannot be bound (allow_unbound_peers).
+  uint64_t connection = 0;
 };
 
 struct CoreOptions {
@@ -52,6 +56,11 @@ struct CoreOptions {
   std::chrono::milliseconds lease{15000};  // heartbeat deadline
   uint32_t max_batch = 1000000;          // AllocateBatch count
   uint32_t max_refs_per_call = 100000;   // Retain/Release
+  // A peer the kernel gives no pidfd for (its pid is invisible to the
+  // daemon and the kernel predates SO_PEERPIDFD) is refused, because
+  // nothing would tell its death or its identity. When allowed, such a
+  // session is bound to the connection that attached instead.
+  bool allow_unbound_peers = false;
 };
 
 struct SessionInfo {
@@ -177,7 +186,8 @@ class Core {
     SessionInfo info;
     std::set<std::string> joined;  // channel ids
     std::chrono::steady_clock::time_point last_heartbeat;
-    std::shared_ptr<const ProcessHandle> process;  // null: unobservable
+    std::shared_ptr<const ProcessHandle> process;  // null: unbound
+    uint64_t connection = 0;  // binds an unbound session (allow_unbound_peers)
     bool lease_warned = false;  // logged "silent but alive" once
   };
 
@@ -185,7 +195,7 @@ class Core {
   struct Orphan {
     pid_t pid = 0;
     uid_t uid = 0;
-    std::string secret;
+    SecretDigest secret;  // empty: can never resume
     std::string client_name;
     std::chrono::steady_clock::time_point deadline;
   };
@@ -195,7 +205,9 @@ class Core {
   std::string SessionPath(const std::string& id) const;
   // A fresh admin capability in STATE/admin.capability (0600).
   void WriteAdminCapability();
-  void SaveSession(const SessionInfo& info) const;
+  // Writes the record a resuming process needs; the secret only as a
+  // digest.
+  void SaveSession(const SessionInfo& info, const SecretDigest& secret) const;
   absl::StatusOr<std::shared_ptr<Channel>> FindLocked(
       const std::string& channel) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A dropped channel that no session is joined to any more, removed from
@@ -207,7 +219,7 @@ class Core {
 
   const CoreOptions options_;
   const uint64_t instance_id_;
-  std::string admin_capability_;  // set once by Open; "" if it could not be saved
+  SecretDigest admin_capability_;  // set once by Open; empty if it could not be saved
   mutable base::Mutex mu_;
   std::map<std::string, std::shared_ptr<Channel>> channels_by_id_
       ABSL_GUARDED_BY(mu_);

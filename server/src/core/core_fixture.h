@@ -26,6 +26,7 @@ class CoreFixture : public ::testing::Test {
     me_.known = true;
     me_.pid = getpid();
     me_.uid = getuid();
+    me_.process = ProcessHandle::OfPid(getpid());
     Reopen();
   }
   // Opens the core on options_.state_dir; the previous core is dropped

@@ -117,7 +117,14 @@ void Core::Recover() {
       toml::table t = toml::parse_file(entry.path().string());
       o.pid = static_cast<pid_t>(t["pid"].value_or(int64_t{0}));
       o.uid = static_cast<uid_t>(t["uid"].value_or(int64_t{0}));
-      o.secret = t["secret"].value_or(std::string());
+      // Older daemons wrote the secret in clear ("secret").
+      std::string hashed = t["secret_sha256"].value_or(std::string());
+      std::string clear = t["secret"].value_or(std::string());
+      if (std::optional<SecretDigest> d = SecretDigest::FromHex(hashed)) {
+        o.secret = *d;
+      } else if (!clear.empty()) {
+        o.secret = SecretDigest::Of(clear);
+      }
       o.client_name = t["client_name"].value_or(std::string());
     } catch (const toml::parse_error&) {
       o.pid = 0;  // unreadable: cannot resume; its ledgers are released
@@ -125,13 +132,13 @@ void Core::Recover() {
     orphans_[id] = std::move(o);
   }
   for (const std::string& id : ledger_sessions) {
-    if (!orphans_.count(id)) orphans_[id] = Orphan{0, 0, "", "", deadline};
+    if (!orphans_.count(id)) orphans_[id] = Orphan{0, 0, SecretDigest(), "", deadline};
   }
   for (const std::string& id : unresumable) {
     // What its damaged ledger held stays counted; the process, if it
     // comes back, gets a new session and learns that the old one is lost.
     auto it = orphans_.find(id);
-    if (it != orphans_.end()) it->second.secret.clear();
+    if (it != orphans_.end()) it->second.secret = SecretDigest();
   }
   if (!channels_by_id_.empty() || !orphans_.empty()) {
     spdlog::info(

@@ -176,12 +176,12 @@ TEST_F(CoreTest, AClientWithAnInvisiblePidIsKeptForItsLeaseAndCanResume) {
   auto resuming = core_->Attach(invisible, "resumes");
   auto vanishing = core_->Attach(invisible, "vanishes");
   ASSERT_TRUE(resuming.ok() && vanishing.ok());
-  ASSERT_TRUE(core_->CreateChannel(resuming->id, "ch", 0, 0).ok());
+  auto created = core_->CreateChannel(resuming->id, "ch", 0, 0);
+  ASSERT_TRUE(created.ok());
   auto ch = *core_->Joined(resuming->id, "ch");
   auto t = *ch->RegisterType("N", Node());
   ASSERT_TRUE(ch->Allocate(resuming->id, t.type->token, 2).ok());
-  auto member = core_->JoinChannel(vanishing->id, "ch",
-                                   (*core_->Find("ch"))->member_capability());
+  auto member = core_->JoinChannel(vanishing->id, "ch", created->member_capability);
   ASSERT_TRUE(member.ok()) << member.status();
   ASSERT_TRUE(ch->Allocate(vanishing->id, t.type->token, 3).ok());
   ch.reset();
@@ -294,14 +294,15 @@ TEST_F(CoreTest, SealedRegistryRefusesNewKeysButMeetsExistingOnes) {
 
 TEST_F(CoreTest, DetachReleasesEverythingTheSessionOwned) {
   std::string keeper = Attach("keeper");
-  ASSERT_TRUE(core_->CreateChannel(keeper, "ch", 0, 0).ok());
+  auto created = core_->CreateChannel(keeper, "ch", 0, 0);
+  ASSERT_TRUE(created.ok());
   auto ch = *core_->Joined(keeper, "ch");
   auto t = *ch->RegisterType("N", Node());
   auto kept = ch->Allocate(keeper, t.type->token, 1);
   ASSERT_TRUE(kept.ok());
 
   std::string worker = Attach("worker");
-  auto joined = core_->JoinChannel(worker, "ch", ch->member_capability());
+  auto joined = core_->JoinChannel(worker, "ch", created->member_capability);
   ASSERT_TRUE(joined.ok());
   auto mine = ch->Allocate(worker, t.type->token, 100);
   ASSERT_TRUE(mine.ok());
@@ -319,12 +320,13 @@ TEST_F(CoreTest, DetachReleasesEverythingTheSessionOwned) {
 
 TEST_F(CoreTest, ReleaseOnlyWhatTheSessionOwns) {
   std::string a = Attach("a");
-  ASSERT_TRUE(core_->CreateChannel(a, "ch", 0, 0).ok());
+  auto created = core_->CreateChannel(a, "ch", 0, 0);
+  ASSERT_TRUE(created.ok());
   auto ch = *core_->Joined(a, "ch");
   auto t = *ch->RegisterType("N", Node());
   auto refs = *ch->Allocate(a, t.type->token, 2);
   std::string b = Attach("b");
-  ASSERT_TRUE(core_->JoinChannel(b, "ch", ch->member_capability()).ok());
+  ASSERT_TRUE(core_->JoinChannel(b, "ch", created->member_capability).ok());
   auto r = ch->Release(b, {refs[0]});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("does not own"));
@@ -457,8 +459,11 @@ TEST_F(CoreTest, ExpiredLeasesAreReported) {
   CoreOptions o;
   o.state_dir = dir_.Sub("b");
   o.lease = std::chrono::milliseconds(10);
+  o.allow_unbound_peers = true;
   auto core = *Core::Open(o);
-  auto s = core->Attach(me_, "idle");
+  PeerCredentials unobservable = me_;  // no pidfd: only the lease decides
+  unobservable.process = nullptr;
+  auto s = core->Attach(unobservable, "idle");
   ASSERT_TRUE(s.ok());
   EXPECT_TRUE(core->ExpiredSessions().empty());
   std::this_thread::sleep_for(std::chrono::milliseconds(30));

@@ -109,7 +109,8 @@ absl::StatusOr<Ledger::Table> Ledger::WriteTable(
     const std::string& path, uint64_t session_tag, uint64_t capacity,
     const std::vector<LedgerEntry>& entries) {
   std::string tmp = path + ".new";
-  int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  unlink(tmp.c_str());  // a leftover of a writer that died; never followed
+  int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return Errno(errno, "ledger: create " + tmp);
   uint64_t bytes = sizeof(Header) + capacity * sizeof(Slot);
   int err = base::Fallocate(fd, static_cast<off_t>(bytes));

@@ -53,8 +53,8 @@ std::string Snapshot(const ChannelMeta& m) {
   meta.insert("id", m.id);
   meta.insert("name", m.name);
   meta.insert("created_unix_ms", static_cast<int64_t>(m.created_unix_ms));
-  meta.insert("owner_capability", m.owner_capability);
-  meta.insert("member_capability", m.member_capability);
+  meta.insert("owner_capability_sha256", m.owner_capability.ToHex());
+  meta.insert("member_capability_sha256", m.member_capability.ToHex());
   meta.insert("sealed", m.sealed);
   meta.insert("dropped", m.dropped);
   if (m.arena.epoch != 0) {
@@ -157,7 +157,9 @@ absl::Status Apply(const toml::table& r, ChannelMeta& m) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ChannelMeta> ReadSnapshot(const std::string& path, uint64_t* bytes) {
+// `legacy_clear_text` is set when the file holds capabilities in clear.
+absl::StatusOr<ChannelMeta> ReadSnapshot(const std::string& path, uint64_t* bytes,
+                                         bool* legacy_clear_text) {
   auto damaged = [&](absl::string_view what) {
     return absl::DataLossError(absl::StrCat(path, ": ", what,
                                             " (the file is damaged; restore it from a "
@@ -178,12 +180,24 @@ absl::StatusOr<ChannelMeta> ReadSnapshot(const std::string& path, uint64_t* byte
   m.id = meta["id"].value_or(std::string());
   m.name = meta["name"].value_or(std::string());
   m.created_unix_ms = static_cast<uint64_t>(meta["created_unix_ms"].value_or(int64_t{0}));
-  m.owner_capability = meta["owner_capability"].value_or(std::string());
-  m.member_capability = meta["member_capability"].value_or(std::string());
+  // Daemons before format 2 of this file wrote capabilities in clear
+  // ("owner_capability"); they are read as digests, and Open rewrites the
+  // snapshot so the clear text leaves the disk.
+  auto digest = [&](const char* key) -> std::optional<SecretDigest> {
+    std::string hashed = meta[absl::StrCat(key, "_sha256")].value_or(std::string());
+    if (!hashed.empty()) return SecretDigest::FromHex(hashed);
+    std::string clear = meta[key].value_or(std::string());
+    if (clear.empty()) return std::nullopt;
+    if (legacy_clear_text != nullptr) *legacy_clear_text = true;
+    return SecretDigest::Of(clear);
+  };
+  std::optional<SecretDigest> owner = digest("owner_capability");
+  std::optional<SecretDigest> member = digest("member_capability");
+  if (owner) m.owner_capability = *owner;
+  if (member) m.member_capability = *member;
   m.sealed = meta["sealed"].value_or(false);
   m.dropped = meta["dropped"].value_or(false);
-  if (m.id.empty() || m.name.empty() || m.owner_capability.empty() ||
-      m.member_capability.empty()) {
+  if (m.id.empty() || m.name.empty() || !owner || !member) {
     return damaged("id, name or a capability is missing");
   }
   if (std::optional<uint64_t> epoch = ParseHex64(meta["arena_epoch"].value_or(std::string()))) {
@@ -222,12 +236,14 @@ absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Create(const std::string& 
 
 absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& dir) {
   std::unique_ptr<MetaStore> store(new MetaStore(dir));
-  absl::StatusOr<ChannelMeta> meta = ReadSnapshot(store->SnapshotPath(), &store->snapshot_bytes_);
+  bool legacy_clear_text = false;
+  absl::StatusOr<ChannelMeta> meta =
+      ReadSnapshot(store->SnapshotPath(), &store->snapshot_bytes_, &legacy_clear_text);
   if (!meta.ok()) return meta.status();
   store->meta_ = std::move(*meta);
   std::ifstream in(store->JournalPath(), std::ios::binary);
-  if (!in) return store;
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string text;
+  if (in) text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   size_t at = 0;
   int line_no = 0;
   while (at < text.size()) {
@@ -259,6 +275,10 @@ absl::StatusOr<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& di
     if (truncate(store->JournalPath().c_str(), static_cast<off_t>(at)) != 0) {
       return base::ErrnoStatus(errno, "truncate " + store->JournalPath());
     }
+  }
+  if (legacy_clear_text) {
+    if (absl::Status s = store->Compact(); !s.ok()) return s;
+    spdlog::info("{}: capabilities rewritten as SHA-256 digests", store->SnapshotPath());
   }
   return store;
 }

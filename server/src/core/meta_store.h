@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/secret_digest.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/ref.h"
 #include "structd/shm/type_token.h"
@@ -43,8 +44,9 @@ struct ChannelMeta {
   };
   std::string id;
   std::string name;
-  std::string owner_capability;
-  std::string member_capability;
+  // Digests only (secret_digest.h): meta.toml names no capability.
+  SecretDigest owner_capability;
+  SecretDigest member_capability;
   uint64_t created_unix_ms = 0;
   bool sealed = false;
   bool dropped = false;

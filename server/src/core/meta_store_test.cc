@@ -19,8 +19,8 @@ ChannelMeta Fresh() {
   ChannelMeta m;
   m.id = "00112233445566ff";
   m.name = "orders";
-  m.owner_capability = "o";
-  m.member_capability = "m";
+  m.owner_capability = SecretDigest::Of("o");
+  m.member_capability = SecretDigest::Of("m");
   m.arena = {42, 1 << 20, 8};
   return m;
 }

@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 
 namespace structd::server {
@@ -28,10 +29,17 @@ class ProcessHandle {
   // stopped process (SIGSTOP, a debugger) has not exited.
   bool Exited() const;
   int fd() const { return fd_; }
+  // True if both handles name one process. Decided by the pidfds'
+  // inodes where the kernel gives each process its own (pidfs, Linux
+  // 6.9+), else by pid (never 0: a pid the daemon cannot see proves
+  // nothing).
+  bool SameProcess(const ProcessHandle& other) const;
 
  private:
-  explicit ProcessHandle(int fd) : fd_(fd) {}
+  ProcessHandle(int fd, pid_t pid);
   int fd_;
+  pid_t pid_;             // as the daemon sees it; 0 if invisible
+  uint64_t identity_ = 0;  // the pidfs inode; 0 on older kernels
 };
 
 }  // namespace structd::server

@@ -292,6 +292,7 @@ TEST_F(RecoveryTest, TheLeaseEndsOnlySessionsWhoseProcessIsGone) {
   CoreOptions o = options_;
   o.state_dir = dir_.Sub("lease");
   o.lease = std::chrono::milliseconds(10);
+  o.allow_unbound_peers = true;  // for the one the kernel gives no pidfd for
   auto core = *Core::Open(o);
   ChildProcess paused([] {
     pause();
@@ -304,11 +305,15 @@ TEST_F(RecoveryTest, TheLeaseEndsOnlySessionsWhoseProcessIsGone) {
   p.process = ProcessHandle::OfPid(paused.pid());
   ASSERT_NE(p.process, nullptr);
   kill(paused.pid(), SIGSTOP);
-  auto alive = *core->Attach(p, "paused");
+  auto attached = core->Attach(p, "paused");
+  ASSERT_TRUE(attached.ok()) << attached.status();
+  auto alive = *attached;
   PeerCredentials d = me_;
   d.pid = dead.pid();
   d.process = nullptr;  // reaped: no pidfd to be had
-  auto gone = *core->Attach(d, "gone");
+  auto unbound = core->Attach(d, "gone");
+  ASSERT_TRUE(unbound.ok()) << unbound.status();
+  auto gone = *unbound;
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
   EXPECT_EQ(core->ExpiredSessions(), std::vector<std::string>{gone.id});
   kill(paused.pid(), SIGKILL);

@@ -45,7 +45,9 @@ PeerCredentials PeerTable::Lookup(const std::string& peer) const {
   auto it = by_peer_.find(peer);
   if (it == by_peer_.end()) return PeerCredentials{};
   it->second.used = true;
-  return it->second.creds;
+  PeerCredentials creds = it->second.creds;
+  if (it->second.ino != 0) creds.connection = it->second.ino;
+  return creds;
 }
 
 std::shared_ptr<const ProcessHandle> PeerTable::ProcessOf(const std::string& peer) const {
@@ -130,10 +132,10 @@ absl::StatusOr<std::string> CallerSession(grpc::ServerContext& context,
                                           const Core& core,
                                           const PeerTable& peers) {
   std::string id = SessionIdOf(context);
-  if (absl::Status s = core.CheckSession(id, peers.Lookup(context.peer()));
-      !s.ok()) {
-    return s;
-  }
+  PeerCredentials peer = peers.Lookup(context.peer());
+  // A pid the daemon cannot see proves nothing: the process itself does.
+  if (peer.known && peer.pid == 0) peer.process = peers.ProcessOf(context.peer());
+  if (absl::Status s = core.CheckSession(id, peer); !s.ok()) return s;
   return id;
 }
 

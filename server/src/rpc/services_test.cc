@@ -31,7 +31,7 @@ class ServicesTest : public ::testing::Test {
     auto c = Core::Open(o);
     ASSERT_TRUE(c.ok()) << c.status();
     core_ = std::move(*c);
-    me_ = {true, getpid(), getuid(), getgid()};
+    me_ = {true, getpid(), getuid(), getgid(), ProcessHandle::OfPid(getpid())};
     // Handlers called in-process see the peer "".
     peers_.RecordPeer("", me_);
     auto s = core_->Attach(me_, "services-test");
@@ -171,10 +171,11 @@ TEST_F(ServicesTest, RequestFieldsAreValidatedBeforeTheCoreActs) {
   EXPECT_EQ(listed.types_size(), 0);
 }
 
-TEST_F(ServicesTest, AdminIsForTheDaemonsUserOnly) {
+TEST_F(ServicesTest, AdminIsForRootOrTheAdminCapability) {
   AdminService admin(core_.get(), &peers_,
                      {"test-version", "/sock", dir_.path(),
                       std::chrono::steady_clock::now()});
+  peers_.RecordPeer("", {true, getpid(), 0, 0});  // root
   v1::GetStatusRequest req;
   v1::GetStatusResponse resp;
   grpc::Status s = admin.GetStatus(&Caller()->context, &req, &resp);
@@ -183,11 +184,13 @@ TEST_F(ServicesTest, AdminIsForTheDaemonsUserOnly) {
   EXPECT_EQ(resp.sessions(), 1u);
   EXPECT_EQ(resp.pid(), static_cast<uint32_t>(getpid()));
 
-  // Another uid (not root): refused, whatever the daemon's own uid is.
-  peers_.RecordPeer("", {true, getpid(), getuid() + 1, getgid()});
-  s = admin.GetStatus(&Caller()->context, &req, &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  EXPECT_THAT(s.error_message(), HasSubstr("uid"));
+  // Any other uid, the daemon's own included: refused.
+  for (uid_t uid : {getuid() == 0 ? uid_t{1000} : getuid(), uid_t{61001}}) {
+    peers_.RecordPeer("", {true, getpid(), uid, getgid()});
+    s = admin.GetStatus(&Caller()->context, &req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(s.error_message(), HasSubstr("admin capability"));
+  }
   // ... unless it presents the admin capability the core wrote for this
   // start (readable by the daemon's uid only).
   std::string capability;

@@ -7,9 +7,12 @@
 // it to STATE/admin.capability, 0600). Field meanings and units are those
 // of proto/structd/v1/admin.proto.
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,7 +31,14 @@ class AdminConnection;
 
 struct AdminOptions {
   std::string socket;            // "" = $STRUCTD_SOCKET, else the default
-  std::string admin_capability;  // "" = $STRUCTD_ADMIN_CAPABILITY, if set
+  // Admin calls need root or the admin capability. "": taken from
+  // $STRUCTD_ADMIN_CAPABILITY, else read from admin_capability_file.
+  std::string admin_capability;
+  // "" = the daemon's default: STATE/admin.capability beside the socket
+  // (SOCKETDIR/state/admin.capability), readable by the daemon's user.
+  std::string admin_capability_file;
+  // As ClientOptions::daemon_uid: the uid the daemon must run as.
+  std::optional<uid_t> daemon_uid;
   std::chrono::milliseconds call_timeout{10000};
   std::chrono::milliseconds connect_timeout{2000};
 };

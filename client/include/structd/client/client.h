@@ -15,9 +15,12 @@
 //
 // Thread-safe: any thread may use a Client and its Channels.
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -44,6 +47,11 @@ struct ClientOptions {
   // After losing the daemon, keep re-attaching in the background and
   // re-join every channel once it is back.
   bool reconnect = true;
+  // The uid the daemon must run as, checked with SO_PEERCRED before any
+  // capability is sent (doc/security.md). Unset: $STRUCTD_DAEMON_UID, else
+  // root, this process's uid, or the owner of a socket directory that
+  // root provisioned (/run/structd of the system service).
+  std::optional<uid_t> daemon_uid;
 };
 
 struct CreatedChannel {
