@@ -144,11 +144,26 @@ absl::StatusOr<DaemonStatus> AdminClient::Status() {
   }
   DaemonStatus out{r.version(),  r.uptime_ms(), r.daemon_instance(), r.socket(),
                    r.state_dir(), r.pid(),      r.channels(),        r.sessions(),
-                   r.live_instances(), r.arena_bytes(), {}};
+                   r.live_instances(), r.arena_bytes(), {}, {}};
   for (const v1::UnrecoveredChannel& u : r.unrecovered()) {
     out.unrecovered.push_back({u.dir(), u.name(), u.reason()});
   }
+  for (const v1::QuotaUse& q : r.quotas()) {
+    out.quotas.push_back({q.quota(), q.per_uid(), q.uid(), q.used(), q.limit()});
+  }
   return out;
+}
+
+absl::StatusOr<uint32_t> AdminClient::Drop(const std::string& channel) {
+  v1::AdminDropChannelRequest request;
+  request.set_channel(channel);
+  v1::AdminDropChannelResponse r;
+  if (absl::Status s = connection_->Call(*connection_->admin_, &v1::Admin::Stub::DropChannel,
+                                         request, &r);
+      !s.ok()) {
+    return s;
+  }
+  return r.sessions();
 }
 
 absl::StatusOr<std::vector<ChannelSummary>> AdminClient::Channels() {

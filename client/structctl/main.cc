@@ -128,6 +128,12 @@ Result Status(AdminClient& admin, const Options& o) {
       unrecovered.push_back(
           toml::table{{"dir", u.dir}, {"name", u.name}, {"reason", u.reason}});
     }
+    toml::array quotas;
+    for (const auto& q : st->quotas) {
+      toml::table t{{"quota", q.quota}, {"used", Int(q.used)}, {"limit", Int(q.limit)}};
+      if (q.per_uid) t.insert("uid", Int(q.uid));
+      quotas.push_back(std::move(t));
+    }
     PrintJson(toml::table{{"version", st->version},
                           {"uptime_ms", Int(st->uptime_ms)},
                           {"daemon_instance", Hex64(st->daemon_instance)},
@@ -139,7 +145,8 @@ Result Status(AdminClient& admin, const Options& o) {
                           {"live_instances", Int(st->live_instances)},
                           {"arena_bytes", Int(st->arena_bytes)},
                           {"arenas", std::move(arenas)},
-                          {"unrecovered", std::move(unrecovered)}});
+                          {"unrecovered", std::move(unrecovered)},
+                          {"quotas", std::move(quotas)}});
     return std::nullopt;
   }
   std::printf("structd %s (pid %u), up %s\n", st->version.c_str(), st->pid,
@@ -156,6 +163,29 @@ Result Status(AdminClient& admin, const Options& o) {
   for (const auto& u : st->unrecovered) {
     std::printf("  NOT RECOVERED %s (%s): %s\n", u.name.empty() ? "?" : u.name.c_str(),
                 u.dir.c_str(), u.reason.c_str());
+  }
+  if (!st->quotas.empty()) std::printf("quotas (used / limit):\n");
+  for (const auto& q : st->quotas) {
+    bool channels = q.quota == "max_channels_per_uid";
+    std::string who = q.per_uid ? " uid " + std::to_string(q.uid) : "";
+    std::string used = channels ? std::to_string(q.used) : HumanBytes(q.used);
+    std::string limit = channels ? std::to_string(q.limit) : HumanBytes(q.limit);
+    std::printf("  %-22s%-12s %s / %s (%.0f%%)\n", q.quota.c_str(), who.c_str(), used.c_str(),
+                limit.c_str(), q.limit == 0 ? 0.0 : 100.0 * double(q.used) / double(q.limit));
+  }
+  return std::nullopt;
+}
+
+Result Drop(AdminClient& admin, const Options& o) {
+  STRUCTCTL_ASSIGN(sessions, admin.Drop(o.channel));
+  if (o.json) {
+    PrintJson(toml::table{{"dropped", o.channel}, {"sessions", Int(*sessions)}});
+  } else if (*sessions == 0) {
+    std::printf("channel %s dropped and deleted\n", o.channel.c_str());
+  } else {
+    std::printf("channel %s dropped: no new joins; its arena is deleted when its %u joined "
+                "sessions leave\n",
+                o.channel.c_str(), *sessions);
   }
   return std::nullopt;
 }
@@ -575,6 +605,9 @@ int Main(int argc, char** argv) {
   command("check", "read-only consistency check (exit 1 and a report on any damage)", Check)
       ->add_option("CHANNEL", o.channel, "channel name or id")
       ->required();
+  command("drop", "drop a channel as an operator (no owner capability needed)", Drop)
+      ->add_option("CHANNEL", o.channel, "channel name or id")
+      ->required();
   auto* watch = command("watch", "status and channels, refreshed until interrupted", Watch);
   watch->add_option("--interval", o.interval, "seconds between refreshes (default 1)")
       ->check(CLI::PositiveNumber);
@@ -594,7 +627,9 @@ int Main(int argc, char** argv) {
   auto admin = AdminClient::Connect(options);
   if (!admin.ok()) {
     std::fprintf(stderr, "structctl: %s\n", std::string(admin.status().message()).c_str());
-    return kNoDaemon;
+    // A daemon that is there but not trusted is not "no daemon".
+    return admin.status().code() == absl::StatusCode::kPermissionDenied ? kDaemonError
+                                                                        : kNoDaemon;
   }
   Result failure = run(**admin, o);
   if (!failure) return kOk;

@@ -41,10 +41,22 @@ const Option kOptions[] = {
     {"log_level", "STRUCTD_LOG_LEVEL", "trace, debug, info, warn, error or off",
      &DaemonConfig::log_level},
     {"extent_size", nullptr,
-     "Bytes per arena extent for new channels: a multiple of 65536 from 131072 to 268435456",
+     "Bytes per arena extent for new channels, and the most a client may ask for: a "
+     "multiple of 65536 from 131072 to 268435456",
      &DaemonConfig::extent_size},
-    {"max_extents", nullptr, "Extents a new channel's arena may grow to, 1 to 16383",
+    {"max_extents", nullptr,
+     "Extents a new channel's arena may grow to, and the most a client may ask for; 1 to "
+     "16383",
      &DaemonConfig::max_extents},
+    {"max_bytes_per_channel", nullptr, "Arena bytes one channel may hold",
+     &DaemonConfig::max_bytes_per_channel},
+    {"max_bytes_per_uid", nullptr, "Arena bytes the channels one uid created may hold",
+     &DaemonConfig::max_bytes_per_uid},
+    {"max_bytes_total", nullptr,
+     "Arena bytes all channels may hold; 0 = half of the file system under state_dir",
+     &DaemonConfig::max_bytes_total},
+    {"max_channels_per_uid", nullptr, "Channels one uid may have created (and not dropped)",
+     &DaemonConfig::max_channels_per_uid},
     {"lease_ms", nullptr,
      "A session that sends no heartbeat for this long, and whose process is gone or "
      "cannot be observed, is ended",
@@ -265,6 +277,10 @@ CoreOptions DaemonConfig::ToCoreOptions() const {
   o.max_sessions_per_uid = max_sessions_per_uid;
   o.lease = std::chrono::milliseconds(lease_ms);
   o.allow_unbound_peers = allow_unbound_peers;
+  o.quotas.max_bytes_per_channel = max_bytes_per_channel;
+  o.quotas.max_bytes_per_uid = max_bytes_per_uid;
+  o.quotas.max_bytes_total = max_bytes_total;
+  o.quotas.max_channels_per_uid = max_channels_per_uid;
   return o;
 }
 

@@ -35,6 +35,10 @@ struct DaemonConfig {
   uint32_t max_types_per_channel = RegistryLimits{}.max_types;
   uint64_t max_registry_bytes = RegistryLimits{}.max_registry_bytes;
   uint32_t max_roots_per_channel = Channel::Limits{}.max_roots;
+  uint64_t max_bytes_per_channel = QuotaLimits{}.max_bytes_per_channel;
+  uint64_t max_bytes_per_uid = QuotaLimits{}.max_bytes_per_uid;
+  uint64_t max_bytes_total = QuotaLimits{}.max_bytes_total;  // 0: half the file system
+  uint32_t max_channels_per_uid = QuotaLimits{}.max_channels_per_uid;
   // The listener's own (no domain struct holds these).
   // Connections one process may hold open to the daemon at once.
   uint32_t max_connections_per_process = 64;

@@ -119,8 +119,15 @@ absl::StatusOr<uint64_t> Allocator::FindUnassignedRun(uint32_t n) {
       }
     }
   }
+  const uint64_t bytes = arena_->extent_size();
+  if (growth_gate_.reserve) {
+    if (absl::Status s = growth_gate_.reserve(bytes); !s.ok()) return s;
+  }
   absl::StatusOr<uint32_t> grown = arena_->Grow();
-  if (!grown.ok()) return grown.status();
+  if (!grown.ok()) {
+    if (growth_gate_.cancel) growth_gate_.cancel(bytes);
+    return grown.status();
+  }
   if (absl::Status s = RefreshExtents(); !s.ok()) return s;
   if (*grown >= bases_.size() || quarantined_extent_[*grown]) {
     return absl::InternalError(absl::StrFormat(

@@ -96,6 +96,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(const Options& options,
   c->owner_capability_ = SecretDigest::Of(issued->owner);
   c->member_capability_ = SecretDigest::Of(issued->member);
   c->created_unix_ms_ = base::NowUnixMs();
+  c->creator_uid_ = options.creator_uid;
   // Not shared yet; locked so the guarded members are set under mu_.
   base::MutexLock lock(&c->mu_);
   c->registry_ = TypeRegistry(options.limits.layout, options.limits.registry);
@@ -127,6 +128,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(const Options& options,
   meta.owner_capability = c->owner_capability_;
   meta.member_capability = c->member_capability_;
   meta.created_unix_ms = c->created_unix_ms_;
+  meta.creator_uid = c->creator_uid_;
   meta.arena = c->arena_->identity();
   absl::StatusOr<std::unique_ptr<MetaStore>> store = MetaStore::Create(options.dir, meta);
   if (!store.ok()) {
@@ -136,6 +138,17 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(const Options& options,
   }
   c->store_ = std::move(*store);
   return c;
+}
+
+uint64_t Channel::arena_bytes() const {
+  base::MutexLock lock(&mu_);
+  if (arena_ == nullptr) return 0;
+  return uint64_t{arena_->extent_count()} * arena_->extent_size();
+}
+
+void Channel::SetGrowthGate(shm::Allocator::GrowthGate gate) {
+  base::MutexLock lock(&mu_);
+  if (allocator_ != nullptr) allocator_->SetGrowthGate(std::move(gate));
 }
 
 absl::Status Channel::Usable() const {

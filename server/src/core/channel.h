@@ -93,6 +93,7 @@ class Channel {
     std::string dir;
     shm::ArenaOptions arena;
     Limits limits;
+    uid_t creator_uid = 0;  // whose quota the arena counts against
   };
   // The capabilities of a new channel, in clear: Create hands them out
   // once (to CreateChannel's caller); the channel keeps only digests.
@@ -140,6 +141,11 @@ class Channel {
   const std::string& id() const { return id_; }
   const std::string& name() const { return name_; }
   const std::string& dir() const { return dir_; }
+  uid_t creator_uid() const { return creator_uid_; }
+  // Bytes of the arena's extents (each fully backed).
+  uint64_t arena_bytes() const;
+  // The quota every growth of the arena must pass (Allocator::GrowthGate).
+  void SetGrowthGate(shm::Allocator::GrowthGate gate);
 
   // PermissionDenied for a capability that is neither.
   absl::StatusOr<Role> CheckCapability(const std::string& capability) const;
@@ -285,6 +291,7 @@ class Channel {
   SecretDigest owner_capability_;
   SecretDigest member_capability_;
   uint64_t created_unix_ms_ = 0;
+  uid_t creator_uid_ = 0;
 
   mutable base::Mutex mu_;
   std::unique_ptr<shm::Arena> arena_ ABSL_GUARDED_BY(mu_);

@@ -3,6 +3,7 @@
 // interrupted operation left. See doc/recovery.md.
 #include "core/channel.h"
 
+#include <unistd.h>
 #include <algorithm>
 #include <filesystem>
 
@@ -36,6 +37,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir
   c->id_ = meta.id;
   c->name_ = meta.name;
   c->created_unix_ms_ = meta.created_unix_ms;
+  c->creator_uid_ = meta.creator_uid >= 0 ? static_cast<uid_t>(meta.creator_uid) : getuid();
   c->owner_capability_ = meta.owner_capability;
   c->member_capability_ = meta.member_capability;
   c->dropped_ = meta.dropped;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <cerrno>
 #include <filesystem>
@@ -65,8 +66,34 @@ bool IsPrintableUtf8(std::string_view text) {
   return true;
 }
 
+namespace {
+
+// max_bytes_total = 0: half of the file system under the state directory.
+CoreOptions ResolveQuotas(CoreOptions o) {
+  if (o.quotas.max_bytes_total == 0) {
+    struct statvfs fs;
+    if (statvfs(o.state_dir.c_str(), &fs) == 0) {
+      o.quotas.max_bytes_total = uint64_t{fs.f_blocks} * fs.f_frsize / 2;
+    }
+    if (o.quotas.max_bytes_total == 0) o.quotas.max_bytes_total = UINT64_MAX;
+  }
+  return o;
+}
+
+}  // namespace
+
 Core::Core(CoreOptions options)
-    : options_(std::move(options)), instance_id_(RandomU64()) {}
+    : options_(ResolveQuotas(std::move(options))),
+      instance_id_(RandomU64()),
+      quota_(options_.quotas) {}
+
+void Core::ChargeQuota(const std::shared_ptr<Channel>& channel) {
+  quota_.AdoptChannel(channel->id(), channel->name(), channel->creator_uid(),
+                      channel->arena_bytes());
+  std::string id = channel->id();
+  channel->SetGrowthGate({[this, id](uint64_t bytes) { return quota_.Grow(id, bytes); },
+                          [this, id](uint64_t bytes) { quota_.CancelGrow(id, bytes); }});
+}
 
 Core::~Core() = default;
 
@@ -388,6 +415,13 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
   o.name = name;
   o.arena = options_.arena;
   o.arena.initial_extents = 1;
+  if (extent_size > options_.arena.extent_size || max_extents > options_.arena.max_extents) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "channel '%s': asks for %d extents of %d bytes; this daemon allows at most %d extents "
+        "of %d bytes (quotas extent_size and max_extents: ask for less, or 0 for the "
+        "defaults, or ask the operator to raise them)",
+        name, max_extents, extent_size, options_.arena.max_extents, options_.arena.extent_size));
+  }
   if (extent_size != 0) o.arena.extent_size = extent_size;
   if (max_extents != 0) o.arena.max_extents = max_extents;
   o.limits = options_.limits;
@@ -419,20 +453,26 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
     do {
       o.id = absl::StrFormat("%016x", RandomU64());
     } while (channels_by_id_.count(o.id));
+    o.creator_uid = sessions_.at(session_id).info.uid;
     o.dir = absl::StrCat(options_.state_dir, "/channels/", o.id);
     // Creating the arena takes time (backing the first extent); the name is
     // reserved meanwhile so a concurrent create of the same name fails.
     channel_ids_by_name_[name] = o.id;
   }
   // Arena and ledger files are created outside mu_ (the lock rule above).
+  absl::Status charged = quota_.AddChannel(
+      o.id, name, o.creator_uid, o.arena.extent_size * o.arena.initial_extents);
   Channel::IssuedCapabilities issued;
-  absl::StatusOr<std::unique_ptr<Channel>> created = Channel::Create(o, &issued);
+  absl::StatusOr<std::unique_ptr<Channel>> created =
+      charged.ok() ? Channel::Create(o, &issued) : charged;
   if (!created.ok()) {
+    if (charged.ok()) quota_.RemoveChannel(o.id);
     base::MutexLock lock(&mu_);
     channel_ids_by_name_.erase(name);
     return created.status();
   }
   channel = std::move(*created);
+  ChargeQuota(channel);
   absl::Status joined = channel->Join(session_id);  // the creator, as owner
   ChannelCreated out{o.id, std::move(issued.owner), std::move(issued.member),
                      channel->arena_summary()};
@@ -511,17 +551,29 @@ absl::Status Core::DropChannel(const std::string& channel,
                                const std::string& owner_capability) {
   absl::StatusOr<std::shared_ptr<Channel>> c = OwnedChannel(channel, owner_capability);
   if (!c.ok()) return c.status();
-  (*c)->MarkDropped();  // records the drop: file work, outside mu_
+  Drop(*c, "by its owner");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> Core::DropChannelAsAdmin(const std::string& channel) {
+  absl::StatusOr<std::shared_ptr<Channel>> c = Find(channel);
+  if (!c.ok()) return c.status();
+  return Drop(*c, "by an operator");
+}
+
+uint32_t Core::Drop(const std::shared_ptr<Channel>& channel, const char* by) {
+  channel->MarkDropped();  // records the drop: file work, outside mu_
   std::shared_ptr<Channel> gone;
   {
     base::MutexLock lock(&mu_);
-    channel_ids_by_name_.erase((*c)->name());
-    gone = TakeIfUnusedLocked(*c);
+    channel_ids_by_name_.erase(channel->name());
+    gone = TakeIfUnusedLocked(channel);
   }
-  spdlog::info("channel '{}' dropped; its arena goes when its sessions leave",
-               (*c)->name());
+  uint32_t sessions = gone ? 0 : channel->session_count();
+  spdlog::info("channel '{}' dropped {}; its arena goes when its {} sessions leave",
+               channel->name(), by, sessions);
   if (gone) DestroyChannel(gone);
-  return absl::OkStatus();
+  return sessions;
 }
 
 std::shared_ptr<Channel> Core::TakeIfUnusedLocked(const std::shared_ptr<Channel>& channel) {
@@ -536,6 +588,7 @@ std::shared_ptr<Channel> Core::TakeIfUnusedLocked(const std::shared_ptr<Channel>
 
 void Core::DestroyChannel(const std::shared_ptr<Channel>& channel) {
   channel->Destroy();
+  quota_.RemoveChannel(channel->id());
   spdlog::info("channel '{}' (id {}) destroyed: arena deleted", channel->name(),
                channel->id());
 }

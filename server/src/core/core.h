@@ -20,6 +20,7 @@
 #include "core/channel.h"
 #include "core/process_handle.h"
 #include "core/secret_digest.h"
+#include "core/storage_quota.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/layout.h"
 
@@ -61,6 +62,10 @@ struct CoreOptions {
   // nothing would tell its death or its identity. When allowed, such a
   // session is bound to the connection that attached instead.
   bool allow_unbound_peers = false;
+  // Arena bytes per channel, per uid and in total; channels per uid. The
+  // extent size and count in `arena` are bounds too: a client may ask for
+  // smaller extents or fewer of them, never more.
+  QuotaLimits quotas;
 };
 
 struct SessionInfo {
@@ -140,6 +145,8 @@ class Core {
     uint64_t arena_bytes = 0;
   };
   Totals GetTotals() const;
+  // Every quota with its use (structctl status).
+  std::vector<QuotaUse> Quotas() const { return quota_.Uses(); }
   // Ends a session: leaves every joined channel, releasing every reference
   // in its ledgers. Returns how many references were released. Idempotent.
   uint64_t Detach(const std::string& session_id);
@@ -169,6 +176,9 @@ class Core {
                                             const std::string& capability);
   absl::Status DropChannel(const std::string& channel,
                            const std::string& owner_capability);
+  // An operator's drop (Admin.DropChannel): no capability needed; the
+  // caller checked AuthorizeAdmin. Returns the sessions still joined.
+  absl::StatusOr<uint32_t> DropChannelAsAdmin(const std::string& channel);
   // The channel `channel` (name or id) if `session_id` joined it:
   // NotFound for an unknown channel, FailedPrecondition if not joined.
   absl::StatusOr<std::shared_ptr<Channel>> Joined(
@@ -217,8 +227,15 @@ class Core {
   // Deletes a taken channel's files. REQUIRES: mu_ not held (file work).
   void DestroyChannel(const std::shared_ptr<Channel>& channel);
 
+  // Counts a channel's arena and gates its growth.
+  void ChargeQuota(const std::shared_ptr<Channel>& channel);
+  // Marks `channel` dropped and deletes it if no session is joined;
+  // returns the sessions that still keep it.
+  uint32_t Drop(const std::shared_ptr<Channel>& channel, const char* by);
+
   const CoreOptions options_;
   const uint64_t instance_id_;
+  StorageQuota quota_;
   SecretDigest admin_capability_;  // set once by Open; empty if it could not be saved
   mutable base::Mutex mu_;
   std::map<std::string, std::shared_ptr<Channel>> channels_by_id_

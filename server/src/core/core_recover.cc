@@ -100,6 +100,7 @@ void Core::Recover() {
       continue;
     }
     channel_ids_by_name_[channel->name()] = channel->id();
+    ChargeQuota(channel);
     channels_by_id_[channel->id()] = std::move(channel);
   }
   auto deadline = std::chrono::steady_clock::now() + options_.lease;

@@ -53,6 +53,7 @@ std::string Snapshot(const ChannelMeta& m) {
   meta.insert("id", m.id);
   meta.insert("name", m.name);
   meta.insert("created_unix_ms", static_cast<int64_t>(m.created_unix_ms));
+  meta.insert("creator_uid", m.creator_uid);
   meta.insert("owner_capability_sha256", m.owner_capability.ToHex());
   meta.insert("member_capability_sha256", m.member_capability.ToHex());
   meta.insert("sealed", m.sealed);
@@ -180,6 +181,7 @@ absl::StatusOr<ChannelMeta> ReadSnapshot(const std::string& path, uint64_t* byte
   m.id = meta["id"].value_or(std::string());
   m.name = meta["name"].value_or(std::string());
   m.created_unix_ms = static_cast<uint64_t>(meta["created_unix_ms"].value_or(int64_t{0}));
+  m.creator_uid = meta["creator_uid"].value_or(int64_t{-1});
   // Daemons before format 2 of this file wrote capabilities in clear
   // ("owner_capability"); they are read as digests, and Open rewrites the
   // snapshot so the clear text leaves the disk.

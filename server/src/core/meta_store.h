@@ -48,6 +48,9 @@ struct ChannelMeta {
   SecretDigest owner_capability;
   SecretDigest member_capability;
   uint64_t created_unix_ms = 0;
+  // The uid whose quota the arena counts against (an older daemon's
+  // channels: -1, counted as the daemon's own).
+  int64_t creator_uid = -1;
   bool sealed = false;
   bool dropped = false;
   shm::ArenaIdentity arena;  // zero fields: written by an older daemon

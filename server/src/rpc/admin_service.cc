@@ -37,6 +37,24 @@ grpc::Status AdminService::GetStatus(grpc::ServerContext* context,
     out->set_name(u.name);
     out->set_reason(u.reason);
   }
+  for (const QuotaUse& q : core_->Quotas()) {
+    v1::QuotaUse* out = response->add_quotas();
+    out->set_quota(q.quota);
+    out->set_per_uid(q.per_uid);
+    out->set_uid(q.uid);
+    out->set_used(q.used);
+    out->set_limit(q.limit);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::DropChannel(grpc::ServerContext* context,
+                                       const v1::AdminDropChannelRequest* request,
+                                       v1::AdminDropChannelResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  absl::StatusOr<uint32_t> sessions = core_->DropChannelAsAdmin(request->channel());
+  if (!sessions.ok()) return ToGrpc(sessions.status());
+  response->set_sessions(*sessions);
   return grpc::Status::OK;
 }
 

@@ -166,6 +166,9 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status InspectInstance(grpc::ServerContext* context,
                                const v1::InspectInstanceRequest* request,
                                v1::InspectInstanceResponse* response) override;
+  grpc::Status DropChannel(grpc::ServerContext* context,
+                           const v1::AdminDropChannelRequest* request,
+                           v1::AdminDropChannelResponse* response) override;
   grpc::Status CheckArena(grpc::ServerContext* context,
                           const v1::CheckArenaRequest* request,
                           v1::CheckArenaResponse* response) override;

@@ -62,6 +62,15 @@ struct DaemonStatus {
     std::string reason;
   };
   std::vector<Unrecovered> unrecovered;
+  // Every quota of the daemon's config with its use (admin.proto QuotaUse).
+  struct Quota {
+    std::string quota;  // the config option, e.g. "max_bytes_per_uid"
+    bool per_uid = false;
+    uint32_t uid = 0;
+    uint64_t used = 0;
+    uint64_t limit = 0;
+  };
+  std::vector<Quota> quotas;
 };
 
 struct ChannelSummary {
@@ -136,6 +145,9 @@ class AdminClient {
   absl::StatusOr<std::vector<RootInfo>> Roots(const std::string& channel);
   absl::StatusOr<MemoryReport> Memory(const std::string& channel);
   absl::StatusOr<ArenaCheck> Check(const std::string& channel);
+  // Drops a channel without its owner capability; returns the sessions
+  // still joined (the arena goes when they leave).
+  absl::StatusOr<uint32_t> Drop(const std::string& channel);
 
  private:
   explicit AdminClient(std::unique_ptr<internal::AdminConnection> connection);

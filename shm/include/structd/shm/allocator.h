@@ -76,6 +76,14 @@ struct ReleaseResult {
 class Allocator {
  public:
   using TypeLookup = std::function<const Layout*(uint32_t type_index)>;
+  // The owner's quotas on growth: `reserve(bytes)` is asked before the
+  // arena grows by one extent of `bytes`; an error (ResourceExhausted
+  // naming a quota) stops the growth and fails the allocation that needed
+  // it. `cancel(bytes)` returns a reservation whose growth then failed.
+  struct GrowthGate {
+    std::function<absl::Status(uint64_t bytes)> reserve;
+    std::function<void(uint64_t bytes)> cancel;
+  };
 
   // Scans `arena` (opened read-write) and rebuilds the allocation state.
   // `report` (optional) receives what the scan found.
@@ -86,6 +94,9 @@ class Allocator {
   // it under `type_index` (non-zero). Grows the arena when needed;
   // ResourceExhausted when it cannot.
   absl::StatusOr<Ref> Allocate(uint32_t type_index, const Layout& layout);
+  // Installs the gate every growth must pass (none: growth up to the
+  // arena's max_extents). Not thread-safe: set it before sharing.
+  void SetGrowthGate(GrowthGate gate) { growth_gate_ = std::move(gate); }
   // Allocates `count` instances, appending their refs to `out`. All or
   // nothing: on failure nothing is left allocated and `out` is unchanged.
   absl::Status AllocateBatch(uint32_t type_index, const Layout& layout,
@@ -195,6 +206,7 @@ class Allocator {
   uint64_t scan_hint_ = 0;
   uint64_t live_instances_ = 0;
   uint64_t live_block_bytes_ = 0;
+  GrowthGate growth_gate_;
 };
 
 }  // namespace structd::shm
