@@ -48,6 +48,8 @@ pid_t Spawn(const std::vector<std::string>& args, int out_fd) {
 
 }  // namespace
 
+std::string DaemonPath() { return STRUCTD_DAEMON_PATH; }
+
 DaemonProcess::DaemonProcess(std::vector<std::string> extra_args) {
   socket_ = dir_.Sub("structd.sock");
   state_dir_ = dir_.Sub("state");

@@ -41,6 +41,9 @@ class DaemonProcess {
   pid_t pid_ = -1;
 };
 
+// The structd binary under test.
+std::string DaemonPath();
+
 // Runs structd with `args` to completion; returns its exit code and
 // combined output.
 int RunDaemonToCompletion(const std::vector<std::string>& args,

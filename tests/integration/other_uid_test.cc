@@ -1,0 +1,220 @@
+// The channel wall for clients of other uids (issue 16): who may connect,
+// what a process that never joined can reach, a squatted runtime
+// directory, a daemon impersonated by another user. Each test drops to an
+// unused uid in a forked child (tests/testing/other_uid.h), so it needs
+// root, and is reported SKIPPED otherwise.
+
+#include <fcntl.h>
+#include <grp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "structd/client/client.h"
+#include "testing/child_process.h"
+#include "testing/daemon_process.h"
+#include "testing/grpc_client.h"
+#include "testing/other_uid.h"
+
+namespace structd::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+class OtherUidTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!CanSwitchUid()) GTEST_SKIP() << "needs root to act as another uid";
+  }
+};
+
+// errno of connect(2) to `path`, 0 on success.
+int ConnectErrno(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  int err = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 ? 0 : errno;
+  close(fd);
+  return err;
+}
+
+// errno of open(2) of `path` for reading, 0 if it opened.
+int OpenErrno(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  close(fd);
+  return 0;
+}
+
+// A directory under /dev/shm (reachable by every uid) owned by `uid`,
+// removed at the end.
+class SharedDir {
+ public:
+  explicit SharedDir(uid_t uid, gid_t gid, mode_t mode = 0700) {
+    char tmpl[] = "/dev/shm/structd-uid-test-XXXXXX";
+    path_ = mkdtemp(tmpl) ? tmpl : "";
+    if (!path_.empty()) {
+      chown(path_.c_str(), uid, gid);
+      chmod(path_.c_str(), mode);
+    }
+  }
+  ~SharedDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// socket_group and socket_mode let one group in, and nobody else.
+TEST_F(OtherUidTest, AnotherUidConnectsOnlyThroughTheSocketGroup) {
+  DaemonProcess daemon({"--socket-mode", "0660", "--socket-group", std::to_string(kClientGid)});
+  std::string dir = std::filesystem::path(daemon.socket()).parent_path();
+  ASSERT_EQ(chmod(dir.c_str(), 0711), 0);  // the test's temp dir: let them reach the socket
+  struct stat st;
+  ASSERT_EQ(stat(daemon.socket().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  EXPECT_EQ(st.st_gid, kClientGid);
+
+  int in_group = RunAsUid(kClientUid, kClientGid, [&] {
+    try {
+      GrpcClient c(daemon.target());
+      v1::CreateChannelRequest create;
+      create.set_name("theirs");
+      v1::CreateChannelResponse created;
+      if (!c.registry().CreateChannel(c.Ctx().get(), create, &created).ok()) return 2;
+      // Joined or not, this uid is no operator: Admin is refused.
+      grpc::ClientContext ctx;
+      v1::GetStatusRequest req;
+      v1::GetStatusResponse resp;
+      grpc::Status s = c.admin().GetStatus(&ctx, req, &resp);
+      if (s.error_code() != grpc::StatusCode::PERMISSION_DENIED) return 3;
+      if (s.error_message().find("admin capability") == std::string::npos) return 4;
+      return 0;
+    } catch (const std::exception&) {
+      return 1;
+    }
+  });
+  EXPECT_EQ(in_group, 0);
+  int stranger = RunAsUid(kStrangerUid, kStrangerGid, [&] {
+    return ConnectErrno(daemon.socket()) == EACCES ? 0 : 1;
+  });
+  EXPECT_EQ(stranger, 0) << "a uid outside socket_group connected";
+}
+
+// A process of another uid that never joined cannot read the daemon's
+// state: no capability, no ledger, no session record, no arena file.
+TEST_F(OtherUidTest, ANonMemberCannotReachAnyChannelState) {
+  DaemonProcess daemon({"--socket-mode", "0660", "--socket-group", std::to_string(kClientGid)});
+  std::string dir = std::filesystem::path(daemon.socket()).parent_path();
+  ASSERT_EQ(chmod(dir.c_str(), 0711), 0);
+  std::string channel_dir;
+  {
+    GrpcClient owner(daemon.target());
+    v1::CreateChannelRequest create;
+    create.set_name("payroll");
+    v1::CreateChannelResponse created;
+    ASSERT_TRUE(owner.registry().CreateChannel(owner.Ctx().get(), create, &created).ok());
+    channel_dir = daemon.state_dir() + "/channels/" + created.channel_id();
+    ASSERT_TRUE(std::filesystem::exists(channel_dir + "/meta.toml"));
+  }
+  std::vector<std::string> secrets = {
+      daemon.state_dir() + "/admin.capability", channel_dir + "/meta.toml",
+      channel_dir + "/arena/arena", channel_dir + "/arena/extent.0",
+      daemon.state_dir() + "/channels", daemon.state_dir() + "/sessions"};
+  for (uid_t uid : {kClientUid, kStrangerUid}) {
+    int code = RunAsUid(uid, uid, [&] {
+      int n = 0;
+      for (const std::string& path : secrets) {
+        ++n;
+        if (OpenErrno(path) != EACCES) return n;
+      }
+      return 0;
+    });
+    EXPECT_EQ(code, 0) << "uid " << uid << " could open "
+                       << (code > 0 && code <= int(secrets.size()) ? secrets[code - 1] : "?");
+  }
+}
+
+// Another user made the runtime directory first (the default when
+// XDG_RUNTIME_DIR is unset is /tmp/structd-UID) and planted a symlink: the
+// daemon refuses to start, names the owner, and writes nothing.
+TEST_F(OtherUidTest, ASquattedRuntimeDirectoryIsRefused) {
+  SharedDir squat(kStrangerUid, kStrangerGid, 0777);
+  SharedDir victim(0, 0, 0700);
+  ASSERT_FALSE(squat.path().empty());
+  std::ofstream(victim.path() + "/precious") << "keep me";
+  ASSERT_EQ(symlink(victim.path().c_str(), (squat.path() + "/state").c_str()), 0);
+
+  std::string out;
+  int code = RunDaemonToCompletion(
+      {"--socket", squat.path() + "/structd.sock", "--state-dir", squat.path() + "/state"}, &out);
+  EXPECT_NE(code, 0);
+  EXPECT_THAT(out, HasSubstr("owned by uid " + std::to_string(kStrangerUid)));
+  // The state directory was fine, the socket's was not.
+  SharedDir good(0, 0, 0700);
+  code = RunDaemonToCompletion(
+      {"--socket", squat.path() + "/structd.sock", "--state-dir", good.path() + "/state"}, &out);
+  EXPECT_NE(code, 0);
+  EXPECT_THAT(out, HasSubstr("socket"));
+  EXPECT_THAT(out, HasSubstr("uid " + std::to_string(kStrangerUid)));
+  EXPECT_FALSE(std::filesystem::exists(squat.path() + "/structd.sock"));
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(victim.path())) {
+    left.push_back(e.path().filename());
+  }
+  EXPECT_EQ(left, std::vector<std::string>{"precious"});
+}
+
+// A daemon run by another user where the client's would be (the socket
+// swapped by a squatter): the client sends it nothing secret, unless told
+// that uid is the daemon's.
+TEST_F(OtherUidTest, AClientRefusesADaemonOfAnUntrustedUid) {
+  SharedDir home(kStrangerUid, kStrangerGid, 0700);
+  std::string socket = home.path() + "/structd.sock";
+  ChildProcess impostor([&] {
+    if (setgroups(0, nullptr) != 0 || setresgid(kStrangerGid, kStrangerGid, kStrangerGid) != 0 ||
+        setresuid(kStrangerUid, kStrangerUid, kStrangerUid) != 0) {
+      return 98;
+    }
+    std::string bin = DaemonPath(), state = home.path() + "/state";
+    execl(bin.c_str(), bin.c_str(), "--socket", socket.c_str(), "--state-dir", state.c_str(),
+          "--socket-mode", "0666", "--log-level", "warn", static_cast<char*>(nullptr));
+    return 127;
+  });
+  // Root may enter the 0700 directory; wait for the socket to answer.
+  for (int i = 0; i < 200 && ConnectErrno(socket) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(ConnectErrno(socket), 0) << "the impostor daemon did not start";
+
+  client::ClientOptions options;
+  options.socket = socket;
+  options.connect_timeout = std::chrono::milliseconds(3000);
+  auto refused = client::Client::Connect(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(refused.status().message(), HasSubstr("impersonating"));
+  EXPECT_THAT(refused.status().message(), HasSubstr(std::to_string(kStrangerUid)));
+  // Told that this uid runs the daemon, the client goes ahead.
+  options.daemon_uid = kStrangerUid;
+  auto trusted = client::Client::Connect(options);
+  EXPECT_TRUE(trusted.ok()) << trusted.status();
+}
+
+}  // namespace
+}  // namespace structd::testing
