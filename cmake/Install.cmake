@@ -33,8 +33,9 @@ install(FILES
   shm/include/structd/shm/sync.h
   shm/include/structd/shm/type_token.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/structd/shm)
-# The annotated mutex the client's public headers hold (header-only).
-install(FILES shm/base/include/structd/base/mutex.h
+# The annotated mutex the client's public headers hold (header-only), and
+# the descriptor type arena.h passes (UniqueFd).
+install(FILES shm/base/include/structd/base/mutex.h shm/base/include/structd/base/posix.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/structd/base)
 
 set(_cmake_dir ${CMAKE_INSTALL_LIBDIR}/cmake/structd)

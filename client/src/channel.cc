@@ -28,9 +28,22 @@ shm::Arena& Channel::arena() const {
   return *arena_;
 }
 
-absl::Status Channel::MapArena(const std::string& path, uint64_t epoch) {
-  absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
-      shm::Arena::Open(path, shm::Access::kReadWrite);
+absl::Status Channel::MapArena(uint64_t epoch) {
+  std::string id;
+  {
+    base::MutexLock lock(&mu_);
+    id = id_;
+  }
+  // The arena's files come from the daemon, as descriptors, never by path.
+  std::weak_ptr<internal::Connection> weak = connection_;
+  shm::ArenaFileSource source = [weak, id](shm::ArenaFile file)
+      -> absl::StatusOr<base::UniqueFd> {
+    std::shared_ptr<internal::Connection> c = weak.lock();
+    if (c == nullptr) return absl::CancelledError("the client was closed");
+    return c->FetchArenaFile(id, file);
+  };
+  absl::StatusOr<std::unique_ptr<shm::Arena>> arena = shm::Arena::OpenFrom(
+      std::move(source), absl::StrCat("channel '", name_, "'"), shm::Access::kReadWrite);
   if (!arena.ok()) {
     return absl::Status(arena.status().code(),
                         absl::StrCat("channel '", name_, "': mapping its arena: ",
@@ -75,7 +88,7 @@ absl::Status Channel::Rejoin() {
     // A different arena: types (and their indexes) start over too.
     types_by_key_.clear();
   }
-  return MapArena(response.arena().path(), response.arena().epoch());
+  return MapArena(response.arena().epoch());
 }
 
 absl::StatusOr<TypeInfo> Channel::RegisterType(const std::string& key,

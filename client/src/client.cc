@@ -29,7 +29,7 @@ absl::StatusOr<CreatedChannel> Client::CreateChannel(const std::string& name) {
   }
   std::shared_ptr<Channel> channel(
       new Channel(connection_, name, response.channel_id(), response.owner_capability()));
-  if (absl::Status s = channel->MapArena(response.arena().path(), response.arena().epoch());
+  if (absl::Status s = channel->MapArena(response.arena().epoch());
       !s.ok()) {
     return s;
   }

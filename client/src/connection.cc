@@ -190,6 +190,29 @@ std::shared_ptr<Channel> Connection::FindChannel(const std::string& name_or_id) 
   return nullptr;
 }
 
+absl::StatusOr<base::UniqueFd> Connection::FetchArenaFile(const std::string& channel_id,
+                                                          shm::ArenaFile file) const {
+  std::shared_ptr<MemorySocket> memory;
+  std::string session, secret;
+  {
+    base::MutexLock lock(&mu_);
+    if (!lost_.empty()) return absl::FailedPreconditionError(lost_);
+    if (session_id_.empty()) {
+      return absl::UnavailableError(absl::StrCat(
+          "not attached to structd at ", options_.socket, " (it restarts; retry shortly)"));
+    }
+    if (memory_ == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "structd at ", options_.socket,
+          " names no memory socket (a daemon older than this client: upgrade it)"));
+    }
+    memory = memory_;
+    session = session_id_;
+    secret = resume_secret_;
+  }
+  return memory->Fetch(session, secret, channel_id, file);
+}
+
 absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_wait_for_ready(false);
@@ -239,6 +262,12 @@ absl::Status Connection::AttachOnce(std::chrono::milliseconds timeout) {
   resume_id_ = session_id_;
   resume_secret_ = event.attached().session_secret();
   lease_ms_ = std::max<uint32_t>(event.attached().lease_ms(), 300);
+  const std::string& memory = event.attached().memory_socket();
+  if (memory.empty()) {
+    memory_.reset();
+  } else if (memory_ == nullptr || memory_->path() != memory) {
+    memory_ = std::make_shared<MemorySocket>(memory, ExpectedDaemonUid(options_.daemon_uid));
+  }
   if (event.attached().max_refs_per_call() != 0) {
     max_refs_per_call_.store(event.attached().max_refs_per_call());
   }

@@ -27,6 +27,8 @@
 
 #include <optional>
 
+#include "client/src/memory_socket.h"
+
 namespace structd::client::internal {
 
 // True if `path` is a Unix socket (no daemon can answer otherwise: fail
@@ -87,6 +89,11 @@ class Connection {
   size_t max_refs_per_call() const { return max_refs_per_call_.load(); }
   const ClientOptions& options() const { return options_; }
 
+  // A descriptor of `file` of joined channel `channel_id`'s arena, from
+  // the daemon's memory socket (memory.proto).
+  absl::StatusOr<base::UniqueFd> FetchArenaFile(const std::string& channel_id,
+                                                shm::ArenaFile file) const;
+
   // Channels to re-join after a re-attach (weakly held).
   void Track(std::weak_ptr<Channel> channel);
   // An already joined channel of that name or id, if any.
@@ -124,6 +131,8 @@ class Connection {
   std::string resume_secret_ ABSL_GUARDED_BY(mu_);
   std::string lost_ ABSL_GUARDED_BY(mu_);  // why the session was lost; "" if not
   uint32_t lease_ms_ ABSL_GUARDED_BY(mu_) = 15000;
+  // The memory socket the daemon named in `attached` (null before).
+  std::shared_ptr<MemorySocket> memory_ ABSL_GUARDED_BY(mu_);
   // The Attach stream and its context. Installed and reset under mu_ and
   // write_mu_; written (heartbeats) under write_mu_; read by Supervise
   // alone while it is installed (so not annotated: two locks or none).

@@ -233,6 +233,13 @@ absl::StatusOr<uint32_t> ParseSocketMode(const std::string& text) {
   return mode;
 }
 
+std::string MemorySocketPath(const std::string& socket) {
+  if (socket.size() > 5 && socket.ends_with(".sock")) {
+    return socket.substr(0, socket.size() - 5) + ".mem.sock";
+  }
+  return socket + ".mem";
+}
+
 absl::StatusOr<SocketAccess> ResolveSocketAccess(const DaemonConfig& config) {
   SocketAccess a;
   absl::StatusOr<uint32_t> mode = ParseSocketMode(config.socket_mode);

@@ -69,6 +69,9 @@ struct SocketAccess {
   uint32_t dir_mode = 0700;
   gid_t gid = static_cast<gid_t>(-1);
 };
+// Where the memory socket (memory.proto) lives, beside the gRPC socket:
+// "X.sock" -> "X.mem.sock", anything else -> "X.mem".
+std::string MemorySocketPath(const std::string& socket);
 // InvalidArgument for a bad mode or a group that does not exist.
 absl::StatusOr<SocketAccess> ResolveSocketAccess(const DaemonConfig& config);
 

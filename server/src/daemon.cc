@@ -52,6 +52,7 @@ void Daemon::Close() {
   Shutdown();
   if (accept_thread_.joinable()) accept_thread_.join();
   if (reap_thread_.joinable()) reap_thread_.join();
+  if (memory_server_) memory_server_->Stop();
   if (listen_fd_) {
     listen_fd_.reset();
     unlink(config_.socket.c_str());
@@ -133,7 +134,15 @@ absl::Status Daemon::Start() {
   }
   if (listen(listen_fd_.get(), 128) != 0) return Errno("listen " + config_.socket);
 
-  session_service_ = std::make_unique<SessionService>(core_.get(), &peers_);
+  MemoryServer::Options memory;
+  memory.path = MemorySocketPath(config_.socket);
+  memory.socket_mode = access->socket_mode;
+  memory.gid = access->gid;
+  memory.max_connections_per_process = config_.max_connections_per_process;
+  memory.idle = std::chrono::milliseconds(config_.idle_connection_ms);
+  memory_server_ = std::make_unique<MemoryServer>(core_.get(), memory);
+  if (absl::Status s = memory_server_->Start(); !s.ok()) return s;
+  session_service_ = std::make_unique<SessionService>(core_.get(), &peers_, memory.path);
   registry_service_ = std::make_unique<RegistryService>(core_.get(), &peers_);
   instances_service_ = std::make_unique<InstancesService>(core_.get(), &peers_);
   admin_service_ = std::make_unique<AdminService>(

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "structd/base/posix.h"
 #include "core/core.h"
+#include "rpc/memory_server.h"
 #include "rpc/rpc_util.h"
 #include "rpc/services.h"
 
@@ -53,6 +54,7 @@ class Daemon {
   uint64_t suppressed_accept_warnings_ = 0;
   std::unique_ptr<Core> core_;
   PeerTable peers_;
+  std::unique_ptr<MemoryServer> memory_server_;
   std::unique_ptr<SessionService> session_service_;
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<InstancesService> instances_service_;

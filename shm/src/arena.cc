@@ -63,6 +63,7 @@ Arena::Arena(std::string dir, Access access, int header_fd,
              ArenaHeader* header, uint64_t extent_size, uint32_t max_extents,
              uint64_t epoch)
     : dir_(std::move(dir)),
+      source_(DirSource(dir_, access)),
       access_(access),
       header_fd_(header_fd),
       header_(header) {
@@ -190,18 +191,39 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
   return arena;
 }
 
-absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
-                                                   Access access) {
-  std::string path = absl::StrCat(dir, "/", kHeaderFile);
-  int flags = (access == Access::kReadWrite ? O_RDWR : O_RDONLY) | O_CLOEXEC;
+ArenaFileSource Arena::DirSource(const std::string& dir, Access access) {
+  return [dir, access](ArenaFile file) { return OpenFile(dir, file, access); };
+}
+
+absl::StatusOr<UniqueFd> Arena::OpenFile(const std::string& dir, ArenaFile file,
+                                         Access access) {
+  std::string path = file.extent == ArenaFile::kHeader
+                         ? absl::StrCat(dir, "/", kHeaderFile)
+                         : ExtentPath(dir, static_cast<uint32_t>(file.extent));
+  int flags = (access == Access::kReadWrite ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW;
   UniqueFd fd(open(path.c_str(), flags));
   if (!fd) {
-    if (errno == ENOENT) {
+    if (errno == ENOENT && file.extent == ArenaFile::kHeader) {
       return absl::NotFoundError(absl::StrCat(
           "arena: no arena in ", dir, " (create one first, or check the path)"));
     }
     return ErrnoStatus(errno, "arena: open " + path);
   }
+  return fd;
+}
+
+absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
+                                                   Access access) {
+  return OpenFrom(DirSource(dir, access), dir, access);
+}
+
+absl::StatusOr<std::unique_ptr<Arena>> Arena::OpenFrom(ArenaFileSource source,
+                                                       std::string label, Access access) {
+  const std::string& dir = label;
+  std::string path = absl::StrCat(dir, "/", kHeaderFile);
+  absl::StatusOr<UniqueFd> opened = source(ArenaFile{});
+  if (!opened.ok()) return opened.status();
+  UniqueFd fd = std::move(*opened);
   struct stat st;
   if (fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "arena: stat " + path);
   if (st.st_size < static_cast<off_t>(sizeof(ArenaHeader))) {
@@ -240,8 +262,9 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
         "extent_count %d); restore it or create a new arena",
         path, es, me, h->extent_count.load())));
   }
-  return std::unique_ptr<Arena>(
-      new Arena(dir, access, fd.release(), h, es, me, epoch));
+  std::unique_ptr<Arena> arena(new Arena(dir, access, fd.release(), h, es, me, epoch));
+  arena->source_ = std::move(source);
+  return arena;
 }
 
 namespace {
@@ -426,9 +449,9 @@ absl::StatusOr<uint8_t*> Arena::MapExtent(uint32_t id) const {
   std::lock_guard<std::mutex> lock(map_mu_);
   if (uint8_t* p = maps_[id].load(std::memory_order_acquire)) return p;
   std::string path = ExtentPath(id);
-  int flags = (access_ == Access::kReadWrite ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW;
-  UniqueFd fd(open(path.c_str(), flags));
-  if (!fd) return ErrnoStatus(errno, "arena: open extent " + path);
+  absl::StatusOr<UniqueFd> opened = source_(ArenaFile{static_cast<int32_t>(id)});
+  if (!opened.ok()) return opened.status();
+  UniqueFd fd = std::move(*opened);
   struct stat st;
   if (fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "arena: stat " + path);
   if (static_cast<uint64_t>(st.st_size) != extent_size_) {

@@ -116,8 +116,8 @@ TEST(DaemonClientKillTest, MutexHeldByAKilledClientReportsOwnerDiedToTheNextLock
   v1::SetRootResponse rr;
   ASSERT_TRUE(owner.instances().SetRoot(owner.Ctx().get(), root, &rr).ok());
 
-  auto arena = shm::Arena::Open(created.arena().path(), shm::Access::kReadWrite);
-  ASSERT_TRUE(arena.ok());
+  auto arena = owner.MapArena("work");
+  ASSERT_TRUE(arena.ok()) << arena.status();
   auto inst = (*arena)->Resolve(shm::Ref::FromBits(holder.first_ref));
   ASSERT_TRUE(inst.ok());
   shm::MutexField mu(inst->payload());

@@ -89,14 +89,15 @@ TEST(DaemonTest, ClientsShareFieldsThroughTheArenaTheDaemonCreated) {
   v1::JoinChannelResponse joined;
   ASSERT_TRUE(b.registry().JoinChannel(b.Ctx().get(), join, &joined).ok());
   EXPECT_EQ(joined.role(), v1::ROLE_MEMBER);
-  auto arena = shm::Arena::Open(joined.arena().path(), shm::Access::kReadWrite);
+  EXPECT_EQ(joined.arena().path(), "");  // no path: descriptors only
+  auto arena = b.MapArena("counters");
   ASSERT_TRUE(arena.ok()) << arena.status();
   EXPECT_EQ((*arena)->epoch(), joined.arena().epoch());
   auto inst = (*arena)->Resolve(shm::Ref::FromBits(refs[1]));
   ASSERT_TRUE(inst.ok()) << inst.status();
   shm::Scalar<uint64_t>(inst->payload()).fetch_add(41);
   shm::Scalar<uint64_t>(inst->payload()).fetch_add(1);
-  auto mine = shm::Arena::Open(ch.arena.path(), shm::Access::kReadOnly);
+  auto mine = a.MapArena("counters", shm::Access::kReadOnly);
   ASSERT_TRUE(mine.ok());
   EXPECT_EQ(shm::Scalar<uint64_t>((*mine)->Resolve(shm::Ref::FromBits(refs[1]))
                                       ->payload())
@@ -129,7 +130,8 @@ TEST(DaemonTest, EndingASessionReleasesItsReferences) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(owner.LiveInstances("ch"), 1u);
-  auto arena = shm::Arena::Open(ch.arena.path(), shm::Access::kReadOnly);
+  auto arena = owner.MapArena("ch", shm::Access::kReadOnly);
+  ASSERT_TRUE(arena.ok()) << arena.status();
   EXPECT_EQ((*arena)->Resolve(shm::Ref::FromBits(kept[0]))->header().refcount.load(),
             1u);
 }
@@ -497,8 +499,8 @@ TEST(DaemonTest, AdminListsInspectsAndChecksAnArena) {
   Channel ch = Create(a, "ch");
   v1::TypeInfo t = Register(a, "ch", "Item", {{"qty", "i32"}, {"name", "string[8]"}});
   std::vector<uint64_t> refs = Alloc(a, "ch", t.token(), 4);
-  auto arena = shm::Arena::Open(ch.arena.path(), shm::Access::kReadWrite);
-  ASSERT_TRUE(arena.ok());
+  auto arena = a.MapArena("ch");
+  ASSERT_TRUE(arena.ok()) << arena.status();
   auto inst = (*arena)->Resolve(shm::Ref::FromBits(refs[2]));
   shm::Scalar<int32_t>(inst->payload()).store(-5);
   ASSERT_TRUE(shm::BytesField(inst->payload() + 8, 8).Write("bolt").ok());

@@ -116,6 +116,33 @@ TEST_F(OtherUidTest, AnotherUidConnectsOnlyThroughTheSocketGroup) {
   EXPECT_EQ(stranger, 0) << "a uid outside socket_group connected";
 }
 
+// The whole client library as another uid: the counters example (worker
+// processes sharing counters in the arena) gets its memory as descriptors
+// and never needs a path it could not open.
+TEST_F(OtherUidTest, AClientOfAnotherUidSharesStructsThroughDescriptors) {
+  DaemonProcess daemon({"--socket-mode", "0660", "--socket-group", std::to_string(kClientGid)});
+  std::string dir = std::filesystem::path(daemon.socket()).parent_path();
+  ASSERT_EQ(chmod(dir.c_str(), 0711), 0);
+  SharedDir out_dir(0, 0, 0755);
+  std::string out = out_dir.path() + "/out";
+  ChildProcess example([&] {
+    int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0) return 97;
+    if (setgroups(0, nullptr) != 0 || setresgid(kClientGid, kClientGid, kClientGid) != 0 ||
+        setresuid(kClientUid, kClientUid, kClientUid) != 0) {
+      return 98;
+    }
+    setenv("STRUCTD_SOCKET", daemon.socket().c_str(), 1);
+    execl(STRUCTD_EXAMPLE_COUNTERS, "counters", "3", "2000", static_cast<char*>(nullptr));
+    return 127;
+  });
+  int code = example.Wait(std::chrono::seconds(60));
+  std::ifstream in(out);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_THAT(text, HasSubstr("hits = 6000 (expected 6000)"));
+}
+
 // A process of another uid that never joined cannot read the daemon's
 // state: no capability, no ledger, no session record, no arena file.
 TEST_F(OtherUidTest, ANonMemberCannotReachAnyChannelState) {

@@ -1,5 +1,7 @@
 #include "testing/grpc_client.h"
 
+#include "client/src/memory_socket.h"
+
 #include <future>
 #include <stdexcept>
 
@@ -21,6 +23,36 @@ GrpcClient::GrpcClient(const std::string& target, bool attach) {
     throw std::runtime_error("attach failed");
   }
   session_id_ = ev.attached().session_id();
+  session_secret_ = ev.attached().session_secret();
+  memory_socket_ = ev.attached().memory_socket();
+}
+
+absl::StatusOr<v1::CreateChannelResponse> GrpcClient::CreateChannel(const std::string& name) {
+  v1::CreateChannelRequest req;
+  req.set_name(name);
+  v1::CreateChannelResponse resp;
+  grpc::Status s = registry_->CreateChannel(Ctx().get(), req, &resp);
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  }
+  return resp;
+}
+
+absl::StatusOr<base::UniqueFd> GrpcClient::FetchArenaFile(const std::string& channel,
+                                                         shm::ArenaFile file) {
+  client::internal::MemorySocket memory(memory_socket_, std::nullopt);
+  return memory.Fetch(session_id_, session_secret_, channel, file);
+}
+
+absl::StatusOr<std::unique_ptr<shm::Arena>> GrpcClient::MapArena(const std::string& channel,
+                                                                 shm::Access access) {
+  auto memory = std::make_shared<client::internal::MemorySocket>(memory_socket_, std::nullopt);
+  std::string id = session_id_, secret = session_secret_;
+  return shm::Arena::OpenFrom(
+      [memory, id, secret, channel](shm::ArenaFile file) {
+        return memory->Fetch(id, secret, channel, file);
+      },
+      "channel '" + channel + "'", access);
 }
 
 GrpcClient::~GrpcClient() { Detach(); }

@@ -12,6 +12,7 @@
 
 #include "structd/v1/admin.grpc.pb.h"
 #include "structd/v1/instances.grpc.pb.h"
+#include "structd/shm/arena.h"
 #include "structd/v1/registry.grpc.pb.h"
 #include "structd/v1/session.grpc.pb.h"
 
@@ -28,6 +29,9 @@ class GrpcClient {
   const std::string& session_id() const { return session_id_; }
   // Ends the session by closing the Attach stream.
   void Detach();
+  // Creates channel `name` (default arena options); the reply, or the
+  // daemon's status.
+  absl::StatusOr<v1::CreateChannelResponse> CreateChannel(const std::string& name);
   // Joins `channel` with `capability`; false on any error.
   bool Join(const std::string& channel, const std::string& capability,
             v1::JoinChannelResponse* joined = nullptr);
@@ -36,6 +40,16 @@ class GrpcClient {
   // event read into `last_event`.
   grpc::Status AwaitAttachEnd(std::chrono::milliseconds timeout,
                               v1::AttachEvent* last_event = nullptr);
+  // Maps joined `channel`'s arena as a member does: its files' descriptors
+  // from the memory socket (memory.proto). The status of the first refusal.
+  absl::StatusOr<std::unique_ptr<shm::Arena>> MapArena(const std::string& channel,
+                                                       shm::Access access =
+                                                           shm::Access::kReadWrite);
+  // One file of `channel`'s arena from the memory socket, as MapArena asks.
+  absl::StatusOr<base::UniqueFd> FetchArenaFile(const std::string& channel, shm::ArenaFile file);
+  const std::string& memory_socket() const { return memory_socket_; }
+  const std::string& session_secret() const { return session_secret_; }
+
   // Live instances in channel `name`, through Admin.ListChannels; ~0 if
   // the channel is not listed.
   uint64_t LiveInstances(const std::string& name);
@@ -55,6 +69,8 @@ class GrpcClient {
   std::unique_ptr<grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>>
       attach_;
   std::string session_id_;
+  std::string session_secret_;
+  std::string memory_socket_;
 };
 
 }  // namespace structd::testing

@@ -29,8 +29,7 @@ int main(int argc, char** argv) {
   req.set_count(static_cast<uint32_t>(std::atoi(argv[5])));
   structd::v1::AllocateBatchResponse resp;
   if (!c.instances().AllocateBatch(c.Ctx().get(), req, &resp).ok()) return 4;
-  auto arena = structd::shm::Arena::Open(joined.arena().path(),
-                                         structd::shm::Access::kReadWrite);
+  auto arena = c.MapArena(argv[2]);
   if (!arena.ok()) return 5;
   structd::shm::MutexGuard guard;
   if (argc > 6) {

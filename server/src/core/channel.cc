@@ -146,6 +146,20 @@ uint64_t Channel::arena_bytes() const {
   return uint64_t{arena_->extent_count()} * arena_->extent_size();
 }
 
+absl::StatusOr<base::UniqueFd> Channel::OpenArenaFile(shm::ArenaFile file) const {
+  base::MutexLock lock(&mu_);
+  if (absl::Status s = UsableLocked(); !s.ok()) return s;
+  if (file.extent != shm::ArenaFile::kHeader &&
+      (file.extent < 0 || static_cast<uint32_t>(file.extent) >= arena_->extent_count())) {
+    return absl::NotFoundError(absl::StrFormat(
+        "channel '%s': extent %d is not published (the arena has %d; ask for an extent below "
+        "ArenaHeader.extent_count)",
+        name_, file.extent, arena_->extent_count()));
+  }
+  // The daemon's own files, opened by its own path: never a client's.
+  return shm::Arena::OpenFile(arena_->dir(), file, shm::Access::kReadWrite);
+}
+
 void Channel::SetGrowthGate(shm::Allocator::GrowthGate gate) {
   base::MutexLock lock(&mu_);
   if (allocator_ != nullptr) allocator_->SetGrowthGate(std::move(gate));
@@ -249,7 +263,6 @@ ArenaSummary Channel::arena_summary() const {
   base::MutexLock lock(&mu_);
   ArenaSummary a;
   if (arena_ == nullptr) return a;  // destroyed after a drop
-  a.path = arena_->dir();
   a.extent_size = arena_->extent_size();
   a.max_extents = arena_->max_extents();
   a.extent_count = arena_->extent_count();

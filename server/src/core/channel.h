@@ -27,7 +27,6 @@ namespace structd::server {
 enum class Role { kMember, kOwner };
 
 struct ArenaSummary {
-  std::string path;
   uint64_t extent_size = 0;
   uint32_t max_extents = 0;
   uint32_t extent_count = 0;
@@ -144,6 +143,10 @@ class Channel {
   uid_t creator_uid() const { return creator_uid_; }
   // Bytes of the arena's extents (each fully backed).
   uint64_t arena_bytes() const;
+  // A descriptor of one of the arena's files for a member (the memory
+  // socket): the header, or a published extent (NotFound otherwise).
+  // DataLoss if the channel is damaged, NotFound if dropped and gone.
+  absl::StatusOr<base::UniqueFd> OpenArenaFile(shm::ArenaFile file) const;
   // The quota every growth of the arena must pass (Allocator::GrowthGate).
   void SetGrowthGate(shm::Allocator::GrowthGate gate);
 

@@ -250,6 +250,7 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
   SessionInfo info = s.info;
   SecretDigest secret = SecretDigest::Of(info.secret);
   s.info.secret.clear();  // the caller gets it once; the daemon keeps a digest
+  s.secret = secret;
   sessions_[info.id] = std::move(s);
   spdlog::info("session {} {}: pid {} uid {} name '{}'", info.id.substr(0, 8),
                resumed ? "resumed after a daemon restart" : "attached", info.pid, info.uid,
@@ -380,6 +381,20 @@ absl::Status Core::CheckSession(const std::string& session_id,
   }
   if (peer.process == nullptr || !s.process->SameProcess(*peer.process)) return not_yours();
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Channel>> Core::AuthorizeMemory(
+    const std::string& session_id, std::string_view secret, const PeerCredentials& peer,
+    const std::string& channel) const {
+  absl::Status bound = CheckSession(session_id, peer);
+  if (!bound.ok()) {
+    base::MutexLock lock(&mu_);
+    auto it = sessions_.find(session_id);
+    bool unbound_with_secret = it != sessions_.end() && it->second.process == nullptr &&
+                               it->second.secret.Matches(secret);
+    if (!unbound_with_secret) return bound;
+  }
+  return Joined(session_id, channel);
 }
 
 std::vector<SessionInfo> Core::Sessions() const {

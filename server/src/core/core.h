@@ -160,6 +160,14 @@ class Core {
   absl::Status CheckSession(const std::string& session_id,
                             const PeerCredentials& peer) const;
   std::vector<SessionInfo> Sessions() const;
+  // The memory socket's check (memory.proto): the session belongs to the
+  // peer (CheckSession; an unbound session instead proves itself with its
+  // secret, since the memory socket is another connection) and has joined
+  // `channel`.
+  absl::StatusOr<std::shared_ptr<Channel>> AuthorizeMemory(const std::string& session_id,
+                                                           std::string_view secret,
+                                                           const PeerCredentials& peer,
+                                                           const std::string& channel) const;
   // Sessions recovered after a restart that have not resumed: those whose
   // process is gone, or whose lease ran out, have their ledgers released
   // now. Returns the references released.
@@ -198,6 +206,7 @@ class Core {
     std::chrono::steady_clock::time_point last_heartbeat;
     std::shared_ptr<const ProcessHandle> process;  // null: unbound
     uint64_t connection = 0;  // binds an unbound session (allow_unbound_peers)
+    SecretDigest secret;      // what the memory socket checks of an unbound one
     bool lease_warned = false;  // logged "silent but alive" once
   };
 

@@ -206,7 +206,7 @@ TEST_F(CoreTest, CreateChannelReturnsDistinctCapabilitiesAndJoinsTheCreator) {
   EXPECT_EQ(c->owner_capability.size(), 32u);
   EXPECT_EQ(c->member_capability.size(), 32u);
   EXPECT_NE(c->owner_capability, c->member_capability);
-  EXPECT_TRUE(std::filesystem::exists(c->arena.path + "/arena"));
+  EXPECT_TRUE(std::filesystem::exists(ChannelDir("orders") + "/arena/arena"));
   EXPECT_TRUE(core_->Joined(s, "orders").ok());
   EXPECT_TRUE(core_->Joined(s, c->id).ok());
   EXPECT_EQ(core_->CreateChannel(s, "orders", 0, 0).status().code(),
@@ -426,7 +426,7 @@ TEST_F(CoreTest, DroppedChannelDisappearsAndIsDeletedWhenSessionsLeave) {
   std::string s = Attach();
   auto c = core_->CreateChannel(s, "ch", 0, 0);
   ASSERT_TRUE(c.ok());
-  std::string dir = std::filesystem::path(c->arena.path).parent_path();
+  std::string dir = ChannelDir("ch");
   EXPECT_EQ(core_->DropChannel("ch", c->member_capability).code(),
             absl::StatusCode::kPermissionDenied);
   ASSERT_TRUE(core_->DropChannel("ch", c->owner_capability).ok());

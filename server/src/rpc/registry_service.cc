@@ -6,7 +6,6 @@ namespace structd::server {
 namespace {
 
 void ToProto(const ArenaSummary& a, v1::ArenaInfo* out) {
-  out->set_path(a.path);
   out->set_extent_size(a.extent_size);
   out->set_max_extents(a.max_extents);
   out->set_extent_count(a.extent_count);

@@ -33,7 +33,8 @@ namespace structd::server {
 // Thread safety: all public methods may be called from any thread.
 class SessionService final : public v1::Session::CallbackService {
  public:
-  SessionService(Core* core, const PeerTable* peers);
+  // `memory_socket`: told to every client in Attached (memory.proto).
+  SessionService(Core* core, const PeerTable* peers, std::string memory_socket = "");
   ~SessionService() override;
   grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* Attach(
       grpc::CallbackServerContext* context) override;
@@ -55,6 +56,7 @@ class SessionService final : public v1::Session::CallbackService {
 
   Core* const core_;         // not owned; outlives the service
   const PeerTable* peers_;   // not owned; outlives the service
+  const std::string memory_socket_;
   std::atomic<bool> stopping_{false};
   base::Mutex mu_;
   // Attached streams by session id; a reactor removes itself (under mu_)

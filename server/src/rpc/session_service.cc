@@ -89,6 +89,7 @@ class SessionService::Reactor final
     a->set_daemon_instance(service_->core_->instance_id());
     a->set_daemon_version(STRUCTD_VERSION);
     a->set_max_refs_per_call(service_->core_->options().max_refs_per_call);
+    a->set_memory_socket(service_->memory_socket_);
     {
       base::MutexLock lock(&service_->mu_);
       service_->live_[session_id_] = this;
@@ -114,8 +115,11 @@ class SessionService::Reactor final
   v1::AttachEvent out_;                  // the write in flight
 };
 
-SessionService::SessionService(Core* core, const PeerTable* peers)
-    : core_(core), peers_(peers), detach_thread_([this] { DetachWorker(); }) {}
+SessionService::SessionService(Core* core, const PeerTable* peers, std::string memory_socket)
+    : core_(core),
+      peers_(peers),
+      memory_socket_(std::move(memory_socket)),
+      detach_thread_([this] { DetachWorker(); }) {}
 
 SessionService::~SessionService() {
   {

@@ -258,7 +258,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   static absl::StatusOr<std::shared_ptr<Channel>> Join(
       std::shared_ptr<internal::Connection> connection, const std::string& channel,
       const std::string& capability);
-  absl::Status MapArena(const std::string& path, uint64_t epoch);
+  absl::Status MapArena(uint64_t epoch);
   // Joins (again, after the session was re-established) with the
   // capability; maps the arena if it is new.
   absl::Status Rejoin();

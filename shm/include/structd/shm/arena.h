@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "structd/base/posix.h"
 #include "structd/shm/format.h"
 #include "structd/shm/mapping_guard.h"
 #include "structd/shm/ref.h"
@@ -35,6 +36,19 @@ struct ArenaOptions {
 absl::Status ValidateArenaOptions(const ArenaOptions& options);
 
 enum class Access { kReadOnly, kReadWrite };
+
+// Which file of an arena: the header, or an extent.
+struct ArenaFile {
+  static constexpr int32_t kHeader = -1;
+  int32_t extent = kHeader;  // kHeader, or an extent id
+};
+// Where a process gets the descriptors of an arena's files: the owner and
+// tools open them by path (Arena::Open); a member of a channel gets them
+// from the daemon over its memory socket (the client library). Called at
+// open for the header and the first time each extent is needed; it may
+// block (a round trip to the daemon). The descriptor must be open for
+// reading, and for writing when the arena is opened kReadWrite.
+using ArenaFileSource = std::function<absl::StatusOr<base::UniqueFd>(ArenaFile file)>;
 
 // What the owner knows about its arena from its own records (the daemon's
 // channel metadata), so a header scribbled in shared memory can be put
@@ -108,6 +122,16 @@ class Arena {
   // DataLoss if its header is damaged.
   static absl::StatusOr<std::unique_ptr<Arena>> Open(const std::string& dir,
                                                      Access access);
+  // Opens an arena whose files come from `source` (no path needed);
+  // `label` names it in messages. The same checks as Open. Such an arena
+  // cannot Grow, RecountExtents or be adopted: those are the owner's, who
+  // opens by path.
+  static absl::StatusOr<std::unique_ptr<Arena>> OpenFrom(ArenaFileSource source,
+                                                         std::string label, Access access);
+  // One file of the arena in `dir`, opened by path without following a
+  // symlink (what Open reads; what the owner hands to members).
+  static absl::StatusOr<base::UniqueFd> OpenFile(const std::string& dir, ArenaFile file,
+                                                 Access access);
   // The owner's open after a restart: like Open(kReadWrite), but repairs
   // what other processes may have done to the files instead of refusing
   // the arena. A header whose geometry or epoch disagrees with `known`
@@ -186,6 +210,8 @@ class Arena {
  private:
   Arena(std::string dir, Access access, int header_fd, ArenaHeader* header,
         uint64_t extent_size, uint32_t max_extents, uint64_t epoch);
+  // The files of the arena in `dir`, by path (OpenFile).
+  static ArenaFileSource DirSource(const std::string& dir, Access access);
   absl::StatusOr<uint8_t*> MapExtent(uint32_t id) const;
   // Builds extent `id` unnamed and links it into place. AlreadyExists if
   // another grower linked that id first.
@@ -198,7 +224,8 @@ class Arena {
   // True if DIR/extent.ID exists with this arena's size, epoch and id.
   bool ExtentFileIsComplete(uint32_t id) const;
 
-  const std::string dir_;
+  const std::string dir_;  // the directory, or OpenFrom's label
+  ArenaFileSource source_;  // set once at open
   const Access access_;
   const int header_fd_;
   ArenaHeader* const header_;

@@ -1,0 +1,147 @@
+#include "client/src/memory_socket.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "client/src/connection.h"
+#include "structd/v1/memory.pb.h"
+
+namespace structd::client::internal {
+namespace {
+
+constexpr size_t kMaxFrame = 4096;
+constexpr int kReplyTimeoutMs = 10000;
+
+absl::Status Unavailable(const std::string& path, const std::string& what) {
+  return absl::UnavailableError(absl::StrCat("memory socket ", path, ": ", what,
+                                             " (is structd running? it restarts, the client "
+                                             "retries)"));
+}
+
+// Waits until `fd` is readable; false on timeout or error.
+bool WaitReadable(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  int r;
+  do {
+    r = poll(&p, 1, kReplyTimeoutMs);
+  } while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
+}  // namespace
+
+MemorySocket::MemorySocket(std::string path, std::optional<uid_t> daemon_uid)
+    : path_(std::move(path)), daemon_uid_(daemon_uid) {}
+
+absl::Status MemorySocket::ConnectLocked() {
+  if (fd_) return absl::OkStatus();
+  if (absl::Status s = VerifyDaemon(path_, daemon_uid_); !s.ok()) return s;
+  base::UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Unavailable(path_, strerror(errno));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return Unavailable(path_, strerror(errno));
+  }
+  fd_ = std::move(fd);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<base::UniqueFd> MemorySocket::Fetch(const std::string& session_id,
+                                                   const std::string& session_secret,
+                                                   const std::string& channel,
+                                                   shm::ArenaFile file) {
+  v1::MemoryRequest request;
+  request.set_session_id(session_id);
+  request.set_session_secret(session_secret);
+  request.set_channel(channel);
+  request.set_file(file.extent == shm::ArenaFile::kHeader ? 0
+                                                          : static_cast<uint32_t>(file.extent) + 1);
+  std::string body;
+  request.SerializeToString(&body);
+  std::string frame(4, '\0');
+  for (int i = 0; i < 4; ++i) frame[i] = static_cast<char>((body.size() >> (8 * i)) & 0xff);
+  frame += body;
+
+  base::MutexLock lock(&mu_);
+  absl::Status last;
+  // A connection the daemon closed (idle, restart) fails the first try.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (absl::Status s = ConnectLocked(); !s.ok()) return s;
+    if (send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL) !=
+        static_cast<ssize_t>(frame.size())) {
+      last = Unavailable(path_, absl::StrCat("send: ", strerror(errno)));
+      fd_.reset();
+      continue;
+    }
+    std::string in;
+    base::UniqueFd passed;
+    size_t want = 4;
+    bool broken = false;
+    while (in.size() < want) {
+      if (!WaitReadable(fd_.get())) {
+        broken = true;
+        break;
+      }
+      char buf[kMaxFrame + 4];
+      iovec iov{buf, sizeof buf};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      ssize_t n = recvmsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC);
+      if (n <= 0) {
+        broken = true;
+        break;
+      }
+      for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+            cm->cmsg_len == CMSG_LEN(sizeof(int))) {
+          int received;
+          std::memcpy(&received, CMSG_DATA(cm), sizeof received);
+          passed = base::UniqueFd(received);
+        }
+      }
+      in.append(buf, static_cast<size_t>(n));
+      if (in.size() >= 4 && want == 4) {
+        uint32_t len = 0;
+        for (int i = 0; i < 4; ++i) len |= uint32_t{static_cast<uint8_t>(in[i])} << (8 * i);
+        if (len == 0 || len > kMaxFrame) {
+          broken = true;
+          break;
+        }
+        want = 4 + len;
+      }
+    }
+    if (broken) {
+      last = Unavailable(path_, "the daemon closed the connection or did not answer");
+      fd_.reset();
+      continue;
+    }
+    v1::MemoryReply reply;
+    if (in.size() != want || !reply.ParseFromArray(in.data() + 4, static_cast<int>(want - 4))) {
+      fd_.reset();
+      return absl::InternalError(absl::StrCat("memory socket ", path_, ": a malformed reply"));
+    }
+    if (reply.code() != 0) {
+      return absl::Status(static_cast<absl::StatusCode>(reply.code()), reply.message());
+    }
+    if (!passed) {
+      return absl::InternalError(
+          absl::StrCat("memory socket ", path_, ": an OK reply without a descriptor"));
+    }
+    return passed;
+  }
+  return last;
+}
+
+}  // namespace structd::client::internal
