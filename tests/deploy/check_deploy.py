@@ -54,6 +54,10 @@ class SystemdUnit(unittest.TestCase):
         self.assertIn("--state-dir /run/structd/", exec_start)
         self.assertIn("/run/structd", service.get("ReadWritePaths"))
         self.assertNotEqual(service.get("User", "root"), "root")
+        # Clients of other uids come in through the group (doc/security.md).
+        self.assertIn("--socket-mode 0660", exec_start)
+        self.assertIn("--socket-group " + service.get("Group"), exec_start)
+        self.assertEqual(service.get("RuntimeDirectoryMode"), "0710")
 
     def test_systemd_analyze_verify(self):
         analyze = shutil.which("systemd-analyze")
@@ -108,8 +112,16 @@ class Kubernetes(unittest.TestCase):
         env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
         self.assertEqual(env["STRUCTD_SOCKET"], "/run/structd/structd.sock")
         ds = next(d for d in self.docs("structd-daemonset.yaml") if d["kind"] == "DaemonSet")
-        self.assertEqual(spec["securityContext"]["runAsUser"],
-                         ds["spec"]["template"]["spec"]["securityContext"]["runAsUser"])
+        daemon = ds["spec"]["template"]["spec"]["securityContext"]
+        client = spec["securityContext"]
+        # Clients run as their own uid, in the daemon's socket group, and
+        # trust the daemon's uid explicitly.
+        self.assertNotEqual(client["runAsUser"], daemon["runAsUser"])
+        self.assertIn(daemon["runAsGroup"], client["supplementalGroups"])
+        self.assertEqual(env["STRUCTD_DAEMON_UID"], str(daemon["runAsUser"]))
+        args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        self.assertEqual(args[args.index("--socket-group") + 1], str(daemon["runAsGroup"]))
+        self.assertEqual(args[args.index("--socket-mode") + 1], "0660")
 
 
 class Container(unittest.TestCase):

@@ -7,6 +7,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <thread>
 
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
@@ -186,6 +187,36 @@ TEST_F(StructctlTest, CheckPassesOnAHealthyArenaAndNamesADamagedInstance) {
   EXPECT_EQ(Get(Get(report, "problems").list_value().values(0), "ref").string_value(),
             victim.ToString());
   c().arena().Resolve(victim)->header().refcount.store(1);  // repair for teardown
+}
+
+// An operator sees each quota's use and drops a channel without its owner
+// capability; the arena goes when the last joined session leaves.
+TEST_F(StructctlTest, StatusShowsQuotasAndDropReclaimsAChannel) {
+  Value status = Json({"status"});
+  bool found_uid_quota = false;
+  for (const Value& q : Get(status, "quotas").list_value().values()) {
+    if (Get(q, "quota").string_value() == "max_bytes_per_uid" &&
+        Get(q, "uid").number_value() == static_cast<double>(getuid())) {
+      found_uid_quota = true;
+      EXPECT_EQ(Get(q, "used").number_value(), 1048576.0);  // one 1 MiB extent
+      EXPECT_GT(Get(q, "limit").number_value(), 0.0);
+    }
+  }
+  EXPECT_TRUE(found_uid_quota) << "no max_bytes_per_uid entry for this uid";
+  CtlRun human = Structctl({"status"});
+  EXPECT_THAT(human.out, HasSubstr("max_channels_per_uid"));
+
+  Value dropped = Json({"drop", "shop"});
+  EXPECT_EQ(Get(dropped, "sessions").number_value(), 1.0);  // this client is joined
+  EXPECT_EQ(Structctl({"types", "shop"}).code, 1);           // gone from the directory
+  EXPECT_EQ(Structctl({"drop", "shop"}).code, 1);            // NOT_FOUND now
+  created_ = {};
+  client_.reset();  // the last session leaves: the arena is deleted
+  for (int i = 0; i < 100 && Structctl({"channels"}).out.find("shop") != std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(Structctl({"channels"}).out.find("shop"), std::string::npos);
 }
 
 TEST_F(StructctlTest, EveryExitCode) {
