@@ -57,6 +57,10 @@ const Option kOptions[] = {
      &DaemonConfig::max_bytes_total},
     {"max_channels_per_uid", nullptr, "Channels one uid may have created (and not dropped)",
      &DaemonConfig::max_channels_per_uid},
+    {"drop_idle_channels_after_s", nullptr,
+     "Drop a channel no session has joined for this many seconds (its memory is freed); "
+     "0 keeps channels until they are dropped",
+     &DaemonConfig::drop_idle_channels_after_s},
     {"lease_ms", nullptr,
      "A session that sends no heartbeat for this long, and whose process is gone or "
      "cannot be observed, is ended",
@@ -288,6 +292,7 @@ CoreOptions DaemonConfig::ToCoreOptions() const {
   o.quotas.max_bytes_per_uid = max_bytes_per_uid;
   o.quotas.max_bytes_total = max_bytes_total;
   o.quotas.max_channels_per_uid = max_channels_per_uid;
+  o.drop_idle_channels_after = std::chrono::seconds(drop_idle_channels_after_s);
   return o;
 }
 

@@ -267,6 +267,7 @@ void Daemon::ReapLoop() {
       session_service_->Cancel(id);
     }
     core_->ReapOrphans();
+    core_->DropIdleChannels();
     if (size_t n = peers_.Sweep(std::chrono::milliseconds(config_.idle_connection_ms))) {
       spdlog::info("closed {} connections that made no call within {} ms", n,
                    config_.idle_connection_ms);

@@ -143,6 +143,56 @@ TEST_F(OtherUidTest, AClientOfAnotherUidSharesStructsThroughDescriptors) {
   EXPECT_THAT(text, HasSubstr("hits = 6000 (expected 6000)"));
 }
 
+// Registers a 16-byte type in `channel` and allocates `count` instances:
+// the gRPC status code (0 OK), or 100 + step if a step before failed.
+int Fill(GrpcClient& c, const std::string& channel, uint32_t count, std::string* message) {
+  v1::RegisterTypeRequest reg;
+  reg.set_channel(channel);
+  reg.set_key("N");
+  auto* f = reg.add_fields();
+  f->set_name("v");
+  f->set_type("u64");
+  auto* g = reg.add_fields();
+  g->set_name("w");
+  g->set_type("u64");
+  v1::RegisterTypeResponse t;
+  if (!c.registry().RegisterType(c.Ctx().get(), reg, &t).ok()) return 101;
+  v1::AllocateBatchRequest req;
+  req.set_channel(channel);
+  req.set_token(t.type().token());
+  req.set_count(count);
+  v1::AllocateBatchResponse resp;
+  grpc::Status s = c.instances().AllocateBatch(c.Ctx().get(), req, &resp);
+  *message = s.error_message();
+  return s.error_code();
+}
+
+// One uid cannot take more than its share of memory; another uid's
+// channel keeps growing meanwhile.
+TEST_F(OtherUidTest, OneUidCannotTakeMoreThanItsShare) {
+  DaemonProcess daemon({"--socket-mode", "0660", "--socket-group", std::to_string(kClientGid),
+                        "--max-bytes-per-uid", std::to_string(2 << 20)});
+  std::string dir = std::filesystem::path(daemon.socket()).parent_path();
+  ASSERT_EQ(chmod(dir.c_str(), 0711), 0);
+  int greedy = RunAsUid(kClientUid, kClientGid, [&] {
+    GrpcClient c(daemon.target());
+    if (!c.CreateChannel("greedy").ok()) return 1;
+    std::string message;
+    int code = Fill(c, "greedy", 100000, &message);  // ~4 MiB of 1 MiB extents
+    if (code != static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED)) return 10 + code;
+    return message.find("max_bytes_per_uid") != std::string::npos ? 0 : 3;
+  });
+  EXPECT_EQ(greedy, 0);
+  // A second uid (in the socket group too) still gets its share.
+  int modest = RunAsUid(kStrangerUid, kClientGid, [&] {
+    GrpcClient c(daemon.target());
+    if (!c.CreateChannel("modest").ok()) return 1;
+    std::string message;
+    return Fill(c, "modest", 40000, &message);  // two extents
+  });
+  EXPECT_EQ(modest, 0);
+}
+
 // A process of another uid that never joined cannot read the daemon's
 // state: no capability, no ledger, no session record, no arena file.
 TEST_F(OtherUidTest, ANonMemberCannotReachAnyChannelState) {

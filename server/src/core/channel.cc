@@ -240,7 +240,15 @@ uint64_t Channel::Leave(const std::string& session_id) {
   }
   it->second->Unlink();
   ledgers_.erase(it);
+  if (ledgers_.empty()) unused_since_ = std::chrono::steady_clock::now();
   return released;
+}
+
+std::optional<std::chrono::steady_clock::duration> Channel::UnusedFor(
+    std::chrono::steady_clock::time_point now) const {
+  base::MutexLock lock(&mu_);
+  if (!ledgers_.empty()) return std::nullopt;
+  return now - unused_since_;
 }
 
 bool Channel::HasSession(const std::string& session_id) const {

@@ -3,7 +3,9 @@
 
 #include <cstdint>
 #include <map>
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -158,6 +160,10 @@ class Channel {
   // Returns how many references were released.
   uint64_t Leave(const std::string& session_id);
   bool HasSession(const std::string& session_id) const;
+  // How long no session has been joined (since the last one left, or the
+  // daemon started); nullopt while one is.
+  std::optional<std::chrono::steady_clock::duration> UnusedFor(
+      std::chrono::steady_clock::time_point now) const;
   // Sessions with a ledger here (cheap: no arena work).
   size_t session_count() const;
   uint64_t RefsHeld(const std::string& session_id) const;
@@ -295,6 +301,8 @@ class Channel {
   SecretDigest member_capability_;
   uint64_t created_unix_ms_ = 0;
   uid_t creator_uid_ = 0;
+  std::chrono::steady_clock::time_point unused_since_ ABSL_GUARDED_BY(mu_) =
+      std::chrono::steady_clock::now();
 
   mutable base::Mutex mu_;
   std::unique_ptr<shm::Arena> arena_ ABSL_GUARDED_BY(mu_);

@@ -576,6 +576,19 @@ absl::StatusOr<uint32_t> Core::DropChannelAsAdmin(const std::string& channel) {
   return Drop(*c, "by an operator");
 }
 
+size_t Core::DropIdleChannels() {
+  if (options_.drop_idle_channels_after.count() <= 0) return 0;
+  auto now = std::chrono::steady_clock::now();
+  size_t dropped = 0;
+  for (const std::shared_ptr<Channel>& c : Channels()) {
+    std::optional<std::chrono::steady_clock::duration> unused = c->UnusedFor(now);
+    if (c->dropped() || !unused || *unused < options_.drop_idle_channels_after) continue;
+    Drop(c, "after no session joined it for drop_idle_channels_after_s");
+    ++dropped;
+  }
+  return dropped;
+}
+
 uint32_t Core::Drop(const std::shared_ptr<Channel>& channel, const char* by) {
   channel->MarkDropped();  // records the drop: file work, outside mu_
   std::shared_ptr<Channel> gone;

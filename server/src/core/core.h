@@ -66,6 +66,9 @@ struct CoreOptions {
   // extent size and count in `arena` are bounds too: a client may ask for
   // smaller extents or fewer of them, never more.
   QuotaLimits quotas;
+  // A channel no session has joined for this long is dropped (and its
+  // memory freed); 0 keeps channels until they are dropped.
+  std::chrono::milliseconds drop_idle_channels_after{0};
 };
 
 struct SessionInfo {
@@ -187,6 +190,9 @@ class Core {
   // An operator's drop (Admin.DropChannel): no capability needed; the
   // caller checked AuthorizeAdmin. Returns the sessions still joined.
   absl::StatusOr<uint32_t> DropChannelAsAdmin(const std::string& channel);
+  // Drops every channel unused for options().drop_idle_channels_after (if
+  // set); returns how many. The daemon calls it periodically.
+  size_t DropIdleChannels();
   // The channel `channel` (name or id) if `session_id` joined it:
   // NotFound for an unknown channel, FailedPrecondition if not joined.
   absl::StatusOr<std::shared_ptr<Channel>> Joined(

@@ -1,6 +1,9 @@
 // Quotas on what clients can make the daemon hold (doc/security.md): one
 // uid cannot take more than its share, and the others keep growing.
 
+#include <chrono>
+#include <thread>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -136,6 +139,30 @@ TEST_F(QuotaTest, ARestartCountsWhatTheArenasHold) {
   std::string again = AttachAs(61001);
   auto c = core_->CreateChannel(again, "more", 0, 0);
   EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+// drop_idle_channels_after: a channel nobody has joined for that long is
+// dropped and its share given back; one with a member stays.
+TEST_F(QuotaTest, ChannelsNobodyJoinedForTheConfiguredTimeAreDropped) {
+  options_.drop_idle_channels_after = std::chrono::milliseconds(100);
+  Reopen();
+  std::string a = AttachAs(61001);
+  std::string b = AttachAs(61001);
+  ASSERT_TRUE(core_->CreateChannel(a, "abandoned", 0, 0).ok());
+  ASSERT_TRUE(core_->CreateChannel(b, "kept", 0, 0).ok());
+  EXPECT_EQ(core_->DropIdleChannels(), 0u);
+  core_->Detach(a);
+  EXPECT_EQ(core_->DropIdleChannels(), 0u);  // not for long enough yet
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_EQ(core_->DropIdleChannels(), 1u);
+  EXPECT_EQ(core_->Find("abandoned").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(core_->Find("kept").ok());
+  EXPECT_EQ(Used("max_channels_per_uid", 61001), 1u);
+  // Off by default: nothing is dropped however long it waits.
+  options_.drop_idle_channels_after = std::chrono::milliseconds(0);
+  Reopen();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(core_->DropIdleChannels(), 0u);
 }
 
 }  // namespace
