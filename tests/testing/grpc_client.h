@@ -13,6 +13,7 @@
 #include "structd/v1/admin.grpc.pb.h"
 #include "structd/v1/instances.grpc.pb.h"
 #include "structd/shm/arena.h"
+#include "structd/v1/memory.pb.h"
 #include "structd/v1/registry.grpc.pb.h"
 #include "structd/v1/session.grpc.pb.h"
 

@@ -1,0 +1,184 @@
+// Hostile clients of the memory socket (issue 16): random frames, half
+// frames left hanging, replies never read, more connections than allowed.
+// The daemon never dies, never blocks on one client, and keeps handing an
+// honest member its descriptors. Seeds: STRUCTD_TEST_SEED; longer:
+// STRUCTD_FAULT_SCALE.
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "testing/child_process.h"
+#include "testing/daemon_process.h"
+#include "testing/grpc_client.h"
+#include "testing/shm_fixture.h"
+
+namespace structd::testing {
+namespace {
+
+int ConnectTo(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// A frame: little-endian length, then `body`.
+std::string Frame(const std::string& body) {
+  std::string f(4, '\0');
+  for (int i = 0; i < 4; ++i) f[i] = static_cast<char>((body.size() >> (8 * i)) & 0xff);
+  return f + body;
+}
+
+class HostileMemorySocketTest : public ::testing::Test {
+ protected:
+  HostileMemorySocketTest()
+      : daemon_({"--idle-connection-ms", "300", "--max-connections-per-process", "16"}) {}
+  void SetUp() override {
+    honest_ = std::make_unique<GrpcClient>(daemon_.target());
+    ASSERT_TRUE(honest_->CreateChannel("ch").ok());
+  }
+  // The honest member still gets a descriptor, promptly.
+  void ExpectHonestServed() {
+    auto start = std::chrono::steady_clock::now();
+    auto fd = honest_->FetchArenaFile("ch", shm::ArenaFile{});
+    EXPECT_TRUE(fd.ok()) << fd.status();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  }
+  // Runs `hostile` in a child process (its own connection quota, no gRPC
+  // after fork) while the honest member keeps asking; the child's code.
+  int WhileHostile(const std::function<int()>& hostile) {
+    ChildProcess child(hostile);
+    for (int i = 0; i < 5; ++i) {
+      ExpectHonestServed();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return child.Wait(std::chrono::seconds(60));
+  }
+
+  DaemonProcess daemon_;
+  std::unique_ptr<GrpcClient> honest_;
+};
+
+TEST_F(HostileMemorySocketTest, RandomFramesNeverHurtTheDaemon) {
+  uint64_t seed = TestSeed();
+  int rounds = 200 * FaultScale();
+  std::string path = honest_->memory_socket();
+  int code = WhileHostile([&] {
+    std::mt19937_64 rng(seed);
+    for (int i = 0; i < rounds; ++i) {
+      int fd = ConnectTo(path);
+      if (fd < 0) return 1;  // the daemon stopped accepting
+      std::string bytes;
+      switch (rng() % 4) {
+        case 0: {  // random bytes, length prefix included
+          bytes.resize(1 + rng() % 64);
+          for (char& ch : bytes) ch = static_cast<char>(rng());
+          break;
+        }
+        case 1: {  // a well-framed body of random bytes (maybe a valid message)
+          std::string body(1 + rng() % 128, '\0');
+          for (char& ch : body) ch = static_cast<char>(rng());
+          bytes = Frame(body);
+          break;
+        }
+        case 2:  // a huge length
+          bytes = std::string("\xff\xff\xff\x7f", 4) + "xyz";
+          break;
+        default: {  // a real request for an unknown session, cut short
+          v1::MemoryRequest r;
+          r.set_session_id("0123456789abcdef0123456789abcdef");
+          r.set_channel("ch");
+          std::string body;
+          r.SerializeToString(&body);
+          bytes = Frame(body).substr(0, 1 + rng() % (body.size() + 3));
+          break;
+        }
+      }
+      send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      close(fd);
+    }
+    return 0;
+  });
+  EXPECT_EQ(code, 0);
+  ExpectHonestServed();
+  EXPECT_TRUE(daemon_.running());
+}
+
+// Connections that never finish a frame are closed after
+// idle_connection_ms; past max_connections_per_process one is refused.
+TEST_F(HostileMemorySocketTest, HangingAndExcessConnectionsAreShed) {
+  std::string path = honest_->memory_socket();
+  int code = WhileHostile([&] {
+    std::vector<int> hanging;
+    for (int i = 0; i < 40; ++i) {
+      int fd = ConnectTo(path);
+      if (fd < 0) return 1;
+      send(fd, "\x10\x00", 2, MSG_NOSIGNAL);  // half a length prefix
+      hanging.push_back(fd);
+    }
+    // Every hanging connection is closed by the daemon within a few idle
+    // periods (EOF), or was refused at once (a reply, then EOF).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    size_t closed = 0;
+    for (int fd : hanging) {
+      pollfd p{fd, POLLIN, 0};
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      char buf[256];
+      while (poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 1))) > 0) {
+        if (recv(fd, buf, sizeof buf, 0) <= 0) {
+          ++closed;
+          break;
+        }
+      }
+      close(fd);
+    }
+    return closed == hanging.size() ? 0 : 2;
+  });
+  EXPECT_EQ(code, 0) << "a hanging connection was never closed";
+  ExpectHonestServed();
+}
+
+// A client that sends requests and never reads the replies (each with a
+// descriptor) is dropped rather than waited for.
+TEST_F(HostileMemorySocketTest, AClientThatNeverReadsIsDroppedNotWaitedFor) {
+  v1::MemoryRequest r;
+  r.set_session_id(honest_->session_id());
+  r.set_channel("ch");
+  std::string body;
+  r.SerializeToString(&body);
+  std::string frame = Frame(body);
+  int fd = ConnectTo(honest_->memory_socket());
+  ASSERT_GE(fd, 0);
+  std::string many;
+  for (int i = 0; i < 20000; ++i) many += frame;
+  // Non-blocking: the daemon stops reading once it drops us.
+  size_t sent = 0;
+  while (sent < many.size()) {
+    ssize_t n = send(fd, many.data() + sent, many.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  ExpectHonestServed();
+  close(fd);
+  ExpectHonestServed();
+}
+
+}  // namespace
+}  // namespace structd::testing
