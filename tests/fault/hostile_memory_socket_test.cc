@@ -22,21 +22,11 @@
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
 #include "testing/shm_fixture.h"
+#include "testing/unix_socket.h"
 
 namespace structd::testing {
 namespace {
 
-int ConnectTo(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 // A frame: little-endian length, then `body`.
 std::string Frame(const std::string& body) {
@@ -82,7 +72,7 @@ TEST_F(HostileMemorySocketTest, RandomFramesNeverHurtTheDaemon) {
   int code = WhileHostile([&] {
     std::mt19937_64 rng(seed);
     for (int i = 0; i < rounds; ++i) {
-      int fd = ConnectTo(path);
+      int fd = ConnectUnix(path);
       if (fd < 0) return 1;  // the daemon stopped accepting
       std::string bytes;
       switch (rng() % 4) {
@@ -127,7 +117,7 @@ TEST_F(HostileMemorySocketTest, HangingAndExcessConnectionsAreShed) {
   int code = WhileHostile([&] {
     std::vector<int> hanging;
     for (int i = 0; i < 40; ++i) {
-      int fd = ConnectTo(path);
+      int fd = ConnectUnix(path);
       if (fd < 0) return 1;
       send(fd, "\x10\x00", 2, MSG_NOSIGNAL);  // half a length prefix
       hanging.push_back(fd);
@@ -164,7 +154,7 @@ TEST_F(HostileMemorySocketTest, AClientThatNeverReadsIsDroppedNotWaitedFor) {
   std::string body;
   r.SerializeToString(&body);
   std::string frame = Frame(body);
-  int fd = ConnectTo(honest_->memory_socket());
+  int fd = ConnectUnix(honest_->memory_socket());
   ASSERT_GE(fd, 0);
   std::string many;
   for (int i = 0; i < 20000; ++i) many += frame;

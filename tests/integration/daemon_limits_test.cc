@@ -21,22 +21,12 @@
 #include "testing/child_process.h"
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
+#include "testing/unix_socket.h"
 
 namespace structd::testing {
 namespace {
 
-int Connect(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+int Connect(const std::string& path) { return ConnectUnix(path); }
 
 // True if the daemon closed `fd` (EOF or reset) within `timeout`. What the
 // daemon sends first (gRPC's HTTP/2 settings) is read and dropped.

@@ -18,6 +18,7 @@
 #include "testing/child_process.h"
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
+#include "testing/unix_socket.h"
 
 namespace structd::testing {
 namespace {
@@ -111,11 +112,8 @@ TEST(MemorySocketTest, AMalformedFrameClosesOnlyItsConnection) {
   DaemonProcess daemon;
   GrpcClient a(daemon.target());
   Create(a, "ch");
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, a.memory_socket().c_str(), sizeof(addr.sun_path) - 1);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  int fd = ConnectUnix(a.memory_socket());
+  ASSERT_GE(fd, 0);
   const char junk[] = "\xff\xff\xff\xff garbage";
   ASSERT_GT(send(fd, junk, sizeof junk, MSG_NOSIGNAL), 0);
   char buf[16];

@@ -26,6 +26,7 @@
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
 #include "testing/other_uid.h"
+#include "testing/unix_socket.h"
 
 namespace structd::testing {
 namespace {
@@ -41,13 +42,10 @@ class OtherUidTest : public ::testing::Test {
 
 // errno of connect(2) to `path`, 0 on success.
 int ConnectErrno(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  int err = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 ? 0 : errno;
+  int fd = ConnectUnix(path);
+  if (fd < 0) return errno;
   close(fd);
-  return err;
+  return 0;
 }
 
 // errno of open(2) of `path` for reading, 0 if it opened.

@@ -1,5 +1,7 @@
 #include "testing/daemon_process.h"
 
+#include "testing/unix_socket.h"
+
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -16,13 +18,10 @@ namespace structd::testing {
 namespace {
 
 bool CanConnect(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  int fd = ConnectUnix(path);
+  if (fd < 0) return false;
   close(fd);
-  return ok;
+  return true;
 }
 
 pid_t Spawn(const std::vector<std::string>& args, int out_fd) {
