@@ -268,6 +268,9 @@ void Daemon::ReapLoop() {
     }
     core_->ReapOrphans();
     core_->DropIdleChannels();
+    // Members hold descriptors of the arena files and could resize them:
+    // about once a second, put them back (doc/security.md).
+    if (++sweeps_ % 5 == 0) core_->RestoreFileSizes();
     if (size_t n = peers_.Sweep(std::chrono::milliseconds(config_.idle_connection_ms))) {
       spdlog::info("closed {} connections that made no call within {} ms", n,
                    config_.idle_connection_ms);

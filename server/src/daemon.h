@@ -63,6 +63,7 @@ class Daemon {
   std::atomic<bool> stopping_{false};
   std::thread accept_thread_;
   std::thread reap_thread_;
+  uint64_t sweeps_ = 0;  // reap loop ticks (reap thread only)
 };
 
 }  // namespace structd::server

@@ -94,9 +94,44 @@ absl::Status Arena::Intact() const {
                                        : ExtentPath(static_cast<uint32_t>(tag));
   return absl::DataLossError(absl::StrCat(
       "arena ", dir_, ": ", file,
-      " was truncated or replaced while mapped (another process of the "
-      "daemon's uid did it); this arena is damaged: restart the daemon to "
-      "repair it (the lost pages come back as zeros), or drop the channel"));
+      " was truncated or replaced while mapped (a process holding its descriptor, a "
+      "member, or one of the daemon's uid did it); this arena is damaged: restart the "
+      "daemon to repair it (the lost pages come back as zeros), or drop the channel"));
+}
+
+std::vector<Arena::SizeRepair> Arena::RestoreFileSizes() {
+  std::vector<SizeRepair> repairs;
+  if (access_ != Access::kReadWrite) return repairs;
+  auto check = [&](int32_t extent, uint64_t size) {
+    absl::StatusOr<UniqueFd> fd = source_(ArenaFile{extent});
+    if (!fd.ok()) return;
+    struct stat st;
+    if (fstat(fd->get(), &st) != 0) return;
+    uint64_t found = static_cast<uint64_t>(st.st_size);
+    uint64_t allocated = static_cast<uint64_t>(st.st_blocks) * 512;
+    // Backed fully by Fallocate, so up to `size` (plus a page of slack for
+    // file systems that round up) is expected.
+    if (found == size && allocated <= size + 4096) return;
+    SizeRepair r{extent, found, allocated, found < size};
+    if (found < size) {
+      // Restore first, so other mappings stop faulting; then back it.
+      if (ftruncate(fd->get(), static_cast<off_t>(size)) == 0) {
+        (void)Fallocate(fd->get(), static_cast<off_t>(size));
+      }
+      uint64_t tag = extent == ArenaFile::kHeader ? kHeaderTag : static_cast<uint64_t>(extent);
+      uint64_t none = 0;
+      damage_.first_tag_plus_one.compare_exchange_strong(none, tag + 1);
+    } else {
+      // Past the size: grow by a page, then shrink back, which frees every
+      // page from `size` on (the mapped range ends there).
+      if (found == size) (void)ftruncate(fd->get(), static_cast<off_t>(size + 4096));
+      (void)ftruncate(fd->get(), static_cast<off_t>(size));
+    }
+    repairs.push_back(r);
+  };
+  check(ArenaFile::kHeader, sizeof(ArenaHeader));
+  for (uint32_t id = 0; id < extent_count(); ++id) check(static_cast<int32_t>(id), extent_size_);
+  return repairs;
 }
 
 std::string Arena::ExtentPath(const std::string& dir, uint32_t extent_id) {

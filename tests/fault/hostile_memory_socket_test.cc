@@ -5,7 +5,10 @@
 // STRUCTD_FAULT_SCALE.
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -168,6 +171,88 @@ TEST_F(HostileMemorySocketTest, AClientThatNeverReadsIsDroppedNotWaitedFor) {
   ExpectHonestServed();
   close(fd);
   ExpectHonestServed();
+}
+
+// Registers a one-field type in `channel` (a call that needs the channel
+// usable): the gRPC code.
+grpc::StatusCode TouchChannel(GrpcClient& c, const std::string& channel) {
+  v1::RegisterTypeRequest reg;
+  reg.set_channel(channel);
+  reg.set_key("T");
+  auto* f = reg.add_fields();
+  f->set_name("v");
+  f->set_type("u64");
+  v1::RegisterTypeResponse t;
+  return c.registry().RegisterType(c.Ctx().get(), reg, &t).error_code();
+}
+
+// Waits up to 5 s for `fd`'s file to be `size` bytes with at most `size`
+// (plus a page) allocated: the daemon's sweep puts it back.
+bool BackToSize(int fd, off_t size) {
+  for (int i = 0; i < 250; ++i) {
+    struct stat st;
+    if (fstat(fd, &st) == 0 && st.st_size == size && st.st_blocks * 512 <= size + 4096) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+constexpr off_t kExtent = 1 << 20;  // DaemonProcess runs with --extent-size 1048576
+
+// A member grows an extent through its descriptor, past the size and with
+// blocks past the end: the daemon trims it back (no memory past the
+// quotas) and the channel keeps working.
+TEST_F(HostileMemorySocketTest, AnExtentGrownThroughItsDescriptorIsTrimmedBack) {
+  auto fd = honest_->FetchArenaFile("ch", shm::ArenaFile{0});
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  ASSERT_EQ(ftruncate(fd->get(), 8 * kExtent), 0);
+  ASSERT_EQ(fallocate(fd->get(), FALLOC_FL_KEEP_SIZE, 0, 16 * kExtent), 0);
+  EXPECT_TRUE(BackToSize(fd->get(), kExtent)) << "the growth was never trimmed";
+  auto hfd = honest_->FetchArenaFile("ch", shm::ArenaFile{});
+  ASSERT_TRUE(hfd.ok());
+  ASSERT_EQ(fallocate(hfd->get(), FALLOC_FL_KEEP_SIZE, 0, 64 * kExtent), 0);
+  EXPECT_TRUE(BackToSize(hfd->get(), 4096)) << "the header's growth was never trimmed";
+  EXPECT_EQ(TouchChannel(*honest_, "ch"), grpc::StatusCode::OK);
+}
+
+// A member cuts an extent short: the daemon restores its size, so another
+// member's mapping stops faulting (it reads zeros where data was cut), and
+// the channel, only that one, answers DATA_LOSS until a restart repairs it.
+TEST_F(HostileMemorySocketTest, AnExtentCutThroughItsDescriptorIsRestored) {
+  ASSERT_TRUE(honest_->CreateChannel("bystander").ok());
+  auto fd = honest_->FetchArenaFile("ch", shm::ArenaFile{0});
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  auto* other_member = static_cast<volatile uint8_t*>(
+      mmap(nullptr, kExtent, PROT_READ | PROT_WRITE, MAP_SHARED, fd->get(), 0));
+  ASSERT_NE(other_member, MAP_FAILED);
+  ASSERT_EQ(ftruncate(fd->get(), kExtent / 2), 0);
+  ASSERT_TRUE(BackToSize(fd->get(), kExtent)) << "the cut was never restored";
+  EXPECT_EQ(other_member[kExtent - 1], 0);  // no SIGBUS: the page is back, zeroed
+  munmap(const_cast<uint8_t*>(other_member), kExtent);
+  EXPECT_EQ(TouchChannel(*honest_, "ch"), grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(TouchChannel(*honest_, "bystander"), grpc::StatusCode::OK);
+  // A restart repairs the channel.
+  honest_.reset();
+  daemon_.Kill9();
+  daemon_.Start();
+  honest_ = std::make_unique<GrpcClient>(daemon_.target());
+  auto created = honest_->CreateChannel("probe");  // the daemon is back
+  ASSERT_TRUE(created.ok()) << created.status();
+  // The admin view: "ch" is no longer damaged.
+  grpc::ClientContext ctx;
+  v1::ListChannelsRequest list;
+  v1::ListChannelsResponse channels;
+  ASSERT_TRUE(honest_->admin().ListChannels(&ctx, list, &channels).ok());
+  bool found = false;
+  for (const auto& c : channels.channels()) {
+    if (c.name() == "ch") {
+      found = true;
+      EXPECT_EQ(c.damage(), "");
+    }
+  }
+  EXPECT_TRUE(found);
 }
 
 }  // namespace

@@ -160,6 +160,29 @@ absl::StatusOr<base::UniqueFd> Channel::OpenArenaFile(shm::ArenaFile file) const
   return shm::Arena::OpenFile(arena_->dir(), file, shm::Access::kReadWrite);
 }
 
+size_t Channel::RestoreFileSizes() {
+  base::MutexLock lock(&mu_);
+  if (arena_ == nullptr) return 0;
+  std::vector<shm::Arena::SizeRepair> repairs = arena_->RestoreFileSizes();
+  for (const shm::Arena::SizeRepair& r : repairs) {
+    std::string file =
+        r.extent == shm::ArenaFile::kHeader ? "the arena header" : absl::StrCat("extent ", r.extent);
+    if (r.shrunk) {
+      spdlog::error(
+          "channel '{}': {} was cut to {} bytes through a member's descriptor; restored to full "
+          "size (what was cut off reads as zeros). The channel answers DATA_LOSS until the "
+          "daemon restarts and repairs it",
+          name_, file, r.found_bytes);
+    } else {
+      spdlog::warn(
+          "channel '{}': {} was grown through a member's descriptor ({} bytes, {} allocated); "
+          "trimmed back, freeing the growth (a member may not take memory past the quotas)",
+          name_, file, r.found_bytes, r.allocated_bytes);
+    }
+  }
+  return repairs.size();
+}
+
 void Channel::SetGrowthGate(shm::Allocator::GrowthGate gate) {
   base::MutexLock lock(&mu_);
   if (allocator_ != nullptr) allocator_->SetGrowthGate(std::move(gate));

@@ -149,6 +149,11 @@ class Channel {
   // socket): the header, or a published extent (NotFound otherwise).
   // DataLoss if the channel is damaged, NotFound if dropped and gone.
   absl::StatusOr<base::UniqueFd> OpenArenaFile(shm::ArenaFile file) const;
+  // Puts back the size of any arena file a member changed through its
+  // descriptor (shm::Arena::RestoreFileSizes), logging each repair; a file
+  // cut short leaves the channel damaged (DATA_LOSS until a restart).
+  // Returns how many files it repaired.
+  size_t RestoreFileSizes();
   // The quota every growth of the arena must pass (Allocator::GrowthGate).
   void SetGrowthGate(shm::Allocator::GrowthGate gate);
 

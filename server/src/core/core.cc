@@ -576,6 +576,12 @@ absl::StatusOr<uint32_t> Core::DropChannelAsAdmin(const std::string& channel) {
   return Drop(*c, "by an operator");
 }
 
+size_t Core::RestoreFileSizes() {
+  size_t repaired = 0;
+  for (const std::shared_ptr<Channel>& c : Channels()) repaired += c->RestoreFileSizes();
+  return repaired;
+}
+
 size_t Core::DropIdleChannels() {
   if (options_.drop_idle_channels_after.count() <= 0) return 0;
   auto now = std::chrono::steady_clock::now();

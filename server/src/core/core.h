@@ -193,6 +193,9 @@ class Core {
   // Drops every channel unused for options().drop_idle_channels_after (if
   // set); returns how many. The daemon calls it periodically.
   size_t DropIdleChannels();
+  // Channel::RestoreFileSizes over every channel; the daemon calls it
+  // about once a second. Returns the files repaired.
+  size_t RestoreFileSizes();
   // The channel `channel` (name or id) if `session_id` joined it:
   // NotFound for an unknown channel, FailedPrecondition if not joined.
   absl::StatusOr<std::shared_ptr<Channel>> Joined(

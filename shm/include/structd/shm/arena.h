@@ -160,6 +160,25 @@ class Arena {
   // REQUIRES: Access::kReadWrite.
   absl::StatusOr<uint32_t> RecountExtents();
 
+  // What RestoreFileSizes found: a file of the arena whose size a process
+  // holding its descriptor changed.
+  struct SizeRepair {
+    int32_t extent = ArenaFile::kHeader;  // or an extent id
+    uint64_t found_bytes = 0;     // st_size found
+    uint64_t allocated_bytes = 0; // st_blocks * 512 found
+    bool shrunk = false;          // cut short: this arena is now damaged
+  };
+  // The owner's sweep over the files members hold descriptors of (they can
+  // ftruncate or fallocate them; tmpfs files cannot be sealed). A file grown
+  // past its size, or given blocks past its end (fallocate KEEP_SIZE), is
+  // trimmed back, freeing what the growth took; nobody maps past the size,
+  // so nothing is lost. A file cut short is restored to full size and
+  // backed (other members stop taking SIGBUS there; the lost pages read as
+  // zeros) and the arena is marked damaged, as the SIGBUS guard would
+  // (Intact() is DataLoss until the owner re-adopts it). Returns what it
+  // repaired. REQUIRES: Access::kReadWrite, opened by path.
+  std::vector<SizeRepair> RestoreFileSizes();
+
   // Published extents (acquire). The header is shared memory that any
   // process can scribble on: a count above max_extents is clamped here, so
   // no loop over extents runs away; raw_extent_count() shows the damage.
