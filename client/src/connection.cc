@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "structd/client/channel.h"
+#include "structd/base/trusted_path.h"
 #include "structd/shm/default_paths.h"
 
 namespace structd::client::internal {
@@ -32,61 +33,86 @@ std::optional<uid_t> ExpectedDaemonUid(std::optional<uid_t> configured) {
   const char* env = std::getenv("STRUCTD_DAEMON_UID");
   if (env == nullptr || *env == '\0') return std::nullopt;
   char* end = nullptr;
-  unsigned long v = std::strtoul(env, &end, 10);
-  if (*end != '\0') return std::nullopt;
+  errno = 0;
+  unsigned long long v = std::strtoull(env, &end, 10);
+  // (uid_t)-1 means "no uid" to the kernel: never a daemon's.
+  if (*end != '\0' || errno != 0 || v >= UINT32_MAX) return std::nullopt;
   return static_cast<uid_t>(v);
 }
 
-absl::Status VerifyDaemon(const std::string& socket, std::optional<uid_t> daemon_uid) {
+std::set<uid_t> TrustedDaemonUids(const std::string& socket, std::optional<uid_t> daemon_uid) {
   std::set<uid_t> trusted{0, getuid()};
-  if (daemon_uid) trusted.insert(*daemon_uid);
-  std::filesystem::path dir = std::filesystem::path(socket).parent_path();
-  if (dir.empty()) dir = ".";
-  dir = std::filesystem::absolute(dir);
-  struct stat st;
-  if (!daemon_uid && stat(dir.c_str(), &st) == 0) {
-    struct stat parent;
-    if (stat(dir.parent_path().c_str(), &parent) == 0 && parent.st_uid == 0 &&
-        (parent.st_mode & (S_IWGRP | S_IWOTH)) == 0) {
-      trusted.insert(st.st_uid);  // a place root provisioned for the daemon
-    }
+  if (daemon_uid) {
+    trusted.insert(*daemon_uid);
+    return trusted;
   }
-  auto untrusted = [&](const std::string& what, uid_t uid) {
+  // A place root provisioned for the daemon (/run/structd of the system
+  // service): its owner is the daemon's uid. Only when its parent is
+  // root's and writable by nobody else, and it is no symlink.
+  std::filesystem::path dir =
+      std::filesystem::absolute(std::filesystem::path(socket).parent_path()).lexically_normal();
+  struct stat st, parent;
+  if (lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
+      lstat(dir.parent_path().c_str(), &parent) == 0 && S_ISDIR(parent.st_mode) &&
+      parent.st_uid == 0 && (parent.st_mode & (S_IWGRP | S_IWOTH)) == 0) {
+    trusted.insert(st.st_uid);
+  }
+  return trusted;
+}
+
+namespace {
+
+absl::Status Untrusted(const std::string& socket, uid_t uid) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      "socket ", socket, ": served by a process of uid ", uid,
+      ", which is not root, your uid or the daemon's expected uid; another user may be "
+      "impersonating the daemon, so no capability was sent (if that uid runs the daemon, "
+      "set STRUCTD_DAEMON_UID=",
+      uid, " or ClientOptions::daemon_uid)"));
+}
+
+}  // namespace
+
+absl::Status CheckPeerIsDaemon(int fd, const std::string& socket,
+                               const std::set<uid_t>& trusted) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return absl::UnavailableError(absl::StrCat("no structd at ", socket, ": ", strerror(errno)));
+  }
+  if (!trusted.count(cred.uid)) return Untrusted(socket, cred.uid);
+  return absl::OkStatus();
+}
+
+absl::Status VerifyDaemon(const std::string& socket, std::optional<uid_t> daemon_uid) {
+  std::set<uid_t> trusted = TrustedDaemonUids(socket, daemon_uid);
+  std::string dir =
+      std::filesystem::absolute(std::filesystem::path(socket).parent_path()).lexically_normal();
+  // Nobody untrusted can swap the socket: every directory (and symlink) on
+  // the way is a trusted uid's, and writable by others only if sticky.
+  // This is what makes the gRPC connection, made by gRPC from the path,
+  // reach the same daemon as the probe below.
+  absl::Status path = base::CheckTrustedPath(
+      dir, trusted, "put the daemon's socket in a directory only it and root control");
+  if (!path.ok()) {
+    if (path.code() == absl::StatusCode::kNotFound) {
+      return absl::UnavailableError(absl::StrCat("no structd at ", socket));
+    }
     return absl::PermissionDeniedError(absl::StrCat(
-        "socket ", socket, ": ", what, " uid ", uid,
-        ", which is not root, your uid or the daemon's expected uid; another user may be "
-        "impersonating the daemon, so no capability was sent (if that uid runs the daemon, "
-        "set STRUCTD_DAEMON_UID=", uid, " or ClientOptions::daemon_uid)"));
-  };
-  // Nobody untrusted can swap the socket: every directory above it is a
-  // trusted uid's, and writable by others only if sticky.
-  for (std::filesystem::path p = dir;; p = p.parent_path()) {
-    if (stat(p.c_str(), &st) != 0) break;  // the connect below reports it
-    if (!trusted.count(st.st_uid)) return untrusted("directory " + p.string() + " belongs to", st.st_uid);
-    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "socket ", socket, ": directory ", p.string(),
-          " is writable by others and not sticky, so anyone could swap the socket; no "
-          "capability was sent (put the daemon's socket in a private directory)"));
-    }
-    if (p == p.parent_path()) break;
+        "socket ", socket, ": ", path.message(),
+        "; another user may be impersonating the daemon, so no capability was sent (if the "
+        "owner named runs the daemon, set STRUCTD_DAEMON_UID to its uid or "
+        "ClientOptions::daemon_uid)"));
   }
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("socket: ", strerror(errno)));
+  base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return absl::UnavailableError(absl::StrCat("socket: ", strerror(errno)));
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, socket.c_str(), sizeof(addr.sun_path) - 1);
-  ucred cred{};
-  socklen_t len = sizeof cred;
-  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
-  int err = errno;
-  close(fd);
-  if (!ok) {
-    return absl::UnavailableError(absl::StrCat("no structd at ", socket, ": ", strerror(err)));
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return absl::UnavailableError(absl::StrCat("no structd at ", socket, ": ", strerror(errno)));
   }
-  if (!trusted.count(cred.uid)) return untrusted("served by a process of", cred.uid);
-  return absl::OkStatus();
+  return CheckPeerIsDaemon(fd.get(), socket, trusted);
 }
 
 Connection::Connection(ClientOptions options) : options_(std::move(options)) {

@@ -50,6 +50,11 @@ absl::Status MemorySocket::ConnectLocked() {
   if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     return Unavailable(path_, strerror(errno));
   }
+  // The connection that will carry the session secret is the one checked.
+  if (absl::Status s = CheckPeerIsDaemon(fd.get(), path_, TrustedDaemonUids(path_, daemon_uid_));
+      !s.ok()) {
+    return s;
+  }
   fd_ = std::move(fd);
   return absl::OkStatus();
 }
@@ -75,9 +80,10 @@ absl::StatusOr<base::UniqueFd> MemorySocket::Fetch(const std::string& session_id
   // A connection the daemon closed (idle, restart) fails the first try.
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (absl::Status s = ConnectLocked(); !s.ok()) return s;
-    if (send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL) !=
-        static_cast<ssize_t>(frame.size())) {
-      last = Unavailable(path_, absl::StrCat("send: ", strerror(errno)));
+    ssize_t sent = send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL);
+    if (sent != static_cast<ssize_t>(frame.size())) {
+      last = Unavailable(path_, sent < 0 ? absl::StrCat("send: ", strerror(errno))
+                                         : std::string("send: short write"));
       fd_.reset();
       continue;
     }
@@ -92,7 +98,9 @@ absl::StatusOr<base::UniqueFd> MemorySocket::Fetch(const std::string& session_id
       }
       char buf[kMaxFrame + 4];
       iovec iov{buf, sizeof buf};
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+      // Room for more descriptors than the one expected, so extras are
+      // received (and closed) rather than truncated away.
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
       msghdr msg{};
       msg.msg_iov = &iov;
       msg.msg_iovlen = 1;
@@ -103,13 +111,23 @@ absl::StatusOr<base::UniqueFd> MemorySocket::Fetch(const std::string& session_id
         broken = true;
         break;
       }
+      int descriptors = 0;
       for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
-        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
-            cm->cmsg_len == CMSG_LEN(sizeof(int))) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t k = 0; k < n; ++k) {
           int received;
-          std::memcpy(&received, CMSG_DATA(cm), sizeof received);
-          passed = base::UniqueFd(received);
+          std::memcpy(&received, CMSG_DATA(cm) + k * sizeof(int), sizeof received);
+          base::UniqueFd owned(received);  // closed unless it is the one
+          if (++descriptors == 1 && !passed) passed = std::move(owned);
         }
+      }
+      if (descriptors > 1 || (msg.msg_flags & MSG_CTRUNC) != 0) {
+        // Not what the protocol sends: not the daemon, or a broken one.
+        fd_.reset();
+        return absl::InternalError(absl::StrCat(
+            "memory socket ", path_, ": a reply with ", descriptors,
+            " descriptors or truncated control data (the protocol sends one)"));
       }
       in.append(buf, static_cast<size_t>(n));
       if (in.size() >= 4 && want == 4) {

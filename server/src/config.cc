@@ -55,7 +55,8 @@ const Option kOptions[] = {
     {"max_bytes_total", nullptr,
      "Arena bytes all channels may hold; 0 = half of the file system under state_dir",
      &DaemonConfig::max_bytes_total},
-    {"max_channels_per_uid", nullptr, "Channels one uid may have created (and not dropped)",
+    {"max_channels_per_uid", nullptr,
+     "Channels one uid may have created whose files still exist",
      &DaemonConfig::max_channels_per_uid},
     {"drop_idle_channels_after_s", nullptr,
      "Drop a channel no session has joined for this many seconds (its memory is freed); "
@@ -257,7 +258,13 @@ absl::StatusOr<SocketAccess> ResolveSocketAccess(const DaemonConfig& config) {
   const std::string& g = config.socket_group;
   if (g.empty()) return a;
   if (std::all_of(g.begin(), g.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
-    a.gid = static_cast<gid_t>(std::strtoul(g.c_str(), nullptr, 10));
+    errno = 0;
+    unsigned long long gid = std::strtoull(g.c_str(), nullptr, 10);
+    if (errno != 0 || gid >= UINT32_MAX) {
+      return absl::InvalidArgumentError("socket_group '" + g +
+                                        "' is not a gid (use a number below 4294967295)");
+    }
+    a.gid = static_cast<gid_t>(gid);
     return a;
   }
   std::vector<char> buf(16384);

@@ -139,6 +139,8 @@ absl::Status Daemon::Start() {
   memory.socket_mode = access->socket_mode;
   memory.gid = access->gid;
   memory.max_connections_per_process = config_.max_connections_per_process;
+  memory.max_connections_per_uid = config_.max_sessions_per_uid;
+  memory.max_connections = config_.max_sessions;
   memory.idle = std::chrono::milliseconds(config_.idle_connection_ms);
   memory_server_ = std::make_unique<MemoryServer>(core_.get(), memory);
   if (absl::Status s = memory_server_->Start(); !s.ok()) return s;

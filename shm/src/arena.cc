@@ -102,16 +102,17 @@ absl::Status Arena::Intact() const {
 std::vector<Arena::SizeRepair> Arena::RestoreFileSizes() {
   std::vector<SizeRepair> repairs;
   if (access_ != Access::kReadWrite) return repairs;
+  // False once the file does not exist.
   auto check = [&](int32_t extent, uint64_t size) {
     absl::StatusOr<UniqueFd> fd = source_(ArenaFile{extent});
-    if (!fd.ok()) return;
+    if (!fd.ok()) return false;
     struct stat st;
-    if (fstat(fd->get(), &st) != 0) return;
+    if (fstat(fd->get(), &st) != 0) return true;
     uint64_t found = static_cast<uint64_t>(st.st_size);
     uint64_t allocated = static_cast<uint64_t>(st.st_blocks) * 512;
     // Backed fully by Fallocate, so up to `size` (plus a page of slack for
     // file systems that round up) is expected.
-    if (found == size && allocated <= size + 4096) return;
+    if (found == size && allocated <= size + 4096) return true;
     SizeRepair r{extent, found, allocated, found < size};
     if (found < size) {
       // Restore first, so other mappings stop faulting; then back it.
@@ -124,13 +125,18 @@ std::vector<Arena::SizeRepair> Arena::RestoreFileSizes() {
     } else {
       // Past the size: grow by a page, then shrink back, which frees every
       // page from `size` on (the mapped range ends there).
-      if (found == size) (void)ftruncate(fd->get(), static_cast<off_t>(size + 4096));
-      (void)ftruncate(fd->get(), static_cast<off_t>(size));
+      bool grown = found != size || ftruncate(fd->get(), static_cast<off_t>(size + 4096)) == 0;
+      if (!grown || ftruncate(fd->get(), static_cast<off_t>(size)) != 0) return true;
     }
     repairs.push_back(r);
+    return true;
   };
   check(ArenaFile::kHeader, sizeof(ArenaHeader));
-  for (uint32_t id = 0; id < extent_count(); ++id) check(static_cast<int32_t>(id), extent_size_);
+  // Every extent file, not just the published count (shared memory that a
+  // member could lower to hide one): files exist from 0 without a gap.
+  for (uint32_t id = 0; id < max_extents_; ++id) {
+    if (!check(static_cast<int32_t>(id), extent_size_)) break;
+  }
   return repairs;
 }
 

@@ -207,9 +207,20 @@ constexpr off_t kExtent = 1 << 20;  // DaemonProcess runs with --extent-size 104
 TEST_F(HostileMemorySocketTest, AnExtentGrownThroughItsDescriptorIsTrimmedBack) {
   auto fd = honest_->FetchArenaFile("ch", shm::ArenaFile{0});
   ASSERT_TRUE(fd.ok()) << fd.status();
+  // First it hides the extent: the header's published count is shared
+  // memory it can write. The sweep does not go by it.
+  auto header_fd = honest_->FetchArenaFile("ch", shm::ArenaFile{});
+  ASSERT_TRUE(header_fd.ok());
+  auto* header = static_cast<shm::ArenaHeader*>(
+      mmap(nullptr, sizeof(shm::ArenaHeader), PROT_READ | PROT_WRITE, MAP_SHARED,
+           header_fd->get(), 0));
+  ASSERT_NE(header, MAP_FAILED);
+  header->extent_count.store(0);
   ASSERT_EQ(ftruncate(fd->get(), 8 * kExtent), 0);
   ASSERT_EQ(fallocate(fd->get(), FALLOC_FL_KEEP_SIZE, 0, 16 * kExtent), 0);
   EXPECT_TRUE(BackToSize(fd->get(), kExtent)) << "the growth was never trimmed";
+  header->extent_count.store(1);
+  munmap(header, sizeof(shm::ArenaHeader));
   auto hfd = honest_->FetchArenaFile("ch", shm::ArenaFile{});
   ASSERT_TRUE(hfd.ok());
   ASSERT_EQ(fallocate(hfd->get(), FALLOC_FL_KEEP_SIZE, 0, 64 * kExtent), 0);

@@ -255,6 +255,42 @@ TEST_F(OtherUidTest, ASquattedRuntimeDirectoryIsRefused) {
   EXPECT_EQ(left, std::vector<std::string>{"precious"});
 }
 
+// The squatter plants a symlink instead of a directory, pointing at a
+// place that passes every check (/dev/shm: root's, sticky). It owns the
+// link, so it could repoint it later: the daemon and clients refuse it.
+TEST_F(OtherUidTest, ASquattedSymlinkToATrustedDirectoryIsRefused) {
+  char tmpl[] = "/dev/shm/structd-link-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  std::string link = tmpl;
+  std::filesystem::remove(link);
+  ASSERT_EQ(symlink("/dev/shm", link.c_str()), 0);
+  ASSERT_EQ(lchown(link.c_str(), kStrangerUid, kStrangerGid), 0);
+  struct Cleanup {
+    std::string link;
+    ~Cleanup() { unlink(link.c_str()); }
+  } cleanup{link};
+  std::string out;
+  std::string state = "state-" + std::filesystem::path(link).filename().string();
+  int code = RunDaemonToCompletion(
+      {"--socket", link + "/structd.sock", "--state-dir", link + "/" + state}, &out);
+  EXPECT_NE(code, 0);
+  EXPECT_THAT(out, HasSubstr("owned by uid " + std::to_string(kStrangerUid)));
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + state));
+  // A client given a socket path through the link refuses it too, even
+  // though a real daemon answers at the end of it.
+  DaemonProcess daemon;
+  ASSERT_EQ(unlink(link.c_str()), 0);
+  std::string dir = std::filesystem::path(daemon.socket()).parent_path();
+  ASSERT_EQ(symlink(dir.c_str(), link.c_str()), 0);
+  ASSERT_EQ(lchown(link.c_str(), kStrangerUid, kStrangerGid), 0);
+  client::ClientOptions options;
+  options.socket = link + "/structd.sock";
+  auto refused = client::Client::Connect(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(refused.status().message(), HasSubstr("impersonating"));
+}
+
 // A daemon run by another user where the client's would be (the socket
 // swapped by a squatter): the client sends it nothing secret, unless told
 // that uid is the daemon's.

@@ -267,12 +267,6 @@ uint64_t Channel::Leave(const std::string& session_id) {
   return released;
 }
 
-std::optional<std::chrono::steady_clock::duration> Channel::UnusedFor(
-    std::chrono::steady_clock::time_point now) const {
-  base::MutexLock lock(&mu_);
-  if (!ledgers_.empty()) return std::nullopt;
-  return now - unused_since_;
-}
 
 bool Channel::HasSession(const std::string& session_id) const {
   base::MutexLock lock(&mu_);
@@ -475,8 +469,22 @@ std::vector<RootEntry> Channel::ListRoots() const {
   return out;
 }
 
+bool Channel::MarkDroppedIfUnusedFor(std::chrono::steady_clock::duration unused) {
+  base::MutexLock lock(&mu_);
+  if (!ledgers_.empty() || dropped_ ||
+      std::chrono::steady_clock::now() - unused_since_ < unused) {
+    return false;
+  }
+  MarkDroppedLocked();
+  return true;
+}
+
 bool Channel::MarkDropped() {
   base::MutexLock lock(&mu_);
+  return MarkDroppedLocked();
+}
+
+bool Channel::MarkDroppedLocked() {
   dropped_ = true;
   if (store_ == nullptr) return ledgers_.empty();
   if (absl::Status s = store_->MarkDropped(); !s.ok()) {
@@ -488,10 +496,6 @@ bool Channel::MarkDropped() {
   return ledgers_.empty();
 }
 
-bool Channel::dropped() const {
-  base::MutexLock lock(&mu_);
-  return dropped_;
-}
 
 void Channel::Destroy() {
   base::MutexLock lock(&mu_);

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -165,10 +166,6 @@ class Channel {
   // Returns how many references were released.
   uint64_t Leave(const std::string& session_id);
   bool HasSession(const std::string& session_id) const;
-  // How long no session has been joined (since the last one left, or the
-  // daemon started); nullopt while one is.
-  std::optional<std::chrono::steady_clock::duration> UnusedFor(
-      std::chrono::steady_clock::time_point now) const;
   // Sessions with a ledger here (cheap: no arena work).
   size_t session_count() const;
   uint64_t RefsHeld(const std::string& session_id) const;
@@ -221,7 +218,10 @@ class Channel {
   // Marks the channel dropped: no new joins. Returns true if no session is
   // joined any more, i.e. the caller may Destroy() it now.
   bool MarkDropped();
-  bool dropped() const;
+  bool dropped() const { return dropped_.load(); }
+  // MarkDropped, but only if no session has joined for `unused` (checked
+  // and done under one lock, so a join cannot slip in between).
+  bool MarkDroppedIfUnusedFor(std::chrono::steady_clock::duration unused);
   // Deletes the channel's files. Only after every session has left.
   void Destroy();
 
@@ -296,6 +296,7 @@ class Channel {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ResolveAllLocked(const std::vector<shm::Ref>& refs) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool MarkDroppedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void InspectLocked(shm::Ref ref, uint32_t depth, std::set<uint64_t>& seen,
                      DecodedInstance& out) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -320,7 +321,9 @@ class Channel {
   std::unique_ptr<MetaStore> store_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Ledger>> ledgers_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> damaged_ledgers_ ABSL_GUARDED_BY(mu_);
-  bool dropped_ ABSL_GUARDED_BY(mu_) = false;
+  // Written under mu_; read without it (Core looks channels up under its
+  // own lock, which must not wait for a channel's).
+  std::atomic<bool> dropped_{false};
   // Set by the SIGBUS guard when a ledger file was truncated while mapped.
   mutable shm::DamageFlag ledger_damage_;
   std::vector<std::string> restore_repairs_;

@@ -177,6 +177,14 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
         "attach: the daemon cannot identify the calling process (connect "
         "over the daemon's Unix socket)");
   }
+  // A pidfd that cannot tell its process from others (pid invisible, and
+  // a kernel before pidfs identities) binds nothing: the session would
+  // refuse its own process's calls. Treated as unbound.
+  if (peer.process != nullptr && !peer.process->Identifiable()) {
+    PeerCredentials unbound = peer;
+    unbound.process = nullptr;
+    return Attach(unbound, client_name, resume_id, resume_secret);
+  }
   if (peer.process == nullptr && !options_.allow_unbound_peers) {
     spdlog::warn(
         "attach refused: pid {} uid {}: the kernel gives no pidfd for this process (its pid "
@@ -363,6 +371,7 @@ absl::Status Core::CheckSession(const std::string& session_id,
         "process attaches for itself",
         s.info.pid, peer.pid));
   };
+  if (peer.uid != s.info.uid) return not_yours();
   if (s.process == nullptr) {
     // Allowed unbound (allow_unbound_peers): only its own connection.
     if (peer.connection == 0 || peer.connection != s.connection) {
@@ -373,14 +382,16 @@ absl::Status Core::CheckSession(const std::string& session_id,
     }
     return absl::OkStatus();
   }
-  if (s.info.pid > 0 && peer.pid > 0) {
-    // The session's process is alive while its session is, so its pid
-    // names no other process.
-    if (peer.pid != s.info.pid) return not_yours();
+  if (peer.process != nullptr) {
+    // Both pidfds: the kernel's identity decides (a pid may be reused by
+    // the time a session's stream has ended).
+    return s.process->SameProcess(*peer.process) ? absl::OkStatus() : not_yours();
+  }
+  if (s.info.pid > 0 && peer.pid == s.info.pid && !s.process->Exited()) {
+    // The session's process is alive, so its pid names no other process.
     return absl::OkStatus();
   }
-  if (peer.process == nullptr || !s.process->SameProcess(*peer.process)) return not_yours();
-  return absl::OkStatus();
+  return not_yours();
 }
 
 absl::StatusOr<std::shared_ptr<Channel>> Core::AuthorizeMemory(
@@ -584,12 +595,10 @@ size_t Core::RestoreFileSizes() {
 
 size_t Core::DropIdleChannels() {
   if (options_.drop_idle_channels_after.count() <= 0) return 0;
-  auto now = std::chrono::steady_clock::now();
   size_t dropped = 0;
   for (const std::shared_ptr<Channel>& c : Channels()) {
-    std::optional<std::chrono::steady_clock::duration> unused = c->UnusedFor(now);
-    if (c->dropped() || !unused || *unused < options_.drop_idle_channels_after) continue;
-    Drop(c, "after no session joined it for drop_idle_channels_after_s");
+    if (!c->MarkDroppedIfUnusedFor(options_.drop_idle_channels_after)) continue;
+    FinishDrop(c, "after no session joined it for drop_idle_channels_after_s");
     ++dropped;
   }
   return dropped;
@@ -597,6 +606,10 @@ size_t Core::DropIdleChannels() {
 
 uint32_t Core::Drop(const std::shared_ptr<Channel>& channel, const char* by) {
   channel->MarkDropped();  // records the drop: file work, outside mu_
+  return FinishDrop(channel, by);
+}
+
+uint32_t Core::FinishDrop(const std::shared_ptr<Channel>& channel, const char* by) {
   std::shared_ptr<Channel> gone;
   {
     base::MutexLock lock(&mu_);

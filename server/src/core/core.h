@@ -250,6 +250,9 @@ class Core {
   // Marks `channel` dropped and deletes it if no session is joined;
   // returns the sessions that still keep it.
   uint32_t Drop(const std::shared_ptr<Channel>& channel, const char* by);
+  // What follows a channel's MarkDropped: its name is freed, and it is
+  // deleted if no session is joined. Returns the sessions still joined.
+  uint32_t FinishDrop(const std::shared_ptr<Channel>& channel, const char* by);
 
   const CoreOptions options_;
   const uint64_t instance_id_;

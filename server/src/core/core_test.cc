@@ -444,8 +444,12 @@ TEST_F(CoreTest, SessionsAreBoundToTheirProcess) {
   EXPECT_TRUE(core_->CheckSession(s, me_).ok());
   PeerCredentials other = me_;
   other.pid = me_.pid + 1;
+  other.process = nullptr;  // a process the kernel could give no pidfd for
   EXPECT_EQ(core_->CheckSession(s, other).code(),
             absl::StatusCode::kPermissionDenied);
+  PeerCredentials other_uid = me_;  // the same process, under another uid: no
+  other_uid.uid = me_.uid + 1;
+  EXPECT_EQ(core_->CheckSession(s, other_uid).code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(core_->CheckSession("", me_).code(),
             absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(core_->CheckSession("nope", me_).code(),

@@ -34,6 +34,9 @@ class ProcessHandle {
   // 6.9+), else by pid (never 0: a pid the daemon cannot see proves
   // nothing).
   bool SameProcess(const ProcessHandle& other) const;
+  // True if SameProcess can tell this process from others: it has a pidfs
+  // identity or a pid the daemon can see.
+  bool Identifiable() const { return identity_ != 0 || pid_ > 0; }
 
  private:
   ProcessHandle(int fd, pid_t pid);

@@ -141,17 +141,25 @@ void MemoryServer::AcceptOne() {
             ProcessHandle::OfSocketPeer(fd.get(), cred.pid)};
   struct stat st;
   if (fstat(fd.get(), &st) == 0) c.peer.connection = st.st_ino;
-  uint32_t of_process = 0;
+  uint32_t of_process = 0, of_uid = 0;
   for (const auto& [other_fd, other] : connections_) {
-    if (other.peer.pid == cred.pid && other.peer.uid == cred.uid) ++of_process;
+    if (other.peer.uid != cred.uid) continue;
+    ++of_uid;
+    if (other.peer.pid == cred.pid) ++of_process;
   }
-  if (connections_.size() >= options_.max_connections ||
-      of_process >= options_.max_connections_per_process) {
-    SendReply(fd.get(),
-              Error(absl::ResourceExhaustedError(
-                  "memory socket: too many connections from this process (one per process "
-                  "is enough; raise max_connections_per_process)")),
-              -1);
+  const char* refused = nullptr;
+  if (of_process >= options_.max_connections_per_process) {
+    refused = "memory socket: too many connections from this process (one per process is "
+              "enough; raise max_connections_per_process)";
+  } else if (of_uid >= options_.max_connections_per_uid) {
+    refused = "memory socket: too many connections from this uid (raise "
+              "max_sessions_per_uid, which bounds them too)";
+  } else if (connections_.size() >= options_.max_connections) {
+    refused = "memory socket: the daemon serves its most connections (max_sessions); retry "
+              "shortly";
+  }
+  if (refused != nullptr) {
+    SendReply(fd.get(), Error(absl::ResourceExhaustedError(refused)), -1);
     return;
   }
   c.last_request = std::chrono::steady_clock::now();
@@ -184,7 +192,14 @@ bool MemoryServer::Answer(Connection& c, const std::string& frame) {
   if (!request.ParseFromString(frame)) return false;
   absl::StatusOr<std::shared_ptr<Channel>> channel = core_->AuthorizeMemory(
       request.session_id(), request.session_secret(), c.peer, request.channel());
-  if (!channel.ok()) return SendReply(c.fd.get(), Error(channel.status()), -1);
+  if (!channel.ok()) {
+    // Not a session of this process: answered, then closed, so guessing
+    // costs a connection each time and cannot keep one alive.
+    absl::StatusCode code = channel.status().code();
+    bool sent = SendReply(c.fd.get(), Error(channel.status()), -1);
+    return sent && code != absl::StatusCode::kUnauthenticated &&
+           code != absl::StatusCode::kPermissionDenied;
+  }
   if (request.file() > shm::kMaxExtents) {
     return SendReply(c.fd.get(),
                      Error(absl::NotFoundError(absl::StrCat(

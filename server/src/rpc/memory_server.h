@@ -33,7 +33,8 @@ class MemoryServer {
     uint32_t socket_mode = 0600;  // as the gRPC socket's
     gid_t gid = static_cast<gid_t>(-1);
     uint32_t max_connections_per_process = 64;
-    uint32_t max_connections = 4096;
+    uint32_t max_connections_per_uid = 1024;  // the daemon: max_sessions_per_uid
+    uint32_t max_connections = 4096;          // the daemon: max_sessions
     // A connection with no complete request for this long is closed (the
     // client reconnects when it next needs a descriptor).
     std::chrono::milliseconds idle{10000};
