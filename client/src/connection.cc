@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -84,8 +83,7 @@ absl::Status CheckPeerIsDaemon(int fd, const std::string& socket,
   return absl::OkStatus();
 }
 
-absl::Status VerifyDaemon(const std::string& socket, std::optional<uid_t> daemon_uid) {
-  std::set<uid_t> trusted = TrustedDaemonUids(socket, daemon_uid);
+absl::Status CheckDaemonPath(const std::string& socket, const std::set<uid_t>& trusted) {
   std::string dir =
       std::filesystem::absolute(std::filesystem::path(socket).parent_path()).lexically_normal();
   // Nobody untrusted can swap the socket: every directory (and symlink) on
@@ -104,15 +102,23 @@ absl::Status VerifyDaemon(const std::string& socket, std::optional<uid_t> daemon
         "owner named runs the daemon, set STRUCTD_DAEMON_UID to its uid or "
         "ClientOptions::daemon_uid)"));
   }
-  base::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return absl::UnavailableError(absl::StrCat("socket: ", strerror(errno)));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, socket.c_str(), sizeof(addr.sun_path) - 1);
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+  return absl::OkStatus();
+}
+
+absl::StatusOr<base::UniqueFd> ConnectToDaemon(const std::string& socket,
+                                               std::optional<uid_t> daemon_uid) {
+  std::set<uid_t> trusted = TrustedDaemonUids(socket, daemon_uid);
+  if (absl::Status s = CheckDaemonPath(socket, trusted); !s.ok()) return s;
+  base::UniqueFd fd = base::ConnectUnix(socket);
+  if (!fd) {
     return absl::UnavailableError(absl::StrCat("no structd at ", socket, ": ", strerror(errno)));
   }
-  return CheckPeerIsDaemon(fd.get(), socket, trusted);
+  if (absl::Status s = CheckPeerIsDaemon(fd.get(), socket, trusted); !s.ok()) return s;
+  return fd;
+}
+
+absl::Status VerifyDaemon(const std::string& socket, std::optional<uid_t> daemon_uid) {
+  return ConnectToDaemon(socket, daemon_uid).status();
 }
 
 Connection::Connection(ClientOptions options) : options_(std::move(options)) {

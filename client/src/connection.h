@@ -47,12 +47,10 @@ bool SocketExists(const std::string& path);
 // SO_PEERCRED on a probe connection. PERMISSION_DENIED saying who serves
 // the socket and how to trust it; UNAVAILABLE if nothing answers.
 absl::Status VerifyDaemon(const std::string& socket, std::optional<uid_t> daemon_uid);
-// The uids VerifyDaemon trusts to run the daemon at `socket`.
-std::set<uid_t> TrustedDaemonUids(const std::string& socket, std::optional<uid_t> daemon_uid);
-// OK if the peer of connected socket `fd` runs as a trusted uid
-// (SO_PEERCRED); PERMISSION_DENIED saying who it is otherwise.
-absl::Status CheckPeerIsDaemon(int fd, const std::string& socket,
-                               const std::set<uid_t>& trusted);
+// What VerifyDaemon checks, keeping the checked connection: the caller
+// sends its secrets over this very connection (the memory socket).
+absl::StatusOr<base::UniqueFd> ConnectToDaemon(const std::string& socket,
+                                               std::optional<uid_t> daemon_uid);
 // ClientOptions::daemon_uid, else $STRUCTD_DAEMON_UID, else none.
 std::optional<uid_t> ExpectedDaemonUid(std::optional<uid_t> configured);
 

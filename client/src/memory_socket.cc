@@ -2,7 +2,6 @@
 
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,12 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/src/connection.h"
+#include "structd/base/length_prefix.h"
 #include "structd/v1/memory.pb.h"
 
 namespace structd::client::internal {
 namespace {
 
-constexpr size_t kMaxFrame = 4096;
 constexpr int kReplyTimeoutMs = 10000;
 
 absl::Status Unavailable(const std::string& path, const std::string& what) {
@@ -41,21 +40,10 @@ MemorySocket::MemorySocket(std::string path, std::optional<uid_t> daemon_uid)
 
 absl::Status MemorySocket::ConnectLocked() {
   if (fd_) return absl::OkStatus();
-  if (absl::Status s = VerifyDaemon(path_, daemon_uid_); !s.ok()) return s;
-  base::UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return Unavailable(path_, strerror(errno));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return Unavailable(path_, strerror(errno));
-  }
   // The connection that will carry the session secret is the one checked.
-  if (absl::Status s = CheckPeerIsDaemon(fd.get(), path_, TrustedDaemonUids(path_, daemon_uid_));
-      !s.ok()) {
-    return s;
-  }
-  fd_ = std::move(fd);
+  absl::StatusOr<base::UniqueFd> fd = ConnectToDaemon(path_, daemon_uid_);
+  if (!fd.ok()) return fd.status();
+  fd_ = std::move(*fd);
   return absl::OkStatus();
 }
 
@@ -69,11 +57,7 @@ absl::StatusOr<base::UniqueFd> MemorySocket::Fetch(const std::string& session_id
   request.set_channel(channel);
   request.set_file(file.extent == shm::ArenaFile::kHeader ? 0
                                                           : static_cast<uint32_t>(file.extent) + 1);
-  std::string body;
-  request.SerializeToString(&body);
-  std::string frame(4, '\0');
-  for (int i = 0; i < 4; ++i) frame[i] = static_cast<char>((body.size() >> (8 * i)) & 0xff);
-  frame += body;
+  std::string frame = base::Frame(request.SerializeAsString());
 
   base::MutexLock lock(&mu_);
   absl::Status last;
@@ -96,7 +80,7 @@ absl::StatusOr<base::UniqueFd> MemorySocket::Fetch(const std::string& session_id
         broken = true;
         break;
       }
-      char buf[kMaxFrame + 4];
+      char buf[base::kFramePrefix + base::kMaxFrameBody];
       iovec iov{buf, sizeof buf};
       // Room for more descriptors than the one expected, so extras are
       // received (and closed) rather than truncated away.
@@ -130,14 +114,14 @@ absl::StatusOr<base::UniqueFd> MemorySocket::Fetch(const std::string& session_id
             " descriptors or truncated control data (the protocol sends one)"));
       }
       in.append(buf, static_cast<size_t>(n));
-      if (in.size() >= 4 && want == 4) {
-        uint32_t len = 0;
-        for (int i = 0; i < 4; ++i) len |= uint32_t{static_cast<uint8_t>(in[i])} << (8 * i);
-        if (len == 0 || len > kMaxFrame) {
-          broken = true;
-          break;
+      if (want == base::kFramePrefix) {
+        if (std::optional<size_t> len = base::FrameBodyLength(in)) {
+          if (*len == 0) {
+            broken = true;
+            break;
+          }
+          want = base::kFramePrefix + *len;
         }
-        want = 4 + len;
       }
     }
     if (broken) {
@@ -146,7 +130,9 @@ absl::StatusOr<base::UniqueFd> MemorySocket::Fetch(const std::string& session_id
       continue;
     }
     v1::MemoryReply reply;
-    if (in.size() != want || !reply.ParseFromArray(in.data() + 4, static_cast<int>(want - 4))) {
+    if (in.size() != want ||
+        !reply.ParseFromArray(in.data() + base::kFramePrefix,
+                              static_cast<int>(want - base::kFramePrefix))) {
       fd_.reset();
       return absl::InternalError(absl::StrCat("memory socket ", path_, ": a malformed reply"));
     }

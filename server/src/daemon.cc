@@ -31,16 +31,7 @@ namespace {
 absl::Status Errno(const std::string& what) { return base::ErrnoStatus(errno, what); }
 
 // True if something accepts connections on `path`.
-bool SocketIsLive(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  bool live = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  close(fd);
-  return live;
-}
+bool SocketIsLive(const std::string& path) { return static_cast<bool>(base::ConnectUnix(path)); }
 
 }  // namespace
 

@@ -102,17 +102,21 @@ absl::Status Arena::Intact() const {
 std::vector<Arena::SizeRepair> Arena::RestoreFileSizes() {
   std::vector<SizeRepair> repairs;
   if (access_ != Access::kReadWrite) return repairs;
-  // False once the file does not exist.
+  // False once the file does not exist. A stat by path per file (the
+  // common case); the file is opened only to repair it.
   auto check = [&](int32_t extent, uint64_t size) {
-    absl::StatusOr<UniqueFd> fd = source_(ArenaFile{extent});
-    if (!fd.ok()) return false;
+    std::string path = extent == ArenaFile::kHeader
+                           ? absl::StrCat(dir_, "/", kHeaderFile)
+                           : ExtentPath(static_cast<uint32_t>(extent));
     struct stat st;
-    if (fstat(fd->get(), &st) != 0) return true;
+    if (lstat(path.c_str(), &st) != 0) return errno != ENOENT;
     uint64_t found = static_cast<uint64_t>(st.st_size);
     uint64_t allocated = static_cast<uint64_t>(st.st_blocks) * 512;
     // Backed fully by Fallocate, so up to `size` (plus a page of slack for
     // file systems that round up) is expected.
     if (found == size && allocated <= size + 4096) return true;
+    absl::StatusOr<UniqueFd> fd = source_(ArenaFile{extent});
+    if (!fd.ok()) return true;
     SizeRepair r{extent, found, allocated, found < size};
     if (found < size) {
       // Restore first, so other mappings stop faulting; then back it.

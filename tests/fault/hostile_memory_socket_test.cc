@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "structd/base/length_prefix.h"
 #include "testing/child_process.h"
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
@@ -31,12 +32,6 @@ namespace structd::testing {
 namespace {
 
 
-// A frame: little-endian length, then `body`.
-std::string Frame(const std::string& body) {
-  std::string f(4, '\0');
-  for (int i = 0; i < 4; ++i) f[i] = static_cast<char>((body.size() >> (8 * i)) & 0xff);
-  return f + body;
-}
 
 class HostileMemorySocketTest : public ::testing::Test {
  protected:
@@ -87,7 +82,7 @@ TEST_F(HostileMemorySocketTest, RandomFramesNeverHurtTheDaemon) {
         case 1: {  // a well-framed body of random bytes (maybe a valid message)
           std::string body(1 + rng() % 128, '\0');
           for (char& ch : body) ch = static_cast<char>(rng());
-          bytes = Frame(body);
+          bytes = base::Frame(body);
           break;
         }
         case 2:  // a huge length
@@ -99,7 +94,7 @@ TEST_F(HostileMemorySocketTest, RandomFramesNeverHurtTheDaemon) {
           r.set_channel("ch");
           std::string body;
           r.SerializeToString(&body);
-          bytes = Frame(body).substr(0, 1 + rng() % (body.size() + 3));
+          bytes = base::Frame(body).substr(0, 1 + rng() % (body.size() + 3));
           break;
         }
       }
@@ -156,7 +151,7 @@ TEST_F(HostileMemorySocketTest, AClientThatNeverReadsIsDroppedNotWaitedFor) {
   r.set_channel("ch");
   std::string body;
   r.SerializeToString(&body);
-  std::string frame = Frame(body);
+  std::string frame = base::Frame(body);
   int fd = ConnectUnix(honest_->memory_socket());
   ASSERT_GE(fd, 0);
   std::string many;

@@ -13,21 +13,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
+#include "structd/base/length_prefix.h"
 #include "structd/v1/memory.pb.h"
 
 namespace structd::server {
 namespace {
 
-constexpr size_t kMaxFrame = 4096;
-
 // The reply as a frame, with `fd` (if >= 0) attached to its first byte.
 bool SendReply(int socket, const v1::MemoryReply& reply, int fd) {
-  std::string body;
-  reply.SerializeToString(&body);
-  uint32_t n = static_cast<uint32_t>(body.size());
-  std::string frame(4, '\0');
-  for (int i = 0; i < 4; ++i) frame[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  frame += body;
+  std::string frame = base::Frame(reply.SerializeAsString());
   iovec iov{frame.data(), frame.size()};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -169,22 +163,20 @@ void MemoryServer::AcceptOne() {
 }
 
 bool MemoryServer::Serve(Connection& c) {
-  char buf[kMaxFrame + 4];
+  char buf[base::kFramePrefix + base::kMaxFrameBody];
   ssize_t n = recv(c.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
   if (n == 0) return false;
   if (n < 0) return errno == EAGAIN || errno == EINTR;
   c.in.append(buf, static_cast<size_t>(n));
-  while (c.in.size() >= 4) {
-    uint32_t len = 0;
-    for (int i = 0; i < 4; ++i) len |= uint32_t{static_cast<uint8_t>(c.in[i])} << (8 * i);
-    if (len == 0 || len > kMaxFrame) return false;  // malformed: close
-    if (c.in.size() < 4 + len) break;
-    std::string frame = c.in.substr(4, len);
-    c.in.erase(0, 4 + len);
+  while (std::optional<size_t> len = base::FrameBodyLength(c.in)) {
+    if (*len == 0) return false;  // malformed: close
+    if (c.in.size() < base::kFramePrefix + *len) break;
+    std::string frame = c.in.substr(base::kFramePrefix, *len);
+    c.in.erase(0, base::kFramePrefix + *len);
     c.last_request = std::chrono::steady_clock::now();
     if (!Answer(c, frame)) return false;
   }
-  return c.in.size() <= kMaxFrame + 4;
+  return c.in.size() <= base::kFramePrefix + base::kMaxFrameBody;
 }
 
 bool MemoryServer::Answer(Connection& c, const std::string& frame) {

@@ -47,6 +47,10 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// A Unix stream socket (close-on-exec) connected to `path`; empty, with
+// errno set by socket(2) or connect(2), if it could not be.
+UniqueFd ConnectUnix(const std::string& path);
+
 // posix_fallocate(fd, 0, bytes), retried on EINTR (tmpfs returns it when a
 // signal is pending during a large allocation). Returns 0 or an errno.
 int Fallocate(int fd, off_t bytes);
