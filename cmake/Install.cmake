@@ -24,6 +24,7 @@ install(TARGETS structd_base structd_shm structd_client structd_proto
 install(DIRECTORY client/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(FILES
   shm/include/structd/shm/arena.h
+  shm/include/structd/shm/arena_storage.h
   shm/include/structd/shm/field.h
   shm/include/structd/shm/format.h
   shm/include/structd/shm/inspection.h

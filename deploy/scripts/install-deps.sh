@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libabsl-dev libboost-dev libspdlog-dev libfmt-dev libssl-dev
+  libabsl-dev libboost-dev libspdlog-dev libfmt-dev libssl-dev libsystemd-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libcli11-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev

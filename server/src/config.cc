@@ -100,6 +100,11 @@ const Option kOptions[] = {
      "Accept clients the kernel gives no pidfd for (pid invisible to the daemon and no "
      "SO_PEERPIDFD); their sessions are bound to their connection instead of their process",
      &DaemonConfig::allow_unbound_peers},
+    {"arena_backing", nullptr,
+     "Where new channels' memory lives: files (in state_dir; kept across every restart "
+     "until reboot) or memfd (sealed, so no member can cut or grow it; kept across restarts "
+     "only in systemd's descriptor store, lost when the service is stopped)",
+     &DaemonConfig::arena_backing},
 };
 
 std::string Flag(const char* key) {
@@ -213,6 +218,9 @@ std::string Invalid(const DaemonConfig& c) {
   if (absl::StatusOr<SocketAccess> access = ResolveSocketAccess(c); !access.ok()) {
     return std::string(access.status().message());
   }
+  if (c.arena_backing != "files" && c.arena_backing != "memfd") {
+    return "arena_backing '" + c.arena_backing + "' is not one of files, memfd";
+  }
   if (c.idle_connection_ms < 100) {
     return "idle_connection_ms " + std::to_string(c.idle_connection_ms) +
            " is too short (use >= 100)";
@@ -300,6 +308,7 @@ CoreOptions DaemonConfig::ToCoreOptions() const {
   o.quotas.max_bytes_total = max_bytes_total;
   o.quotas.max_channels_per_uid = max_channels_per_uid;
   o.drop_idle_channels_after = std::chrono::seconds(drop_idle_channels_after_s);
+  o.arena_memfd = arena_backing == "memfd";
   return o;
 }
 

@@ -54,6 +54,11 @@ struct DaemonConfig {
   std::string socket_mode = "0600";
   std::string socket_group;
   bool allow_unbound_peers = CoreOptions{}.allow_unbound_peers;
+  // Where new channels' arenas live: "files" in state_dir (kept across
+  // any restart until reboot; resized files are repaired by a sweep) or
+  // "memfd", sealed against resizing and kept across restarts only in
+  // systemd's descriptor store (doc/operations.md, doc/security.md).
+  std::string arena_backing = "files";
 
   // The domain core's options from these settings.
   CoreOptions ToCoreOptions() const;

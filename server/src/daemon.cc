@@ -1,4 +1,5 @@
 #include "daemon.h"
+#include "systemd_descriptor_store.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -84,6 +85,20 @@ absl::Status Daemon::Start() {
   }
 
   CoreOptions o = config_.ToCoreOptions();
+  std::shared_ptr<SystemdDescriptorStore> systemd_store = SystemdDescriptorStore::FromEnvironment();
+  o.descriptor_store = systemd_store;
+  if (o.arena_memfd && o.descriptor_store == nullptr) {
+    return absl::FailedPreconditionError(
+        "arena_backing = \"memfd\" keeps channel memory only in descriptors, and there is no "
+        "descriptor store to keep them across a restart ($NOTIFY_SOCKET is not set): run "
+        "structd under systemd with FileDescriptorStoreMax= and NotifyAccess=main "
+        "(deploy/systemd/structd.service), or use arena_backing = \"files\"");
+  }
+  if (systemd_store != nullptr) {
+    spdlog::info("systemd descriptor store: {} descriptors handed back; new channels' arenas "
+                 "are {}", systemd_store->handed_back(),
+                 o.arena_memfd ? "sealed memfds kept there" : "files");
+  }
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Open(o);
   if (!core.ok()) return core.status();
   core_ = std::move(*core);

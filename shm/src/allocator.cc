@@ -26,7 +26,7 @@ absl::StatusOr<Allocator::Block> Allocator::Locate(Loc loc) const {
     return absl::DataLossError(absl::StrFormat(
         "arena %s: slab descriptor for r:%x:%x is damaged (run 'structctl "
         "check')",
-        arena_->dir(), e, off));
+        arena_->label(), e, off));
   };
   if (e >= bases_.size() || quarantined_extent_[e] ||
       off < geometry_.data_offset ||
@@ -59,7 +59,7 @@ absl::StatusOr<std::unique_ptr<Allocator>> Allocator::Adopt(
     Arena* arena, AdoptReport* report) {
   if (arena->access() != Access::kReadWrite) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "allocator: arena ", arena->dir(),
+        "allocator: arena ", arena->label(),
         " is open read-only (the owner opens it read-write)"));
   }
   std::unique_ptr<Allocator> a(new Allocator(arena));
@@ -91,7 +91,7 @@ absl::StatusOr<uint64_t> Allocator::FindUnassignedRun(uint32_t n) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "arena %s: an instance of %d slabs does not fit an extent of %d "
         "slabs (raise extent_size, or split the struct)",
-        arena_->dir(), n, geometry_.slab_count));
+        arena_->label(), n, geometry_.slab_count));
   }
   for (int pass = 0; pass < 2; ++pass) {
     if (absl::Status s = RefreshExtents(); !s.ok()) return s;
@@ -131,7 +131,7 @@ absl::StatusOr<uint64_t> Allocator::FindUnassignedRun(uint32_t n) {
   if (absl::Status s = RefreshExtents(); !s.ok()) return s;
   if (*grown >= bases_.size() || quarantined_extent_[*grown]) {
     return absl::InternalError(absl::StrFormat(
-        "arena %s: new extent %d could not be mapped", arena_->dir(), *grown));
+        "arena %s: new extent %d could not be mapped", arena_->label(), *grown));
   }
   scan_hint_ = Pack(*grown, n);
   return Pack(*grown, 0);

@@ -32,10 +32,6 @@ constexpr const char* kHeaderFile = kArenaHeaderFile;
 // Tag of the header's mapping in the SIGBUS registry (extents use their id).
 constexpr uint64_t kHeaderTag = 0xFFFFFFFFu;
 
-bool IsNoSpace(int err) {
-  return err == ENOSPC || err == EDQUOT || err == EFBIG;
-}
-
 }  // namespace
 
 absl::Status ValidateArenaOptions(const ArenaOptions& o) {
@@ -59,11 +55,10 @@ absl::Status ValidateArenaOptions(const ArenaOptions& o) {
   return absl::OkStatus();
 }
 
-Arena::Arena(std::string dir, Access access, int header_fd,
+Arena::Arena(std::string label, Access access, int header_fd,
              ArenaHeader* header, uint64_t extent_size, uint32_t max_extents,
              uint64_t epoch)
-    : dir_(std::move(dir)),
-      source_(DirSource(dir_, access)),
+    : label_(std::move(label)),
       access_(access),
       header_fd_(header_fd),
       header_(header) {
@@ -90,10 +85,10 @@ Arena::~Arena() {
 absl::Status Arena::Intact() const {
   if (!damage_.damaged()) return absl::OkStatus();
   uint64_t tag = damage_.tag();
-  std::string file = tag == kHeaderTag ? absl::StrCat(dir_, "/", kHeaderFile)
-                                       : ExtentPath(static_cast<uint32_t>(tag));
+  std::string file = FileName(
+      ArenaFile{tag == kHeaderTag ? ArenaFile::kHeader : static_cast<int32_t>(tag)});
   return absl::DataLossError(absl::StrCat(
-      "arena ", dir_, ": ", file,
+      "arena ", label_, ": ", file,
       " was truncated or replaced while mapped (a process holding its descriptor, a "
       "member, or one of the daemon's uid did it); this arena is damaged: restart the "
       "daemon to repair it (the lost pages come back as zeros), or drop the channel"));
@@ -101,17 +96,16 @@ absl::Status Arena::Intact() const {
 
 std::vector<Arena::SizeRepair> Arena::RestoreFileSizes() {
   std::vector<SizeRepair> repairs;
-  if (access_ != Access::kReadWrite) return repairs;
-  // False once the file does not exist. A stat by path per file (the
-  // common case); the file is opened only to repair it.
+  if (access_ != Access::kReadWrite || storage_ == nullptr || storage_->sizes_sealed()) {
+    return repairs;
+  }
+  // False once the file does not exist. A stat per file (by path, in a
+  // directory: the common case); the file is opened only to repair it.
   auto check = [&](int32_t extent, uint64_t size) {
-    std::string path = extent == ArenaFile::kHeader
-                           ? absl::StrCat(dir_, "/", kHeaderFile)
-                           : ExtentPath(static_cast<uint32_t>(extent));
-    struct stat st;
-    if (lstat(path.c_str(), &st) != 0) return errno != ENOENT;
-    uint64_t found = static_cast<uint64_t>(st.st_size);
-    uint64_t allocated = static_cast<uint64_t>(st.st_blocks) * 512;
+    std::optional<FileSize> now = storage_->Size(ArenaFile{extent});
+    if (!now) return false;
+    uint64_t found = now->bytes;
+    uint64_t allocated = now->allocated;
     // Backed fully by Fallocate, so up to `size` (plus a page of slack for
     // file systems that round up) is expected.
     if (found == size && allocated <= size + 4096) return true;
@@ -148,7 +142,23 @@ std::string Arena::ExtentPath(const std::string& dir, uint32_t extent_id) {
   return absl::StrCat(dir, "/extent.", extent_id);
 }
 
-std::string Arena::ExtentPath(uint32_t extent_id) const { return ExtentPath(dir_, extent_id); }
+std::string Arena::FileName(ArenaFile file) const {
+  if (storage_ != nullptr) return storage_->Name(file);
+  return file.is_header() ? absl::StrCat(label_, "/", kHeaderFile)
+                          : ExtentPath(label_, static_cast<uint32_t>(file.extent));
+}
+
+void Arena::RemoveFiles() {
+  if (storage_ != nullptr) storage_->RemoveAll();
+}
+
+absl::StatusOr<UniqueFd> Arena::OpenFile(ArenaFile file) const {
+  if (storage_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("arena ", label_, ": opened from descriptors, it has no storage to open"));
+  }
+  return storage_->Open(file, Access::kReadWrite);
+}
 
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
     const std::string& dir, const ArenaOptions& options) {
@@ -160,36 +170,25 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
         "arena: cannot create directory ", dir, ": ", ec.message(),
         " (check the state directory's permissions)"));
   }
-  std::string final_path = absl::StrCat(dir, "/", kHeaderFile);
-  if (::access(final_path.c_str(), F_OK) == 0) {
+  return Create(DirectoryStorage(dir, options.file_mode), options);
+}
+
+absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(std::unique_ptr<ArenaStorage> storage,
+                                                     const ArenaOptions& options) {
+  if (absl::Status s = ValidateArenaOptions(options); !s.ok()) return s;
+  const std::string label = storage->label();
+  auto exists = [&] {
     return absl::AlreadyExistsError(absl::StrCat(
-        "arena: ", dir, " already holds an arena (open it instead, or "
-        "remove the directory)"));
-  }
-  // Build the header in a temporary file and link it into place, so an
-  // opener sees either no arena or a complete header.
-  std::string tmp_path =
-      absl::StrCat(dir, "/", kHeaderFile, ".tmp.", getpid());
-  unlink(tmp_path.c_str());  // a leftover of a creator with our pid
-  UniqueFd fd(open(tmp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-                   options.file_mode));
-  if (!fd) return ErrnoStatus(errno, "arena: create " + tmp_path);
-  if (int err = Fallocate(fd.get(), sizeof(ArenaHeader)); err != 0) {
-    unlink(tmp_path.c_str());
-    if (IsNoSpace(err)) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "arena: no space for the header in ", dir, ": ", strerror(err),
-          " (free space on that file system)"));
-    }
-    return ErrnoStatus(err, "arena: allocate " + tmp_path);
-  }
+        "arena: ", label, " already holds an arena (open it instead, or remove it)"));
+  };
+  if (storage->Open(ArenaFile{}, Access::kReadOnly).ok()) return exists();
+  // Build the header unnamed and publish it, so an opener sees either no
+  // arena or a complete header.
+  absl::StatusOr<PreparedFile> file = storage->Prepare(ArenaFile{}, sizeof(ArenaHeader));
+  if (!file.ok()) return file.status();
   void* p = mmap(nullptr, sizeof(ArenaHeader), PROT_READ | PROT_WRITE,
-                 MAP_SHARED, fd.get(), 0);
-  if (p == MAP_FAILED) {
-    int err = errno;
-    unlink(tmp_path.c_str());
-    return ErrnoStatus(err, "arena: map " + tmp_path);
-  }
+                 MAP_SHARED, file->fd.get(), 0);
+  if (p == MAP_FAILED) return ErrnoStatus(errno, "arena: map the header of " + label);
   auto* h = static_cast<ArenaHeader*>(p);
   h->magic = kArenaMagic;
   h->format_version = kFormatVersion;
@@ -207,59 +206,45 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
           std::chrono::system_clock::now().time_since_epoch())
           .count());
   h->owner_generation.store(1, std::memory_order_relaxed);
-  if (link(tmp_path.c_str(), final_path.c_str()) != 0) {
-    int err = errno;
+  if (absl::Status s = storage->Publish(ArenaFile{}, *file); !s.ok()) {
     munmap(p, sizeof(ArenaHeader));
-    unlink(tmp_path.c_str());
-    if (err == EEXIST) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "arena: ", dir, " already holds an arena (open it instead)"));
-    }
-    return ErrnoStatus(err, "arena: publish " + final_path);
+    return absl::IsAlreadyExists(s) ? exists() : s;
   }
-  unlink(tmp_path.c_str());
-  std::unique_ptr<Arena> arena(new Arena(dir, Access::kReadWrite, fd.release(),
-                                         h, options.extent_size,
-                                         options.max_extents, epoch));
+  std::unique_ptr<Arena> arena(new Arena(label, Access::kReadWrite, file->fd.release(), h,
+                                         options.extent_size, options.max_extents, epoch));
+  arena->SetStorage(std::move(storage));
   for (uint32_t i = 0; i < options.initial_extents; ++i) {
     absl::StatusOr<uint32_t> id = arena->Grow();
     if (!id.ok()) {
       // Leave nothing behind: a retry must be able to create the arena.
+      std::unique_ptr<ArenaStorage> left = std::move(arena->storage_);
       arena.reset();
-      for (uint32_t j = 0; j <= i; ++j) {
-        unlink(absl::StrCat(dir, "/extent.", j).c_str());
-      }
-      unlink(final_path.c_str());
+      left->RemoveAll();
       return id.status();
     }
   }
   return arena;
 }
 
-ArenaFileSource Arena::DirSource(const std::string& dir, Access access) {
-  return [dir, access](ArenaFile file) { return OpenFile(dir, file, access); };
-}
-
-absl::StatusOr<UniqueFd> Arena::OpenFile(const std::string& dir, ArenaFile file,
-                                         Access access) {
-  std::string path = file.extent == ArenaFile::kHeader
-                         ? absl::StrCat(dir, "/", kHeaderFile)
-                         : ExtentPath(dir, static_cast<uint32_t>(file.extent));
-  int flags = (access == Access::kReadWrite ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW;
-  UniqueFd fd(open(path.c_str(), flags));
-  if (!fd) {
-    if (errno == ENOENT && file.extent == ArenaFile::kHeader) {
-      return absl::NotFoundError(absl::StrCat(
-          "arena: no arena in ", dir, " (create one first, or check the path)"));
-    }
-    return ErrnoStatus(errno, "arena: open " + path);
-  }
-  return fd;
+void Arena::SetStorage(std::unique_ptr<ArenaStorage> storage) {
+  const ArenaStorage* raw = storage.get();
+  const Access access = access_;
+  storage_ = std::move(storage);
+  source_ = [raw, access](ArenaFile file) { return raw->Open(file, access); };
 }
 
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(const std::string& dir,
                                                    Access access) {
-  return OpenFrom(DirSource(dir, access), dir, access);
+  return Open(DirectoryStorage(dir), access);
+}
+
+absl::StatusOr<std::unique_ptr<Arena>> Arena::Open(std::unique_ptr<ArenaStorage> storage,
+                                                   Access access) {
+  const ArenaStorage* raw = storage.get();
+  absl::StatusOr<std::unique_ptr<Arena>> arena = OpenFrom(
+      [raw, access](ArenaFile file) { return raw->Open(file, access); }, raw->label(), access);
+  if (arena.ok()) (*arena)->SetStorage(std::move(storage));
+  return arena;
 }
 
 absl::StatusOr<std::unique_ptr<Arena>> Arena::OpenFrom(ArenaFileSource source,
@@ -312,84 +297,24 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::OpenFrom(ArenaFileSource source,
   return arena;
 }
 
-namespace {
-
-// An unnamed file in `dir` (O_TMPFILE), or, where the file system lacks
-// it, a uniquely named one; `linkable` is what link() needs to name it.
-struct NewFile {
-  UniqueFd fd;
-  std::string linkable;  // /proc/self/fd/N, or the temporary name
-  bool named = false;    // the temporary name must be unlinked
-};
-
-absl::StatusOr<NewFile> CreateUnnamedFile(const std::string& dir, const std::string& hint) {
-  NewFile f;
-  f.fd = UniqueFd(open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
-  if (f.fd) {
-    f.linkable = absl::StrCat("/proc/self/fd/", f.fd.get());
-    return f;
-  }
-  uint64_t nonce = 0;
-  if (getrandom(&nonce, sizeof nonce, 0) != sizeof nonce) nonce = 0;
-  f.linkable = absl::StrFormat("%s.tmp.%d.%016x", hint, getpid(), nonce);
-  f.fd = UniqueFd(open(f.linkable.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-                       0600));
-  if (!f.fd) return ErrnoStatus(errno, "arena: create " + f.linkable);
-  f.named = true;
-  return f;
-}
-
-// Names `f` `path`; EEXIST if that name exists (it is never replaced).
-int LinkInto(const NewFile& f, const std::string& path) {
-  int rc = f.named ? link(f.linkable.c_str(), path.c_str())
-                   : linkat(AT_FDCWD, f.linkable.c_str(), AT_FDCWD, path.c_str(),
-                            AT_SYMLINK_FOLLOW);
-  return rc == 0 ? 0 : errno;
-}
-
-}  // namespace
-
 absl::Status Arena::CreateExtent(uint32_t id) {
-  std::string final_path = ExtentPath(id);
-  absl::StatusOr<NewFile> file = CreateUnnamedFile(dir_, final_path);
-  if (!file.ok()) return file.status();
-  auto drop_name = [&] {
-    if (file->named) unlink(file->linkable.c_str());
-  };
-  int fd = file->fd.get();
+  const ArenaFile file{static_cast<int32_t>(id)};
+  absl::StatusOr<PreparedFile> prepared = storage_->Prepare(file, extent_size_);
+  if (!prepared.ok()) return prepared.status();
+  int fd = prepared->fd.get();
   // Copy the header file's mode so clients that may open the arena may
   // open its extents.
   struct stat st;
   if (fstat(header_fd_, &st) == 0) fchmod(fd, st.st_mode & 07777);
-  // Back every page now: a full tmpfs fails here, never with SIGBUS later.
-  if (int err = Fallocate(fd, static_cast<off_t>(extent_size_)); err != 0) {
-    drop_name();
-    if (IsNoSpace(err)) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "arena %s: cannot back extent %d of %d bytes: %s (free space on the "
-          "state directory's file system, or raise its size)",
-          dir_, id, extent_size_, strerror(err)));
-    }
-    return ErrnoStatus(err, "arena: back extent " + final_path);
-  }
   void* p = mmap(nullptr, extent_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) {
-    int err = errno;
-    drop_name();
-    return ErrnoStatus(err, "arena: map extent " + final_path);
-  }
+  if (p == MAP_FAILED) return ErrnoStatus(errno, "arena: map extent " + FileName(file));
   *static_cast<ExtentHeader*>(p) = ExpectedExtentHeader(epoch_, extent_size_, id);
-  // link(), not rename(): never replace an extent file that exists (a
-  // live extent is never moved or remapped). A concurrent grower that
-  // linked this id first wins; the caller moves on to the next id.
-  int err = LinkInto(*file, final_path);
-  drop_name();
-  if (err != 0) {
+  // Never replaces an extent that exists (a live extent is never moved or
+  // remapped). A concurrent grower that published this id first wins; the
+  // caller moves on to the next id.
+  if (absl::Status s = storage_->Publish(file, *prepared); !s.ok()) {
     munmap(p, extent_size_);
-    if (err == EEXIST) {
-      return absl::AlreadyExistsError(absl::StrCat("arena: ", final_path, " exists"));
-    }
-    return ErrnoStatus(err, "arena: publish extent " + final_path);
+    return s;
   }
   AdoptMapping(id, static_cast<uint8_t*>(p));
   return absl::OkStatus();
@@ -407,15 +332,16 @@ void Arena::AdoptMapping(uint32_t id, uint8_t* p) const {
 }
 
 bool Arena::ExtentFileIsComplete(uint32_t id) const {
-  UniqueFd fd(open(ExtentPath(id).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd) return false;
+  absl::StatusOr<UniqueFd> fd = storage_->Open(ArenaFile{static_cast<int32_t>(id)},
+                                                Access::kReadOnly);
+  if (!fd.ok()) return false;
   struct stat st;
-  if (fstat(fd.get(), &st) != 0 ||
+  if (fstat(fd->get(), &st) != 0 ||
       static_cast<uint64_t>(st.st_size) != extent_size_) {
     return false;
   }
   ExtentHeader eh;
-  if (pread(fd.get(), &eh, sizeof eh, 0) != static_cast<ssize_t>(sizeof eh)) {
+  if (pread(fd->get(), &eh, sizeof eh, 0) != static_cast<ssize_t>(sizeof eh)) {
     return false;
   }
   return ExtentHeaderMatches(eh, epoch_, extent_size_, id);
@@ -447,18 +373,18 @@ void Arena::PublishCount(uint32_t n) {
 }
 
 absl::StatusOr<uint32_t> Arena::RecountExtents() {
-  if (access_ != Access::kReadWrite) {
+  if (access_ != Access::kReadWrite || storage_ == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "arena ", dir_, ": opened read-only, cannot recount (open it read-write as its owner)"));
+        "arena ", label_, ": opened read-only, cannot recount (open it read-write as its owner)"));
   }
   std::lock_guard<std::mutex> lock(grow_mu_);
   return RecountExtentsLocked();
 }
 
 absl::StatusOr<uint32_t> Arena::Grow() {
-  if (access_ != Access::kReadWrite) {
+  if (access_ != Access::kReadWrite || storage_ == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "arena ", dir_, ": opened read-only, cannot grow (open it read-write "
+        "arena ", label_, ": opened read-only, cannot grow (open it read-write "
         "as its owner)"));
   }
   std::lock_guard<std::mutex> lock(grow_mu_);
@@ -468,7 +394,7 @@ absl::StatusOr<uint32_t> Arena::Grow() {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "arena %s: all %d extents of %d bytes are in use (raise max_extents "
           "or extent_size, or free instances)",
-          dir_, max_extents_, extent_size_));
+          label_, max_extents_, extent_size_));
     }
     absl::Status s = CreateExtent(n);
     if (s.ok()) break;
@@ -483,7 +409,7 @@ absl::StatusOr<uint32_t> Arena::Grow() {
 absl::StatusOr<uint8_t*> Arena::ExtentBase(uint32_t id) const {
   if (id >= extent_count()) {  // clamped to max_extents
     return absl::NotFoundError(absl::StrFormat(
-        "arena %s: extent %d does not exist (the arena has %d)", dir_, id,
+        "arena %s: extent %d does not exist (the arena has %d)", label_, id,
         extent_count()));
   }
   if (uint8_t* p = maps_[id].load(std::memory_order_acquire)) return p;
@@ -493,7 +419,7 @@ absl::StatusOr<uint8_t*> Arena::ExtentBase(uint32_t id) const {
 absl::StatusOr<uint8_t*> Arena::MapExtent(uint32_t id) const {
   std::lock_guard<std::mutex> lock(map_mu_);
   if (uint8_t* p = maps_[id].load(std::memory_order_acquire)) return p;
-  std::string path = ExtentPath(id);
+  std::string path = FileName(ArenaFile{static_cast<int32_t>(id)});
   absl::StatusOr<UniqueFd> opened = source_(ArenaFile{static_cast<int32_t>(id)});
   if (!opened.ok()) return opened.status();
   UniqueFd fd = std::move(*opened);
@@ -502,7 +428,7 @@ absl::StatusOr<uint8_t*> Arena::MapExtent(uint32_t id) const {
   if (static_cast<uint64_t>(st.st_size) != extent_size_) {
     return absl::DataLossError(absl::StrFormat(
         "arena %s: extent %d is %d bytes, expected %d (the arena is damaged)",
-        dir_, id, st.st_size, extent_size_));
+        label_, id, st.st_size, extent_size_));
   }
   int prot = PROT_READ | (access_ == Access::kReadWrite ? PROT_WRITE : 0);
   void* p = mmap(nullptr, extent_size_, prot, MAP_SHARED, fd.get(), 0);
@@ -513,7 +439,7 @@ absl::StatusOr<uint8_t*> Arena::MapExtent(uint32_t id) const {
     return absl::DataLossError(absl::StrFormat(
         "arena %s: extent %d has a damaged or foreign header (the arena is "
         "damaged; run 'structctl check')",
-        dir_, id));
+        label_, id));
   }
   guards_[id] = GuardedMapping(p, extent_size_, &damage_, id);
   maps_[id].store(static_cast<uint8_t*>(p), std::memory_order_release);

@@ -31,53 +31,50 @@ bool ValidGeometry(uint64_t extent_size, uint32_t max_extents) {
          extent_size % kSlabSize == 0 && max_extents > 0 && max_extents <= kMaxExtents;
 }
 
-// Ids of the extent.N files in `dir` (N decimal, nothing after it).
-std::vector<uint32_t> ExtentFileIds(const std::string& dir) {
-  std::vector<uint32_t> ids;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    std::string name = entry.path().filename().string();
-    if (!name.starts_with("extent.") || name.size() == 7 || name.size() > 12) continue;
-    uint64_t id = 0;
-    bool digits = true;
-    for (size_t i = 7; i < name.size(); ++i) {
-      if (name[i] < '0' || name[i] > '9') digits = false;
-      id = id * 10 + static_cast<uint64_t>(name[i] - '0');
-    }
-    if (digits && id < kMaxExtents) ids.push_back(static_cast<uint32_t>(id));
-  }
-  std::sort(ids.begin(), ids.end());
-  return ids;
-}
-
 // Puts extent `id` back to full size with a correct header. Pages that
-// were cut off come back as zeros; nothing else in the file changes.
-absl::Status RepairExtentFile(const std::string& path, uint32_t id, const ArenaIdentity& a,
+// were cut off come back as zeros; nothing else in the file changes. A
+// missing extent is recreated empty.
+absl::Status RepairExtentFile(ArenaStorage& storage, uint32_t id, const ArenaIdentity& a,
                               std::vector<std::string>* repairs) {
-  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!fd) return ErrnoStatus(errno, "arena: open " + path);
+  const ArenaFile file{static_cast<int32_t>(id)};
+  const std::string path = storage.Name(file);
+  const ExtentHeader want = ExpectedExtentHeader(a.epoch, a.extent_size, id);
+  absl::StatusOr<UniqueFd> fd = storage.Open(file, Access::kReadWrite);
+  if (absl::IsNotFound(fd.status())) {
+    absl::StatusOr<PreparedFile> made = storage.Prepare(file, a.extent_size);
+    if (!made.ok()) return made.status();
+    if (pwrite(made->fd.get(), &want, sizeof want, 0) != static_cast<ssize_t>(sizeof want)) {
+      return ErrnoStatus(errno, "arena: write the header of " + path);
+    }
+    if (absl::Status s = storage.Publish(file, *made); !s.ok()) return s;
+    if (repairs != nullptr) {
+      repairs->push_back(absl::StrFormat(
+          "%s was missing: recreated empty, so instances there are lost", path));
+    }
+    return absl::OkStatus();
+  }
+  if (!fd.ok()) return fd.status();
   struct stat st;
-  if (fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "arena: stat " + path);
+  if (fstat(fd->get(), &st) != 0) return ErrnoStatus(errno, "arena: stat " + path);
   if (!S_ISREG(st.st_mode)) {
     return absl::DataLossError(absl::StrCat("arena: ", path, " is not a regular file"));
   }
-  const ExtentHeader want = ExpectedExtentHeader(a.epoch, a.extent_size, id);
   ExtentHeader have{};
   bool header_ok = static_cast<uint64_t>(st.st_size) >= sizeof have &&
-                   pread(fd.get(), &have, sizeof have, 0) == static_cast<ssize_t>(sizeof have) &&
+                   pread(fd->get(), &have, sizeof have, 0) == static_cast<ssize_t>(sizeof have) &&
                    ExtentHeaderMatches(have, a.epoch, a.extent_size, id);
   bool size_ok = static_cast<uint64_t>(st.st_size) == a.extent_size;
   if (header_ok && size_ok) return absl::OkStatus();
   if (!size_ok) {
-    if (ftruncate(fd.get(), static_cast<off_t>(a.extent_size)) != 0) {
+    if (ftruncate(fd->get(), static_cast<off_t>(a.extent_size)) != 0) {
       return ErrnoStatus(errno, "arena: restore the size of " + path);
     }
-    if (int err = Fallocate(fd.get(), static_cast<off_t>(a.extent_size)); err != 0) {
+    if (int err = Fallocate(fd->get(), static_cast<off_t>(a.extent_size)); err != 0) {
       return ErrnoStatus(err, "arena: back " + path);
     }
   }
   if (!header_ok &&
-      pwrite(fd.get(), &want, sizeof want, 0) != static_cast<ssize_t>(sizeof want)) {
+      pwrite(fd->get(), &want, sizeof want, 0) != static_cast<ssize_t>(sizeof want)) {
     return ErrnoStatus(errno, "arena: write the header of " + path);
   }
   if (repairs != nullptr) {
@@ -95,20 +92,29 @@ absl::Status RepairExtentFile(const std::string& path, uint32_t id, const ArenaI
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Adopt(const std::string& dir,
                                                     const ArenaIdentity& known,
                                                     std::vector<std::string>* repairs) {
+  return Adopt(DirectoryStorage(dir), known, repairs);
+}
+
+absl::StatusOr<std::unique_ptr<Arena>> Arena::Adopt(std::unique_ptr<ArenaStorage> storage,
+                                                    const ArenaIdentity& known,
+                                                    std::vector<std::string>* repairs) {
   auto note = [&](std::string what) {
     if (repairs != nullptr) repairs->push_back(std::move(what));
   };
-  std::string path = absl::StrCat(dir, "/", kArenaHeaderFile);
-  UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd && errno != ENOENT) return ErrnoStatus(errno, "arena: open " + path);
+  const std::string path = storage->Name(ArenaFile{});
+  UniqueFd fd;
   bool created = false;
-  if (!fd) {
-    if (known.extent_size == 0) {
-      return absl::NotFoundError(absl::StrCat(
-          "arena: no arena in ", dir, " (create one first, or check the path)"));
-    }
-    fd = UniqueFd(open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
-    if (!fd) return ErrnoStatus(errno, "arena: create " + path);
+  if (absl::StatusOr<UniqueFd> opened = storage->Open(ArenaFile{}, Access::kReadWrite);
+      opened.ok()) {
+    fd = std::move(*opened);
+  } else if (!absl::IsNotFound(opened.status())) {
+    return opened.status();
+  } else {
+    if (known.extent_size == 0) return opened.status();
+    absl::StatusOr<PreparedFile> made = storage->Prepare(ArenaFile{}, sizeof(ArenaHeader));
+    if (!made.ok()) return made.status();
+    if (absl::Status s = storage->Publish(ArenaFile{}, *made); !s.ok()) return s;
+    fd = std::move(made->fd);
     created = true;
   }
   struct stat st;
@@ -133,11 +139,11 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Adopt(const std::string& dir,
     if (id.max_extents == 0) id.max_extents = h->max_extents;
     if (id.epoch == 0) id.epoch = h->epoch;
   }
-  std::vector<uint32_t> files = ExtentFileIds(dir);
+  std::vector<uint32_t> files = storage->ExtentIds();
   if (id.extent_size == 0 || id.epoch == 0) {
     ExtentHeader e0{};
-    UniqueFd f0(open(ExtentPath(dir, 0).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-    if (f0 && pread(f0.get(), &e0, sizeof e0, 0) == static_cast<ssize_t>(sizeof e0) &&
+    absl::StatusOr<UniqueFd> f0 = storage->Open(ArenaFile{0}, Access::kReadOnly);
+    if (f0.ok() && pread(f0->get(), &e0, sizeof e0, 0) == static_cast<ssize_t>(sizeof e0) &&
         e0.magic == kExtentMagic && e0.extent_id == 0 && e0.epoch != 0 &&
         ValidGeometry(e0.extent_size, 1)) {
       if (id.extent_size == 0) id.extent_size = e0.extent_size;
@@ -192,19 +198,19 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Adopt(const std::string& dir,
       last = f;
       any = true;
     } else {
-      note(absl::StrFormat("%s: id %d is beyond max_extents %d; ignored", ExtentPath(dir, f), f,
-                           id.max_extents));
+      note(absl::StrFormat("%s: id %d is beyond max_extents %d; ignored",
+                           storage->Name(ArenaFile{static_cast<int32_t>(f)}), f, id.max_extents));
     }
   }
   if (any) {
     for (uint32_t e = 0; e <= last; ++e) {
-      if (absl::Status s = RepairExtentFile(ExtentPath(dir, e), e, id, repairs); !s.ok()) {
+      if (absl::Status s = RepairExtentFile(*storage, e, id, repairs); !s.ok()) {
         return s;
       }
     }
   }
   fd = UniqueFd();
-  absl::StatusOr<std::unique_ptr<Arena>> arena = Open(dir, Access::kReadWrite);
+  absl::StatusOr<std::unique_ptr<Arena>> arena = Open(std::move(storage), Access::kReadWrite);
   if (!arena.ok()) return arena.status();
   absl::StatusOr<uint32_t> n = (*arena)->RecountExtents();
   if (!n.ok()) return n.status();

@@ -58,6 +58,10 @@ class SystemdUnit(unittest.TestCase):
         self.assertIn("--socket-mode 0660", exec_start)
         self.assertIn("--socket-group " + service.get("Group"), exec_start)
         self.assertEqual(service.get("RuntimeDirectoryMode"), "0710")
+        # Sealed memfds need the descriptor store to survive restarts.
+        if "--arena-backing memfd" in exec_start:
+            self.assertGreater(int(service.get("FileDescriptorStoreMax", "0")), 0)
+            self.assertIn(service.get("NotifyAccess"), ("main", "all"))
 
     def test_systemd_analyze_verify(self):
         analyze = shutil.which("systemd-analyze")

@@ -168,18 +168,6 @@ TEST_F(HostileMemorySocketTest, AClientThatNeverReadsIsDroppedNotWaitedFor) {
   ExpectHonestServed();
 }
 
-// Registers a one-field type in `channel` (a call that needs the channel
-// usable): the gRPC code.
-grpc::StatusCode TouchChannel(GrpcClient& c, const std::string& channel) {
-  v1::RegisterTypeRequest reg;
-  reg.set_channel(channel);
-  reg.set_key("T");
-  auto* f = reg.add_fields();
-  f->set_name("v");
-  f->set_type("u64");
-  v1::RegisterTypeResponse t;
-  return c.registry().RegisterType(c.Ctx().get(), reg, &t).error_code();
-}
 
 // Waits up to 5 s for `fd`'s file to be `size` bytes with at most `size`
 // (plus a page) allocated: the daemon's sweep puts it back.
@@ -220,7 +208,7 @@ TEST_F(HostileMemorySocketTest, AnExtentGrownThroughItsDescriptorIsTrimmedBack) 
   ASSERT_TRUE(hfd.ok());
   ASSERT_EQ(fallocate(hfd->get(), FALLOC_FL_KEEP_SIZE, 0, 64 * kExtent), 0);
   EXPECT_TRUE(BackToSize(hfd->get(), 4096)) << "the header's growth was never trimmed";
-  EXPECT_EQ(TouchChannel(*honest_, "ch"), grpc::StatusCode::OK);
+  EXPECT_EQ(honest_->TouchChannel("ch"), grpc::StatusCode::OK);
 }
 
 // A member cuts an extent short: the daemon restores its size, so another
@@ -237,8 +225,8 @@ TEST_F(HostileMemorySocketTest, AnExtentCutThroughItsDescriptorIsRestored) {
   ASSERT_TRUE(BackToSize(fd->get(), kExtent)) << "the cut was never restored";
   EXPECT_EQ(other_member[kExtent - 1], 0);  // no SIGBUS: the page is back, zeroed
   munmap(const_cast<uint8_t*>(other_member), kExtent);
-  EXPECT_EQ(TouchChannel(*honest_, "ch"), grpc::StatusCode::DATA_LOSS);
-  EXPECT_EQ(TouchChannel(*honest_, "bystander"), grpc::StatusCode::OK);
+  EXPECT_EQ(honest_->TouchChannel("ch"), grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(honest_->TouchChannel("bystander"), grpc::StatusCode::OK);
   // A restart repairs the channel.
   honest_.reset();
   daemon_.Kill9();

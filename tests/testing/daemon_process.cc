@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <string_view>
 #include <stdexcept>
 #include <thread>
 
@@ -24,7 +25,28 @@ bool CanConnect(const std::string& path) {
   return true;
 }
 
-pid_t Spawn(const std::vector<std::string>& args, int out_fd) {
+pid_t Spawn(const std::vector<std::string>& args, int out_fd,
+            SystemdStandIn* systemd = nullptr) {
+  // Everything the child needs is built before fork (a forked child of a
+  // threaded process must not allocate).
+  SystemdStandIn::ChildSetup setup;
+  std::vector<char*> envp;
+  if (systemd != nullptr) {
+    setup = systemd->PrepareChild();
+    for (char** e = environ; *e != nullptr; ++e) {
+      std::string_view v(*e);
+      if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("LISTEN_")) continue;
+      envp.push_back(*e);
+    }
+    for (std::string& e : setup.env) envp.push_back(e.data());
+    envp.push_back(setup.listen_pid.data());
+    envp.push_back(nullptr);
+  }
+  std::vector<char*> argv;
+  std::string bin = STRUCTD_DAEMON_PATH;
+  argv.push_back(bin.data());
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   pid_t pid = fork();
   if (pid == 0) {
     // Die with the test: a test killed by a ctest timeout must not leave
@@ -34,11 +56,11 @@ pid_t Spawn(const std::vector<std::string>& args, int out_fd) {
       dup2(out_fd, 1);
       dup2(out_fd, 2);
     }
-    std::vector<char*> argv;
-    std::string bin = STRUCTD_DAEMON_PATH;
-    argv.push_back(bin.data());
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
+    if (systemd != nullptr) {
+      SystemdStandIn::ApplyInChild(setup);
+      execve(bin.c_str(), argv.data(), envp.data());
+      _exit(127);
+    }
     execv(bin.c_str(), argv.data());
     _exit(127);
   }
@@ -49,7 +71,10 @@ pid_t Spawn(const std::vector<std::string>& args, int out_fd) {
 
 std::string DaemonPath() { return STRUCTD_DAEMON_PATH; }
 
-DaemonProcess::DaemonProcess(std::vector<std::string> extra_args) {
+DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, Supervisor supervisor) {
+  if (supervisor == Supervisor::kSystemd) {
+    systemd_ = std::make_unique<SystemdStandIn>(dir_.Sub("notify.sock"));
+  }
   socket_ = dir_.Sub("structd.sock");
   state_dir_ = dir_.Sub("state");
   args_ = {"--socket", socket_, "--state-dir", state_dir_, "--extent-size", "1048576",
@@ -60,7 +85,7 @@ DaemonProcess::DaemonProcess(std::vector<std::string> extra_args) {
 
 void DaemonProcess::Start() {
   if (pid_ > 0) return;
-  pid_ = Spawn(args_, -1);
+  pid_ = Spawn(args_, -1, systemd_.get());
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (!CanConnect(socket_)) {
     int status;

@@ -3,9 +3,11 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "testing/systemd_stand_in.h"
 #include "testing/temp_dir.h"
 
 namespace structd::testing {
@@ -15,7 +17,12 @@ namespace structd::testing {
 // accepts connections), stopped with SIGTERM (then SIGKILL) on destruction.
 class DaemonProcess {
  public:
-  explicit DaemonProcess(std::vector<std::string> extra_args = {});
+  // Who starts the daemon. kSystemd: a stand-in for systemd's descriptor
+  // store (systemd_stand_in.h) keeps what the daemon hands it and passes
+  // it back at every Start(), as systemd does across restarts.
+  enum class Supervisor { kNone, kSystemd };
+  explicit DaemonProcess(std::vector<std::string> extra_args = {},
+                         Supervisor supervisor = Supervisor::kNone);
   ~DaemonProcess();
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
@@ -32,6 +39,8 @@ class DaemonProcess {
   // Starts it again (same socket, state directory and flags) after Stop()
   // or Kill9(); waits until the socket accepts connections.
   void Start();
+  // The systemd stand-in (null without Supervisor::kSystemd).
+  SystemdStandIn* systemd() { return systemd_.get(); }
 
  private:
   TempDir dir_;
@@ -39,6 +48,7 @@ class DaemonProcess {
   std::string state_dir_;
   std::vector<std::string> args_;
   pid_t pid_ = -1;
+  std::unique_ptr<SystemdStandIn> systemd_;
 };
 
 // The structd binary under test.

@@ -94,6 +94,17 @@ void GrpcClient::Detach() {
   attach_.reset();
 }
 
+grpc::StatusCode GrpcClient::TouchChannel(const std::string& channel) {
+  v1::RegisterTypeRequest reg;
+  reg.set_channel(channel);
+  reg.set_key("T");
+  auto* f = reg.add_fields();
+  f->set_name("v");
+  f->set_type("u64");
+  v1::RegisterTypeResponse t;
+  return registry_->RegisterType(Ctx().get(), reg, &t).error_code();
+}
+
 uint64_t GrpcClient::LiveInstances(const std::string& name) {
   v1::ListChannelsResponse resp;
   grpc::ClientContext ctx;

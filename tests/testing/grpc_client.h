@@ -51,6 +51,9 @@ class GrpcClient {
   const std::string& memory_socket() const { return memory_socket_; }
   const std::string& session_secret() const { return session_secret_; }
 
+  // Registers a one-field type "T" in `channel`, a call that needs the
+  // channel usable (not damaged, joined): the gRPC code.
+  grpc::StatusCode TouchChannel(const std::string& channel);
   // Live instances in channel `name`, through Admin.ListChannels; ~0 if
   // the channel is not listed.
   uint64_t LiveInstances(const std::string& name);

@@ -102,14 +102,21 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(const Options& options,
   c->registry_ = TypeRegistry(options.limits.layout, options.limits.registry);
   c->max_roots_ = options.limits.max_roots;
   std::error_code ec;
-  for (const std::string& d : {options.dir, options.dir + "/ledgers", options.dir + "/arena"}) {
+  std::vector<std::string> dirs = {options.dir, options.dir + "/ledgers"};
+  if (options.memfd_store == nullptr) dirs.push_back(options.dir + "/arena");
+  for (const std::string& d : dirs) {
     if (absl::Status s = MakePrivateDir(d); !s.ok()) {
       std::filesystem::remove_all(options.dir, ec);
       return absl::InternalError(absl::StrCat("channel '", options.name, "': ", s.message()));
     }
   }
   absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
-      shm::Arena::Create(options.dir + "/arena", options.arena);
+      options.memfd_store == nullptr
+          ? shm::Arena::Create(options.dir + "/arena", options.arena)
+          : shm::Arena::Create(
+                std::make_unique<shm::SealedMemoryStorage>(
+                    options.id, ChannelArenaNames(options.id).KeeperFor(options.memfd_store)),
+                options.arena);
   if (!arena.ok()) {
     std::filesystem::remove_all(options.dir, ec);
     return arena.status();
@@ -117,6 +124,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(const Options& options,
   absl::StatusOr<std::unique_ptr<shm::Allocator>> alloc =
       shm::Allocator::Adopt(arena->get());
   if (!alloc.ok()) {
+    (*arena)->RemoveFiles();
     std::filesystem::remove_all(options.dir, ec);
     return alloc.status();
   }
@@ -130,8 +138,10 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(const Options& options,
   meta.created_unix_ms = c->created_unix_ms_;
   meta.creator_uid = c->creator_uid_;
   meta.arena = c->arena_->identity();
+  meta.arena_memfd = options.memfd_store != nullptr;
   absl::StatusOr<std::unique_ptr<MetaStore>> store = MetaStore::Create(options.dir, meta);
   if (!store.ok()) {
+    c->arena_->RemoveFiles();
     std::filesystem::remove_all(options.dir, ec);
     return absl::Status(store.status().code(),
                         absl::StrCat("channel '", options.name, "': ", store.status().message()));
@@ -157,7 +167,7 @@ absl::StatusOr<base::UniqueFd> Channel::OpenArenaFile(shm::ArenaFile file) const
         name_, file.extent, arena_->extent_count()));
   }
   // The daemon's own files, opened by its own path: never a client's.
-  return shm::Arena::OpenFile(arena_->dir(), file, shm::Access::kReadWrite);
+  return arena_->OpenFile(file);
 }
 
 size_t Channel::RestoreFileSizes() {
@@ -500,6 +510,7 @@ bool Channel::MarkDroppedLocked() {
 void Channel::Destroy() {
   base::MutexLock lock(&mu_);
   allocator_.reset();
+  if (arena_ != nullptr) arena_->RemoveFiles();
   arena_.reset();
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);

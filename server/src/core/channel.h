@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "structd/base/mutex.h"
 #include "absl/status/statusor.h"
+#include "core/descriptor_store.h"
 #include "core/ledger.h"
 #include "core/meta_store.h"
 #include "core/secret_digest.h"
@@ -96,6 +97,9 @@ class Channel {
     shm::ArenaOptions arena;
     Limits limits;
     uid_t creator_uid = 0;  // whose quota the arena counts against
+    // Set: the arena is sealed memfds kept in this store (no arena/
+    // directory); null: files in arena/.
+    std::shared_ptr<DescriptorStore> memfd_store;
   };
   // The capabilities of a new channel, in clear: Create hands them out
   // once (to CreateChannel's caller); the channel keeps only digests.
@@ -111,8 +115,10 @@ class Channel {
   // (the allocator's state is rebuilt by scanning it) and every session's
   // ledger (those sessions may resume; see Core). DataLoss naming the file
   // for damaged metadata.
-  static absl::StatusOr<std::unique_ptr<Channel>> Restore(const std::string& dir,
-                                                          const Limits& limits);
+  // A channel with a sealed arena takes its memfds from `store`; without
+  // a store it is not restored (FailedPrecondition, its files untouched).
+  static absl::StatusOr<std::unique_ptr<Channel>> Restore(
+      const std::string& dir, const Limits& limits, std::shared_ptr<DescriptorStore> store);
   // Sessions that have a ledger here.
   std::vector<std::string> LedgerSessions() const;
   // Sessions whose ledger here could not be read at restore. Their file

@@ -15,15 +15,23 @@
 
 namespace structd::server {
 
-absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir,
-                                                          const Limits& limits) {
+absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
+    const std::string& dir, const Limits& limits, std::shared_ptr<DescriptorStore> memfds) {
   absl::StatusOr<std::unique_ptr<MetaStore>> store = MetaStore::Open(dir);
   if (!store.ok()) return store.status();
-  for (const std::string& d : {dir, dir + "/ledgers", dir + "/arena"}) {
+  const ChannelMeta& meta = (*store)->meta();
+  if (meta.arena_memfd && memfds == nullptr) {
+    return absl::FailedPreconditionError(
+        "its arena is sealed memory kept in a descriptor store (arena_backing = \"memfd\"), "
+        "and this daemon runs without one; start it under systemd with "
+        "FileDescriptorStoreMax set (deploy/systemd/structd.service)");
+  }
+  std::vector<std::string> dirs = {dir, dir + "/ledgers"};
+  if (!meta.arena_memfd) dirs.push_back(dir + "/arena");
+  for (const std::string& d : dirs) {
     // Older daemons left these 0755; the state is the daemon's alone.
     if (absl::Status s = MakePrivateDir(d); !s.ok()) return s;
   }
-  const ChannelMeta& meta = (*store)->meta();
   const std::string path = dir + "/meta.toml";
   auto damaged = [&](absl::string_view what) {
     return absl::DataLossError(absl::StrCat(path, ": ", what,
@@ -76,11 +84,41 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(const std::string& dir
   const shm::ArenaIdentity identity = meta.arena;
   // The header's extent count is shared memory: Adopt trusts the files.
   uint32_t published = 0;
-  if (auto peek = shm::Arena::Open(dir + "/arena", shm::Access::kReadOnly); peek.ok()) {
-    published = (*peek)->raw_extent_count();
+  std::unique_ptr<shm::ArenaStorage> storage;
+  if (meta.arena_memfd) {
+    ChannelArenaNames names(meta.id);
+    std::vector<std::string> strays;
+    std::map<shm::ArenaFile, base::UniqueFd> kept =
+        names.Files(memfds->Take(names.prefix()), &strays);
+    for (const std::string& name : strays) {
+      spdlog::warn("channel '{}': descriptor '{}' handed back by the store is none of its "
+                   "files; closed", c->name_, name);
+      memfds->Forget(name);
+    }
+    if (kept.empty()) {
+      c->restore_repairs_.push_back(
+          "its sealed memory was not handed back by the descriptor store (the daemon was "
+          "stopped rather than restarted, the machine rebooted, or the store was off): every "
+          "instance of the channel is lost; its types and capabilities are kept");
+    }
+    if (auto h = kept.find(shm::ArenaFile{}); h != kept.end()) {
+      shm::ArenaHeader header;
+      if (pread(h->second.get(), &header, sizeof header, 0) == sizeof header) {
+        published = header.extent_count.load();
+      }
+    }
+    auto sealed = std::make_unique<shm::SealedMemoryStorage>(meta.id, names.KeeperFor(memfds),
+                                                             std::move(kept));
+    if (!sealed->Check().ok()) c->restore_repairs_.push_back(std::string(sealed->Check().message()));
+    storage = std::move(sealed);
+  } else {
+    if (auto peek = shm::Arena::Open(dir + "/arena", shm::Access::kReadOnly); peek.ok()) {
+      published = (*peek)->raw_extent_count();
+    }
+    storage = shm::DirectoryStorage(dir + "/arena");
   }
   absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
-      shm::Arena::Adopt(dir + "/arena", identity, &c->restore_repairs_);
+      shm::Arena::Adopt(std::move(storage), identity, &c->restore_repairs_);
   if (!arena.ok()) return arena.status();
   for (const std::string& repair : c->restore_repairs_) {
     spdlog::error("channel '{}': {}", c->name_, repair);

@@ -481,6 +481,7 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
     } while (channels_by_id_.count(o.id));
     o.creator_uid = sessions_.at(session_id).info.uid;
     o.dir = absl::StrCat(options_.state_dir, "/channels/", o.id);
+    if (options_.arena_memfd) o.memfd_store = options_.descriptor_store;
     // Creating the arena takes time (backing the first extent); the name is
     // reserved meanwhile so a concurrent create of the same name fails.
     channel_ids_by_name_[name] = o.id;

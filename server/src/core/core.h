@@ -69,6 +69,13 @@ struct CoreOptions {
   // A channel no session has joined for this long is dropped (and its
   // memory freed); 0 keeps channels until they are dropped.
   std::chrono::milliseconds drop_idle_channels_after{0};
+  // Where sealed arenas' memfds outlive the daemon (systemd's descriptor
+  // store); null if the daemon runs without one. Channels created with a
+  // sealed arena are restored only with it.
+  std::shared_ptr<DescriptorStore> descriptor_store;
+  // New channels get sealed memfds kept in descriptor_store instead of
+  // files (the arena_backing option). REQUIRES: descriptor_store.
+  bool arena_memfd = false;
 };
 
 struct SessionInfo {
@@ -230,6 +237,9 @@ class Core {
   explicit Core(CoreOptions options);
   // Re-adopts every channel and session record in the state directory.
   void Recover();
+  // What the descriptor store handed back that no channel took: kept for
+  // a channel whose directory exists, forgotten otherwise.
+  void ForgetStrayDescriptors();
   std::string SessionPath(const std::string& id) const;
   // A fresh admin capability in STATE/admin.capability (0600).
   void WriteAdminCapability();

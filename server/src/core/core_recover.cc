@@ -36,6 +36,26 @@ std::string ChannelNameHint(const std::string& meta_path) {
 
 }  // namespace
 
+void Core::ForgetStrayDescriptors() {
+  if (options_.descriptor_store == nullptr) return;
+  for (auto& [name, fd] : options_.descriptor_store->TakeRest()) {
+    // "arena.ID.…": kept while channels/ID exists (a channel that was not
+    // recovered keeps its memory for the operator); forgotten otherwise.
+    std::string id = name.starts_with("arena.") ? name.substr(6, name.find('.', 6) - 6) : "";
+    std::error_code ec;
+    bool owned = !id.empty() && id.find('/') == std::string::npos && id != "." && id != ".." &&
+                 std::filesystem::exists(absl::StrCat(options_.state_dir, "/channels/", id), ec);
+    if (owned) {
+      spdlog::warn("recovery: descriptor '{}' of an unrecovered channel is kept in the store",
+                   name);
+    } else {
+      spdlog::warn("recovery: descriptor '{}' belongs to no channel (one dropped or never "
+                   "finished); removed from the store", name);
+      options_.descriptor_store->Forget(name);
+    }
+  }
+}
+
 void Core::Recover() {
   std::error_code ec;
   size_t types = 0, roots = 0;
@@ -51,7 +71,8 @@ void Core::Recover() {
       std::filesystem::remove_all(dir, ec);
       continue;
     }
-    absl::StatusOr<std::unique_ptr<Channel>> c = Channel::Restore(dir, options_.limits);
+    absl::StatusOr<std::unique_ptr<Channel>> c =
+        Channel::Restore(dir, options_.limits, options_.descriptor_store);
     if (!c.ok()) {
       UnrecoveredChannel u{dir, ChannelNameHint(dir + "/meta.toml"),
                            std::string(c.status().message())};
@@ -103,6 +124,7 @@ void Core::Recover() {
     ChargeQuota(channel);
     channels_by_id_[channel->id()] = std::move(channel);
   }
+  ForgetStrayDescriptors();
   auto deadline = std::chrono::steady_clock::now() + options_.lease;
   base::MutexLock lock(&mu_);
   for (const auto& entry :

@@ -58,6 +58,7 @@ std::string Snapshot(const ChannelMeta& m) {
   meta.insert("member_capability_sha256", m.member_capability.ToHex());
   meta.insert("sealed", m.sealed);
   meta.insert("dropped", m.dropped);
+  if (m.arena_memfd) meta.insert("arena_backing", "memfd");
   if (m.arena.epoch != 0) {
     meta.insert("arena_epoch", absl::StrFormat("%016x", m.arena.epoch));
     meta.insert("arena_extent_size", static_cast<int64_t>(m.arena.extent_size));
@@ -206,6 +207,7 @@ absl::StatusOr<ChannelMeta> ReadSnapshot(const std::string& path, uint64_t* byte
     m.arena.epoch = *epoch;
   }
   m.arena.extent_size = static_cast<uint64_t>(meta["arena_extent_size"].value_or(int64_t{0}));
+  m.arena_memfd = meta["arena_backing"].value_or(std::string("files")) == "memfd";
   m.arena.max_extents = static_cast<uint32_t>(meta["arena_max_extents"].value_or(int64_t{0}));
   if (const toml::array* types = meta["types"].as_array()) {
     for (const toml::node& node : *types) {

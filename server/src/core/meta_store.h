@@ -54,6 +54,9 @@ struct ChannelMeta {
   bool sealed = false;
   bool dropped = false;
   shm::ArenaIdentity arena;  // zero fields: written by an older daemon
+  // The arena is sealed memfds kept in the daemon's descriptor store, not
+  // files in arena/ (fixed at creation).
+  bool arena_memfd = false;
   std::vector<Type> types;   // in registration order
   std::map<std::string, shm::Ref> roots;
 };

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "structd/base/posix.h"
+#include "structd/shm/arena_storage.h"
 #include "structd/shm/format.h"
 #include "structd/shm/mapping_guard.h"
 #include "structd/shm/ref.h"
@@ -35,16 +36,9 @@ struct ArenaOptions {
 // config).
 absl::Status ValidateArenaOptions(const ArenaOptions& options);
 
-enum class Access { kReadOnly, kReadWrite };
-
-// Which file of an arena: the header, or an extent.
-struct ArenaFile {
-  static constexpr int32_t kHeader = -1;
-  int32_t extent = kHeader;  // kHeader, or an extent id
-};
-// Where a process gets the descriptors of an arena's files: the owner and
-// tools open them by path (Arena::Open); a member of a channel gets them
-// from the daemon over its memory socket (the client library). Called at
+// Where a process gets the descriptors of an arena's files: the owner
+// from its ArenaStorage (Arena::Open), tools by path; a member of a
+// channel from the daemon over its memory socket (the client library). Called at
 // open for the header and the first time each extent is needed; it may
 // block (a round trip to the daemon). The descriptor must be open for
 // reading, and for writing when the arena is opened kReadWrite.
@@ -100,13 +94,14 @@ struct BlockSpan {
 };
 
 // An Arena is the shared memory of one channel: a header file and a list of
-// extents in one directory (on tmpfs by default). The owner (the daemon)
-// creates it, grows it, allocates and frees in it; other processes open it
-// and map extents lazily, the first time they resolve a Ref into one.
+// extents, kept in an ArenaStorage (a directory on tmpfs by default, or
+// sealed memfds). The owner (the daemon) creates it, grows it, allocates
+// and frees in it; other processes open it and map extents lazily, the
+// first time they resolve a Ref into one.
 //
 // Thread safety: every method may be called concurrently from many threads
 // and processes. Growers need no lock another process could hold: each
-// new extent file is built unnamed and linked into place with link(),
+// new extent file is built unnamed and published (link() in a directory),
 // which fails if another grower published that id first (the loser takes
 // the next id), and the count is only ever raised (compare-and-swap).
 class Arena {
@@ -117,21 +112,31 @@ class Arena {
   // ResourceExhausted if the file system cannot back the extents.
   static absl::StatusOr<std::unique_ptr<Arena>> Create(
       const std::string& dir, const ArenaOptions& options);
+  // The same in `storage` (which must hold no arena; options.file_mode is
+  // the storage's business then).
+  static absl::StatusOr<std::unique_ptr<Arena>> Create(std::unique_ptr<ArenaStorage> storage,
+                                                       const ArenaOptions& options);
   // Opens an existing arena. NotFound if `dir` holds none;
   // FailedPrecondition if its format version differs from this build's;
   // DataLoss if its header is damaged.
   static absl::StatusOr<std::unique_ptr<Arena>> Open(const std::string& dir,
                                                      Access access);
-  // Opens an arena whose files come from `source` (no path needed);
-  // `label` names it in messages. The same checks as Open. Such an arena
-  // cannot Grow, RecountExtents or be adopted: those are the owner's, who
-  // opens by path.
+  static absl::StatusOr<std::unique_ptr<Arena>> Open(std::unique_ptr<ArenaStorage> storage,
+                                                     Access access);
+  // Opens an arena whose files come from `source` (no storage of its
+  // own); `label` names it in messages. The same checks as Open. Such an
+  // arena cannot Grow, RecountExtents or be adopted: those are the
+  // owner's, who opens its storage.
   static absl::StatusOr<std::unique_ptr<Arena>> OpenFrom(ArenaFileSource source,
                                                          std::string label, Access access);
-  // One file of the arena in `dir`, opened by path without following a
-  // symlink (what Open reads; what the owner hands to members).
-  static absl::StatusOr<base::UniqueFd> OpenFile(const std::string& dir, ArenaFile file,
-                                                 Access access);
+  // A new read-write descriptor of one of this arena's files, from its
+  // storage (what the owner hands to members). FailedPrecondition for an
+  // arena opened with OpenFrom.
+  absl::StatusOr<base::UniqueFd> OpenFile(ArenaFile file) const;
+  // Removes the arena's files from its storage (the owner's drop of the
+  // arena; sealed memory is forgotten by its keeper). Mappings in this and
+  // other processes stay valid until unmapped. No-op after OpenFrom.
+  void RemoveFiles();
   // The owner's open after a restart: like Open(kReadWrite), but repairs
   // what other processes may have done to the files instead of refusing
   // the arena. A header whose geometry or epoch disagrees with `known`
@@ -144,6 +149,9 @@ class Arena {
   // `repairs` as a sentence for the log. DataLoss only when neither the
   // header nor `known` nor extent 0 says what the geometry is.
   static absl::StatusOr<std::unique_ptr<Arena>> Adopt(const std::string& dir,
+                                                      const ArenaIdentity& known,
+                                                      std::vector<std::string>* repairs);
+  static absl::StatusOr<std::unique_ptr<Arena>> Adopt(std::unique_ptr<ArenaStorage> storage,
                                                       const ArenaIdentity& known,
                                                       std::vector<std::string>* repairs);
   ~Arena();
@@ -169,7 +177,8 @@ class Arena {
     bool shrunk = false;          // cut short: this arena is now damaged
   };
   // The owner's sweep over the files members hold descriptors of (they can
-  // ftruncate or fallocate them; tmpfs files cannot be sealed). A file grown
+  // ftruncate or fallocate them; tmpfs files cannot be sealed). Nothing to
+  // do where the storage's sizes are sealed. A file grown
   // past its size, or given blocks past its end (fallocate KEEP_SIZE), is
   // trimmed back, freeing what the growth took; nobody maps past the size,
   // so nothing is lost. A file cut short is restored to full size and
@@ -196,7 +205,10 @@ class Arena {
   uint64_t extent_size() const { return extent_size_; }
   uint32_t max_extents() const { return max_extents_; }
   uint32_t format_version() const { return header_->format_version; }
-  const std::string& dir() const { return dir_; }
+  // The storage's label (its directory), or OpenFrom's label.
+  const std::string& label() const { return label_; }
+  // Where the files are; null for an arena opened with OpenFrom.
+  const ArenaStorage* storage() const { return storage_.get(); }
   Access access() const { return access_; }
   // The mapped arena header (for owners and inspectors).
   ArenaHeader& header() const { return *header_; }
@@ -216,8 +228,7 @@ class Arena {
   // (type_index 0); checks location only. For the owner and checkers.
   absl::StatusOr<BlockSpan> BlockAt(uint32_t extent_id, uint32_t offset) const;
 
-  // Where `extent_id`'s file lives.
-  std::string ExtentPath(uint32_t extent_id) const;
+  // Where extent `extent_id` of the arena in directory `dir` lives.
   static std::string ExtentPath(const std::string& dir, uint32_t extent_id);
 
   // OK while every mapping of this arena is intact. DataLoss naming the
@@ -227,23 +238,26 @@ class Arena {
   absl::Status Intact() const;
 
  private:
-  Arena(std::string dir, Access access, int header_fd, ArenaHeader* header,
+  Arena(std::string label, Access access, int header_fd, ArenaHeader* header,
         uint64_t extent_size, uint32_t max_extents, uint64_t epoch);
-  // The files of the arena in `dir`, by path (OpenFile).
-  static ArenaFileSource DirSource(const std::string& dir, Access access);
+  // Name of one file in messages.
+  std::string FileName(ArenaFile file) const;
+  // Makes `storage` this arena's, and the source of its files.
+  void SetStorage(std::unique_ptr<ArenaStorage> storage);
   absl::StatusOr<uint8_t*> MapExtent(uint32_t id) const;
-  // Builds extent `id` unnamed and links it into place. AlreadyExists if
-  // another grower linked that id first.
+  // Builds extent `id` unnamed and publishes it. AlreadyExists if another
+  // grower published that id first.
   absl::Status CreateExtent(uint32_t id);
   // Keeps this process's mapping of a new extent (first one wins).
   void AdoptMapping(uint32_t id, uint8_t* p) const;
   uint32_t RecountExtentsLocked();
   // Raises the published count to `n` (never lowers it).
   void PublishCount(uint32_t n);
-  // True if DIR/extent.ID exists with this arena's size, epoch and id.
+  // True if extent `id` exists with this arena's size, epoch and id.
   bool ExtentFileIsComplete(uint32_t id) const;
 
-  const std::string dir_;  // the directory, or OpenFrom's label
+  const std::string label_;  // the storage's label, or OpenFrom's
+  std::unique_ptr<ArenaStorage> storage_;  // the owner's; null after OpenFrom
   ArenaFileSource source_;  // set once at open
   const Access access_;
   const int header_fd_;

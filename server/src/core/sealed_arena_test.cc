@@ -1,0 +1,221 @@
+// Channels whose arenas are sealed memfds kept in a descriptor store
+// (arena_backing = "memfd"): what members can no longer do to the memory,
+// and what a restart keeps.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "core/core.h"
+#include "core/core_fixture.h"
+#include "core/descriptor_store.h"
+#include "structd/shm/field.h"
+
+namespace structd::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+// systemd's store, in process: what Keep gets is what the next start is
+// handed (Restart), unless the service was stopped (StopAndStart).
+class InProcessStore final : public DescriptorStore {
+ public:
+  void Keep(const std::string& name, int fd) override { kept_[name] = base::UniqueFd(dup(fd)); }
+  void Forget(const std::string& name) override {
+    kept_.erase(name);
+    forgotten_.push_back(name);
+  }
+  std::map<std::string, base::UniqueFd> Take(const std::string& prefix) override {
+    std::map<std::string, base::UniqueFd> out;
+    for (auto it = handed_.begin(); it != handed_.end();) {
+      if (it->first.starts_with(prefix)) {
+        out.emplace(it->first, std::move(it->second));
+        it = handed_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
+  }
+  std::map<std::string, base::UniqueFd> TakeRest() override {
+    std::map<std::string, base::UniqueFd> out;
+    out.swap(handed_);
+    return out;
+  }
+  void Restart() {
+    handed_.clear();
+    for (auto& [name, fd] : kept_) handed_[name] = base::UniqueFd(dup(fd.get()));
+  }
+  void StopAndStart() {
+    kept_.clear();
+    handed_.clear();
+  }
+  size_t KeptWithPrefix(const std::string& prefix) const {
+    size_t n = 0;
+    for (const auto& [name, fd] : kept_) n += name.starts_with(prefix);
+    return n;
+  }
+  void Hand(const std::string& name, base::UniqueFd fd) { handed_[name] = std::move(fd); }
+  const std::vector<std::string>& forgotten() const { return forgotten_; }
+
+ private:
+  std::map<std::string, base::UniqueFd> kept_;
+  std::map<std::string, base::UniqueFd> handed_;
+  std::vector<std::string> forgotten_;
+};
+
+class SealedArenaTest : public CoreFixture {
+ protected:
+  void SetUp() override {
+    options_.descriptor_store = store_;
+    options_.arena_memfd = true;
+    CoreFixture::SetUp();
+  }
+  // The daemon restarts (crash, or systemctl restart): the store hands
+  // back what it kept.
+  void Restart() {
+    store_->Restart();
+    Reopen();
+  }
+  // A member's view of channel `ch`: its files from the daemon, as the
+  // memory socket hands them out.
+  std::unique_ptr<shm::Arena> MapAsMember(std::shared_ptr<Channel> ch) {
+    auto arena = shm::Arena::OpenFrom(
+        [ch](shm::ArenaFile f) { return ch->OpenArenaFile(f); }, "member", shm::Access::kReadWrite);
+    EXPECT_TRUE(arena.ok()) << arena.status();
+    return arena.ok() ? std::move(*arena) : nullptr;
+  }
+  std::string Prefix(const std::string& channel) {
+    return ChannelArenaNames((*core_->Find(channel))->id()).prefix();
+  }
+
+  std::shared_ptr<InProcessStore> store_ = std::make_shared<InProcessStore>();
+};
+
+TEST_F(SealedArenaTest, AMemberCannotCutOrGrowTheMemoryItIsHanded) {
+  auto s = *core_->Attach(me_, "app");
+  ASSERT_TRUE(core_->CreateChannel(s.id, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s.id, "ch");
+  EXPECT_FALSE(std::filesystem::exists(ChannelDir("ch") + "/arena"));
+  for (shm::ArenaFile file : {shm::ArenaFile{}, shm::ArenaFile{0}}) {
+    absl::StatusOr<base::UniqueFd> fd = ch->OpenArenaFile(file);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    struct stat st;
+    ASSERT_EQ(fstat(fd->get(), &st), 0);
+    EXPECT_EQ(ftruncate(fd->get(), st.st_size / 2), -1);
+    EXPECT_EQ(errno, EPERM);
+    EXPECT_EQ(ftruncate(fd->get(), st.st_size * 2), -1);
+    EXPECT_EQ(errno, EPERM);
+  }
+  // The daemon never noticed: nothing to repair, nothing damaged.
+  EXPECT_EQ(core_->RestoreFileSizes(), 0u);
+  auto t = *ch->RegisterType("N", Node());
+  EXPECT_TRUE(ch->Allocate(s.id, t.type->token, 4).ok());
+}
+
+TEST_F(SealedArenaTest, ARestartGetsTheMemoryBackFromTheStore) {
+  auto s = *core_->Attach(me_, "app");
+  ASSERT_TRUE(core_->CreateChannel(s.id, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s.id, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  shm::Ref ref = (*ch->Allocate(s.id, t.type->token, 1))[0];
+  ASSERT_TRUE(ch->SetRoot("kept", ref).ok());
+  {
+    auto member = MapAsMember(ch);
+    ASSERT_NE(member, nullptr);
+    auto inst = member->Resolve(ref);
+    ASSERT_TRUE(inst.ok()) << inst.status();
+    uint64_t v = 0x5EA1ED;
+    std::memcpy(inst->payload(), &v, sizeof v);
+  }
+  std::string prefix = Prefix("ch");
+  EXPECT_EQ(store_->KeptWithPrefix(prefix), 2u);  // header + extent 0
+  std::ifstream meta(ChannelDir("ch") + "/meta.toml");
+  std::stringstream text;
+  text << meta.rdbuf();
+  EXPECT_THAT(text.str(), HasSubstr("arena_backing = 'memfd'"));
+  ch.reset();
+
+  Restart();
+  auto again = core_->Find("ch");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_THAT((*again)->restore_repairs(), ::testing::IsEmpty());
+  auto member = MapAsMember(*again);
+  ASSERT_NE(member, nullptr);
+  auto inst = member->Resolve(ref);
+  ASSERT_TRUE(inst.ok()) << inst.status();
+  uint64_t v = 0;
+  std::memcpy(&v, inst->payload(), sizeof v);
+  EXPECT_EQ(v, 0x5EA1EDu);
+  EXPECT_TRUE(store_->forgotten().empty());
+}
+
+TEST_F(SealedArenaTest, AStopLosesTheInstancesButKeepsTheChannelAndSaysSo) {
+  auto s = *core_->Attach(me_, "app");
+  auto created = *core_->CreateChannel(s.id, "ch", 0, 0);
+  auto ch = *core_->Joined(s.id, "ch");
+  auto t = *ch->RegisterType("N", Node());
+  shm::Ref ref = (*ch->Allocate(s.id, t.type->token, 1))[0];
+  ASSERT_TRUE(ch->SetRoot("kept", ref).ok());
+  ch.reset();
+
+  store_->StopAndStart();
+  Reopen();
+  auto again = core_->Find("ch");
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_FALSE((*again)->restore_repairs().empty());
+  EXPECT_THAT((*again)->restore_repairs()[0], HasSubstr("not handed back"));
+  EXPECT_EQ((*again)->Stats().alloc.live_instances, 0u);
+  // Types are kept; the channel takes new instances, kept in the store.
+  auto s2 = *core_->Attach(me_, "app2");
+  ASSERT_TRUE(core_->JoinChannel(s2.id, "ch", created.member_capability).ok());
+  auto joined = *core_->Joined(s2.id, "ch");
+  ASSERT_TRUE(joined->Allocate(s2.id, t.type->token, 1).ok());
+  EXPECT_GE(store_->KeptWithPrefix(Prefix("ch")), 2u);
+}
+
+TEST_F(SealedArenaTest, ADroppedChannelIsForgottenByTheStore) {
+  auto s = *core_->Attach(me_, "app");
+  auto created = *core_->CreateChannel(s.id, "gone", 0, 0);
+  std::string prefix = Prefix("gone");
+  ASSERT_EQ(store_->KeptWithPrefix(prefix), 2u);
+  core_->Detach(s.id);
+  ASSERT_TRUE(core_->DropChannel("gone", created.owner_capability).ok());
+  EXPECT_EQ(store_->KeptWithPrefix(prefix), 0u);
+}
+
+TEST_F(SealedArenaTest, WithoutAStoreTheChannelIsNotRecoveredAndItsMemoryIsKept) {
+  auto s = *core_->Attach(me_, "app");
+  ASSERT_TRUE(core_->CreateChannel(s.id, "ch", 0, 0).ok());
+  std::string prefix = Prefix("ch");
+  options_.descriptor_store = nullptr;
+  options_.arena_memfd = false;
+  Reopen();
+  EXPECT_FALSE(core_->Find("ch").ok());
+  auto unrecovered = core_->Unrecovered();
+  ASSERT_EQ(unrecovered.size(), 1u);
+  EXPECT_THAT(unrecovered[0].reason, HasSubstr("descriptor store"));
+  // With the store back, the channel is.
+  options_.descriptor_store = store_;
+  Restart();
+  EXPECT_TRUE(core_->Find("ch").ok());
+  EXPECT_EQ(store_->KeptWithPrefix(prefix), 2u);
+}
+
+TEST_F(SealedArenaTest, DescriptorsOfNoChannelAreForgottenAtStart) {
+  store_->Hand("arena.00000000deadbeef.header", base::UniqueFd(memfd_create("x", 0)));
+  Reopen();
+  EXPECT_THAT(store_->forgotten(), ::testing::Contains("arena.00000000deadbeef.header"));
+}
+
+}  // namespace
+}  // namespace structd::server
