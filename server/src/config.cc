@@ -53,11 +53,19 @@ const Option kOptions[] = {
     {"max_bytes_per_uid", nullptr, "Arena bytes the channels one uid created may hold",
      &DaemonConfig::max_bytes_per_uid},
     {"max_bytes_total", nullptr,
-     "Arena bytes all channels may hold; 0 = half of the file system under state_dir",
+     "Arena bytes all channels may hold; 0 = half of the file system under state_dir (of "
+     "the machine's memory with arena_backing = memfd)",
      &DaemonConfig::max_bytes_total},
     {"max_channels_per_uid", nullptr,
      "Channels one uid may have created whose files still exist",
      &DaemonConfig::max_channels_per_uid},
+    {"max_arena_files", nullptr,
+     "Files (a header and one per extent) all sealed memfd arenas may have; each costs the "
+     "daemon a descriptor and systemd's store one: keep it at most FileDescriptorStoreMax=",
+     &DaemonConfig::max_arena_files},
+    {"max_arena_files_per_uid", nullptr,
+     "Files the sealed memfd arenas of the channels one uid created may have",
+     &DaemonConfig::max_arena_files_per_uid},
     {"drop_idle_channels_after_s", nullptr,
      "Drop a channel no session has joined for this many seconds (its memory is freed); "
      "0 keeps channels until they are dropped",
@@ -307,6 +315,8 @@ CoreOptions DaemonConfig::ToCoreOptions() const {
   o.quotas.max_bytes_per_uid = max_bytes_per_uid;
   o.quotas.max_bytes_total = max_bytes_total;
   o.quotas.max_channels_per_uid = max_channels_per_uid;
+  o.quotas.max_arena_files = max_arena_files;
+  o.quotas.max_arena_files_per_uid = max_arena_files_per_uid;
   o.drop_idle_channels_after = std::chrono::seconds(drop_idle_channels_after_s);
   o.arena_memfd = arena_backing == "memfd";
   return o;

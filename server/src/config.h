@@ -39,6 +39,8 @@ struct DaemonConfig {
   uint64_t max_bytes_per_uid = QuotaLimits{}.max_bytes_per_uid;
   uint64_t max_bytes_total = QuotaLimits{}.max_bytes_total;  // 0: half the file system
   uint32_t max_channels_per_uid = QuotaLimits{}.max_channels_per_uid;
+  uint32_t max_arena_files = QuotaLimits{}.max_arena_files;  // memfd arenas only
+  uint32_t max_arena_files_per_uid = QuotaLimits{}.max_arena_files_per_uid;
   uint32_t drop_idle_channels_after_s = static_cast<uint32_t>(
       std::chrono::duration_cast<std::chrono::seconds>(CoreOptions{}.drop_idle_channels_after)
           .count());  // 0: never

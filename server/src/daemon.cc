@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -93,6 +94,16 @@ absl::Status Daemon::Start() {
         "descriptor store to keep them across a restart ($NOTIFY_SOCKET is not set): run "
         "structd under systemd with FileDescriptorStoreMax= and NotifyAccess=main "
         "(deploy/systemd/structd.service), or use arena_backing = \"files\"");
+  }
+  // systemd 254+ says how many descriptors its store takes ($FDSTORE).
+  if (const char* fdstore = getenv("FDSTORE"); fdstore != nullptr && o.arena_memfd) {
+    char* end = nullptr;
+    unsigned long n = std::strtoul(fdstore, &end, 10);
+    if (end != fdstore && n < o.quotas.max_arena_files) {
+      spdlog::warn("max_arena_files {} is above the unit's FileDescriptorStoreMax={}; using {}",
+                   o.quotas.max_arena_files, n, n);
+      o.quotas.max_arena_files = static_cast<uint32_t>(n);
+    }
   }
   if (systemd_store != nullptr) {
     spdlog::info("systemd descriptor store: {} descriptors handed back; new channels' arenas "

@@ -128,9 +128,12 @@ class Directory final : public ArenaStorage {
     return FileSize{static_cast<uint64_t>(st.st_size), static_cast<uint64_t>(st.st_blocks) * 512};
   }
 
+  // The arena's files only (the directory too, once empty): whatever else
+  // the caller keeps there stays.
   void RemoveAll() override {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    for (uint32_t id : ExtentIds()) unlink(Name(ArenaFile{static_cast<int32_t>(id)}).c_str());
+    unlink(Name(ArenaFile{}).c_str());
+    rmdir(dir_.c_str());
   }
 
  private:
@@ -159,6 +162,8 @@ SealedMemoryStorage::SealedMemoryStorage(std::string label, Keeper keeper,
           "arena %s: the kept descriptor of %s is not a sealed memfd (seals %d); it was left "
           "out, so that file reads as missing",
           label_, FileName(file), seals));
+      // Out of the keeper too, before a new file takes its name.
+      if (keeper_.forget) keeper_.forget(file);
       continue;
     }
     files_.emplace(file, std::move(fd));
@@ -169,7 +174,7 @@ std::string SealedMemoryStorage::Name(ArenaFile file) const {
   return absl::StrCat("memfd:", label_, "/", FileName(file));
 }
 
-absl::StatusOr<UniqueFd> SealedMemoryStorage::Open(ArenaFile file, Access) const {
+absl::StatusOr<UniqueFd> SealedMemoryStorage::Open(ArenaFile file, Access access) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = files_.find(file);
   if (it == files_.end()) {
@@ -178,10 +183,16 @@ absl::StatusOr<UniqueFd> SealedMemoryStorage::Open(ArenaFile file, Access) const
     }
     return absl::NotFoundError(absl::StrCat("arena: ", Name(file), " does not exist"));
   }
-  // A memfd cannot be reopened read-only through a dup; a read-only Arena
-  // maps it PROT_READ all the same.
-  UniqueFd fd(fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0));
-  if (!fd) return ErrnoStatus(errno, "arena: dup " + Name(file));
+  // A new open file description, never a dup: a dup would share file
+  // status flags with whoever else holds one (a member setting O_APPEND on
+  // its descriptor would turn the owner's repairs into appends, which the
+  // seals refuse). Reopening a memfd through /proc keeps its seals.
+  int flags = (access == Access::kReadWrite ? O_RDWR : O_RDONLY) | O_CLOEXEC;
+  UniqueFd fd(open(absl::StrCat("/proc/self/fd/", it->second.get()).c_str(), flags));
+  if (!fd) {
+    return ErrnoStatus(errno, absl::StrCat("arena: reopen ", Name(file),
+                                           " through /proc/self/fd (is /proc mounted?)"));
+  }
   return fd;
 }
 
@@ -198,16 +209,21 @@ absl::StatusOr<PreparedFile> SealedMemoryStorage::Prepare(ArenaFile file, uint64
 }
 
 absl::Status SealedMemoryStorage::Publish(ArenaFile file, PreparedFile& p) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (files_.count(file)) return absl::AlreadyExistsError(absl::StrCat("arena: ", Name(file), " exists"));
   if (fcntl(p.fd.get(), F_ADD_SEALS, kSeals) != 0) {
     return ErrnoStatus(errno, "arena: seal " + Name(file));
   }
   UniqueFd kept(fcntl(p.fd.get(), F_DUPFD_CLOEXEC, 0));
   if (!kept) return ErrnoStatus(errno, "arena: dup " + Name(file));
-  int fd = kept.get();
-  files_.emplace(file, std::move(kept));
-  if (keeper_.keep) keeper_.keep(file, fd);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (files_.count(file)) {
+      return absl::AlreadyExistsError(absl::StrCat("arena: ", Name(file), " exists"));
+    }
+    files_.emplace(file, std::move(kept));
+  }
+  // Outside the lock (a message to systemd), with the caller's descriptor
+  // of the same file, open for the whole call.
+  if (keeper_.keep) keeper_.keep(file, p.fd.get());
   return absl::OkStatus();
 }
 

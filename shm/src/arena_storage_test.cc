@@ -164,8 +164,16 @@ TEST(DirectoryStorageTest, PublishNeverReplacesAFile) {
   EXPECT_EQ(storage->Publish(ArenaFile{3}, *b).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(storage->ExtentIds(), std::vector<uint32_t>{3});
   EXPECT_FALSE(storage->sizes_sealed());
+  // What else the caller keeps there survives RemoveAll.
+  std::string other = std::string(tmpl) + "/notes.txt";
+  FILE* f = fopen(other.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fclose(f);
   storage->RemoveAll();
-  EXPECT_NE(access(tmpl, F_OK), 0);
+  EXPECT_TRUE(storage->ExtentIds().empty());
+  EXPECT_EQ(access(other.c_str(), F_OK), 0);
+  unlink(other.c_str());
+  rmdir(tmpl);
 }
 
 }  // namespace

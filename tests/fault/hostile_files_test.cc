@@ -83,7 +83,7 @@ grpc::Status RetainRaw(GrpcClient& g, const RawChannel& c, uint64_t ref) {
 }
 
 TEST(HostileFilesTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
-  DaemonProcess daemon;
+  DaemonProcess daemon(FileBackedArenas());
   auto admin = AdminOf(daemon);
   // The bystander: a channel this process maps and uses through the library.
   auto me = ConnectTo(daemon);
@@ -164,7 +164,7 @@ TEST(HostileFilesTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
 // 13.11: 16 bytes over the arena header's epoch and extent size made the
 // channel unrecoverable at the next start although every extent was intact.
 TEST(HostileFilesTest, AScribbledHeaderGeometryIsRepairedAtRestart) {
-  DaemonProcess daemon;
+  DaemonProcess daemon(FileBackedArenas());
   RawChannel c;
   {
     GrpcClient g(daemon.target());
@@ -192,7 +192,7 @@ TEST(HostileFilesTest, AScribbledHeaderGeometryIsRepairedAtRestart) {
 // its real value and 0, a refcount set wrong) while the daemon restarted;
 // every start aborted in recovery, before the socket was served.
 TEST(HostileFilesTest, RestartsSucceedWhileAMemberRewritesInstanceHeaders) {
-  DaemonProcess daemon;
+  DaemonProcess daemon(FileBackedArenas());
   RawChannel c;
   std::vector<uint64_t> refs;
   {
@@ -249,7 +249,7 @@ TEST(HostileFilesTest, RestartsSucceedWhileAMemberRewritesInstanceHeaders) {
 // Issue 13 "also" and 14.3: a channel the daemon cannot adopt keeps its
 // files, is named in structctl status, and keeps its name reserved.
 TEST(HostileFilesTest, AChannelThatCannotBeRecoveredIsListedAndKeepsItsName) {
-  DaemonProcess daemon;
+  DaemonProcess daemon(FileBackedArenas());
   std::string id;
   {
     GrpcClient g(daemon.target());

@@ -36,7 +36,8 @@ namespace {
 class HostileMemorySocketTest : public ::testing::Test {
  protected:
   HostileMemorySocketTest()
-      : daemon_({"--idle-connection-ms", "300", "--max-connections-per-process", "16"}) {}
+      : daemon_({"--idle-connection-ms", "300", "--max-connections-per-process", "16",
+                 "--arena-backing", "files"}) {}
   void SetUp() override {
     honest_ = std::make_unique<GrpcClient>(daemon_.target());
     ASSERT_TRUE(honest_->CreateChannel("ch").ok());

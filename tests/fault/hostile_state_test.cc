@@ -41,7 +41,7 @@ std::unique_ptr<DaemonProcess> DaemonWithFullableTmpfs(const std::string& flag) 
   const char* asan = getenv("ASAN_OPTIONS");
   std::string saved_asan = asan ? asan : "";
   setenv("ASAN_OPTIONS", (saved_asan + ":verify_asan_link_order=0").c_str(), 1);
-  auto d = std::make_unique<DaemonProcess>();
+  auto d = std::make_unique<DaemonProcess>(FileBackedArenas());
   unsetenv("LD_PRELOAD");
   unsetenv("STRUCTD_TEST_ENOSPC_FLAG");
   if (asan) {
@@ -110,7 +110,7 @@ void Scribble(const std::string& path, std::mt19937_64& rng, int n) {
 
 TEST(HostileStateTest, RandomBytesInTheArenaLedgersAndMetadataNeverCrashTheDaemon) {
   std::mt19937_64 rng(TestSeed());
-  DaemonProcess daemon;
+  DaemonProcess daemon(FileBackedArenas());
   auto me = ConnectTo(daemon);
   auto ch = me->CreateChannel("c");
   ASSERT_TRUE(ch.ok()) << ch.status();

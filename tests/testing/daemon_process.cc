@@ -9,7 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string_view>
 #include <stdexcept>
@@ -72,6 +74,17 @@ pid_t Spawn(const std::vector<std::string>& args, int out_fd,
 std::string DaemonPath() { return STRUCTD_DAEMON_PATH; }
 
 DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, Supervisor supervisor) {
+  // STRUCTD_TEST_ARENA_BACKING=memfd runs every daemon a test starts with
+  // sealed memfds under the systemd stand-in (an opt-in pass of the whole
+  // suite). Tests of what files allow pin --arena-backing files.
+  const char* backing = getenv("STRUCTD_TEST_ARENA_BACKING");
+  bool pinned = std::find(extra_args.begin(), extra_args.end(), "--arena-backing") !=
+                extra_args.end();
+  if (backing != nullptr && std::string_view(backing) == "memfd" && !pinned &&
+      supervisor == Supervisor::kNone) {
+    supervisor = Supervisor::kSystemd;
+    extra_args.insert(extra_args.begin(), {"--arena-backing", "memfd"});
+  }
   if (supervisor == Supervisor::kSystemd) {
     systemd_ = std::make_unique<SystemdStandIn>(dir_.Sub("notify.sock"));
   }

@@ -15,6 +15,8 @@ namespace structd::testing {
 // A real structd child process with its own socket and state directory in
 // a fresh temp dir. Started by the constructor (waits until the socket
 // accepts connections), stopped with SIGTERM (then SIGKILL) on destruction.
+// STRUCTD_TEST_ARENA_BACKING=memfd starts it with --arena-backing memfd
+// under Supervisor::kSystemd unless the test passes --arena-backing.
 class DaemonProcess {
  public:
   // Who starts the daemon. kSystemd: a stand-in for systemd's descriptor
@@ -50,6 +52,10 @@ class DaemonProcess {
   pid_t pid_ = -1;
   std::unique_ptr<SystemdStandIn> systemd_;
 };
+
+// Flags of a test that reaches into the arena's files in the state
+// directory (what arena_backing = "files" allows).
+inline std::vector<std::string> FileBackedArenas() { return {"--arena-backing", "files"}; }
 
 // The structd binary under test.
 std::string DaemonPath();

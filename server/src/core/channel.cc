@@ -97,6 +97,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(const Options& options,
   c->member_capability_ = SecretDigest::Of(issued->member);
   c->created_unix_ms_ = base::NowUnixMs();
   c->creator_uid_ = options.creator_uid;
+  c->arena_memfd_ = options.memfd_store != nullptr;
   // Not shared yet; locked so the guarded members are set under mu_.
   base::MutexLock lock(&c->mu_);
   c->registry_ = TypeRegistry(options.limits.layout, options.limits.registry);
@@ -156,6 +157,12 @@ uint64_t Channel::arena_bytes() const {
   return uint64_t{arena_->extent_count()} * arena_->extent_size();
 }
 
+uint32_t Channel::arena_descriptor_files() const {
+  base::MutexLock lock(&mu_);
+  if (!arena_memfd_ || arena_ == nullptr) return 0;
+  return 1 + arena_->extent_count();
+}
+
 absl::StatusOr<base::UniqueFd> Channel::OpenArenaFile(shm::ArenaFile file) const {
   base::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
@@ -166,7 +173,8 @@ absl::StatusOr<base::UniqueFd> Channel::OpenArenaFile(shm::ArenaFile file) const
         "ArenaHeader.extent_count)",
         name_, file.extent, arena_->extent_count()));
   }
-  // The daemon's own files, opened by its own path: never a client's.
+  // A new descriptor of the daemon's own file (by its path, or a fresh
+  // open of its memfd): never one a client handed in, never shared.
   return arena_->OpenFile(file);
 }
 

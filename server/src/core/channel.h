@@ -152,6 +152,9 @@ class Channel {
   uid_t creator_uid() const { return creator_uid_; }
   // Bytes of the arena's extents (each fully backed).
   uint64_t arena_bytes() const;
+  // Arena files that cost the daemon a descriptor (a sealed arena's header
+  // and extents; 0 for files in arena/): what max_arena_files counts.
+  uint32_t arena_descriptor_files() const;
   // A descriptor of one of the arena's files for a member (the memory
   // socket): the header, or a published extent (NotFound otherwise).
   // DataLoss if the channel is damaged, NotFound if dropped and gone.
@@ -313,6 +316,7 @@ class Channel {
   SecretDigest member_capability_;
   uint64_t created_unix_ms_ = 0;
   uid_t creator_uid_ = 0;
+  bool arena_memfd_ = false;  // the arena is sealed memfds (fixed at creation)
   std::chrono::steady_clock::time_point unused_since_ ABSL_GUARDED_BY(mu_) =
       std::chrono::steady_clock::now();
 

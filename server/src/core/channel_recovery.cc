@@ -46,6 +46,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
   c->name_ = meta.name;
   c->created_unix_ms_ = meta.created_unix_ms;
   c->creator_uid_ = meta.creator_uid >= 0 ? static_cast<uid_t>(meta.creator_uid) : getuid();
+  c->arena_memfd_ = meta.arena_memfd;
   c->owner_capability_ = meta.owner_capability;
   c->member_capability_ = meta.member_capability;
   c->dropped_ = meta.dropped;

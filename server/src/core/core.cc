@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysinfo.h>
 
 #include <cerrno>
 #include <filesystem>
@@ -68,11 +69,16 @@ bool IsPrintableUtf8(std::string_view text) {
 
 namespace {
 
-// max_bytes_total = 0: half of the file system under the state directory.
+// max_bytes_total = 0: half of where new arenas live: the file system
+// under the state directory, or, for sealed memfds (shmem, on no file
+// system), the machine's memory.
 CoreOptions ResolveQuotas(CoreOptions o) {
   if (o.quotas.max_bytes_total == 0) {
     struct statvfs fs;
-    if (statvfs(o.state_dir.c_str(), &fs) == 0) {
+    struct sysinfo mem;
+    if (o.arena_memfd) {
+      if (sysinfo(&mem) == 0) o.quotas.max_bytes_total = uint64_t{mem.totalram} * mem.mem_unit / 2;
+    } else if (statvfs(o.state_dir.c_str(), &fs) == 0) {
       o.quotas.max_bytes_total = uint64_t{fs.f_blocks} * fs.f_frsize / 2;
     }
     if (o.quotas.max_bytes_total == 0) o.quotas.max_bytes_total = UINT64_MAX;
@@ -89,7 +95,7 @@ Core::Core(CoreOptions options)
 
 void Core::ChargeQuota(const std::shared_ptr<Channel>& channel) {
   quota_.AdoptChannel(channel->id(), channel->name(), channel->creator_uid(),
-                      channel->arena_bytes());
+                      channel->arena_bytes(), channel->arena_descriptor_files());
   std::string id = channel->id();
   channel->SetGrowthGate({[this, id](uint64_t bytes) { return quota_.Grow(id, bytes); },
                           [this, id](uint64_t bytes) { quota_.CancelGrow(id, bytes); }});
@@ -488,7 +494,8 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
   }
   // Arena and ledger files are created outside mu_ (the lock rule above).
   absl::Status charged = quota_.AddChannel(
-      o.id, name, o.creator_uid, o.arena.extent_size * o.arena.initial_extents);
+      o.id, name, o.creator_uid, o.arena.extent_size * o.arena.initial_extents,
+      o.memfd_store != nullptr ? 1 + o.arena.initial_extents : 0);
   Channel::IssuedCapabilities issued;
   absl::StatusOr<std::unique_ptr<Channel>> created =
       charged.ok() ? Channel::Create(o, &issued) : charged;

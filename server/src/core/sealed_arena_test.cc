@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -159,6 +160,34 @@ TEST_F(SealedArenaTest, ARestartGetsTheMemoryBackFromTheStore) {
   EXPECT_TRUE(store_->forgotten().empty());
 }
 
+// A member shared the daemon's open file description (a dup): it could
+// set O_APPEND on it, and the restart's repair writes then went to the end
+// of the sealed file and failed, so the channel was not recovered.
+TEST_F(SealedArenaTest, AMemberSettingFlagsOnItsDescriptorCannotBlockTheRepair) {
+  auto s = *core_->Attach(me_, "app");
+  ASSERT_TRUE(core_->CreateChannel(s.id, "ch", 0, 0).ok());
+  auto ch = *core_->Joined(s.id, "ch");
+  for (shm::ArenaFile file : {shm::ArenaFile{}, shm::ArenaFile{0}}) {
+    absl::StatusOr<base::UniqueFd> fd = ch->OpenArenaFile(file);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    ASSERT_EQ(fcntl(fd->get(), F_SETFL, O_APPEND), 0);
+    void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd->get(), 0);
+    ASSERT_NE(p, MAP_FAILED);
+    std::memset(p, 0xEE, 64);  // the header's magic and geometry
+    munmap(p, 4096);
+    // Its own description only: the daemon's next descriptor has no O_APPEND.
+    absl::StatusOr<base::UniqueFd> again = ch->OpenArenaFile(file);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(fcntl(again->get(), F_GETFL) & O_APPEND, 0);
+  }
+  ch.reset();
+  Restart();
+  auto restored = core_->Find("ch");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_FALSE((*restored)->restore_repairs().empty());
+  EXPECT_TRUE(core_->Unrecovered().empty());
+}
+
 TEST_F(SealedArenaTest, AStopLosesTheInstancesButKeepsTheChannelAndSaysSo) {
   auto s = *core_->Attach(me_, "app");
   auto created = *core_->CreateChannel(s.id, "ch", 0, 0);
@@ -209,6 +238,35 @@ TEST_F(SealedArenaTest, WithoutAStoreTheChannelIsNotRecoveredAndItsMemoryIsKept)
   Restart();
   EXPECT_TRUE(core_->Find("ch").ok());
   EXPECT_EQ(store_->KeptWithPrefix(prefix), 2u);
+}
+
+// Each sealed arena file costs the daemon a descriptor and systemd's
+// store a slot: without a bound, one uid making many small channels ran
+// both out, for everyone.
+TEST_F(SealedArenaTest, ArenaFilesAreBoundedPerUidAndInTotal) {
+  options_.quotas.max_arena_files_per_uid = 4;  // two channels of header + 1 extent
+  Reopen();
+  auto s = *core_->Attach(me_, "app");
+  ASSERT_TRUE(core_->CreateChannel(s.id, "a", 0, 0).ok());
+  ASSERT_TRUE(core_->CreateChannel(s.id, "b", 0, 0).ok());
+  auto third = core_->CreateChannel(s.id, "c", 0, 0);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.status().message(), HasSubstr("max_arena_files_per_uid"));
+  bool reported = false;
+  for (const QuotaUse& u : core_->Quotas()) {
+    if (u.quota == "max_arena_files") {
+      reported = true;
+      EXPECT_EQ(u.used, 4u);
+    }
+  }
+  EXPECT_TRUE(reported);
+  options_.quotas.max_arena_files_per_uid = 100;
+  options_.quotas.max_arena_files = 5;
+  Restart();  // counted again from what the arenas hold
+  auto s2 = *core_->Attach(me_, "app2");
+  auto over = core_->CreateChannel(s2.id, "c", 0, 0);
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(over.status().message(), HasSubstr("max_arena_files:"));
 }
 
 TEST_F(SealedArenaTest, DescriptorsOfNoChannelAreForgottenAtStart) {
