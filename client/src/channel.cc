@@ -53,7 +53,33 @@ absl::Status Channel::MapArena(uint64_t epoch) {
   if (arena_) retired_arenas_.push_back(std::move(arena_));
   arena_ = std::move(*arena);
   arena_epoch_ = epoch;
+  ResetFastTypesLocked();
   return absl::OkStatus();
+}
+
+uint32_t internal::NextFastTypeSlot() {
+  static std::atomic<uint32_t> next{0};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Channel::RememberFastType(uint32_t slot, const TypeInfo& type) {
+  base::MutexLock lock(&mu_);
+  // Only for the current types of the current arena: a View racing a
+  // re-join must not cache what the re-join just threw away.
+  auto it = types_by_key_.find(type.key);
+  if (arena_ == nullptr || it == types_by_key_.end() || it->second.get() != &type ||
+      fast_types_[slot].load(std::memory_order_relaxed) != nullptr) {
+    return;
+  }
+  auto record = std::make_unique<const FastType>(
+      FastType{shm::Arena::FastResolver::Of(*arena_),
+               shm::TypedBlock::For(type.type_index, type.layout.size())});
+  fast_types_[slot].store(record.get(), std::memory_order_release);
+  fast_type_records_.push_back(std::move(record));
+}
+
+void Channel::ResetFastTypesLocked() {
+  for (auto& slot : fast_types_) slot.store(nullptr, std::memory_order_release);
 }
 
 absl::StatusOr<std::shared_ptr<Channel>> Channel::Join(
@@ -87,6 +113,7 @@ absl::Status Channel::Rejoin() {
     if (arena_ && response.arena().epoch() == arena_epoch_) return absl::OkStatus();
     // A different arena: types (and their indexes) start over too.
     types_by_key_.clear();
+    ResetFastTypesLocked();
   }
   return MapArena(response.arena().epoch());
 }

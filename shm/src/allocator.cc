@@ -272,8 +272,7 @@ absl::StatusOr<Ref> Allocator::Allocate(uint32_t type_index,
         "allocate: type index 0 is reserved (register the type first)");
   }
   if (absl::Status s = RefreshExtents(); !s.ok()) return s;
-  uint64_t block = kInstanceHeaderSize +
-                   std::max<uint64_t>(layout.size(), sizeof(uint64_t));
+  uint64_t block = InstanceBlockBytes(layout.size());
   size_t cls = SizeClassFor(block);
   uint32_t span = static_cast<uint32_t>((block + kSlabSize - 1) / kSlabSize);
   absl::StatusOr<Loc> loc =

@@ -3,6 +3,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
+
 #include <set>
 
 #include "structd/shm/field.h"
@@ -452,6 +455,91 @@ TEST_F(AllocatorTest, AnEnlargedSpanNeverFreesItsNeighbours) {
   ASSERT_TRUE(third.ok());
   EXPECT_NE(third->bits(), second->bits());
   EXPECT_TRUE(arena_->Resolve(*second).ok());
+}
+
+}  // namespace
+}  // namespace structd::shm
+
+namespace structd::shm {
+namespace {
+
+// Arena::TryResolveTyped (View<T>'s fast path) never says yes where
+// Resolve plus the type check would say no, for live, freed, reused,
+// mistyped and random refs; and says yes for the common case.
+TEST_F(AllocatorTest, TheTypedFastPathAgreesWithResolve) {
+  const TypedBlock node = TypedBlock::For(1, node_.size());
+  const TypedBlock small = TypedBlock::For(2, small_.size());
+  std::vector<Ref> live, freed;
+  for (int i = 0; i < 200; ++i) {
+    auto r = alloc_->Allocate(i % 3 == 0 ? 2 : 1, i % 3 == 0 ? small_ : node_);
+    ASSERT_TRUE(r.ok()) << r.status();
+    live.push_back(*r);
+  }
+  for (int i = 0; i < 200; i += 4) {
+    ASSERT_TRUE(alloc_->Release(live[i], Types()).ok());
+    freed.push_back(live[i]);
+  }
+  // Reuse some of the freed blocks: their old refs must stay stale.
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(alloc_->Allocate(1, node_).ok());
+
+  auto agrees = [&](Ref r, const TypedBlock& want, uint32_t payload) {
+    InstancePtr fast;
+    bool yes = arena_->TryResolveTyped(r, want, &fast);
+    absl::StatusOr<InstancePtr> slow = arena_->Resolve(r);
+    bool slow_yes = slow.ok() && slow->type_index() == want.type_index && slow->Fits(payload);
+    if (yes) {
+      EXPECT_TRUE(slow_yes) << r.ToString();
+      if (slow.ok()) {
+        EXPECT_EQ(fast.block(), slow->block());
+        EXPECT_EQ(fast.capacity(), slow->capacity());
+      }
+    }
+    return yes;
+  };
+  int fast_hits = 0;
+  for (Ref r : live) {
+    bool is_small = r.bits() != 0 && arena_->Resolve(r).ok() &&
+                    arena_->Resolve(r)->type_index() == 2;
+    bool freed_now = std::find(freed.begin(), freed.end(), r) != freed.end();
+    bool hit = agrees(r, is_small ? small : node, is_small ? small_.size() : node_.size());
+    if (!freed_now) {
+      EXPECT_TRUE(hit) << "a live instance of the right type takes the fast path";
+      fast_hits += hit;
+    } else {
+      EXPECT_FALSE(hit) << "a freed ref never does";
+    }
+    // The other type never matches.
+    agrees(r, is_small ? node : small, is_small ? node_.size() : small_.size());
+  }
+  EXPECT_GT(fast_hits, 100);
+  // Random refs, and refs a little off the real ones.
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 200000; ++i) {
+    Ref base = live[rng() % live.size()];
+    Ref r = (i % 2 == 0) ? Ref::FromBits(rng())
+                         : Ref::Make(base.extent_id() + (rng() % 3 == 0 ? 1 : 0),
+                                     base.offset() + 16 * static_cast<uint32_t>(rng() % 9),
+                                     base.generation_tag() + static_cast<uint32_t>(rng() % 2));
+    agrees(r, node, node_.size());
+    agrees(r, small, small_.size());
+  }
+  // A member forges a header inside another instance's payload, off the
+  // block grid: only the block-start check stands between it and a view.
+  for (Ref r : live) {
+    if (std::find(freed.begin(), freed.end(), r) != freed.end()) continue;
+    auto inst = arena_->Resolve(r);
+    if (!inst.ok() || inst->type_index() != 1) continue;
+    auto* fake = reinterpret_cast<InstanceHeader*>(inst->payload());
+    fake->type_index.store(1);
+    fake->generation.store(5);
+    Ref forged = Ref::Make(r.extent_id(), r.offset() + kInstanceHeaderSize, 5);
+    EXPECT_FALSE(agrees(forged, node, node_.size())) << forged.ToString();
+    fake->type_index.store(0);
+    fake->generation.store(0);
+    break;
+  }
+  // A large type has no fast path.
+  EXPECT_EQ(TypedBlock::For(3, 100000).block_size, 0u);
 }
 
 }  // namespace

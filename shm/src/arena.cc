@@ -66,6 +66,9 @@ Arena::Arena(std::string label, Access access, int header_fd,
   extent_size_ = extent_size;
   max_extents_ = max_extents;
   epoch_ = epoch;
+  const ExtentGeometry g = ComputeExtentGeometry(extent_size_);
+  data_offset_ = g.data_offset;
+  data_bytes_ = g.slab_count * kSlabSize;
   maps_ = std::make_unique<std::atomic<uint8_t*>[]>(max_extents_);
   for (uint32_t i = 0; i < max_extents_; ++i) maps_[i].store(nullptr);
   guards_ = std::make_unique<GuardedMapping[]>(max_extents_);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <atomic>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -184,6 +185,69 @@ TEST_F(ClientTest, OwnedRetainsAndReleasesAndViewsCheckTypes) {
   EXPECT_EQ(admin.LiveInstances("c"), 1000u);
   ASSERT_TRUE(c().Release(*batch).ok());
   EXPECT_EQ(admin.LiveInstances("c"), 0u);
+}
+
+// View<T> caches what T looks like per channel and resolves without a
+// lock: once warm, a stale, mistyped or forged ref is still an error, and
+// views racing allocations and drops on other threads see either a live
+// instance of their type or an error, never a wild read.
+TEST_F(ClientTest, WarmViewsStillCatchStaleMistypedAndForgedRefs) {
+  auto counter = c().Allocate<Counter>();
+  auto vector = c().Allocate<Vector>();
+  ASSERT_TRUE(counter.ok() && vector.ok());
+  ASSERT_TRUE(c().View<Counter>(counter->ref()).ok());  // warms both caches
+  ASSERT_TRUE(c().View<Vector>(vector->ref()).ok());
+  EXPECT_EQ(c().View<Vector>(counter->ref()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(c().View<Counter>(vector->ref()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  Ref forged = Ref::Make(counter->ref().extent_id(), counter->ref().offset() + 16,
+                         counter->ref().generation_tag());
+  EXPECT_EQ(c().View<Counter>(forged).status().code(), absl::StatusCode::kInvalidArgument);
+  Ref stale = counter->ref();
+  counter->Reset();
+  EXPECT_EQ(c().View<Counter>(stale).status().code(), absl::StatusCode::kNotFound);
+
+  auto batch = c().AllocateBatch<Counter>(200);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  std::vector<Ref> refs;
+  for (auto& o : *batch) {
+    o->hits().store(7);
+    refs.push_back(o.ref());
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> seen_live{0}, seen_gone{0}, wrong{0};
+  std::vector<std::thread> viewers;
+  for (int t = 0; t < 3; ++t) {
+    viewers.emplace_back([&, t] {
+      for (size_t i = static_cast<size_t>(t); !stop.load(); i = (i + 7) % refs.size()) {
+        auto v = c().View<Counter>(refs[i]);
+        if (v.ok()) {
+          // A view owns nothing: what it reads after a racing drop may be
+          // anything, but never outside the arena.
+          (void)v->hits().load();
+          ++seen_live;
+        } else if (v.status().code() == absl::StatusCode::kNotFound) {
+          ++seen_gone;
+        } else {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (size_t i = 0; i < batch->size(); i += 2) (*batch)[i].Reset();  // drops under the views
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(c().Allocate<Counter>().ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  stop = true;
+  for (auto& v : viewers) v.join();
+  EXPECT_EQ(wrong.load(), 0u);
+  EXPECT_GT(seen_live.load(), 0u);
+  EXPECT_GT(seen_gone.load(), 0u);
+  for (size_t i = 1; i < batch->size(); i += 2) {  // still owned: intact
+    auto v = c().View<Counter>(refs[i]);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_EQ(v->hits().load(), 7u);
+  }
 }
 
 TEST_F(ClientTest, AGraphIsHandedToAnotherProcessAsOneRef) {

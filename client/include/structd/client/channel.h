@@ -5,6 +5,8 @@
 // instances, roots and this process's behavior tables for its types.
 // Obtained from Client::CreateChannel or Client::Join; thread-safe.
 
+#include <array>
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -32,6 +34,16 @@ namespace structd::client {
 
 namespace internal {
 class Connection;
+
+// A small number per C++ struct type that Channel::View<T> has seen, for
+// its per-type cache (the first kFastTypeSlots types of a program).
+inline constexpr uint32_t kFastTypeSlots = 64;
+uint32_t NextFastTypeSlot();
+template <typename T>
+uint32_t FastTypeSlot() {
+  static const uint32_t slot = NextFastTypeSlot();
+  return slot;
+}
 }
 
 struct TypeInfo {
@@ -140,12 +152,24 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // A view of `ref` as a T, without an RPC once T is known: INVALID_ARGUMENT
   // for a malformed ref, NOT_FOUND for a stale one, FAILED_PRECONDITION if
   // the instance is of another type. The view owns nothing.
+  //
+  // The common case (T seen before, the ref valid, its extent mapped) takes
+  // no lock, no map lookup and no refcount: one cached record per T and a
+  // few loads (shm::Arena::TryResolveTyped).
   template <typename T>
   absl::StatusOr<T> View(Ref ref) {
+    const uint32_t slot = internal::FastTypeSlot<T>();
+    if (slot < internal::kFastTypeSlots) {
+      if (const FastType* f = fast_types_[slot].load(std::memory_order_acquire)) {
+        shm::InstancePtr p;
+        if (f->arena.TryResolveTyped(ref, f->block, &p)) return T(p);
+      }
+    }
     absl::StatusOr<std::shared_ptr<const TypeInfo>> type = UseShared<T>();
     if (!type.ok()) return type.status();
     absl::StatusOr<shm::InstancePtr> p = ResolveAs(ref, **type);
     if (!p.ok()) return p.status();
+    if (slot < internal::kFastTypeSlots) RememberFastType(slot, **type);
     return T(*p);
   }
   // Takes a reference of this session's own to `ref`.
@@ -276,6 +300,17 @@ class Channel : public std::enable_shared_from_this<Channel> {
   absl::StatusOr<std::vector<shm::InstancePtr>> AllocateInstances(shm::TypeToken token,
                                                                   uint32_t count);
   absl::StatusOr<shm::InstancePtr> ResolveAs(Ref ref, const TypeInfo& type) const;
+  // View<T>'s per-type record: the arena and what T's blocks look like
+  // there. Immutable once published; never freed while the Channel lives
+  // (a reader may still hold one after a reset), and the arena it names
+  // stays mapped as long (replaced arenas are retired, not unmapped).
+  struct FastType {
+    shm::Arena::FastResolver arena;
+    shm::TypedBlock block;
+  };
+  void RememberFastType(uint32_t slot, const TypeInfo& type);
+  // Empties every slot (the arena or the types changed). REQUIRES: mu_.
+  void ResetFastTypesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RetainRefs(const std::vector<Ref>& refs);
   void ReleaseQuietly(Ref ref);
   absl::Status BindErased(shm::TypeToken token, std::type_index table_type,
@@ -298,6 +333,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   std::map<std::string, std::shared_ptr<const TypeInfo>, std::less<>> types_by_key_
       ABSL_GUARDED_BY(mu_);
   internal::BehaviorTable behaviors_;
+  // View<T>'s cache (see FastType): read without mu_, written under it.
+  std::array<std::atomic<const FastType*>, internal::kFastTypeSlots> fast_types_{};
+  std::vector<std::unique_ptr<const FastType>> fast_type_records_ ABSL_GUARDED_BY(mu_);
 };
 
 template <typename T>

@@ -87,6 +87,25 @@ class InstancePtr {
   uint32_t capacity_ = 0;
 };
 
+// What the typed fast path of resolving (Arena::TryResolveTyped) expects
+// of an instance's block: computed once per type, so the hot path does no
+// class lookup and no division.
+struct TypedBlock {
+  uint32_t type_index = 0;
+  uint32_t block_size = 0;     // its size class; 0: a large span (no fast path)
+  uint64_t divisor_magic = 0;  // ceil(2^64 / block_size): divisibility by multiply
+  static TypedBlock For(uint32_t type_index, uint64_t payload_size) {
+    TypedBlock t;
+    t.type_index = type_index;
+    const size_t cls = SizeClassFor(InstanceBlockBytes(payload_size));
+    if (cls < kNumSizeClasses) {
+      t.block_size = kSizeClasses[cls];
+      t.divisor_magic = ~uint64_t{0} / t.block_size + 1;
+    }
+    return t;
+  }
+};
+
 // A located block: where it is mapped and how big it is.
 struct BlockSpan {
   uint8_t* block = nullptr;
@@ -224,6 +243,55 @@ class Arena {
   // memory reused). Never reads outside a mapped extent.
   absl::StatusOr<InstancePtr> Resolve(Ref ref) const;
 
+  // Resolve's fast path for an instance expected to be of one type: true
+  // with `*out` set if `ref` names a live instance of `want`'s type in a
+  // block of its class; false whenever anything is not the common case
+  // (extent not mapped here yet, another type, freed, large, damaged,
+  // malformed). The caller then takes Resolve, which maps what is needed
+  // and says what is wrong. Lock-free: a handful of loads, no division;
+  // reads nothing outside a mapped extent whatever the ref or the arena
+  // says.
+  bool TryResolveTyped(Ref ref, const TypedBlock& want, InstancePtr* out) const {
+    return FastResolver::Of(*this).TryResolveTyped(ref, want, out);
+  }
+  // What TryResolveTyped reads of the Arena, copied into a caller's cache
+  // so the hot path saves the hops to the Arena and its map array. Valid
+  // as long as the Arena lives.
+  struct FastResolver {
+    const std::atomic<uint8_t*>* maps = nullptr;
+    uint32_t max_extents = 0;
+    uint32_t data_offset = 0;
+    uint32_t data_bytes = 0;
+
+    static FastResolver Of(const Arena& a) {
+      return {a.maps_.get(), a.max_extents_, a.data_offset_, a.data_bytes_};
+    }
+    bool TryResolveTyped(Ref ref, const TypedBlock& want, InstancePtr* out) const {
+      const uint32_t e = ref.extent_id();
+      if (e >= max_extents || want.block_size == 0) return false;
+      // Mapped means published: extents are never unpublished or unmapped.
+      uint8_t* const base = maps[e].load(std::memory_order_acquire);
+      if (base == nullptr) return false;
+      const uint32_t off = ref.offset();
+      const uint32_t rel = off - data_offset;  // wraps for off < data_offset
+      if (rel >= data_bytes) return false;
+      const uint32_t in_slab = rel % kSlabSize;  // kSlabSize: a power of two
+      const auto* descs = reinterpret_cast<const SlabDescriptor*>(base + sizeof(ExtentHeader));
+      uint8_t* const block = base + off;
+      const auto* h = reinterpret_cast<const InstanceHeader*>(block);
+      if (descs[rel / kSlabSize].block_size.load(std::memory_order_acquire) != want.block_size ||
+          in_slab * want.divisor_magic > want.divisor_magic - 1 ||  // in_slab % block_size
+          in_slab + want.block_size > kSlabSize ||
+          h->type_index.load(std::memory_order_acquire) != want.type_index ||
+          (h->generation.load(std::memory_order_acquire) & kGenerationMask) !=
+              ref.generation_tag()) {
+        return false;
+      }
+      *out = InstancePtr(block, ref, want.block_size);
+      return true;
+    }
+  };
+
   // Like Resolve but accepts blocks that are free or not yet published
   // (type_index 0); checks location only. For the owner and checkers.
   absl::StatusOr<BlockSpan> BlockAt(uint32_t extent_id, uint32_t offset) const;
@@ -266,6 +334,9 @@ class Arena {
   uint64_t extent_size_ = 0;
   uint32_t max_extents_ = 0;
   uint64_t epoch_ = 0;
+  // From extent_size_: where slab 0 starts and the bytes of all slabs.
+  uint32_t data_offset_ = 0;
+  uint32_t data_bytes_ = 0;
   // maps_[i]: base of extent i in this process, or null until first use.
   std::unique_ptr<std::atomic<uint8_t*>[]> maps_;
   // guards_[i]: extent i's mapping in the SIGBUS registry (written under

@@ -132,6 +132,12 @@ constexpr size_t SizeClassFor(uint64_t block_bytes) {
   }
   return kNumSizeClasses;
 }
+// Bytes of the block an instance with `payload_size` bytes of fields
+// takes, header included (at least 8 payload bytes: a freed block keeps a
+// link there). Its class is SizeClassFor of it.
+constexpr uint64_t InstanceBlockBytes(uint64_t payload_size) {
+  return kInstanceHeaderSize + (payload_size < 8 ? 8 : payload_size);
+}
 constexpr bool IsSizeClass(uint32_t block_size) {
   for (uint32_t c : kSizeClasses) {
     if (c == block_size) return true;
