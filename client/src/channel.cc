@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "client/src/connection.h"
+#include "client/src/deferred_refs.h"
 #include "client/src/convert.h"
 
 namespace structd::client {
@@ -19,7 +20,10 @@ Channel::Channel(std::shared_ptr<internal::Connection> connection, std::string n
     : connection_(std::move(connection)),
       name_(std::move(name)),
       id_(std::move(id)),
-      capability_(std::move(capability)) {}
+      capability_(std::move(capability)),
+      deferred_(std::make_unique<internal::DeferredRefs>(
+          [this](const std::vector<Ref>& refs) { return RetainRefs(refs); },
+          [this](const std::vector<Ref>& refs) { return ReleaseNow(refs); })) {}
 
 Channel::~Channel() = default;
 
@@ -307,6 +311,25 @@ absl::Status Channel::RetainRefs(const std::vector<Ref>& refs) {
 }
 
 absl::Status Channel::Release(const std::vector<Ref>& refs) {
+  if (absl::Status s = Flush(); !s.ok() && !absl::IsFailedPrecondition(s)) return s;
+  return ReleaseNow(refs);
+}
+
+absl::Status Channel::Flush() { return deferred_->Flush(); }
+
+absl::Status Channel::DeferRetain(Ref ref) {
+  if (!connection_->session_ok()) return connection_->session_status();
+  deferred_->Retain(ref);
+  return absl::OkStatus();
+}
+
+void Channel::DeferRelease(Ref ref) {
+  // If the session is gone, so is the reference: the daemon released
+  // everything the session held; the queued release is dropped then.
+  deferred_->Release(ref);
+}
+
+absl::Status Channel::ReleaseNow(const std::vector<Ref>& refs) {
   for (size_t begin = 0; begin < refs.size(); begin += connection_->max_refs_per_call()) {
     v1::ReleaseRequest request;
     request.set_channel(id_);
@@ -323,14 +346,9 @@ absl::Status Channel::Release(const std::vector<Ref>& refs) {
   return absl::OkStatus();
 }
 
-void Channel::ReleaseQuietly(Ref ref) {
-  // Failure means the session (and with it this reference) is gone already,
-  // or the daemon is unreachable; the daemon releases the session's
-  // references when it ends either way.
-  (void)Release({ref});
-}
-
 absl::Status Channel::Store(RefStores& batch) {
+  // The daemon's counts must include every queued retain before a move.
+  if (absl::Status s = Flush(); !s.ok() && !absl::IsFailedPrecondition(s)) return s;
   for (size_t begin = 0; begin < batch.stores_.size(); begin += connection_->max_refs_per_call()) {
     v1::StoreRefsRequest request;
     request.set_channel(id_);

@@ -402,6 +402,7 @@ void Connection::Supervise() {
                 "the references it held were released, so its Owned objects and views may "
                 "now name other processes' instances: stop using them and connect a new "
                 "Client");
+            session_lost_.store(true, std::memory_order_release);
             session_id_.clear();
           }
         }

@@ -89,6 +89,8 @@ class Connection {
   // reached, so a re-attach got a new session instead of resuming. From
   // then on every call fails with this status and nothing re-attaches.
   absl::Status session_status() const;
+  // False once the session was lost (session_status() says why); a load.
+  bool session_ok() const { return !session_lost_.load(std::memory_order_acquire); }
   uint64_t reattach_count() const { return reattaches_.load(); }
   // The most refs one call may carry, as the daemon said in `attached`.
   size_t max_refs_per_call() const { return max_refs_per_call_.load(); }
@@ -135,6 +137,7 @@ class Connection {
   std::string resume_id_ ABSL_GUARDED_BY(mu_);   // the last session, to resume
   std::string resume_secret_ ABSL_GUARDED_BY(mu_);
   std::string lost_ ABSL_GUARDED_BY(mu_);  // why the session was lost; "" if not
+  std::atomic<bool> session_lost_{false};  // set with lost_
   uint32_t lease_ms_ ABSL_GUARDED_BY(mu_) = 15000;
   // The memory socket the daemon named in `attached` (null before).
   std::shared_ptr<MemorySocket> memory_ ABSL_GUARDED_BY(mu_);

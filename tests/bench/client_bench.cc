@@ -20,6 +20,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstdio>
 #include <memory>
 #include <new>
@@ -182,6 +183,63 @@ void BM_ViewFromRef(benchmark::State& state) {
 }
 BENCHMARK(BM_ViewFromRef);
 
+// ---- the object lifecycle (issue 17) ----
+// Clone() + drop of an Owned: queued (no call to the daemon on this
+// thread; a background thread applies them in batches) versus two atomic
+// read-modify-writes on one shared word, the cost of a refcount up and down.
+void BM_CloneDrop(benchmark::State& state) {
+  for (auto _ : state) {
+    auto copy = g->counter.Clone();
+    benchmark::DoNotOptimize(copy);
+  }
+  (void)g->ch().Flush();
+}
+BENCHMARK(BM_CloneDrop);
+
+void BM_TwoFetchAdds(benchmark::State& state) {
+  std::atomic<uint64_t>* p = g->raw;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(p->fetch_add(1, std::memory_order_acq_rel));
+    benchmark::DoNotOptimize(p->fetch_sub(1, std::memory_order_acq_rel));
+  }
+}
+BENCHMARK(BM_TwoFetchAdds);
+
+// N Owneds destroyed one by one, until the daemon has applied every
+// release (Flush), versus handing the same N to Release(vector) in one
+// call, as a program had to for speed before. Wall time of one round.
+size_t DropCount() { return std::getenv("STRUCTD_BENCH_SMOKE") != nullptr ? 10000 : 1000000; }
+
+// Times `drop` on DropCount() fresh Owneds (their allocation untimed).
+template <typename Drop>
+void TimeDrops(benchmark::State& state, Drop drop) {
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto batch = g->ch().AllocateBatch<BenchCounter>(static_cast<uint32_t>(DropCount()));
+    if (!batch.ok()) {
+      state.SkipWithError(batch.status().ToString().c_str());
+      break;
+    }
+    state.ResumeTiming();
+    if (absl::Status s = drop(*batch); !s.ok()) state.SkipWithError(s.ToString().c_str());
+  }
+}
+
+void BM_DropOneByOne(benchmark::State& state) {
+  TimeDrops(state, [](std::vector<client::Owned<BenchCounter>>& batch) {
+    batch.clear();  // each Owned's destructor
+    return g->ch().Flush();
+  });
+}
+BENCHMARK(BM_DropOneByOne)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_DropReleaseVector(benchmark::State& state) {
+  TimeDrops(state, [](std::vector<client::Owned<BenchCounter>>& batch) {
+    return g->ch().Release(batch);
+  });
+}
+BENCHMARK(BM_DropReleaseVector)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
 constexpr Pair kPairs[] = {
     {"load (field)", "BM_Load_Field", "BM_Load_RawAtomic", "raw atomic", 2.0},
     {"load (view each iter)", "BM_Load_ViewEachIter", "BM_Load_RawAtomicReloaded",
@@ -195,6 +253,9 @@ constexpr Pair kPairs[] = {
     // Issue 17: resolving a checked ref within 10x of following a pointer.
     {"View<T>(ref) + load", "BM_ViewFromRef", "BM_Load_RawAtomicReloaded",
      "raw atomic, ptr reloaded", 10.0},
+    {"Clone() + drop", "BM_CloneDrop", "BM_TwoFetchAdds", "two atomic RMWs", 3.0},
+    {"1M Owned dropped one by one", "BM_DropOneByOne", "BM_DropReleaseVector",
+     "Release(vector) of 1M", 0.0, true},
 };
 
 }  // namespace

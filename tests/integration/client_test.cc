@@ -158,7 +158,9 @@ TEST_F(ClientTest, OwnedRetainsAndReleasesAndViewsCheckTypes) {
   auto counter = c().Allocate<Counter>();
   ASSERT_TRUE(counter.ok()) << counter.status();
   Ref ref = counter->ref();
+  // Clone and drop are applied by the daemon in batches: Flush() first.
   auto refcount = [&] {
+    EXPECT_TRUE(c().Flush().ok());
     return c().arena().Resolve(ref)->header().refcount.load();
   };
   EXPECT_EQ(refcount(), 1u);
@@ -177,6 +179,7 @@ TEST_F(ClientTest, OwnedRetainsAndReleasesAndViewsCheckTypes) {
   EXPECT_EQ(c().View<Counter>(Ref::FromBits(0x123456789abcdef0ull)).status().code(),
             absl::StatusCode::kInvalidArgument);
   counter->Reset();
+  ASSERT_TRUE(c().Flush().ok());
   EXPECT_EQ(c().View<Counter>(ref).status().code(), absl::StatusCode::kNotFound);
   // A batch, released in one call.
   auto batch = c().AllocateBatch<Counter>(1000);
@@ -206,6 +209,7 @@ TEST_F(ClientTest, WarmViewsStillCatchStaleMistypedAndForgedRefs) {
   EXPECT_EQ(c().View<Counter>(forged).status().code(), absl::StatusCode::kInvalidArgument);
   Ref stale = counter->ref();
   counter->Reset();
+  ASSERT_TRUE(c().Flush().ok());
   EXPECT_EQ(c().View<Counter>(stale).status().code(), absl::StatusCode::kNotFound);
 
   auto batch = c().AllocateBatch<Counter>(200);
@@ -236,6 +240,7 @@ TEST_F(ClientTest, WarmViewsStillCatchStaleMistypedAndForgedRefs) {
     });
   }
   for (size_t i = 0; i < batch->size(); i += 2) (*batch)[i].Reset();  // drops under the views
+  ASSERT_TRUE(c().Flush().ok());
   for (int i = 0; i < 50; ++i) ASSERT_TRUE(c().Allocate<Counter>().ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   stop = true;

@@ -34,6 +34,7 @@ namespace structd::client {
 
 namespace internal {
 class Connection;
+class DeferredRefs;
 
 // A small number per C++ struct type that Channel::View<T> has seen, for
 // its per-type cache (the first kFastTypeSlots types of a program).
@@ -181,7 +182,17 @@ class Channel : public std::enable_shared_from_this<Channel> {
     return Owned<T>(shared_from_this(), *view);
   }
   // Releases references this session owns (refs of Disown()ed Owneds).
+  // Applies the deferred ones first (Flush).
   absl::Status Release(const std::vector<Ref>& refs);
+  // Owned<T> destruction and Clone() make no call to the daemon: they are
+  // queued here and applied in batches by a background thread, within
+  // about a millisecond (an instance dropped last is freed then). Flush()
+  // applies them now; every call of this channel that moves references
+  // (Release, Store) flushes first. A process that dies with a queue
+  // loses nothing: the daemon releases what its ledger says, which never
+  // includes queued operations (doc/lifecycle.md). The status of the
+  // first failure; UNAVAILABLE keeps the queue for a retry.
+  absl::Status Flush();
   // Releases many Owneds in one call; they are empty afterwards.
   template <typename T>
   absl::Status Release(std::vector<Owned<T>>& owned) {
@@ -312,7 +323,12 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // Empties every slot (the arena or the types changed). REQUIRES: mu_.
   void ResetFastTypesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RetainRefs(const std::vector<Ref>& refs);
-  void ReleaseQuietly(Ref ref);
+  // The Release RPC(s), without flushing first.
+  absl::Status ReleaseNow(const std::vector<Ref>& refs);
+  // Owned<T>'s queued operations (deferred_refs.h). DeferRetain is
+  // FAILED_PRECONDITION once the session was lost.
+  absl::Status DeferRetain(Ref ref);
+  void DeferRelease(Ref ref);
   absl::Status BindErased(shm::TypeToken token, std::type_index table_type,
                           std::shared_ptr<const void> table);
   absl::Status NoBehavior(const StructView& view, const internal::BoundTable* bound,
@@ -336,6 +352,8 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // View<T>'s cache (see FastType): read without mu_, written under it.
   std::array<std::atomic<const FastType*>, internal::kFastTypeSlots> fast_types_{};
   std::vector<std::unique_ptr<const FastType>> fast_type_records_ ABSL_GUARDED_BY(mu_);
+  // Last: destroyed first, applying what is queued while the rest lives.
+  std::unique_ptr<internal::DeferredRefs> deferred_;
 };
 
 template <typename T>
@@ -343,12 +361,14 @@ absl::StatusOr<Owned<T>> Owned<T>::Clone() const {
   if (!channel_) {
     return absl::FailedPreconditionError("Owned::Clone: empty (nothing to clone)");
   }
-  return channel_->template Retain<T>(ref());
+  // This session owns the instance, so it is alive: no check, no call.
+  if (absl::Status s = channel_->DeferRetain(ref()); !s.ok()) return s;
+  return Owned<T>(channel_, view_);
 }
 
 template <typename T>
 void Owned<T>::Reset() {
-  if (channel_ && view_) channel_->ReleaseQuietly(view_.ref());
+  if (channel_ && view_) channel_->DeferRelease(view_.ref());
   channel_.reset();
   view_ = T();
 }
