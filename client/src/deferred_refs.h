@@ -17,11 +17,17 @@
 // Clone needs a live Owned of the same ref, so a ref that reaches zero
 // has no Owned left anywhere in this session. (doc/lifecycle.md)
 //
+// Each thread pushes into rings of its own; a flush takes every thread's
+// releases first, then every thread's retains, so a retain that happened
+// before a release it takes (on any thread) is taken too.
+//
 // Thread safety: every method may be called from any thread.
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -45,38 +51,77 @@ class DeferredRefs {
   DeferredRefs(const DeferredRefs&) = delete;
   DeferredRefs& operator=(const DeferredRefs&) = delete;
 
-  // Queue one operation; no call to the daemon, no system call unless the
-  // background thread must be woken or the queue is full (then the
-  // caller applies it).
+  // Queue one operation: a store into this thread's ring and a release
+  // store of its head; no lock, no call to the daemon, no system call,
+  // except on the first push into an empty ring (the background thread is
+  // woken) and past kMaxPending (the caller applies everything).
   void Retain(shm::Ref ref);
   void Release(shm::Ref ref);
-  // Applies everything queued before the call; the status of the first
-  // failure (what failed stays queued unless it was dropped, see Apply).
+  // A thread with more queued than this applies it itself.
+  static constexpr uint64_t kMaxPending = uint64_t{1} << 20;
+  // Applies everything queued (by any thread) before the call; the status
+  // of the first failure (what failed stays queued unless it was dropped,
+  // see Apply).
   absl::Status Flush();
   // Operations queued and not yet applied.
-  size_t pending() const;
-
-  // A full queue is applied by the caller that fills it.
-  static constexpr size_t kMaxPending = size_t{1} << 20;
+  size_t pending();
 
  private:
+  // One thread's pushes of one kind: an unbounded single-producer (that
+  // thread), single-consumer (Flush, under flush_mu_) queue of chunks.
+  class Ring {
+   public:
+    Ring();
+    ~Ring();
+    Ring(const Ring&) = delete;
+    Ring& operator=(const Ring&) = delete;
+    // `*was_empty`: the consumer had taken everything before this push.
+    void Push(shm::Ref ref, bool* was_empty);
+    void DrainInto(std::vector<shm::Ref>& out);
+    uint64_t size() const;
+
+   private:
+    struct Chunk {
+      static constexpr uint64_t kSlots = 1024;
+      uint64_t slots[kSlots];  // Ref bits
+      std::atomic<Chunk*> next{nullptr};
+    };
+    alignas(64) std::atomic<uint64_t> head_{0};  // positions pushed
+    Chunk* push_chunk_;                          // producer's: holds position push_base_..
+    uint64_t push_base_ = 0;
+    alignas(64) std::atomic<uint64_t> tail_{0};  // positions taken
+    Chunk* take_chunk_;                          // consumer's: holds position take_base_..
+    uint64_t take_base_ = 0;
+  };
+  struct ThreadBuffer {
+    Ring retains;
+    Ring releases;
+  };
+  // This thread's buffer for this queue, made and registered on first use.
+  ThreadBuffer& Mine();
   void Enqueue(shm::Ref ref, bool retain);
+  // Starts the background thread, or wakes it.
+  void Wake();
+  bool NothingQueuedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Run();
 
   const Apply retain_;
   const Apply release_;
+  const bool background_;
+  const uint64_t id_;  // unique per queue in the process, never reused
   mutable base::Mutex mu_;
   base::CondVar wake_;
-  std::vector<shm::Ref> retains_ ABSL_GUARDED_BY(mu_);
-  std::vector<shm::Ref> releases_ ABSL_GUARDED_BY(mu_);
+  // Every thread's buffer; one whose thread is gone (only this holds it)
+  // is dropped once empty.
+  std::vector<std::shared_ptr<ThreadBuffer>> buffers_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
-  const bool background_;
   base::Mutex flush_mu_;  // one flush at a time, so batches stay in order
-  // Emptied batches kept for their capacity: swapped in for the queues at
-  // the next flush, so enqueueing rarely allocates.
-  std::vector<shm::Ref> spare_retains_ ABSL_GUARDED_BY(flush_mu_);
-  std::vector<shm::Ref> spare_releases_ ABSL_GUARDED_BY(flush_mu_);
+  // Taken from the rings but not applied (the daemon was unavailable):
+  // applied first by the next flush.
+  std::vector<shm::Ref> carried_retains_ ABSL_GUARDED_BY(flush_mu_);
+  std::vector<shm::Ref> carried_releases_ ABSL_GUARDED_BY(flush_mu_);
+  std::atomic<size_t> carried_{0};  // their total, for the thread's wait
   std::thread thread_;    // started with the first operation
 };
 

@@ -52,6 +52,12 @@ class FakeDaemon {
     base::MutexLock lock(&mu_);
     return lowest_;
   }
+  // Retains that reached a ref after its count had hit zero (it would
+  // have been freed under a live Owned).
+  int retained_after_free() {
+    base::MutexLock lock(&mu_);
+    return retained_after_free_;
+  }
 
  private:
   absl::Status Call(const std::vector<Ref>& refs, int delta) {
@@ -67,8 +73,10 @@ class FakeDaemon {
       }
     }
     for (Ref r : refs) {
+      if (delta > 0 && freed_.count(r.bits())) ++retained_after_free_;
       counts_[r.bits()] += delta;
       lowest_ = std::min(lowest_, counts_[r.bits()]);
+      if (counts_[r.bits()] == 0) freed_.insert({r.bits(), true});
     }
     return absl::OkStatus();
   }
@@ -76,6 +84,8 @@ class FakeDaemon {
   base::Mutex mu_;
   std::map<uint64_t, int64_t> counts_;
   std::map<uint64_t, bool> refused_;
+  std::map<uint64_t, bool> freed_;
+  int retained_after_free_ = 0;
   int calls_ = 0;
   int fail_ = 0;
   absl::Status failure_;
@@ -184,6 +194,39 @@ TEST(DeferredRefsTest, ManyThreadsLoseNothing) {
     for (auto& th : threads) th.join();
   }
   for (uint32_t t = 0; t < 4; ++t) EXPECT_EQ(d.count(R(t)), 10000);
+}
+
+// A clone made on one thread and dropped on another, while a flush runs
+// all the time: the release (other thread) is never applied without the
+// retain that preceded it.
+TEST(DeferredRefsTest, ACloneHandedToAnotherThreadIsNeverFreedUnderIt) {
+  FakeDaemon d;
+  DeferredRefs q(d.Retain(), d.Release(), false);
+  constexpr uint32_t kRounds = 20000;
+  for (uint32_t i = 0; i < kRounds; ++i) d.Set(R(100 + i), 1);  // O1 of each
+  std::atomic<uint32_t> handed{0};
+  std::atomic<bool> done{false};
+  std::thread flusher([&] {
+    while (!done.load()) (void)q.Flush();
+  });
+  std::thread receiver([&] {
+    for (uint32_t i = 0; i < kRounds; ++i) {
+      while (handed.load(std::memory_order_acquire) <= i) {
+      }
+      q.Release(R(100 + i));  // drops O2
+    }
+  });
+  for (uint32_t i = 0; i < kRounds; ++i) {
+    q.Retain(R(100 + i));  // O2 = O1.Clone()
+    handed.store(i + 1, std::memory_order_release);
+    q.Release(R(100 + i));  // drops O1
+  }
+  receiver.join();
+  done = true;
+  flusher.join();
+  ASSERT_TRUE(q.Flush().ok());
+  EXPECT_EQ(d.retained_after_free(), 0);
+  for (uint32_t i = 0; i < kRounds; i += 997) EXPECT_EQ(d.count(R(100 + i)), 0);
 }
 
 }  // namespace
