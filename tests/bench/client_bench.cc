@@ -18,9 +18,14 @@
 // and stops it at the end. STRUCTD_BENCH_SMOKE=1: ~10 ms per benchmark.
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <string>
 #include <cstdio>
 #include <memory>
 #include <new>
@@ -183,18 +188,44 @@ void BM_ViewFromRef(benchmark::State& state) {
 }
 BENCHMARK(BM_ViewFromRef);
 
+// CPU time the daemon has used so far, in microseconds (/proc/PID/stat).
+double DaemonCpuUs() {
+  std::ifstream in("/proc/" + std::to_string(g->daemon->pid()) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(f);  // utime, stime
+  }
+  return ticks * 1e6 / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// Reports the daemon's CPU per 1,000 operations of the benchmark.
+struct DaemonCpu {
+  benchmark::State& state;
+  double start = DaemonCpuUs();
+  ~DaemonCpu() {
+    double ops = static_cast<double>(state.iterations()) * state.range(0);
+    if (ops > 0) state.counters["daemon_us_per_1k_ops"] = (DaemonCpuUs() - start) * 1000 / ops;
+  }
+};
+
 // ---- the object lifecycle (issue 17) ----
 // Clone() + drop of an Owned: queued (no call to the daemon on this
 // thread; a background thread applies them in batches) versus two atomic
 // read-modify-writes on one shared word, the cost of a refcount up and down.
 void BM_CloneDrop(benchmark::State& state) {
+  DaemonCpu cpu{state};
   for (auto _ : state) {
     auto copy = g->counter.Clone();
     benchmark::DoNotOptimize(copy);
   }
   (void)g->ch().Flush();
 }
-BENCHMARK(BM_CloneDrop);
+BENCHMARK(BM_CloneDrop)->Arg(1);
 
 void BM_TwoFetchAdds(benchmark::State& state) {
   std::atomic<uint64_t>* p = g->raw;
@@ -213,6 +244,7 @@ size_t DropCount() { return std::getenv("STRUCTD_BENCH_SMOKE") != nullptr ? 1000
 // Times `drop` on DropCount() fresh Owneds (their allocation untimed).
 template <typename Drop>
 void TimeDrops(benchmark::State& state, Drop drop) {
+  double daemon_us = 0;
   for (auto _ : state) {
     state.PauseTiming();
     auto batch = g->ch().AllocateBatch<BenchCounter>(static_cast<uint32_t>(DropCount()));
@@ -220,9 +252,15 @@ void TimeDrops(benchmark::State& state, Drop drop) {
       state.SkipWithError(batch.status().ToString().c_str());
       break;
     }
+    double before = DaemonCpuUs();
     state.ResumeTiming();
     if (absl::Status s = drop(*batch); !s.ok()) state.SkipWithError(s.ToString().c_str());
+    state.PauseTiming();
+    daemon_us += DaemonCpuUs() - before;
+    state.ResumeTiming();
   }
+  double ops = static_cast<double>(state.iterations()) * static_cast<double>(DropCount());
+  if (ops > 0) state.counters["daemon_us_per_1k_ops"] = daemon_us * 1000 / ops;
 }
 
 void BM_DropOneByOne(benchmark::State& state) {
@@ -253,7 +291,7 @@ constexpr Pair kPairs[] = {
     // Issue 17: resolving a checked ref within 10x of following a pointer.
     {"View<T>(ref) + load", "BM_ViewFromRef", "BM_Load_RawAtomicReloaded",
      "raw atomic, ptr reloaded", 10.0},
-    {"Clone() + drop", "BM_CloneDrop", "BM_TwoFetchAdds", "two atomic RMWs", 3.0},
+    {"Clone() + drop", "BM_CloneDrop/1", "BM_TwoFetchAdds", "two atomic RMWs", 3.0},
     {"1M Owned dropped one by one", "BM_DropOneByOne", "BM_DropReleaseVector",
      "Release(vector) of 1M", 0.0, true},
 };
