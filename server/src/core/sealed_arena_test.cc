@@ -193,7 +193,8 @@ TEST_F(SealedArenaTest, AStopLosesTheInstancesButKeepsTheChannelAndSaysSo) {
   auto created = *core_->CreateChannel(s.id, "ch", 0, 0);
   auto ch = *core_->Joined(s.id, "ch");
   auto t = *ch->RegisterType("N", Node());
-  shm::Ref ref = (*ch->Allocate(s.id, t.type->token, 1))[0];
+  const shm::TypeToken token = t.type->token;  // t points into this core's registry
+  shm::Ref ref = (*ch->Allocate(s.id, token, 1))[0];
   ASSERT_TRUE(ch->SetRoot("kept", ref).ok());
   ch.reset();
 
@@ -208,7 +209,8 @@ TEST_F(SealedArenaTest, AStopLosesTheInstancesButKeepsTheChannelAndSaysSo) {
   auto s2 = *core_->Attach(me_, "app2");
   ASSERT_TRUE(core_->JoinChannel(s2.id, "ch", created.member_capability).ok());
   auto joined = *core_->Joined(s2.id, "ch");
-  ASSERT_TRUE(joined->Allocate(s2.id, t.type->token, 1).ok());
+  auto fresh = joined->Allocate(s2.id, token, 1);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_GE(store_->KeptWithPrefix(Prefix("ch")), 2u);
 }
 
