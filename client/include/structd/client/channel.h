@@ -40,6 +40,9 @@ class DeferredRefs;
 // its per-type cache (the first kFastTypeSlots types of a program).
 inline constexpr uint32_t kFastTypeSlots = 64;
 uint32_t NextFastTypeSlot();
+// A function-local static, not a variable template: a View<T> during
+// another file's static initialization must not see slot 0 unassigned
+// (it would read another type's record).
 template <typename T>
 uint32_t FastTypeSlot() {
   static const uint32_t slot = NextFastTypeSlot();
