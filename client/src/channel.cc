@@ -22,8 +22,9 @@ Channel::Channel(std::shared_ptr<internal::Connection> connection, std::string n
       id_(std::move(id)),
       capability_(std::move(capability)),
       deferred_(std::make_unique<internal::DeferredRefs>(
-          [this](const std::vector<Ref>& refs) { return RetainRefs(refs); },
-          [this](const std::vector<Ref>& refs) { return ReleaseNow(refs); })) {}
+          [this](const std::vector<Ref>& refs) { return ApplyDeferred(true, refs); },
+          [this](const std::vector<Ref>& refs) { return ApplyDeferred(false, refs); },
+          [this] { return connection_->max_refs_per_call(); })) {}
 
 Channel::~Channel() = default;
 
@@ -301,8 +302,8 @@ absl::Status Channel::RetainRefs(const std::vector<Ref>& refs) {
     absl::Status s = connection_->Call(connection_->instances(), &v1::Instances::Stub::Retain,
                                        request, &response);
     if (!s.ok()) {
-      if (begin > 0) {
-        (void)Release(std::vector<Ref>(refs.begin(), refs.begin() + begin));  // best effort
+      if (begin > 0) {  // best effort (not Release: no flush from here)
+        (void)ReleaseNow(std::vector<Ref>(refs.begin(), refs.begin() + begin));
       }
       return s;
     }
@@ -311,11 +312,44 @@ absl::Status Channel::RetainRefs(const std::vector<Ref>& refs) {
 }
 
 absl::Status Channel::Release(const std::vector<Ref>& refs) {
-  if (absl::Status s = Flush(); !s.ok() && !absl::IsFailedPrecondition(s)) return s;
+  if (absl::Status s = Flush(); !s.ok()) return s;
   return ReleaseNow(refs);
 }
 
 absl::Status Channel::Flush() { return deferred_->Flush(); }
+
+absl::Status Channel::ApplyDeferred(bool retain, const std::vector<Ref>& refs) {
+  // The statuses DeferredRefs::Apply defines.
+  if (!connection_->session_ok() || connection_->closed()) {
+    return absl::FailedPreconditionError("the session ended: its references are gone");
+  }
+  bool sent = false;
+  absl::Status s;
+  if (retain) {
+    v1::RetainRequest request;
+    request.set_channel(id_);
+    for (Ref r : refs) request.add_refs(r.bits());
+    v1::RetainResponse response;
+    s = connection_->Call(connection_->instances(), &v1::Instances::Stub::Retain, request,
+                          &response, &sent);
+  } else {
+    v1::ReleaseRequest request;
+    request.set_channel(id_);
+    for (Ref r : refs) request.add_refs(r.bits());
+    v1::ReleaseResponse response;
+    s = connection_->Call(connection_->instances(), &v1::Instances::Stub::Release, request,
+                          &response, &sent);
+  }
+  if (s.ok()) return s;
+  if (!sent) {  // the daemon did nothing: retry, unless the session is gone
+    return absl::IsFailedPrecondition(s) ? s : absl::UnavailableError(s.message());
+  }
+  if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsCancelled(s) ||
+      absl::IsUnknown(s) || absl::IsInternal(s)) {
+    return absl::AbortedError(absl::StrCat("outcome unknown: ", s.message()));
+  }
+  return s;
+}
 
 absl::Status Channel::DeferRetain(Ref ref) {
   if (!connection_->session_ok()) return connection_->session_status();
@@ -348,7 +382,7 @@ absl::Status Channel::ReleaseNow(const std::vector<Ref>& refs) {
 
 absl::Status Channel::Store(RefStores& batch) {
   // The daemon's counts must include every queued retain before a move.
-  if (absl::Status s = Flush(); !s.ok() && !absl::IsFailedPrecondition(s)) return s;
+  if (absl::Status s = Flush(); !s.ok()) return s;
   for (size_t begin = 0; begin < batch.stores_.size(); begin += connection_->max_refs_per_call()) {
     v1::StoreRefsRequest request;
     request.set_channel(id_);

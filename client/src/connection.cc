@@ -196,6 +196,11 @@ std::string Connection::session_id() const {
   return session_id_;
 }
 
+bool Connection::closed() const {
+  base::MutexLock lock(&mu_);
+  return closing_;
+}
+
 bool Connection::attached() const {
   base::MutexLock lock(&mu_);
   return !session_id_.empty();

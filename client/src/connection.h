@@ -68,14 +68,18 @@ class Connection {
   void Close();
 
   // Runs one unary call with the session metadata and the call deadline.
-  // UNAVAILABLE at once while detached.
+  // UNAVAILABLE at once while detached. `*sent` (if given) says whether
+  // the request left this process: after a failure with it false, the
+  // daemon certainly did nothing.
   template <typename Stub, typename Request, typename Response>
   absl::Status Call(Stub& stub,
                     grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&,
                                                  Response*),
-                    const Request& request, Response* response) const {
+                    const Request& request, Response* response, bool* sent = nullptr) const {
     grpc::ClientContext context;
+    if (sent != nullptr) *sent = false;
     if (absl::Status s = Prepare(context); !s.ok()) return s;
+    if (sent != nullptr) *sent = true;
     return FromGrpc((stub.*method)(&context, request, response));
   }
 
@@ -84,6 +88,8 @@ class Connection {
 
   std::string session_id() const;
   bool attached() const;
+  // True once Close() was called: no call will ever be made again.
+  bool closed() const;
   // OK, or FAILED_PRECONDITION once the session was lost: the daemon ended
   // it (and released everything it held) while this process could not be
   // reached, so a re-attach got a new session instead of resuming. From

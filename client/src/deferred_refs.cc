@@ -5,37 +5,12 @@
 namespace structd::client::internal {
 namespace {
 
-// Statuses after which what was sent is gone anyway (the session ended and
-// the daemon released everything it held, or the channel was dropped).
-bool Dropped(const absl::Status& s) {
-  return s.ok() || absl::IsFailedPrecondition(s) || absl::IsNotFound(s) ||
-         absl::IsInvalidArgument(s) || absl::IsPermissionDenied(s);
-}
-
-// How long the thread lets operations gather before a flush, and waits
-// after a failed one.
+// How long the thread lets operations gather before a flush, waits after
+// a failed one, and sleeps at most when it has nothing (a push that lost
+// the race with its wait is taken then).
 constexpr std::chrono::microseconds kGather{200};
 constexpr std::chrono::milliseconds kRetryAfter{50};
-
-// Applies `refs` with `apply`; a batch refused as a whole for one bad ref
-// (calls are all or none) is applied one by one, so the others still
-// count. On a failure to keep (see Apply), `refs` is left holding exactly
-// what was not applied.
-absl::Status ApplyAll(const DeferredRefs::Apply& apply, std::vector<shm::Ref>& refs) {
-  if (refs.empty()) return absl::OkStatus();
-  absl::Status s = apply(refs);
-  if (s.ok() || !Dropped(s) || refs.size() == 1) return s;
-  absl::Status first = absl::OkStatus();
-  for (size_t i = 0; i < refs.size(); ++i) {
-    absl::Status one = apply({refs[i]});
-    if (!Dropped(one)) {  // the daemon went away meanwhile
-      refs.erase(refs.begin(), refs.begin() + static_cast<std::ptrdiff_t>(i));
-      return one;
-    }
-    if (first.ok()) first = one;
-  }
-  return first;
-}
+constexpr std::chrono::milliseconds kIdleBackstop{20};
 
 }  // namespace
 
@@ -85,12 +60,16 @@ void DeferredRefs::Ring::DrainInto(std::vector<shm::Ref>& out) {
 }
 
 uint64_t DeferredRefs::Ring::size() const {
-  return head_.load(std::memory_order_acquire) - tail_.load(std::memory_order_acquire);
+  // tail first: it only ever advances to a head already published.
+  const uint64_t t = tail_.load(std::memory_order_acquire);
+  return head_.load(std::memory_order_acquire) - t;
 }
 
-DeferredRefs::DeferredRefs(Apply retain, Apply release, bool background)
+DeferredRefs::DeferredRefs(Apply retain, Apply release, std::function<size_t()> max_per_call,
+                           bool background)
     : retain_(std::move(retain)),
       release_(std::move(release)),
+      max_per_call_(std::move(max_per_call)),
       background_(background),
       id_(next_queue_id.fetch_add(1, std::memory_order_relaxed)) {}
 
@@ -107,18 +86,31 @@ DeferredRefs::~DeferredRefs() {
 void DeferredRefs::Retain(shm::Ref ref) { Enqueue(ref, true); }
 void DeferredRefs::Release(shm::Ref ref) { Enqueue(ref, false); }
 
-DeferredRefs::ThreadBuffer& DeferredRefs::Mine() {
+namespace {
+// Set when this thread's thread_locals are destroyed: an Owned destroyed
+// after that (itself thread_local, or static on the main thread) must not
+// touch them. Trivially destructible, so readable until the thread ends.
+thread_local bool tls_gone = false;
+}  // namespace
+
+DeferredRefs::ThreadBuffer* DeferredRefs::Mine() {
   // The buffers this thread used lately, newest first. An entry of a queue
   // that is gone is never matched (ids are not reused) and ages out.
   struct Entry {
     uint64_t queue;
     std::shared_ptr<ThreadBuffer> buffer;
   };
-  thread_local std::vector<Entry> recent;
-  for (size_t i = 0; i < recent.size(); ++i) {
-    if (recent[i].queue == id_) {
-      if (i != 0) std::swap(recent[0], recent[i]);
-      return *recent[0].buffer;
+  struct Recent {
+    std::vector<Entry> entries;
+    ~Recent() { tls_gone = true; }
+  };
+  if (tls_gone) return nullptr;
+  thread_local Recent recent;
+  std::vector<Entry>& entries = recent.entries;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i].queue == id_) {
+      if (i != 0) std::swap(entries[0], entries[i]);
+      return entries[0].buffer.get();
     }
   }
   auto buffer = std::make_shared<ThreadBuffer>();
@@ -126,14 +118,20 @@ DeferredRefs::ThreadBuffer& DeferredRefs::Mine() {
     base::MutexLock lock(&mu_);
     buffers_.push_back(buffer);
   }
-  recent.insert(recent.begin(), Entry{id_, buffer});
-  if (recent.size() > 8) recent.pop_back();
-  return *buffer;
+  entries.insert(entries.begin(), Entry{id_, buffer});
+  if (entries.size() > 8) entries.pop_back();
+  return buffer.get();
 }
 
 void DeferredRefs::Enqueue(shm::Ref ref, bool retain) {
-  ThreadBuffer& mine = Mine();
-  Ring& ring = retain ? mine.retains : mine.releases;
+  ThreadBuffer* mine = Mine();
+  if (mine == nullptr) {
+    base::MutexLock lock(&mu_);
+    (retain ? orphan_retains_ : orphan_releases_).push_back(ref);
+    wake_.Signal();
+    return;
+  }
+  Ring& ring = retain ? mine->retains : mine->releases;
   bool was_empty = false;
   ring.Push(ref, &was_empty);
   if (was_empty) {
@@ -154,6 +152,7 @@ void DeferredRefs::Wake() {
 
 bool DeferredRefs::NothingQueuedLocked() {
   if (carried_.load(std::memory_order_acquire) != 0) return false;
+  if (!orphan_retains_.empty() || !orphan_releases_.empty()) return false;
   for (const auto& b : buffers_) {
     if (b->retains.size() != 0 || b->releases.size() != 0) return false;
   }
@@ -162,31 +161,71 @@ bool DeferredRefs::NothingQueuedLocked() {
 
 size_t DeferredRefs::pending() {
   base::MutexLock lock(&mu_);
-  size_t n = carried_.load(std::memory_order_acquire);
+  size_t n = carried_.load(std::memory_order_acquire) + orphan_retains_.size() +
+             orphan_releases_.size();
   for (const auto& b : buffers_) n += b->retains.size() + b->releases.size();
   return n;
 }
 
+absl::Status DeferredRefs::ApplyAll(const Apply& apply, std::vector<shm::Ref>& refs,
+                                    bool retains) {
+  const size_t per_call = std::max<size_t>(1, max_per_call_());
+  std::vector<shm::Ref> chunk;
+  // Keeps refs[from..] for a retry and says why.
+  auto keep_from = [&](size_t from, absl::Status why) {
+    refs.erase(refs.begin(), refs.begin() + static_cast<std::ptrdiff_t>(from));
+    return why;
+  };
+  for (size_t begin = 0; begin < refs.size(); begin += per_call) {
+    const size_t end = std::min(refs.size(), begin + per_call);
+    chunk.assign(refs.begin() + static_cast<std::ptrdiff_t>(begin),
+                 refs.begin() + static_cast<std::ptrdiff_t>(end));
+    absl::Status s = apply(chunk);
+    if (s.ok()) continue;
+    if (absl::IsUnavailable(s) || (absl::IsAborted(s) && retains)) return keep_from(begin, s);
+    if (absl::IsAborted(s)) continue;  // a release that may have happened: never again
+    // Refused as a whole (all or none): one at a time, so the rest count.
+    for (size_t i = begin; i < end && chunk.size() > 1; ++i) {
+      absl::Status one = apply({refs[i]});
+      if (absl::IsUnavailable(one) || (absl::IsAborted(one) && retains)) {
+        return keep_from(i, one);
+      }
+    }
+  }
+  refs.clear();
+  return absl::OkStatus();
+}
+
 absl::Status DeferredRefs::Flush() {
   base::MutexLock flushing(&flush_mu_);
-  std::vector<std::shared_ptr<ThreadBuffer>> buffers;
-  {
+  auto live_buffers = [&] {
     base::MutexLock lock(&mu_);
     // A buffer only this queue holds belongs to a thread that is gone.
     std::erase_if(buffers_, [](const std::shared_ptr<ThreadBuffer>& b) {
       return b.use_count() == 1 && b->retains.size() == 0 && b->releases.size() == 0;
     });
-    buffers = buffers_;
-  }
+    return buffers_;
+  };
   std::vector<shm::Ref> retains = std::move(carried_retains_);
   std::vector<shm::Ref> releases = std::move(carried_releases_);
   carried_retains_.clear();
   carried_releases_.clear();
   carried_.store(0, std::memory_order_release);
-  // Releases first, then retains: a retain that happened before a release
-  // taken here (on any thread) is in its ring by then (see the header).
-  for (const auto& b : buffers) b->releases.DrainInto(releases);
-  for (const auto& b : buffers) b->retains.DrainInto(retains);
+  // Releases first, then retains, each from a fresh list of buffers: a
+  // retain that happened before a release taken here (on any thread, also
+  // one whose buffer is new) is queued by the time the retains are read.
+  for (const auto& b : live_buffers()) b->releases.DrainInto(releases);
+  {
+    base::MutexLock lock(&mu_);
+    releases.insert(releases.end(), orphan_releases_.begin(), orphan_releases_.end());
+    orphan_releases_.clear();
+  }
+  for (const auto& b : live_buffers()) b->retains.DrainInto(retains);
+  {
+    base::MutexLock lock(&mu_);
+    retains.insert(retains.end(), orphan_retains_.begin(), orphan_retains_.end());
+    orphan_retains_.clear();
+  }
   if (retains.empty() && releases.empty()) return absl::OkStatus();
   auto carry = [&] {
     carried_retains_ = std::move(retains);
@@ -195,33 +234,30 @@ absl::Status DeferredRefs::Flush() {
                    std::memory_order_release);
   };
   // Every retain before any release (see the header).
-  absl::Status s = ApplyAll(retain_, retains);
-  if (!Dropped(s)) {
-    carry();
+  if (absl::Status s = ApplyAll(retain_, retains, /*retains=*/true); !s.ok()) {
+    carry();  // the releases too: they wait for the retains
     return s;
   }
-  retains.clear();
-  absl::Status r = ApplyAll(release_, releases);
-  if (!Dropped(r)) {
-    carry();
-    return r;
-  }
-  return s.ok() ? r : s;
+  absl::Status r = ApplyAll(release_, releases, /*retains=*/false);
+  carry();
+  return r;
 }
 
 void DeferredRefs::Run() {
   while (true) {
     {
       base::MutexLock lock(&mu_);
-      // A producer that pushes into an empty ring signals under mu_, so
-      // no push is missed between this check and the wait.
-      while (!stop_ && NothingQueuedLocked()) wake_.Wait(&mu_);
+      // A producer that pushes into an empty ring signals under mu_; a
+      // push racing the drain may not know it was first (it read the
+      // consumer's position before the drain moved it), so the wait is
+      // bounded too.
+      while (!stop_ && NothingQueuedLocked()) wake_.WaitFor(&mu_, kIdleBackstop);
       if (stop_) return;
       // Let more operations gather into this batch.
       wake_.WaitFor(&mu_, kGather);
       if (stop_) return;
     }
-    if (!Dropped(Flush())) {
+    if (!Flush().ok()) {
       base::MutexLock lock(&mu_);
       if (!stop_) wake_.WaitFor(&mu_, kRetryAfter);
     }

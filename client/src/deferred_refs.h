@@ -40,12 +40,22 @@ namespace structd::client::internal {
 
 class DeferredRefs {
  public:
-  // Blocking calls to the daemon. OK, or FAILED_PRECONDITION / NOT_FOUND
-  // (the session or the channel is gone, and the references with it), drop
-  // what was sent; any other status keeps it queued for a retry.
+  // One call to the daemon with at most max_per_call() refs, all or none.
+  // Its status says what happened:
+  //   OK            applied;
+  //   UNAVAILABLE   not sent (the daemon restarts): kept, retried later;
+  //   ABORTED       sent, outcome unknown (the reply was lost): a retain is
+  //                 sent again (at worst the session holds one reference
+  //                 too many until it ends: never one too few), a release
+  //                 is not (at worst the instance lives until the
+  //                 session's end: never freed twice);
+  //   anything else refused (the session or the channel is gone, or a
+  //                 member spoiled the instance): a batch is tried again
+  //                 one ref at a time, and what is refused is dropped.
   using Apply = std::function<absl::Status(const std::vector<shm::Ref>& refs)>;
   // `background` false: nothing is applied but by Flush() (tests).
-  DeferredRefs(Apply retain, Apply release, bool background = true);
+  DeferredRefs(Apply retain, Apply release, std::function<size_t()> max_per_call,
+               bool background = true);
   // Applies what is queued (best effort) and stops the thread.
   ~DeferredRefs();
   DeferredRefs(const DeferredRefs&) = delete;
@@ -59,9 +69,9 @@ class DeferredRefs {
   void Release(shm::Ref ref);
   // A thread with more queued than this applies it itself.
   static constexpr uint64_t kMaxPending = uint64_t{1} << 20;
-  // Applies everything queued (by any thread) before the call; the status
-  // of the first failure (what failed stays queued unless it was dropped,
-  // see Apply).
+  // Applies everything queued (by any thread) before the call. OK once
+  // everything was applied or dropped (see Apply); UNAVAILABLE or ABORTED
+  // if some of it stays queued for a retry.
   absl::Status Flush();
   // Operations queued and not yet applied.
   size_t pending();
@@ -97,16 +107,23 @@ class DeferredRefs {
     Ring retains;
     Ring releases;
   };
-  // This thread's buffer for this queue, made and registered on first use.
-  ThreadBuffer& Mine();
+  // This thread's buffer for this queue, made and registered on first use;
+  // null while the thread's thread_locals are being destroyed (an Owned
+  // destroyed then takes the locked path: orphans_).
+  ThreadBuffer* Mine();
   void Enqueue(shm::Ref ref, bool retain);
   // Starts the background thread, or wakes it.
   void Wake();
   bool NothingQueuedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Run();
 
+  // Applies `refs` in calls of max_per_call(); leaves in `refs` what must
+  // be kept for a retry, and returns why (OK if nothing is kept).
+  absl::Status ApplyAll(const Apply& apply, std::vector<shm::Ref>& refs, bool retains);
+
   const Apply retain_;
   const Apply release_;
+  const std::function<size_t()> max_per_call_;
   const bool background_;
   const uint64_t id_;  // unique per queue in the process, never reused
   mutable base::Mutex mu_;
@@ -114,6 +131,9 @@ class DeferredRefs {
   // Every thread's buffer; one whose thread is gone (only this holds it)
   // is dropped once empty.
   std::vector<std::shared_ptr<ThreadBuffer>> buffers_ ABSL_GUARDED_BY(mu_);
+  // Pushed by threads past their thread_locals' destruction.
+  std::vector<shm::Ref> orphan_retains_ ABSL_GUARDED_BY(mu_);
+  std::vector<shm::Ref> orphan_releases_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   base::Mutex flush_mu_;  // one flush at a time, so batches stay in order

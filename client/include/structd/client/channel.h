@@ -193,8 +193,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // applies them now; every call of this channel that moves references
   // (Release, Store) flushes first. A process that dies with a queue
   // loses nothing: the daemon releases what its ledger says, which never
-  // includes queued operations (doc/lifecycle.md). The status of the
-  // first failure; UNAVAILABLE keeps the queue for a retry.
+  // includes queued operations (doc/lifecycle.md). OK once everything was
+  // applied (or refused: the session or the channel is gone);
+  // UNAVAILABLE or ABORTED if some of it waits for a retry.
   absl::Status Flush();
   // Releases many Owneds in one call; they are empty afterwards.
   template <typename T>
@@ -328,6 +329,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   absl::Status RetainRefs(const std::vector<Ref>& refs);
   // The Release RPC(s), without flushing first.
   absl::Status ReleaseNow(const std::vector<Ref>& refs);
+  // One Retain or Release call for the deferred queue, its status as
+  // DeferredRefs::Apply defines it.
+  absl::Status ApplyDeferred(bool retain, const std::vector<Ref>& refs);
   // Owned<T>'s queued operations (deferred_refs.h). DeferRetain is
   // FAILED_PRECONDITION once the session was lost.
   absl::Status DeferRetain(Ref ref);
