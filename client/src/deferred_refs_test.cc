@@ -259,72 +259,57 @@ TEST(DeferredRefsTest, ManyThreadsLoseNothing) {
   for (uint32_t t = 0; t < 4; ++t) EXPECT_EQ(d.count(R(t)), 10000);
 }
 
-// A clone made on one thread and dropped on another, while a flush runs
-// all the time: the release (other thread) is never applied without the
-// retain that preceded it.
-TEST(DeferredRefsTest, ACloneHandedToAnotherThreadIsNeverFreedUnderIt) {
+// Each round: a clone of ref base+i (O2 = O1.Clone()) is handed to a
+// receiving thread that drops it, and O1 is dropped, while a flush runs
+// all the time. `fresh_thread`: each clone on a thread that never pushed
+// before. Returns the retains that reached a ref already at zero.
+int HandOffsUnderFlushes(uint32_t base, uint32_t rounds, bool fresh_thread) {
   FakeDaemon d;
   DeferredRefs q(d.Retain(), d.Release(), PerCall(), false);
-  constexpr uint32_t kRounds = 20000;
-  for (uint32_t i = 0; i < kRounds; ++i) d.Set(R(100 + i), 1);  // O1 of each
+  for (uint32_t i = 0; i < rounds; ++i) d.Set(R(base + i), 1);  // O1 of each
   std::atomic<uint32_t> handed{0};
   std::atomic<bool> done{false};
   std::thread flusher([&] {
     while (!done.load()) (void)q.Flush();
   });
   std::thread receiver([&] {
-    for (uint32_t i = 0; i < kRounds; ++i) {
+    for (uint32_t i = 0; i < rounds; ++i) {
       while (handed.load(std::memory_order_acquire) <= i) {
       }
-      q.Release(R(100 + i));  // drops O2
+      q.Release(R(base + i));  // drops O2
     }
   });
-  for (uint32_t i = 0; i < kRounds; ++i) {
-    q.Retain(R(100 + i));  // O2 = O1.Clone()
+  auto round = [&](uint32_t i) {
+    q.Retain(R(base + i));  // O2 = O1.Clone()
     handed.store(i + 1, std::memory_order_release);
-    q.Release(R(100 + i));  // drops O1
+    q.Release(R(base + i));  // drops O1
+  };
+  for (uint32_t i = 0; i < rounds; ++i) {
+    if (fresh_thread) {
+      std::thread([&, i] { round(i); }).join();
+    } else {
+      round(i);
+    }
   }
   receiver.join();
   done = true;
   flusher.join();
-  ASSERT_TRUE(q.Flush().ok());
-  EXPECT_EQ(d.retained_after_free(), 0);
-  for (uint32_t i = 0; i < kRounds; i += 997) EXPECT_EQ(d.count(R(100 + i)), 0);
+  EXPECT_TRUE(q.Flush().ok());
+  for (uint32_t i = 0; i < rounds; i += 97) EXPECT_EQ(d.count(R(base + i)), 0);
+  return d.retained_after_free();
+}
+
+// A clone made on one thread and dropped on another: the release (other
+// thread) is never applied without the retain that preceded it.
+TEST(DeferredRefsTest, ACloneHandedToAnotherThreadIsNeverFreedUnderIt) {
+  EXPECT_EQ(HandOffsUnderFlushes(100, 20000, false), 0);
 }
 
 // The same with a new thread for every clone: its first push registers its
 // buffer, maybe after a flush took its list of buffers (the flush reads
 // the list again before it takes the retains).
 TEST(DeferredRefsTest, ACloneFromAThreadThatNeverPushedBeforeIsNotMissed) {
-  FakeDaemon d;
-  DeferredRefs q(d.Retain(), d.Release(), PerCall(), false);
-  constexpr uint32_t kRounds = 1500;
-  for (uint32_t i = 0; i < kRounds; ++i) d.Set(R(50000 + i), 1);
-  std::atomic<uint32_t> handed{0};
-  std::atomic<bool> done{false};
-  std::thread flusher([&] {
-    while (!done.load()) (void)q.Flush();
-  });
-  std::thread receiver([&] {
-    for (uint32_t i = 0; i < kRounds; ++i) {
-      while (handed.load(std::memory_order_acquire) <= i) {
-      }
-      q.Release(R(50000 + i));
-    }
-  });
-  for (uint32_t i = 0; i < kRounds; ++i) {
-    std::thread fresh([&, i] {
-      q.Retain(R(50000 + i));
-      handed.store(i + 1, std::memory_order_release);
-      q.Release(R(50000 + i));
-    });
-    fresh.join();
-  }
-  receiver.join();
-  done = true;
-  flusher.join();
-  ASSERT_TRUE(q.Flush().ok());
-  EXPECT_EQ(d.retained_after_free(), 0);
+  EXPECT_EQ(HandOffsUnderFlushes(50000, 1500, true), 0);
 }
 
 // An Owned that is itself thread_local may be destroyed after the queue's
