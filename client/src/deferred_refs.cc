@@ -227,20 +227,20 @@ absl::Status DeferredRefs::Flush() {
     orphan_retains_.clear();
   }
   if (retains.empty() && releases.empty()) return absl::OkStatus();
-  auto carry = [&] {
-    carried_retains_ = std::move(retains);
-    carried_releases_ = std::move(releases);
-    carried_.store(carried_retains_.size() + carried_releases_.size(),
-                   std::memory_order_release);
-  };
   // Every retain before any release (see the header).
   if (absl::Status s = ApplyAll(retain_, retains, /*retains=*/true); !s.ok()) {
-    carry();  // the releases too: they wait for the retains
+    Carry(retains, releases);  // the releases too: they wait for the retains
     return s;
   }
   absl::Status r = ApplyAll(release_, releases, /*retains=*/false);
-  carry();
+  Carry(retains, releases);
   return r;
+}
+
+void DeferredRefs::Carry(std::vector<shm::Ref>& retains, std::vector<shm::Ref>& releases) {
+  carried_retains_ = std::move(retains);
+  carried_releases_ = std::move(releases);
+  carried_.store(carried_retains_.size() + carried_releases_.size(), std::memory_order_release);
 }
 
 void DeferredRefs::Run() {

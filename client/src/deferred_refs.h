@@ -120,6 +120,9 @@ class DeferredRefs {
   // Applies `refs` in calls of max_per_call(); leaves in `refs` what must
   // be kept for a retry, and returns why (OK if nothing is kept).
   absl::Status ApplyAll(const Apply& apply, std::vector<shm::Ref>& refs, bool retains);
+  // Keeps what a flush could not apply for the next one.
+  void Carry(std::vector<shm::Ref>& retains, std::vector<shm::Ref>& releases)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
 
   const Apply retain_;
   const Apply release_;
