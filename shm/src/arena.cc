@@ -453,9 +453,10 @@ absl::StatusOr<BlockSpan> Arena::BlockAt(uint32_t extent_id,
                                          uint32_t offset) const {
   absl::StatusOr<uint8_t*> base = ExtentBase(extent_id);
   if (!base.ok()) return base.status();
-  // Geometry comes from our own copy of extent_size, never from the extent
-  // header, so a scribbled header cannot move reads out of bounds.
-  ExtentGeometry g = ComputeExtentGeometry(extent_size_);
+  // Geometry comes from our own copy of extent_size (computed once, at
+  // open), never from the extent header, so a scribbled header cannot move
+  // reads out of bounds.
+  const ExtentGeometry g{data_bytes_ / kSlabSize, data_offset_};
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "ref r:%x:%x: %s (the ref is malformed or forged; use a ref the "
