@@ -289,18 +289,24 @@ absl::StatusOr<shm::InstancePtr> Channel::ResolveAs(Ref ref, const TypeInfo& typ
   return p;
 }
 
+absl::Status Channel::CallRefs(bool retain, std::span<const Ref> refs, bool* sent) {
+  auto call = [&](auto request, auto response, auto method) {
+    request.set_channel(id_);
+    for (Ref r : refs) request.add_refs(r.bits());
+    return connection_->Call(connection_->instances(), method, request, &response, sent);
+  };
+  return retain ? call(v1::RetainRequest(), v1::RetainResponse(), &v1::Instances::Stub::Retain)
+                : call(v1::ReleaseRequest(), v1::ReleaseResponse(),
+                       &v1::Instances::Stub::Release);
+}
+
 absl::Status Channel::RetainRefs(const std::vector<Ref>& refs) {
   // In calls of at most max_refs_per_call; all or none: if a later call
   // fails, the references taken by the earlier ones are given back.
   const size_t per_call = connection_->max_refs_per_call();
   for (size_t begin = 0; begin < refs.size(); begin += per_call) {
     size_t end = std::min(refs.size(), begin + per_call);
-    v1::RetainRequest request;
-    request.set_channel(id_);
-    for (size_t i = begin; i < end; ++i) request.add_refs(refs[i].bits());
-    v1::RetainResponse response;
-    absl::Status s = connection_->Call(connection_->instances(), &v1::Instances::Stub::Retain,
-                                       request, &response);
+    absl::Status s = CallRefs(true, std::span<const Ref>(refs).subspan(begin, end - begin));
     if (!s.ok()) {
       if (begin > 0) {  // best effort (not Release: no flush from here)
         (void)ReleaseNow(std::vector<Ref>(refs.begin(), refs.begin() + begin));
@@ -324,22 +330,7 @@ absl::Status Channel::ApplyDeferred(bool retain, const std::vector<Ref>& refs) {
     return absl::FailedPreconditionError("the session ended: its references are gone");
   }
   bool sent = false;
-  absl::Status s;
-  if (retain) {
-    v1::RetainRequest request;
-    request.set_channel(id_);
-    for (Ref r : refs) request.add_refs(r.bits());
-    v1::RetainResponse response;
-    s = connection_->Call(connection_->instances(), &v1::Instances::Stub::Retain, request,
-                          &response, &sent);
-  } else {
-    v1::ReleaseRequest request;
-    request.set_channel(id_);
-    for (Ref r : refs) request.add_refs(r.bits());
-    v1::ReleaseResponse response;
-    s = connection_->Call(connection_->instances(), &v1::Instances::Stub::Release, request,
-                          &response, &sent);
-  }
+  absl::Status s = CallRefs(retain, refs, &sent);
   if (s.ok()) return s;
   if (!sent) {  // the daemon did nothing: retry, unless the session is gone
     return absl::IsFailedPrecondition(s) ? s : absl::UnavailableError(s.message());
@@ -364,15 +355,10 @@ void Channel::DeferRelease(Ref ref) {
 }
 
 absl::Status Channel::ReleaseNow(const std::vector<Ref>& refs) {
-  for (size_t begin = 0; begin < refs.size(); begin += connection_->max_refs_per_call()) {
-    v1::ReleaseRequest request;
-    request.set_channel(id_);
-    size_t end = std::min(refs.size(), begin + connection_->max_refs_per_call());
-    for (size_t i = begin; i < end; ++i) request.add_refs(refs[i].bits());
-    v1::ReleaseResponse response;
-    if (absl::Status s = connection_->Call(connection_->instances(),
-                                           &v1::Instances::Stub::Release, request,
-                                           &response);
+  const size_t per_call = connection_->max_refs_per_call();
+  for (size_t begin = 0; begin < refs.size(); begin += per_call) {
+    size_t end = std::min(refs.size(), begin + per_call);
+    if (absl::Status s = CallRefs(false, std::span<const Ref>(refs).subspan(begin, end - begin));
         !s.ok()) {
       return s;
     }

@@ -327,6 +327,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // Empties every slot (the arena or the types changed). REQUIRES: mu_.
   void ResetFastTypesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RetainRefs(const std::vector<Ref>& refs);
+  // One Retain or Release call with `refs` (at most max_refs_per_call);
+  // `*sent` as Connection::Call says.
+  absl::Status CallRefs(bool retain, std::span<const Ref> refs, bool* sent = nullptr);
   // The Release RPC(s), without flushing first.
   absl::Status ReleaseNow(const std::vector<Ref>& refs);
   // One Retain or Release call for the deferred queue, its status as
