@@ -5,9 +5,12 @@
 #include "absl/strings/str_format.h"
 #include "client/src/connection.h"
 #include "client/src/deferred_refs.h"
+#include "client/src/spare_instances.h"
 #include "client/src/convert.h"
 
 namespace structd::client {
+static_assert(internal::SpareInstances::kSlots == internal::kFastTypeSlots,
+              "Allocate<T> and View<T> share the per-type slot numbers");
 namespace {
 
 // At most this many refs or stores per call (the daemon's default limit).
@@ -21,12 +24,19 @@ Channel::Channel(std::shared_ptr<internal::Connection> connection, std::string n
       name_(std::move(name)),
       id_(std::move(id)),
       capability_(std::move(capability)),
+      spares_(std::make_unique<internal::SpareInstances>(
+          [this](shm::TypeToken token, uint32_t count) {
+            return AllocateInstances(token, count);
+          },
+          // Spares were never in an Owned, so no queued operation names
+          // them: no flush first.
+          [this](const std::vector<Ref>& refs) { return ReleaseNow(refs); })),
       deferred_(std::make_unique<internal::DeferredRefs>(
           [this](const std::vector<Ref>& refs) { return ApplyDeferred(true, refs); },
           [this](const std::vector<Ref>& refs) { return ApplyDeferred(false, refs); },
           [this] { return connection_->max_refs_per_call(); })) {}
 
-Channel::~Channel() = default;
+Channel::~Channel() { spares_.reset(); }
 
 shm::Arena& Channel::arena() const {
   base::MutexLock lock(&mu_);
@@ -85,6 +95,8 @@ void Channel::RememberFastType(uint32_t slot, const TypeInfo& type) {
 
 void Channel::ResetFastTypesLocked() {
   for (auto& slot : fast_types_) slot.store(nullptr, std::memory_order_release);
+  // Spares of the arena that is replaced are gone with it.
+  if (spares_) spares_->Forget();
 }
 
 absl::StatusOr<std::shared_ptr<Channel>> Channel::Join(
@@ -261,6 +273,30 @@ absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateInstances(
                           absl::StrCat("resolving a fresh allocation: ", p.status().message()));
     }
     out.push_back(*p);
+  }
+  return out;
+}
+
+size_t Channel::SpareCount() { return spares_->size(); }
+
+size_t Channel::ReleaseSpares() { return spares_->ReleaseAll(); }
+
+bool Channel::TakeSpare(uint32_t slot, shm::InstancePtr* out) {
+  // A lost session's spares were released with its ledger.
+  return connection_->session_ok() && spares_->TryTakeOne(slot, out);
+}
+
+absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateFor(uint32_t slot,
+                                                                   const TypeInfo& type,
+                                                                   uint32_t count) {
+  if (slot >= internal::SpareInstances::kSlots) return AllocateInstances(type.token, count);
+  if (!connection_->session_ok()) return connection_->session_status();
+  std::vector<shm::InstancePtr> out;
+  out.reserve(count);
+  if (absl::Status s = spares_->Take(slot, type.token,
+                                     shm::InstanceBlockBytes(type.layout.size()), count, out);
+      !s.ok()) {
+    return s;
   }
   return out;
 }

@@ -32,6 +32,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "boost/interprocess/managed_shared_memory.hpp"
+
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
 #include "testing/daemon_process.h"
@@ -44,11 +46,17 @@ namespace {
 #define BENCH_COUNTER_FIELDS(F) F(hits, u64)
 STRUCTD_STRUCT(BenchCounter, BENCH_COUNTER_FIELDS);
 
+namespace bip = ::boost::interprocess;
+
 struct Fixture : BenchDaemon {
   client::Owned<BenchCounter> counter;
   std::atomic<uint64_t>* raw = nullptr;
   void* raw_page = nullptr;
+  std::string boost_name = "structd_client_bench_" + std::to_string(getpid());
+  std::unique_ptr<bip::managed_shared_memory> boost;
   ~Fixture() {
+    boost.reset();
+    bip::shared_memory_object::remove(boost_name.c_str());
     counter.Reset();
     if (raw_page != nullptr) munmap(raw_page, 4096);
   }
@@ -66,6 +74,9 @@ absl::Status SetUp(Fixture& f) {
     return absl::InternalError("mmap failed");
   }
   f.raw = new (f.raw_page) std::atomic<uint64_t>(0);
+  bip::shared_memory_object::remove(f.boost_name.c_str());
+  f.boost = std::make_unique<bip::managed_shared_memory>(bip::create_only,
+                                                         f.boost_name.c_str(), 64 << 20);
   return absl::OkStatus();
 }
 
@@ -278,6 +289,38 @@ void BM_DropReleaseVector(benchmark::State& state) {
 }
 BENCHMARK(BM_DropReleaseVector)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// Allocate + drop of a 64-byte instance through the client API (from the
+// process's stock; the drop queued), versus Boost.Interprocess allocate(64)
+// + deallocate in a managed segment in this process. Wall time: the
+// background refills and the daemon's work are the cost too.
+#define BENCH_SIXTY_FOUR_FIELDS(F) \
+  F(a, u64) F(b, u64) F(c, u64) F(d, u64) F(e, u64) F(f, u64) F(g, u64) F(h, u64)
+STRUCTD_STRUCT(SixtyFour, BENCH_SIXTY_FOUR_FIELDS);
+
+void BM_AllocateDrop(benchmark::State& state) {
+  DaemonCpu cpu{state};
+  for (auto _ : state) {
+    auto one = g->ch().Allocate<SixtyFour>();
+    if (!one.ok()) {
+      state.SkipWithError(one.status().ToString().c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(one->get().a().load());
+  }
+  (void)g->ch().Flush();
+}
+BENCHMARK(BM_AllocateDrop)->Arg(1)->UseRealTime();
+
+void BM_Boost_AllocateDeallocate(benchmark::State& state) {
+  bip::managed_shared_memory& segment = *g->boost;
+  for (auto _ : state) {
+    void* p = segment.allocate(64);
+    benchmark::DoNotOptimize(p);
+    segment.deallocate(p);
+  }
+}
+BENCHMARK(BM_Boost_AllocateDeallocate)->UseRealTime();
+
 constexpr Pair kPairs[] = {
     {"load (field)", "BM_Load_Field", "BM_Load_RawAtomic", "raw atomic", 2.0},
     {"load (view each iter)", "BM_Load_ViewEachIter", "BM_Load_RawAtomicReloaded",
@@ -294,6 +337,8 @@ constexpr Pair kPairs[] = {
     {"Clone() + drop", "BM_CloneDrop/1", "BM_TwoFetchAdds", "two atomic RMWs", 3.0},
     {"1M Owned dropped one by one", "BM_DropOneByOne", "BM_DropReleaseVector",
      "Release(vector) of 1M", 0.0, true},
+    {"Allocate + drop (64 B)", "BM_AllocateDrop/1", "BM_Boost_AllocateDeallocate",
+     "Boost.Interprocess allocate+deallocate", 2.0, true},
 };
 
 }  // namespace

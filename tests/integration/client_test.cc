@@ -12,6 +12,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "structd/client/admin.h"
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
 #include "testing/client_connect.h"
@@ -185,8 +186,12 @@ TEST_F(ClientTest, OwnedRetainsAndReleasesAndViewsCheckTypes) {
   auto batch = c().AllocateBatch<Counter>(1000);
   ASSERT_TRUE(batch.ok()) << batch.status();
   GrpcClient admin(daemon_.target(), /*attach=*/false);
-  EXPECT_EQ(admin.LiveInstances("c"), 1000u);
+  EXPECT_EQ(admin.LiveInstances("c"), 1000u + c().SpareCount());
   ASSERT_TRUE(c().Release(*batch).ok());
+  EXPECT_EQ(admin.LiveInstances("c"), c().SpareCount());
+  // The stock for Allocate is the session's too, and goes back on demand.
+  EXPECT_GT(c().ReleaseSpares(), 0u);
+  EXPECT_EQ(c().SpareCount(), 0u);
   EXPECT_EQ(admin.LiveInstances("c"), 0u);
 }
 
@@ -282,18 +287,88 @@ TEST_F(ClientTest, AGraphIsHandedToAnotherProcessAsOneRef) {
   EXPECT_EQ(admin.LiveInstances("c"), 0u);
 }
 
+// Allocate<T> takes from this process's stock: with the daemon stopped
+// (SIGSTOP: no call could be answered), allocations and drops go on.
+TEST_F(ClientTest, AllocateFromTheStockNeedsNoDaemon) {
+  auto first = c().Allocate<Counter>();  // sets the stock up
+  ASSERT_TRUE(first.ok()) << first.status();
+  const size_t spares = c().SpareCount();
+  ASSERT_GT(spares, 0u);
+  ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  std::vector<Owned<Counter>> made;
+  for (size_t i = 0; i < spares; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    auto one = c().Allocate<Counter>();
+    ASSERT_TRUE(one.ok()) << one.status();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(500));
+    EXPECT_EQ((*one)->hits().load(), 0u) << "zero-filled";
+    (*one)->hits().store(i + 1);
+    made.push_back(std::move(*one));
+  }
+  made.resize(spares / 2);  // drops are queued, not called
+  ASSERT_EQ(kill(daemon_.pid(), SIGCONT), 0);
+  for (size_t i = 0; i < made.size(); ++i) EXPECT_EQ(made[i]->hits().load(), i + 1);
+  // A ref from the stock is an ordinary one: released over gRPC like any.
+  Ref ref = made.back().Disown();
+  made.pop_back();
+  ASSERT_TRUE(c().Release({ref}).ok());
+  EXPECT_EQ(c().View<Counter>(ref).status().code(), absl::StatusCode::kNotFound);
+  // What is live: the first, the kept half, and no more once the stock
+  // (and a refill that was waiting for the daemon) is given back.
+  ASSERT_TRUE(c().Flush().ok());
+  c().ReleaseSpares();
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(AwaitLive(admin, "c", 1 + made.size()), 1 + made.size());
+}
+
+// Several processes and this one allocate and drop the same type one by
+// one, at once: no instance is handed out twice (each keeps its stamp
+// until dropped), and when they are gone only this process's remain.
+TEST_F(ClientTest, ProcessesAllocatingAndDroppingOneTypeAtOnceLoseNothing) {
+  std::vector<std::unique_ptr<SpawnedProcess>> workers;
+  for (int i = 0; i < 3; ++i) workers.push_back(Worker("churn", {"20000"}));
+  std::vector<Owned<Node>> mine;
+  for (int i = 0; i < 20000; ++i) {
+    auto one = c().Allocate<Node>();
+    ASSERT_TRUE(one.ok()) << one.status();
+    ASSERT_EQ((*one)->value().load(), 0u);
+    (*one)->value().store(static_cast<uint64_t>(i) + 1);
+    mine.push_back(std::move(*one));
+    if (mine.size() > 50) mine.erase(mine.begin());
+  }
+  for (auto& w : workers) {
+    EXPECT_EQ(w->ReadLine(std::chrono::seconds(120)), "done");
+    EXPECT_EQ(w->Wait(), 0);
+  }
+  for (size_t i = 0; i < mine.size(); ++i) {
+    EXPECT_EQ(mine[i]->value().load(), 20000 - mine.size() + i + 1);
+  }
+  ASSERT_TRUE(c().Flush().ok());
+  c().ReleaseSpares();  // (a refill still under way gives its share back too)
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(AwaitLive(admin, "c", mine.size()), mine.size());
+  client::AdminOptions ao;
+  ao.socket = daemon_.socket();
+  auto census = client::AdminClient::Connect(ao);
+  ASSERT_TRUE(census.ok()) << census.status();
+  auto check = (*census)->Check("c");
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_TRUE(check->ok);
+}
+
 TEST_F(ClientTest, AKilledProcessesOwnedRefsAreReleasedAndItsMutexReportsOwnerDied) {
   auto guarded = c().Allocate<Guarded>();
   ASSERT_TRUE(guarded.ok()) << guarded.status();
   ASSERT_TRUE(c().SetRoot("g", guarded->ref()).ok());
   GrpcClient admin(daemon_.target(), /*attach=*/false);
-  ASSERT_EQ(admin.LiveInstances("c"), 1u);
+  const uint64_t mine = 1 + c().SpareCount();  // with this process's stock
+  ASSERT_EQ(admin.LiveInstances("c"), mine);
   auto holder = Worker("hold", {"50", "g"});
   ASSERT_EQ(holder->ReadLine(), "ready");
-  EXPECT_EQ(admin.LiveInstances("c"), 51u);
+  EXPECT_GE(admin.LiveInstances("c"), mine + 50);  // its 50, and its stock
   holder->Kill(SIGKILL);
   EXPECT_EQ(holder->Wait(), 128 + SIGKILL);
-  EXPECT_EQ(AwaitLive(admin, "c", 1u), 1u);
+  EXPECT_EQ(AwaitLive(admin, "c", mine), mine);
   EXPECT_EQ(c().arena().Resolve(guarded->ref())->header().refcount.load(), 2u);  // Owned + root
   auto guard = (*guarded)->lock().Lock();
   ASSERT_TRUE(guard.ok()) << guard.status();
@@ -308,10 +383,22 @@ TEST_F(ClientTest, WhileTheDaemonIsGoneCallsFailFastAndMappedFieldsKeepWorking) 
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_FALSE(me_->attached());
+  // Allocate keeps serving from this process's stock (instances the
+  // session already owns); once that is empty, it fails fast.
+  const size_t spares = c().SpareCount();
+  EXPECT_GT(spares, 0u);
+  std::vector<Owned<Counter>> from_stock;
+  for (size_t i = 0; i < spares; ++i) {
+    auto one = c().Allocate<Counter>();
+    ASSERT_TRUE(one.ok()) << i << ": " << one.status();
+    EXPECT_EQ((*one)->hits().load(), 0u);
+    from_stock.push_back(std::move(*one));
+  }
   auto start = std::chrono::steady_clock::now();
   auto more = c().Allocate<Counter>();
   EXPECT_EQ(more.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  for (auto& o : from_stock) o.Disown();
   (*counter)->hits().fetch_add(5);
   EXPECT_EQ((*counter)->hits().load(), 5u);
   counter->Disown();  // nobody to release it to
@@ -362,7 +449,9 @@ TEST_F(ClientTest, ClientsWorkThroughADaemonRestartAndResumeTheirSessions) {
   for (auto& n : *nodes) refs.push_back(n.Disown());
   EXPECT_TRUE(c().Release(refs).ok());
   GrpcClient admin(daemon_.target(), /*attach=*/false);
-  EXPECT_EQ(admin.LiveInstances("c"), 2u);  // the counter and the new one
+  // The counter and the new one, and this process's stock (kept through
+  // the restart: the resumed ledger still lists it).
+  EXPECT_EQ(admin.LiveInstances("c"), 2u + c().SpareCount());
 }
 
 // A client that dies while the daemon is down: the restarted daemon sees
@@ -378,7 +467,8 @@ TEST_F(ClientTest, ReferencesOfAClientThatDiedDuringTheOutageAreReleased) {
   EXPECT_EQ(holder->Wait(), 128 + SIGKILL);
   daemon_.Start();
   GrpcClient admin(daemon_.target(), /*attach=*/false);
-  EXPECT_EQ(AwaitLive(admin, "c", 1u), 1u);
+  const uint64_t mine = 1 + c().SpareCount();
+  EXPECT_EQ(AwaitLive(admin, "c", mine), mine);
   auto guard = (*guarded)->lock().Lock();
   ASSERT_TRUE(guard.ok()) << guard.status();
   EXPECT_TRUE(guard->owner_died());

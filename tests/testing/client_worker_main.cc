@@ -17,6 +17,9 @@
 //                       store, roots, describe) and field writes, adding 1 to
 //                       Counter "total" per round; any failed call prints
 //                       "error ..." and exits 4; else prints "done"
+//   churn N             N Allocate<Node>() one by one, each stamped and
+//                       dropped at random, checked intact when dropped;
+//                       prints "done"
 //   witness ROOT        adds to Counter ROOT's hits all along; prints "ready",
 //                       then "detached" when the daemon is gone and
 //                       "reattached" once calls work again (exit 0), or
@@ -173,8 +176,15 @@ int main(int argc, char** argv) {
       Anchor& anchor = anchors[rng() % anchors.size()];
       switch (rng() % 9) {
         case 0: {
-          auto made = c.AllocateBatch<Node>(1 + rng() % 16);
-          if (made.ok()) for (auto& n : *made) mine.push_back(std::move(n));
+          if (rng() % 2 == 0) {  // from the stock, one by one
+            for (int n = 1 + static_cast<int>(rng() % 16); n > 0; --n) {
+              auto one = c.Allocate<Node>();
+              if (one.ok()) mine.push_back(std::move(*one));
+            }
+          } else {
+            auto made = c.AllocateBatch<Node>(1 + rng() % 16);
+            if (made.ok()) for (auto& n : *made) mine.push_back(std::move(n));
+          }
           break;
         }
         case 1:
@@ -254,6 +264,32 @@ int main(int argc, char** argv) {
     }
     if (auto s = c.DeleteRoot(my_root); !s.ok()) return Fail(s);
     if (auto s = c.Release(mine); !s.ok()) return Fail(s);
+    std::printf("done\n");
+    return 0;
+  }
+  if (mode == "churn" && argc == 6) {
+    // Allocate and drop Nodes one by one, each stamped with a value of its
+    // own that must still be there when it is dropped.
+    long rounds = std::atol(argv[5]);
+    std::mt19937_64 rng(static_cast<uint64_t>(getpid()));
+    std::vector<std::pair<Owned<Node>, uint64_t>> mine;
+    uint64_t stamp = static_cast<uint64_t>(getpid()) << 32;
+    for (long i = 0; i < rounds; ++i) {
+      auto one = c.Allocate<Node>();
+      if (!one.ok()) return Fail(one.status());
+      if ((*one)->value().load() != 0) return Fail(absl::DataLossError("not zero-filled"));
+      (*one)->value().store(++stamp);
+      mine.emplace_back(std::move(*one), stamp);
+      if (mine.size() > 64 || rng() % 3 == 0) {
+        size_t k = rng() % mine.size();
+        if (mine[k].first->value().load() != mine[k].second) {
+          return Fail(absl::DataLossError("an owned instance changed under its owner"));
+        }
+        mine.erase(mine.begin() + static_cast<long>(k));
+      }
+    }
+    mine.clear();
+    if (auto s = c.Flush(); !s.ok()) return Fail(s);
     std::printf("done\n");
     return 0;
   }

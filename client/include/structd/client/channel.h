@@ -35,6 +35,7 @@ namespace structd::client {
 namespace internal {
 class Connection;
 class DeferredRefs;
+class SpareInstances;
 
 // A small number per C++ struct type that Channel::View<T> has seen, for
 // its per-type cache (the first kFastTypeSlots types of a program).
@@ -134,25 +135,44 @@ class Channel : public std::enable_shared_from_this<Channel> {
   }
 
   // ---- Instances ----
+  // A zero-filled instance of T. In the common case no call to the daemon:
+  // it comes from this process's stock of instances of T that the session
+  // already owns, refilled in batches by a background thread
+  // (doc/lifecycle.md, "Allocate"). A process keeps at most 256 KiB of
+  // blocks (and 4,096 instances) in stock per type; they count as the
+  // session's in `structctl sessions`, and are given back when the Channel
+  // is destroyed, when an allocation would otherwise fail for want of
+  // memory, or at the session's end.
   template <typename T>
   absl::StatusOr<Owned<T>> Allocate() {
+    shm::InstancePtr spare;
+    if (TakeSpare(internal::FastTypeSlot<T>(), &spare)) {
+      return Owned<T>(shared_from_this(), T(spare));
+    }
     absl::StatusOr<std::vector<Owned<T>>> one = AllocateBatch<T>(1);
     if (!one.ok()) return one.status();
     return std::move((*one)[0]);
   }
-  // `count` instances in one call (all or none), zero-filled.
+  // `count` zero-filled instances, all or none: from the stock if it holds
+  // enough, else in one call to the daemon.
   template <typename T>
   absl::StatusOr<std::vector<Owned<T>>> AllocateBatch(uint32_t count) {
     absl::StatusOr<std::shared_ptr<const TypeInfo>> type = UseShared<T>();
     if (!type.ok()) return type.status();
     absl::StatusOr<std::vector<shm::InstancePtr>> made =
-        AllocateInstances((*type)->token, count);
+        AllocateFor(internal::FastTypeSlot<T>(), **type, count);
     if (!made.ok()) return made.status();
     std::vector<Owned<T>> out;
     out.reserve(made->size());
     for (const shm::InstancePtr& p : *made) out.push_back(Owned<T>(shared_from_this(), T(p)));
     return out;
   }
+  // Instances this process holds in stock for Allocate (owned by its
+  // session, not handed out yet), over all types.
+  size_t SpareCount();
+  // Gives the whole stock back to the daemon now (Release calls); returns
+  // how many. Allocate builds a stock again when it is next used.
+  size_t ReleaseSpares();
   // A view of `ref` as a T, without an RPC once T is known: INVALID_ARGUMENT
   // for a malformed ref, NOT_FOUND for a stale one, FAILED_PRECONDITION if
   // the instance is of another type. The view owns nothing.
@@ -314,6 +334,14 @@ class Channel : public std::enable_shared_from_this<Channel> {
                                    std::span<const uint32_t> offsets);
   absl::StatusOr<std::vector<shm::InstancePtr>> AllocateInstances(shm::TypeToken token,
                                                                   uint32_t count);
+  // Allocate<T>'s common case: one spare of the type in `slot`, if the
+  // session is alive and the stock has one.
+  bool TakeSpare(uint32_t slot, shm::InstancePtr* out);
+  // `count` instances of `type`: through the stock of `slot` if there is
+  // one for it, else AllocateInstances.
+  absl::StatusOr<std::vector<shm::InstancePtr>> AllocateFor(uint32_t slot,
+                                                            const TypeInfo& type,
+                                                            uint32_t count);
   absl::StatusOr<shm::InstancePtr> ResolveAs(Ref ref, const TypeInfo& type) const;
   // View<T>'s per-type record: the arena and what T's blocks look like
   // there. Immutable once published; never freed while the Channel lives
@@ -362,6 +390,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // View<T>'s cache (see FastType): read without mu_, written under it.
   std::array<std::atomic<const FastType*>, internal::kFastTypeSlots> fast_types_{};
   std::vector<std::unique_ptr<const FastType>> fast_type_records_ ABSL_GUARDED_BY(mu_);
+  // Allocate<T>'s stocks. Destroyed (its thread stopped, its spares given
+  // back) first thing in ~Channel, while everything it calls lives.
+  std::unique_ptr<internal::SpareInstances> spares_;
   // Last: destroyed first, applying what is queued while the rest lives.
   std::unique_ptr<internal::DeferredRefs> deferred_;
 };

@@ -1,0 +1,220 @@
+#include "client/src/spare_instances.h"
+
+#include <algorithm>
+#include <bit>
+#include <utility>
+
+namespace structd::client::internal {
+
+SpareInstances::SpareInstances(AllocateFn allocate, ReleaseFn release, bool background)
+    : allocate_(std::move(allocate)), release_(std::move(release)), background_(background) {}
+
+SpareInstances::~SpareInstances() {
+  {
+    base::MutexLock lock(&mu_);
+    stop_ = true;
+    wake_.SignalAll();
+  }
+  if (thread_.joinable()) thread_.join();
+  (void)ReleaseAll();
+}
+
+uint32_t SpareInstances::MaxTarget(uint64_t block_bytes) {
+  const uint64_t by_bytes = kMaxStockBytes / std::max<uint64_t>(block_bytes, 1);
+  return static_cast<uint32_t>(std::clamp<uint64_t>(by_bytes, 1, kMaxTarget));
+}
+
+void SpareInstances::Pop(Stock& stock, uint32_t count, std::vector<shm::InstancePtr>& out) {
+  auto first = stock.spares.end() - count;
+  out.insert(out.end(), first, stock.spares.end());
+  stock.spares.erase(first, stock.spares.end());
+}
+
+bool SpareInstances::SetUp(Stock& stock, shm::TypeToken token, uint64_t block_bytes,
+                           std::vector<shm::Ref>& unwanted) {
+  if (stock.token == token && stock.block_bytes == block_bytes) return false;
+  for (const shm::InstancePtr& p : stock.spares) unwanted.push_back(p.ref());
+  stock.spares.clear();
+  stock.token = token;
+  stock.block_bytes = block_bytes;
+  stock.target = std::min(kFirstTarget, MaxTarget(block_bytes));
+  ++stock.epoch;
+  return true;
+}
+
+bool SpareInstances::TryTakeOne(uint32_t slot, shm::InstancePtr* out) {
+  if (slot >= kSlots) return false;
+  Stock& stock = stocks_[slot];
+  bool low;
+  {
+    base::MutexLock lock(&stock.mu);
+    if (stock.spares.empty()) return false;
+    *out = stock.spares.back();
+    stock.spares.pop_back();
+    low = stock.spares.size() < stock.target / 2 && !stock.refill_asked;
+  }
+  if (low) MaybeAskRefill(slot);
+  return true;
+}
+
+absl::Status SpareInstances::Take(uint32_t slot, shm::TypeToken token, uint64_t block_bytes,
+                                  uint32_t count, std::vector<shm::InstancePtr>& out) {
+  Stock& stock = stocks_[slot];
+  std::vector<shm::Ref> unwanted;
+  uint32_t extra = 0;
+  uint64_t epoch = 0;
+  {
+    base::MutexLock lock(&stock.mu);
+    const bool fresh = SetUp(stock, token, block_bytes, unwanted);
+    if (stock.spares.size() >= count) {
+      Pop(stock, count, out);
+      count = 0;
+    } else {
+      const uint32_t max_target = MaxTarget(block_bytes);
+      if (count <= max_target) {
+        // Empty again: the stock is drained faster than it is refilled.
+        if (!fresh) stock.target = std::min(max_target, stock.target * 2);
+        extra = stock.target;
+      }
+      epoch = stock.epoch;
+    }
+  }
+  GiveBack(unwanted);
+  if (count == 0) {
+    MaybeAskRefill(slot);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<shm::InstancePtr>> made = allocate_(token, count + extra);
+  if (absl::IsResourceExhausted(made.status())) {
+    // Maybe only because of spares: give them all back, ask for `count`.
+    (void)ReleaseAll();
+    extra = 0;
+    made = allocate_(token, count);
+  }
+  if (!made.ok()) return made.status();
+  out.insert(out.end(), made->begin(), made->begin() + count);
+  made->erase(made->begin(), made->begin() + count);
+  Stash(slot, token, epoch, *made, unwanted);
+  GiveBack(unwanted);
+  return absl::OkStatus();
+}
+
+void SpareInstances::Stash(uint32_t slot, shm::TypeToken token, uint64_t epoch,
+                           std::vector<shm::InstancePtr>& made,
+                           std::vector<shm::Ref>& unwanted) {
+  if (made.empty()) return;
+  Stock& stock = stocks_[slot];
+  base::MutexLock lock(&stock.mu);
+  if (stock.epoch == epoch && stock.token == token) {
+    stock.spares.insert(stock.spares.end(), made.begin(), made.end());
+  } else {
+    for (const shm::InstancePtr& p : made) unwanted.push_back(p.ref());
+  }
+  made.clear();
+}
+
+void SpareInstances::GiveBack(std::vector<shm::Ref>& refs) {
+  if (refs.empty()) return;
+  // Best effort: a reference not given back stays in the session's ledger
+  // and is released at the session's end.
+  (void)release_(refs);
+  refs.clear();
+}
+
+size_t SpareInstances::ReleaseAll() {
+  std::vector<shm::Ref> refs;
+  for (Stock& stock : stocks_) {
+    base::MutexLock lock(&stock.mu);
+    for (const shm::InstancePtr& p : stock.spares) refs.push_back(p.ref());
+    stock.spares.clear();
+    stock.target = std::min(kFirstTarget, MaxTarget(stock.block_bytes));
+    ++stock.epoch;  // a refill under way gives its instances back
+  }
+  const size_t n = refs.size();
+  GiveBack(refs);
+  return n;
+}
+
+void SpareInstances::Forget() {
+  for (Stock& stock : stocks_) {
+    base::MutexLock lock(&stock.mu);
+    stock.spares.clear();
+    stock.token = shm::TypeToken();
+    stock.block_bytes = 0;
+    ++stock.epoch;
+  }
+}
+
+size_t SpareInstances::size() {
+  size_t n = 0;
+  for (Stock& stock : stocks_) {
+    base::MutexLock lock(&stock.mu);
+    n += stock.spares.size();
+  }
+  return n;
+}
+
+void SpareInstances::MaybeAskRefill(uint32_t slot) {
+  if (!background_) return;
+  Stock& stock = stocks_[slot];
+  {
+    base::MutexLock lock(&stock.mu);
+    if (stock.refill_asked || stock.token.is_zero() ||
+        stock.spares.size() >= stock.target / 2 ||
+        std::chrono::steady_clock::now() < stock.no_refill_before) {
+      return;
+    }
+    stock.refill_asked = true;
+  }
+  base::MutexLock lock(&mu_);
+  if (stop_) return;
+  wanted_ |= uint64_t{1} << slot;
+  if (!started_) {
+    started_ = true;
+    thread_ = std::thread([this] { Run(); });
+  }
+  wake_.Signal();
+}
+
+void SpareInstances::Refill(uint32_t slot) {
+  Stock& stock = stocks_[slot];
+  shm::TypeToken token;
+  uint64_t epoch;
+  uint32_t need;
+  {
+    base::MutexLock lock(&stock.mu);
+    stock.refill_asked = false;
+    token = stock.token;
+    epoch = stock.epoch;
+    need = stock.spares.size() < stock.target
+               ? stock.target - static_cast<uint32_t>(stock.spares.size())
+               : 0;
+  }
+  if (token.is_zero() || need == 0) return;
+  absl::StatusOr<std::vector<shm::InstancePtr>> made = allocate_(token, need);
+  std::vector<shm::Ref> unwanted;
+  if (made.ok()) {
+    Stash(slot, token, epoch, *made, unwanted);
+  } else {
+    base::MutexLock lock(&stock.mu);
+    stock.no_refill_before = std::chrono::steady_clock::now() + kRefillBackoff;
+  }
+  GiveBack(unwanted);
+}
+
+void SpareInstances::Run() {
+  while (true) {
+    uint64_t wanted;
+    {
+      base::MutexLock lock(&mu_);
+      while (!stop_ && wanted_ == 0) wake_.Wait(&mu_);
+      if (stop_) return;
+      wanted = std::exchange(wanted_, 0);
+    }
+    for (; wanted != 0; wanted &= wanted - 1) {
+      Refill(static_cast<uint32_t>(std::countr_zero(wanted)));
+    }
+  }
+}
+
+}  // namespace structd::client::internal

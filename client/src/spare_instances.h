@@ -1,0 +1,134 @@
+#ifndef STRUCTD_CLIENT_SRC_SPARE_INSTANCES_H_
+#define STRUCTD_CLIENT_SRC_SPARE_INSTANCES_H_
+
+// Instances allocated ahead of need, per type, so that Channel::Allocate<T>
+// takes one from this process's memory instead of calling the daemon.
+//
+// A spare is an ordinary reference the session owns: the daemon allocated
+// it (zero-filled, refcount 1) and listed it in the session's ledger like
+// any other allocation; it is simply not handed to the program yet. So
+// spares need no protocol and no shared structure of their own, and they
+// are exact after any crash: a process that dies holding spares has them
+// released with the rest of its ledger at its session's end, and a daemon
+// restart keeps them (the census counts ledgers; the session resumes with
+// the same ledger). doc/lifecycle.md, "Allocate".
+//
+// Each type has a stock with a target size. A take that leaves the stock
+// below half its target asks the background thread for a refill (one
+// AllocateBatch call); a take that finds too few allocates what it needs
+// plus a new stock in one call on the caller's thread, and doubles the
+// target, up to kMaxStockBytes of blocks and kMaxTarget instances.
+//
+// Lock order: mu_ before a stock's mu; a stock's mu is held for no call.
+// Thread safety: every method may be called from any thread.
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "structd/base/mutex.h"
+#include "structd/shm/arena.h"
+#include "structd/shm/ref.h"
+#include "structd/shm/type_token.h"
+
+namespace structd::client::internal {
+
+class SpareInstances {
+ public:
+  // Allocates `count` zero-filled instances of `token` owned by the session
+  // (all or none): one AllocateBatch call.
+  using AllocateFn = std::function<absl::StatusOr<std::vector<shm::InstancePtr>>(
+      shm::TypeToken token, uint32_t count)>;
+  // Gives back references the session owns (spares no longer wanted): one
+  // Release call per max_refs_per_call, on the calling thread.
+  using ReleaseFn = std::function<absl::Status(const std::vector<shm::Ref>& refs)>;
+
+  static constexpr uint32_t kSlots = 64;  // the first 64 C++ types allocated
+  static constexpr uint32_t kFirstTarget = 16;
+  static constexpr uint32_t kMaxTarget = 4096;
+  static constexpr uint64_t kMaxStockBytes = uint64_t{256} << 10;
+  // A refill that failed is not tried again in the background for this
+  // long (a channel at its quota must not be asked every take).
+  static constexpr std::chrono::milliseconds kRefillBackoff{100};
+
+  // `background` false: stocks are filled only by takes (tests).
+  SpareInstances(AllocateFn allocate, ReleaseFn release, bool background = true);
+  // Stops the background thread, then gives back every spare (best effort:
+  // what cannot be given back is released at the session's end).
+  ~SpareInstances();
+  SpareInstances(const SpareInstances&) = delete;
+  SpareInstances& operator=(const SpareInstances&) = delete;
+
+  // One spare from the stock of `slot`, if it has one (a Take set the slot
+  // up before): the stock's lock and a pop, no call.
+  bool TryTakeOne(uint32_t slot, shm::InstancePtr* out);
+  // `count` instances of `token` (blocks of `block_bytes` bytes) into
+  // `out`, all or none: from the stock of `slot` if it holds enough, else
+  // by one allocation of `count` plus a new stock. On RESOURCE_EXHAUSTED
+  // every spare of every type is given back and `count` alone is tried
+  // once more, so spares never make an allocation fail that would have
+  // succeeded without them. REQUIRES: slot < kSlots.
+  absl::Status Take(uint32_t slot, shm::TypeToken token, uint64_t block_bytes, uint32_t count,
+                    std::vector<shm::InstancePtr>& out);
+  // Gives back every spare; returns how many there were.
+  size_t ReleaseAll();
+  // Drops every spare without giving it back: the arena it was allocated in
+  // is gone (a daemon that recreated the channel), and so is the ledger.
+  void Forget();
+  // Spares held now, over all types.
+  size_t size();
+
+ private:
+  struct Stock {
+    base::Mutex mu;
+    std::vector<shm::InstancePtr> spares ABSL_GUARDED_BY(mu);
+    shm::TypeToken token ABSL_GUARDED_BY(mu);  // zero: not set up
+    uint64_t block_bytes ABSL_GUARDED_BY(mu) = 0;
+    uint32_t target ABSL_GUARDED_BY(mu) = kFirstTarget;
+    // Bumped by Forget and by a change of type: an allocation begun before
+    // is not added to the stock.
+    uint64_t epoch ABSL_GUARDED_BY(mu) = 0;
+    bool refill_asked ABSL_GUARDED_BY(mu) = false;
+    std::chrono::steady_clock::time_point no_refill_before ABSL_GUARDED_BY(mu);
+  };
+  // What a stock may hold for blocks of `block_bytes`.
+  static uint32_t MaxTarget(uint64_t block_bytes);
+  // Moves the last `count` spares of `stock` into `out`.
+  static void Pop(Stock& stock, uint32_t count, std::vector<shm::InstancePtr>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
+  // Sets `stock` up for `token` (giving back spares of another type into
+  // `unwanted`); false if it was set up for it already.
+  static bool SetUp(Stock& stock, shm::TypeToken token, uint64_t block_bytes,
+                    std::vector<shm::Ref>& unwanted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
+  // Asks the background thread to refill `slot` if its stock is below half
+  // its target. Call without the stock's lock.
+  void MaybeAskRefill(uint32_t slot);
+  // Adds `made` to the stock of `slot` if it is still at `epoch` with
+  // `token`; what it does not take goes into `unwanted`.
+  void Stash(uint32_t slot, shm::TypeToken token, uint64_t epoch,
+             std::vector<shm::InstancePtr>& made, std::vector<shm::Ref>& unwanted);
+  void GiveBack(std::vector<shm::Ref>& refs);
+  void Refill(uint32_t slot);
+  void Run();
+
+  const AllocateFn allocate_;
+  const ReleaseFn release_;
+  const bool background_;
+  std::array<Stock, kSlots> stocks_;
+  base::Mutex mu_;
+  base::CondVar wake_;
+  uint64_t wanted_ ABSL_GUARDED_BY(mu_) = 0;  // slots to refill, a bit each
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;  // started with the first refill
+};
+
+}  // namespace structd::client::internal
+
+#endif  // STRUCTD_CLIENT_SRC_SPARE_INSTANCES_H_
