@@ -68,6 +68,7 @@ absl::Status Channel::MapArena(uint64_t epoch) {
   if (arena_) retired_arenas_.push_back(std::move(arena_));
   arena_ = std::move(*arena);
   arena_epoch_ = epoch;
+  ++arenas_mapped_;
   ResetFastTypesLocked();
   return absl::OkStatus();
 }
@@ -88,7 +89,7 @@ void Channel::RememberFastType(uint32_t slot, const TypeInfo& type) {
   }
   auto record = std::make_unique<const FastType>(
       FastType{shm::Arena::FastResolver::Of(*arena_),
-               shm::TypedBlock::For(type.type_index, type.layout.size())});
+               shm::TypedBlock::For(type.type_index, type.layout.size()), arenas_mapped_});
   fast_types_[slot].store(record.get(), std::memory_order_release);
   fast_type_records_.push_back(std::move(record));
 }
@@ -286,18 +287,38 @@ bool Channel::TakeSpare(uint32_t slot, shm::InstancePtr* out) {
   return connection_->session_ok() && spares_->TryTakeOne(slot, out);
 }
 
+void Channel::DropSole(uint32_t slot, const StructView& view) {
+  if (slot < internal::kFastTypeSlots && connection_->session_ok()) {
+    // The FastType record names the arena the instance must be in to go
+    // into the stock: resolving through it also checks the view is of
+    // that arena (an older one stays mapped) and of the stock's type.
+    if (const FastType* f = fast_types_[slot].load(std::memory_order_acquire)) {
+      shm::InstancePtr p;
+      if (f->arena.TryResolveTyped(view.ref(), f->block, &p) && p.block() == view.block_ &&
+          spares_->TryRecycle(slot, f->arena_number, p)) {
+        return;
+      }
+    }
+  }
+  DeferRelease(view.ref());
+}
+
 absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateFor(uint32_t slot,
                                                                    const TypeInfo& type,
                                                                    uint32_t count) {
   if (slot >= internal::SpareInstances::kSlots) return AllocateInstances(type.token, count);
   if (!connection_->session_ok()) return connection_->session_status();
+  // DropSole resolves through the FastType record: make sure there is one.
+  RememberFastType(slot, type);
+  internal::SpareInstances::Type stocked{type.token, type.type_index, type.layout.size(),
+                                         type.layout.ref_offsets().empty(), 0};
+  {
+    base::MutexLock lock(&mu_);
+    stocked.arena = arenas_mapped_;
+  }
   std::vector<shm::InstancePtr> out;
   out.reserve(count);
-  if (absl::Status s = spares_->Take(slot, type.token,
-                                     shm::InstanceBlockBytes(type.layout.size()), count, out);
-      !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = spares_->Take(slot, stocked, count, out); !s.ok()) return s;
   return out;
 }
 

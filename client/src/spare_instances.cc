@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <bit>
+#include <optional>
 #include <utility>
+
+#include "structd/shm/local_recycle.h"
 
 namespace structd::client::internal {
 
@@ -30,14 +33,12 @@ void SpareInstances::Pop(Stock& stock, uint32_t count, std::vector<shm::Instance
   stock.spares.erase(first, stock.spares.end());
 }
 
-bool SpareInstances::SetUp(Stock& stock, shm::TypeToken token, uint64_t block_bytes,
-                           std::vector<shm::Ref>& unwanted) {
-  if (stock.token == token && stock.block_bytes == block_bytes) return false;
+bool SpareInstances::SetUp(Stock& stock, const Type& type, std::vector<shm::Ref>& unwanted) {
+  if (stock.type == type) return false;
   for (const shm::InstancePtr& p : stock.spares) unwanted.push_back(p.ref());
   stock.spares.clear();
-  stock.token = token;
-  stock.block_bytes = block_bytes;
-  stock.target = std::min(kFirstTarget, MaxTarget(block_bytes));
+  stock.type = type;
+  stock.target = std::min(kFirstTarget, MaxTarget(type.block_bytes()));
   ++stock.epoch;
   return true;
 }
@@ -57,20 +58,22 @@ bool SpareInstances::TryTakeOne(uint32_t slot, shm::InstancePtr* out) {
   return true;
 }
 
-absl::Status SpareInstances::Take(uint32_t slot, shm::TypeToken token, uint64_t block_bytes,
-                                  uint32_t count, std::vector<shm::InstancePtr>& out) {
+absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t count,
+                                  std::vector<shm::InstancePtr>& out) {
   Stock& stock = stocks_[slot];
   std::vector<shm::Ref> unwanted;
   uint32_t extra = 0;
   uint64_t epoch = 0;
   {
     base::MutexLock lock(&stock.mu);
-    const bool fresh = SetUp(stock, token, block_bytes, unwanted);
+    // Set up now, or emptied by ReleaseAll: start again at the first target.
+    const bool fresh = SetUp(stock, type, unwanted) || stock.dormant;
+    stock.dormant = false;
     if (stock.spares.size() >= count) {
       Pop(stock, count, out);
       count = 0;
     } else {
-      const uint32_t max_target = MaxTarget(block_bytes);
+      const uint32_t max_target = MaxTarget(type.block_bytes());
       if (count <= max_target) {
         // Empty again: the stock is drained faster than it is refilled.
         if (!fresh) stock.target = std::min(max_target, stock.target * 2);
@@ -84,28 +87,45 @@ absl::Status SpareInstances::Take(uint32_t slot, shm::TypeToken token, uint64_t 
     MaybeAskRefill(slot);
     return absl::OkStatus();
   }
-  absl::StatusOr<std::vector<shm::InstancePtr>> made = allocate_(token, count + extra);
+  absl::StatusOr<std::vector<shm::InstancePtr>> made = allocate_(type.token, count + extra);
   if (absl::IsResourceExhausted(made.status())) {
     // Maybe only because of spares: give them all back, ask for `count`.
     (void)ReleaseAll();
     extra = 0;
-    made = allocate_(token, count);
+    made = allocate_(type.token, count);
   }
   if (!made.ok()) return made.status();
   out.insert(out.end(), made->begin(), made->begin() + count);
   made->erase(made->begin(), made->begin() + count);
-  Stash(slot, token, epoch, *made, unwanted);
+  Stash(slot, epoch, *made, unwanted);
   GiveBack(unwanted);
   return absl::OkStatus();
 }
 
-void SpareInstances::Stash(uint32_t slot, shm::TypeToken token, uint64_t epoch,
-                           std::vector<shm::InstancePtr>& made,
+bool SpareInstances::TryRecycle(uint32_t slot, uint64_t arena, const shm::InstancePtr& instance) {
+  if (slot >= kSlots) return false;
+  Stock& stock = stocks_[slot];
+  base::MutexLock lock(&stock.mu);
+  // Up to twice the target: a program that drops many at once gives the
+  // rest back through the daemon.
+  if (!stock.type.recyclable || stock.dormant || stock.type.arena != arena ||
+      stock.type.token.is_zero() ||
+      stock.spares.size() >= 2 * size_t{stock.target}) {
+    return false;
+  }
+  std::optional<shm::InstancePtr> next =
+      shm::RecycleSoleInstance(instance, stock.type.type_index, stock.type.payload_bytes);
+  if (!next) return false;
+  stock.spares.push_back(*next);
+  return true;
+}
+
+void SpareInstances::Stash(uint32_t slot, uint64_t epoch, std::vector<shm::InstancePtr>& made,
                            std::vector<shm::Ref>& unwanted) {
   if (made.empty()) return;
   Stock& stock = stocks_[slot];
   base::MutexLock lock(&stock.mu);
-  if (stock.epoch == epoch && stock.token == token) {
+  if (stock.epoch == epoch) {
     stock.spares.insert(stock.spares.end(), made.begin(), made.end());
   } else {
     for (const shm::InstancePtr& p : made) unwanted.push_back(p.ref());
@@ -127,7 +147,8 @@ size_t SpareInstances::ReleaseAll() {
     base::MutexLock lock(&stock.mu);
     for (const shm::InstancePtr& p : stock.spares) refs.push_back(p.ref());
     stock.spares.clear();
-    stock.target = std::min(kFirstTarget, MaxTarget(stock.block_bytes));
+    stock.target = std::min(kFirstTarget, MaxTarget(stock.type.block_bytes()));
+    stock.dormant = true;
     ++stock.epoch;  // a refill under way gives its instances back
   }
   const size_t n = refs.size();
@@ -139,8 +160,7 @@ void SpareInstances::Forget() {
   for (Stock& stock : stocks_) {
     base::MutexLock lock(&stock.mu);
     stock.spares.clear();
-    stock.token = shm::TypeToken();
-    stock.block_bytes = 0;
+    stock.type = Type();
     ++stock.epoch;
   }
 }
@@ -159,7 +179,7 @@ void SpareInstances::MaybeAskRefill(uint32_t slot) {
   Stock& stock = stocks_[slot];
   {
     base::MutexLock lock(&stock.mu);
-    if (stock.refill_asked || stock.token.is_zero() ||
+    if (stock.refill_asked || stock.dormant || stock.type.token.is_zero() ||
         stock.spares.size() >= stock.target / 2 ||
         std::chrono::steady_clock::now() < stock.no_refill_before) {
       return;
@@ -184,7 +204,8 @@ void SpareInstances::Refill(uint32_t slot) {
   {
     base::MutexLock lock(&stock.mu);
     stock.refill_asked = false;
-    token = stock.token;
+    if (stock.dormant) return;
+    token = stock.type.token;
     epoch = stock.epoch;
     need = stock.spares.size() < stock.target
                ? stock.target - static_cast<uint32_t>(stock.spares.size())
@@ -194,7 +215,7 @@ void SpareInstances::Refill(uint32_t slot) {
   absl::StatusOr<std::vector<shm::InstancePtr>> made = allocate_(token, need);
   std::vector<shm::Ref> unwanted;
   if (made.ok()) {
-    Stash(slot, token, epoch, *made, unwanted);
+    Stash(slot, epoch, *made, unwanted);
   } else {
     base::MutexLock lock(&stock.mu);
     stock.no_refill_before = std::chrono::steady_clock::now() + kRefillBackoff;

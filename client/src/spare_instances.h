@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "structd/base/mutex.h"
 #include "structd/shm/arena.h"
+#include "structd/shm/format.h"
 #include "structd/shm/ref.h"
 #include "structd/shm/type_token.h"
 
@@ -41,6 +42,20 @@ namespace structd::client::internal {
 
 class SpareInstances {
  public:
+  // What a stock holds: instances of one type of one arena.
+  struct Type {
+    shm::TypeToken token;  // zero: no type
+    uint32_t type_index = 0;
+    uint32_t payload_bytes = 0;
+    // No ref fields: a sole owner may recycle an instance in place.
+    bool recyclable = false;
+    // Which of the Channel's arenas (they change when a restarted daemon
+    // recreated the channel): an instance of another is never stocked.
+    uint64_t arena = 0;
+    uint64_t block_bytes() const { return shm::InstanceBlockBytes(payload_bytes); }
+    friend bool operator==(const Type&, const Type&) = default;
+  };
+
   // Allocates `count` zero-filled instances of `token` owned by the session
   // (all or none): one AllocateBatch call.
   using AllocateFn = std::function<absl::StatusOr<std::vector<shm::InstancePtr>>(
@@ -68,15 +83,23 @@ class SpareInstances {
   // One spare from the stock of `slot`, if it has one (a Take set the slot
   // up before): the stock's lock and a pop, no call.
   bool TryTakeOne(uint32_t slot, shm::InstancePtr* out);
-  // `count` instances of `token` (blocks of `block_bytes` bytes) into
-  // `out`, all or none: from the stock of `slot` if it holds enough, else
+  // `count` instances of `type` into `out`, all or none: from the stock of `slot` if it holds enough, else
   // by one allocation of `count` plus a new stock. On RESOURCE_EXHAUSTED
   // every spare of every type is given back and `count` alone is tried
   // once more, so spares never make an allocation fail that would have
   // succeeded without them. REQUIRES: slot < kSlots.
-  absl::Status Take(uint32_t slot, shm::TypeToken token, uint64_t block_bytes, uint32_t count,
+  absl::Status Take(uint32_t slot, const Type& type, uint32_t count,
                     std::vector<shm::InstancePtr>& out);
-  // Gives back every spare; returns how many there were.
+  // The drop of the last reference to `instance`, held by this process
+  // alone (an Owned that came from Allocate and was never cloned), of the
+  // stock's type in `arena`: recycles it in place into the stock
+  // (shm::RecycleSoleInstance) and returns true, or returns false with
+  // nothing changed (another reference exists, the type cannot be
+  // recycled, the stock is full or of another arena): the caller then
+  // releases it the ordinary way. No call, no system call.
+  bool TryRecycle(uint32_t slot, uint64_t arena, const shm::InstancePtr& instance);
+  // Gives back every spare; returns how many there were. Stocks stay empty
+  // (no background refill) until the next Take.
   size_t ReleaseAll();
   // Drops every spare without giving it back: the arena it was allocated in
   // is gone (a daemon that recreated the channel), and so is the ledger.
@@ -88,13 +111,15 @@ class SpareInstances {
   struct Stock {
     base::Mutex mu;
     std::vector<shm::InstancePtr> spares ABSL_GUARDED_BY(mu);
-    shm::TypeToken token ABSL_GUARDED_BY(mu);  // zero: not set up
-    uint64_t block_bytes ABSL_GUARDED_BY(mu) = 0;
+    Type type ABSL_GUARDED_BY(mu);  // token zero: not set up
     uint32_t target ABSL_GUARDED_BY(mu) = kFirstTarget;
     // Bumped by Forget and by a change of type: an allocation begun before
     // is not added to the stock.
     uint64_t epoch ABSL_GUARDED_BY(mu) = 0;
     bool refill_asked ABSL_GUARDED_BY(mu) = false;
+    // Given back by ReleaseAll: neither refilled nor recycled into until
+    // the next Take.
+    bool dormant ABSL_GUARDED_BY(mu) = false;
     std::chrono::steady_clock::time_point no_refill_before ABSL_GUARDED_BY(mu);
   };
   // What a stock may hold for blocks of `block_bytes`.
@@ -102,16 +127,16 @@ class SpareInstances {
   // Moves the last `count` spares of `stock` into `out`.
   static void Pop(Stock& stock, uint32_t count, std::vector<shm::InstancePtr>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
-  // Sets `stock` up for `token` (giving back spares of another type into
+  // Sets `stock` up for `type` (giving back spares of another type into
   // `unwanted`); false if it was set up for it already.
-  static bool SetUp(Stock& stock, shm::TypeToken token, uint64_t block_bytes,
-                    std::vector<shm::Ref>& unwanted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
+  static bool SetUp(Stock& stock, const Type& type, std::vector<shm::Ref>& unwanted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
   // Asks the background thread to refill `slot` if its stock is below half
   // its target. Call without the stock's lock.
   void MaybeAskRefill(uint32_t slot);
-  // Adds `made` to the stock of `slot` if it is still at `epoch` with
-  // `token`; what it does not take goes into `unwanted`.
-  void Stash(uint32_t slot, shm::TypeToken token, uint64_t epoch,
+  // Adds `made` to the stock of `slot` if it is still at `epoch`; what it
+  // does not take goes into `unwanted`.
+  void Stash(uint32_t slot, uint64_t epoch,
              std::vector<shm::InstancePtr>& made, std::vector<shm::Ref>& unwanted);
   void GiveBack(std::vector<shm::Ref>& refs);
   void Refill(uint32_t slot);

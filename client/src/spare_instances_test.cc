@@ -21,6 +21,11 @@ using std::chrono::milliseconds;
 const shm::TypeToken kTokenA = *shm::TypeToken::FromHex("0123456789abcdef0123456789abcdef");
 const shm::TypeToken kTokenB = *shm::TypeToken::FromHex("fedcba9876543210fedcba9876543210");
 
+// A stocked type whose blocks are `block_bytes` long (header included).
+SpareInstances::Type TypeOf(shm::TypeToken token, uint32_t block_bytes = 64) {
+  return {token, token == kTokenA ? 1u : 2u, block_bytes - shm::kInstanceHeaderSize, true, 1};
+}
+
 // Hands out distinct refs, remembers every call, and can be limited to a
 // number of instances alive at once (RESOURCE_EXHAUSTED past it) or told
 // to block.
@@ -103,13 +108,24 @@ bool Eventually(F done) {
   return done();
 }
 
+// Stocks 16, takes 9 (below half), and leaves the background refill of 9
+// waiting in the daemon.
+void StartABlockedRefill(SpareInstances& spares, FakeDaemon& daemon) {
+  std::vector<shm::InstancePtr> out;
+  ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());
+  daemon.set_blocked(true);
+  shm::InstancePtr p;
+  for (int i = 0; i < 9; ++i) ASSERT_TRUE(spares.TryTakeOne(0, &p));
+  ASSERT_TRUE(Eventually([&] { return daemon.calls().size() == 2; }));
+}
+
 TEST(SpareInstancesTest, AMissAllocatesOneStockAndLaterTakesMakeNoCall) {
   FakeDaemon daemon;
   SpareInstances spares(daemon.allocate(), daemon.release(), /*background=*/false);
   shm::InstancePtr p;
   EXPECT_FALSE(spares.TryTakeOne(0, &p)) << "nothing is set up yet";
   std::vector<shm::InstancePtr> out;
-  ASSERT_TRUE(spares.Take(0, kTokenA, 64, 1, out).ok());
+  ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(daemon.calls(), (std::vector<uint32_t>{1 + SpareInstances::kFirstTarget}));
   std::set<uint64_t> seen = {out[0].ref().bits()};
@@ -128,7 +144,7 @@ TEST(SpareInstancesTest, TheTargetDoublesOnEachMissUpToTheCaps) {
   std::vector<shm::InstancePtr> out;
   shm::InstancePtr p;
   for (int round = 0; round < 12; ++round) {
-    ASSERT_TRUE(spares.Take(0, kTokenA, 64, 1, out).ok());
+    ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());
     while (spares.TryTakeOne(0, &p)) {
     }
   }
@@ -140,10 +156,10 @@ TEST(SpareInstancesTest, TheTargetDoublesOnEachMissUpToTheCaps) {
   // 256 KiB of 64-byte blocks is 4,096: the instance cap binds first.
   EXPECT_EQ(calls.back(), 1 + SpareInstances::kMaxTarget);
   // Big blocks: at most 256 KiB of them.
-  ASSERT_TRUE(spares.Take(1, kTokenB, 64 << 10, 1, out).ok());
+  ASSERT_TRUE(spares.Take(1, TypeOf(kTokenB, 64 << 10), 1, out).ok());
   EXPECT_EQ(daemon.calls().back(), 1 + 4u) << "4 blocks of 64 KiB";
   // A batch bigger than a stock is allocated alone.
-  ASSERT_TRUE(spares.Take(2, kTokenA, 64, 100000, out).ok());
+  ASSERT_TRUE(spares.Take(2, TypeOf(kTokenA), 100000, out).ok());
   EXPECT_EQ(daemon.calls().back(), 100000u);
 }
 
@@ -151,19 +167,19 @@ TEST(SpareInstancesTest, AFullChannelGetsEverySpareBackBeforeTheAllocationFails)
   FakeDaemon daemon;
   SpareInstances spares(daemon.allocate(), daemon.release(), /*background=*/false);
   std::vector<shm::InstancePtr> a;
-  ASSERT_TRUE(spares.Take(0, kTokenA, 64, 1, a).ok());  // 1 + 16 spares of A
+  ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, a).ok());  // 1 + 16 spares of A
   ASSERT_EQ(spares.size(), 16u);
   daemon.set_capacity(17 + 10);
   // B needs 10 (+16 for its stock): only fits once A's spares are back.
   std::vector<shm::InstancePtr> b;
-  ASSERT_TRUE(spares.Take(1, kTokenB, 64, 10, b).ok());
+  ASSERT_TRUE(spares.Take(1, TypeOf(kTokenB), 10, b).ok());
   EXPECT_EQ(b.size(), 10u);
   EXPECT_EQ(daemon.released(), 16u) << "A's spares were given back";
   EXPECT_EQ(spares.size(), 0u) << "and no new stock was taken";
   EXPECT_EQ(daemon.alive(), 11u) << "1 of A and 10 of B";
   // When even that is not enough, the error comes through.
   std::vector<shm::InstancePtr> c;
-  absl::Status s = spares.Take(1, kTokenB, 64, 1000, c);
+  absl::Status s = spares.Take(1, TypeOf(kTokenB), 1000, c);
   EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
   EXPECT_TRUE(c.empty());
 }
@@ -172,7 +188,7 @@ TEST(SpareInstancesTest, ForgetDropsSparesWithoutGivingThemBack) {
   FakeDaemon daemon;
   SpareInstances spares(daemon.allocate(), daemon.release(), /*background=*/false);
   std::vector<shm::InstancePtr> out;
-  ASSERT_TRUE(spares.Take(0, kTokenA, 64, 1, out).ok());
+  ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());
   spares.Forget();
   shm::InstancePtr p;
   EXPECT_FALSE(spares.TryTakeOne(0, &p));
@@ -185,9 +201,9 @@ TEST(SpareInstancesTest, DestructionAndATypeChangeGiveSparesBack) {
   {
     SpareInstances spares(daemon.allocate(), daemon.release(), /*background=*/false);
     std::vector<shm::InstancePtr> out;
-    ASSERT_TRUE(spares.Take(0, kTokenA, 64, 1, out).ok());
+    ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());
     // The slot now holds another type (a re-registered struct): A's go back.
-    ASSERT_TRUE(spares.Take(0, kTokenB, 64, 1, out).ok());
+    ASSERT_TRUE(spares.Take(0, TypeOf(kTokenB), 1, out).ok());
     EXPECT_EQ(daemon.released(), 16u);
     EXPECT_EQ(spares.size(), 16u);
   }
@@ -199,7 +215,7 @@ TEST(SpareInstancesTest, TheBackgroundThreadRefillsBeforeTheStockRunsOut) {
   FakeDaemon daemon;
   SpareInstances spares(daemon.allocate(), daemon.release());
   std::vector<shm::InstancePtr> out;
-  ASSERT_TRUE(spares.Take(0, kTokenA, 64, 1, out).ok());
+  ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());
   shm::InstancePtr p;
   for (int i = 0; i < 9; ++i) ASSERT_TRUE(spares.TryTakeOne(0, &p));  // 7 left < 16/2
   ASSERT_TRUE(Eventually([&] { return spares.size() == 16; })) << spares.size();
@@ -209,16 +225,28 @@ TEST(SpareInstancesTest, TheBackgroundThreadRefillsBeforeTheStockRunsOut) {
 TEST(SpareInstancesTest, ARefillThatEndsAfterForgetIsGivenBackNotStocked) {
   FakeDaemon daemon;
   SpareInstances spares(daemon.allocate(), daemon.release());
-  std::vector<shm::InstancePtr> out;
-  ASSERT_TRUE(spares.Take(0, kTokenA, 64, 1, out).ok());
-  daemon.set_blocked(true);
-  shm::InstancePtr p;
-  for (int i = 0; i < 9; ++i) ASSERT_TRUE(spares.TryTakeOne(0, &p));
-  ASSERT_TRUE(Eventually([&] { return daemon.calls().size() == 2; }));
+  StartABlockedRefill(spares, daemon);
   spares.Forget();
   daemon.set_blocked(false);
   ASSERT_TRUE(Eventually([&] { return daemon.released() == 9; })) << daemon.released();
   EXPECT_EQ(spares.size(), 0u);
+}
+
+// ReleaseSpares means "give it all back now": a refill asked or under way
+// before does not stock again behind the caller's back.
+TEST(SpareInstancesTest, AfterReleaseAllNothingIsRestockedUntilTheNextTake) {
+  FakeDaemon daemon;
+  SpareInstances spares(daemon.allocate(), daemon.release());
+  StartABlockedRefill(spares, daemon);
+  EXPECT_EQ(spares.ReleaseAll(), 7u);
+  daemon.set_blocked(false);
+  ASSERT_TRUE(Eventually([&] { return daemon.released() == 7 + 9; })) << daemon.released();
+  std::this_thread::sleep_for(milliseconds(50));
+  EXPECT_EQ(spares.size(), 0u);
+  EXPECT_EQ(daemon.calls().size(), 2u) << "no refill after ReleaseAll";
+  std::vector<shm::InstancePtr> out;
+  ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());
+  EXPECT_EQ(spares.size(), SpareInstances::kFirstTarget) << "a take stocks again";
 }
 
 TEST(SpareInstancesTest, ManyThreadsNeverGetOneInstanceTwice) {
@@ -239,7 +267,7 @@ TEST(SpareInstancesTest, ManyThreadsNeverGetOneInstanceTwice) {
             got[t].push_back(p.ref().bits());
           } else {
             out.clear();
-            ASSERT_TRUE(spares.Take(0, kTokenA, 64, 1, out).ok());
+            ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());
             got[t].push_back(out[0].ref().bits());
           }
         }

@@ -309,19 +309,37 @@ absl::Status Allocator::Retain(Ref ref) {
   absl::StatusOr<InstancePtr> inst = arena_->Resolve(ref);
   if (!inst.ok()) return inst.status();
   InstanceHeader& h = inst->header();
-  uint32_t rc = h.refcount.load(std::memory_order_relaxed);
-  if (rc == 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "ref %s: refcount is zero, the instance is being freed (retain it "
-        "before releasing the last reference)",
+  // Read-modify-writes, not a load and a store: the sole owner of an
+  // instance may take its refcount from 1 to 0 at any moment to recycle
+  // it in place (shm/local_recycle.h). Whichever goes first wins: from 0
+  // nothing is retained, and once this increment is in, the owner's
+  // claim fails.
+  uint32_t rc = h.refcount.load(std::memory_order_acquire);
+  do {
+    if (rc == 0) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "ref %s: refcount is zero, the instance is being freed (retain it "
+          "before releasing the last reference)",
+          ref.ToString()));
+    }
+    if (rc == UINT32_MAX) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "ref %s: refcount at its maximum of %d (release references first)",
+          ref.ToString(), UINT32_MAX));
+    }
+  } while (!h.refcount.compare_exchange_weak(rc, rc + 1, std::memory_order_acq_rel,
+                                             std::memory_order_acquire));
+  // An owner that recycled the block between Resolve and the increment
+  // published the new generation before the refcount this increment
+  // followed: the reference is to an instance that is gone.
+  if ((h.generation.load(std::memory_order_acquire) & kGenerationMask) !=
+      ref.generation_tag()) {
+    h.refcount.fetch_sub(1, std::memory_order_acq_rel);
+    return absl::NotFoundError(absl::StrFormat(
+        "ref %s: the instance was freed (stale reference; keep an owned "
+        "reference while you use an instance)",
         ref.ToString()));
   }
-  if (rc == UINT32_MAX) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "ref %s: refcount at its maximum of %d (release references first)",
-        ref.ToString(), UINT32_MAX));
-  }
-  h.refcount.store(rc + 1, std::memory_order_relaxed);
   return absl::OkStatus();
 }
 
@@ -337,14 +355,16 @@ absl::StatusOr<bool> Allocator::DropOne(Ref ref, Loc* loc) {
         ref.ToString()));
   }
   InstanceHeader& h = inst->header();
-  uint32_t rc = h.refcount.load(std::memory_order_relaxed);
-  if (rc == 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "ref %s: refcount already zero (released more often than retained, "
-        "or the arena is damaged; run 'structctl check')",
-        ref.ToString()));
-  }
-  h.refcount.store(rc - 1, std::memory_order_relaxed);
+  uint32_t rc = h.refcount.load(std::memory_order_acquire);
+  do {  // a read-modify-write: see Retain
+    if (rc == 0) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "ref %s: refcount already zero (released more often than retained, "
+          "or the arena is damaged; run 'structctl check')",
+          ref.ToString()));
+    }
+  } while (!h.refcount.compare_exchange_weak(rc, rc - 1, std::memory_order_acq_rel,
+                                             std::memory_order_acquire));
   *loc = Pack(ref.extent_id(), ref.offset());
   return rc == 1;
 }

@@ -4,11 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <random>
+#include <thread>
 
 #include <set>
 
 #include "structd/shm/field.h"
+#include "structd/shm/local_recycle.h"
 #include "structd/shm/sync.h"
 #include "testing/temp_dir.h"
 
@@ -88,6 +91,112 @@ TEST_F(AllocatorTest, ReuseBumpsTheGeneration) {
   ASSERT_TRUE(r2.ok());
   EXPECT_EQ(r2->offset(), r->offset());
   EXPECT_EQ(r2->generation_tag(), gen + 1);
+}
+
+// ---- Recycling in place by the sole owner (local_recycle.h) ----
+
+TEST_F(AllocatorTest, ASoleOwnerRecyclesInPlaceWithTheNextGenerationZeroed) {
+  auto r = alloc_->Allocate(2, small_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto inst = arena_->Resolve(*r);
+  ASSERT_TRUE(inst.ok());
+  std::memset(inst->payload(), 0xAB, small_.size());
+  std::optional<InstancePtr> next = RecycleSoleInstance(*inst, 2, small_.size());
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->block(), inst->block()) << "the same block";
+  EXPECT_EQ(next->ref().generation_tag(), r->generation_tag() + 1);
+  EXPECT_EQ(arena_->Resolve(*r).status().code(), absl::StatusCode::kNotFound)
+      << "the old ref is stale";
+  ASSERT_TRUE(arena_->Resolve(next->ref()).ok());
+  EXPECT_EQ(next->header().refcount.load(), 1u);
+  EXPECT_EQ(next->type_index(), 2u);
+  for (uint32_t i = 0; i < small_.size(); ++i) ASSERT_EQ(next->payload()[i], 0) << i;
+  // What names the block finds the new instance; the allocator frees it.
+  auto current = arena_->ResolveCurrent(*r);
+  ASSERT_TRUE(current.ok()) << current.status();
+  EXPECT_EQ(current->ref(), next->ref());
+  ASSERT_TRUE(alloc_->Release(next->ref(), Types()).ok());
+  EXPECT_EQ(arena_->ResolveCurrent(*r).status().code(), absl::StatusCode::kNotFound)
+      << "a free block has no current instance";
+  EXPECT_EQ(alloc_->Stats().live_instances, 0u);
+}
+
+TEST_F(AllocatorTest, RecycleIsRefusedUnlessTheCallerHoldsTheOnlyReference) {
+  auto r = alloc_->Allocate(2, small_);
+  ASSERT_TRUE(r.ok());
+  auto inst = arena_->Resolve(*r);
+  ASSERT_TRUE(inst.ok());
+  inst->payload()[0] = 7;
+  // Another reference (another session's, a root's, a field's).
+  ASSERT_TRUE(alloc_->Retain(*r).ok());
+  EXPECT_FALSE(RecycleSoleInstance(*inst, 2, small_.size()).has_value());
+  EXPECT_EQ(Refcount(*r), 2u) << "nothing changed";
+  EXPECT_EQ(inst->payload()[0], 7);
+  // Another type, or a payload that does not fit the block.
+  ASSERT_TRUE(alloc_->Release(*r, Types()).ok());
+  EXPECT_FALSE(RecycleSoleInstance(*inst, 1, small_.size()).has_value());
+  EXPECT_FALSE(RecycleSoleInstance(*inst, 2, 1 << 20).has_value());
+  // Freed: the ref is stale (even once the block is reused).
+  ASSERT_TRUE(alloc_->Release(*r, Types()).ok());
+  EXPECT_FALSE(RecycleSoleInstance(*inst, 2, small_.size()).has_value());
+  auto again = alloc_->Allocate(2, small_);
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ(again->offset(), r->offset());
+  EXPECT_FALSE(RecycleSoleInstance(*inst, 2, small_.size()).has_value());
+  EXPECT_EQ(Refcount(*again), 1u);
+}
+
+// The daemon retains (another session takes a reference) while the owner
+// recycles: either the retain comes first and the recycle is refused, or
+// the recycle comes first and the retain sees a stale ref. Never a
+// reference to the new instance under the old ref's name.
+TEST_F(AllocatorTest, ARetainRacingARecycleEitherWinsOrSeesAStaleRef) {
+  auto r = alloc_->Allocate(2, small_);
+  ASSERT_TRUE(r.ok());
+  auto first = arena_->Resolve(*r);
+  ASSERT_TRUE(first.ok());
+  std::atomic<uint64_t> current{r->bits()};
+  std::atomic<bool> stop{false};
+  uint64_t recycled = 0, refused = 0;
+  std::thread owner([&] {
+    InstancePtr mine = *first;
+    while (!stop.load()) {
+      if (auto next = RecycleSoleInstance(mine, 2, small_.size())) {
+        mine = *next;
+        current.store(mine.ref().bits());
+        ++recycled;
+      } else {
+        ++refused;
+      }
+    }
+  });
+  uint64_t retained = 0, stale = 0;
+  for (int i = 0; i < 200000 || recycled == 0 || retained == 0; ++i) {
+    Ref seen = Ref::FromBits(current.load());
+    absl::Status s = alloc_->Retain(seen);
+    if (s.ok()) {
+      ++retained;
+      // While held, the instance is the one retained: the owner cannot
+      // recycle it from under this reference.
+      auto inst = arena_->Resolve(seen);
+      ASSERT_TRUE(inst.ok()) << "retained " << seen.ToString() << " but it is gone";
+      ASSERT_GE(inst->header().refcount.load(), 2u);
+      ASSERT_TRUE(alloc_->Release(seen, Types()).ok());
+    } else {
+      ASSERT_TRUE(absl::IsNotFound(s) || absl::IsFailedPrecondition(s)) << s;
+      ++stale;
+    }
+    if (i > 5000000) break;
+  }
+  stop.store(true);
+  owner.join();
+  EXPECT_GT(recycled, 0u);
+  EXPECT_GT(retained, 0u);
+  Ref last = Ref::FromBits(current.load());
+  EXPECT_EQ(Refcount(last), 1u) << "the owner's one reference, exactly";
+  EXPECT_EQ(alloc_->Stats().live_instances, 1u);
+  RecordProperty("stale_retains", static_cast<int>(stale));
+  RecordProperty("refused_recycles", static_cast<int>(refused));
 }
 
 TEST_F(AllocatorTest, DistinctLiveInstancesNeverShareABlock) {

@@ -503,6 +503,14 @@ absl::StatusOr<BlockSpan> Arena::BlockAt(uint32_t extent_id,
 }
 
 absl::StatusOr<InstancePtr> Arena::Resolve(Ref ref) const {
+  return ResolveBlock(ref, /*any_generation=*/false);
+}
+
+absl::StatusOr<InstancePtr> Arena::ResolveCurrent(Ref ref) const {
+  return ResolveBlock(ref, /*any_generation=*/true);
+}
+
+absl::StatusOr<InstancePtr> Arena::ResolveBlock(Ref ref, bool any_generation) const {
   if (ref.is_null()) {
     return absl::InvalidArgumentError(
         "ref: null reference (allocate an instance or read a non-null ref "
@@ -520,12 +528,14 @@ absl::StatusOr<InstancePtr> Arena::Resolve(Ref ref) const {
   const auto* h = reinterpret_cast<const InstanceHeader*>(block->block);
   uint32_t type_index = h->type_index.load(std::memory_order_acquire);
   uint32_t gen = h->generation.load(std::memory_order_acquire);
-  if (type_index == 0 || (gen & kGenerationMask) != ref.generation_tag()) {
+  if (type_index == 0 ||
+      (!any_generation && (gen & kGenerationMask) != ref.generation_tag())) {
     return absl::NotFoundError(absl::StrFormat(
         "ref %s: the instance was freed (stale reference; keep an owned "
         "reference while you use an instance)",
         ref.ToString()));
   }
+  if (any_generation) ref = Ref::Make(e, ref.offset(), gen);
   return InstancePtr(block->block, ref, block->capacity);
 }
 

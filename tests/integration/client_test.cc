@@ -64,6 +64,17 @@ class ClientTest : public ::testing::Test {
     created_ = std::move(*ch);
   }
   Channel& c() { return *created_.channel; }
+  // structctl check's verdict on channel "c" (refcounts match the census).
+  bool CensusIsClean() {
+    client::AdminOptions ao;
+    ao.socket = daemon_.socket();
+    auto admin = client::AdminClient::Connect(ao);
+    EXPECT_TRUE(admin.ok()) << admin.status();
+    if (!admin.ok()) return false;
+    auto check = (*admin)->Check("c");
+    EXPECT_TRUE(check.ok()) << check.status();
+    return check.ok() && check->ok;
+  }
   std::unique_ptr<SpawnedProcess> Worker(const std::string& mode,
                                          std::vector<std::string> args = {}) {
     return testing::Worker(daemon_, created_, mode, std::move(args));
@@ -305,7 +316,22 @@ TEST_F(ClientTest, AllocateFromTheStockNeedsNoDaemon) {
     (*one)->hits().store(i + 1);
     made.push_back(std::move(*one));
   }
-  made.resize(spares / 2);  // drops are queued, not called
+  // Dropping what it alone owns recycles in place: allocating and dropping
+  // goes on without the daemon for as long as one likes.
+  ASSERT_EQ(c().SpareCount(), 0u);
+  made.pop_back();
+  ASSERT_EQ(c().SpareCount(), 1u);
+  for (int i = 0; i < 10000; ++i) {
+    auto one = c().Allocate<Counter>();
+    ASSERT_TRUE(one.ok()) << i << ": " << one.status();
+    ASSERT_EQ((*one)->hits().load(), 0u) << "zero-filled after a recycle";
+    (*one)->hits().store(99);
+    Ref old = one->ref();
+    one->Reset();
+    ASSERT_EQ(c().View<Counter>(old).status().code(), absl::StatusCode::kNotFound)
+        << "a ref to the dropped instance is stale at once";
+  }
+  made.resize(spares / 2);  // recycled too
   ASSERT_EQ(kill(daemon_.pid(), SIGCONT), 0);
   for (size_t i = 0; i < made.size(); ++i) EXPECT_EQ(made[i]->hits().load(), i + 1);
   // A ref from the stock is an ordinary one: released over gRPC like any.
@@ -321,18 +347,74 @@ TEST_F(ClientTest, AllocateFromTheStockNeedsNoDaemon) {
   EXPECT_EQ(AwaitLive(admin, "c", 1 + made.size()), 1 + made.size());
 }
 
+// An Owned from Allocate is recycled in place when dropped only if no
+// other reference exists: not after a Clone, not while another Owned (a
+// Retain) or a root holds it, and never for a type with ref fields.
+TEST_F(ClientTest, ADroppedInstanceIsRecycledOnlyWhenNothingElseHoldsIt) {
+  auto a = c().Allocate<Counter>();
+  ASSERT_TRUE(a.ok()) << a.status();
+  const Ref ref = a->ref();
+  (*a)->hits().store(5);
+  auto retained = c().Retain<Counter>(ref);  // a second reference, by call
+  ASSERT_TRUE(retained.ok()) << retained.status();
+  const size_t before = c().SpareCount();
+  a->Reset();
+  EXPECT_EQ(c().SpareCount(), before) << "not recycled: another reference exists";
+  EXPECT_EQ((*retained)->hits().load(), 5u);
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_EQ(c().arena().Resolve(ref)->header().refcount.load(), 1u);
+  retained->Reset();  // not from Allocate: queued, freed by the daemon
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_EQ(c().View<Counter>(ref).status().code(), absl::StatusCode::kNotFound);
+
+  auto b = c().Allocate<Counter>();
+  ASSERT_TRUE(b.ok());
+  auto clone = b->Clone();
+  ASSERT_TRUE(clone.ok());
+  const size_t with_clone = c().SpareCount();
+  b->Reset();
+  clone->Reset();
+  EXPECT_EQ(c().SpareCount(), with_clone) << "a cloned one goes through the daemon";
+
+  auto rooted = c().Allocate<Counter>();
+  ASSERT_TRUE(rooted.ok());
+  ASSERT_TRUE(c().SetRoot("keep", rooted->ref()).ok());
+  const Ref kept = rooted->ref();
+  rooted->Reset();
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_TRUE(c().View<Counter>(kept).ok()) << "the root still holds it";
+
+  auto node = c().Allocate<Node>();
+  ASSERT_TRUE(node.ok());
+  const Ref node_ref = node->ref();
+  const size_t nodes_before = c().SpareCount();
+  node->Reset();
+  EXPECT_EQ(c().SpareCount(), nodes_before) << "Node has a ref field: never recycled";
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_EQ(c().View<Node>(node_ref).status().code(), absl::StatusCode::kNotFound);
+
+  auto d = c().Allocate<Counter>();
+  ASSERT_TRUE(d.ok());
+  const Ref dropped = d->ref();
+  const size_t spares = c().SpareCount();
+  d->Reset();
+  EXPECT_EQ(c().SpareCount(), spares + 1) << "sole and recyclable: back in the stock";
+  EXPECT_EQ(c().View<Counter>(dropped).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(CensusIsClean());
+}
+
 // Several processes and this one allocate and drop the same type one by
 // one, at once: no instance is handed out twice (each keeps its stamp
 // until dropped), and when they are gone only this process's remain.
 TEST_F(ClientTest, ProcessesAllocatingAndDroppingOneTypeAtOnceLoseNothing) {
   std::vector<std::unique_ptr<SpawnedProcess>> workers;
   for (int i = 0; i < 3; ++i) workers.push_back(Worker("churn", {"20000"}));
-  std::vector<Owned<Node>> mine;
+  std::vector<Owned<Counter>> mine;
   for (int i = 0; i < 20000; ++i) {
-    auto one = c().Allocate<Node>();
+    auto one = c().Allocate<Counter>();
     ASSERT_TRUE(one.ok()) << one.status();
-    ASSERT_EQ((*one)->value().load(), 0u);
-    (*one)->value().store(static_cast<uint64_t>(i) + 1);
+    ASSERT_EQ((*one)->hits().load(), 0u);
+    (*one)->hits().store(static_cast<uint64_t>(i) + 1);
     mine.push_back(std::move(*one));
     if (mine.size() > 50) mine.erase(mine.begin());
   }
@@ -341,19 +423,13 @@ TEST_F(ClientTest, ProcessesAllocatingAndDroppingOneTypeAtOnceLoseNothing) {
     EXPECT_EQ(w->Wait(), 0);
   }
   for (size_t i = 0; i < mine.size(); ++i) {
-    EXPECT_EQ(mine[i]->value().load(), 20000 - mine.size() + i + 1);
+    EXPECT_EQ(mine[i]->hits().load(), 20000 - mine.size() + i + 1);
   }
   ASSERT_TRUE(c().Flush().ok());
   c().ReleaseSpares();  // (a refill still under way gives its share back too)
   GrpcClient admin(daemon_.target(), /*attach=*/false);
   EXPECT_EQ(AwaitLive(admin, "c", mine.size()), mine.size());
-  client::AdminOptions ao;
-  ao.socket = daemon_.socket();
-  auto census = client::AdminClient::Connect(ao);
-  ASSERT_TRUE(census.ok()) << census.status();
-  auto check = (*census)->Check("c");
-  ASSERT_TRUE(check.ok()) << check.status();
-  EXPECT_TRUE(check->ok);
+  EXPECT_TRUE(CensusIsClean());
 }
 
 TEST_F(ClientTest, AKilledProcessesOwnedRefsAreReleasedAndItsMutexReportsOwnerDied) {

@@ -17,7 +17,7 @@
 //                       store, roots, describe) and field writes, adding 1 to
 //                       Counter "total" per round; any failed call prints
 //                       "error ..." and exits 4; else prints "done"
-//   churn N             N Allocate<Node>() one by one, each stamped and
+//   churn N             N Allocate<Counter>() one by one, each stamped and
 //                       dropped at random, checked intact when dropped;
 //                       prints "done"
 //   witness ROOT        adds to Counter ROOT's hits all along; prints "ready",
@@ -189,6 +189,11 @@ int main(int argc, char** argv) {
         }
         case 1:
           if (!mine.empty()) mine.erase(mine.begin() + static_cast<long>(pick()));
+          // And Counters allocated and dropped at once: recycled in place.
+          for (int n = static_cast<int>(rng() % 8); n > 0; --n) {
+            auto counter = c.Allocate<Counter>();
+            if (counter.ok()) (*counter)->hits().store(rng());
+          }
           break;
         case 2:
           if (!mine.empty()) {
@@ -272,17 +277,17 @@ int main(int argc, char** argv) {
     // own that must still be there when it is dropped.
     long rounds = std::atol(argv[5]);
     std::mt19937_64 rng(static_cast<uint64_t>(getpid()));
-    std::vector<std::pair<Owned<Node>, uint64_t>> mine;
+    std::vector<std::pair<Owned<Counter>, uint64_t>> mine;
     uint64_t stamp = static_cast<uint64_t>(getpid()) << 32;
     for (long i = 0; i < rounds; ++i) {
-      auto one = c.Allocate<Node>();
+      auto one = c.Allocate<Counter>();
       if (!one.ok()) return Fail(one.status());
-      if ((*one)->value().load() != 0) return Fail(absl::DataLossError("not zero-filled"));
-      (*one)->value().store(++stamp);
+      if ((*one)->hits().load() != 0) return Fail(absl::DataLossError("not zero-filled"));
+      (*one)->hits().store(++stamp);
       mine.emplace_back(std::move(*one), stamp);
       if (mine.size() > 64 || rng() % 3 == 0) {
         size_t k = rng() % mine.size();
-        if (mine[k].first->value().load() != mine[k].second) {
+        if (mine[k].first->hits().load() != mine[k].second) {
           return Fail(absl::DataLossError("an owned instance changed under its owner"));
         }
         mine.erase(mine.begin() + static_cast<long>(k));

@@ -13,15 +13,17 @@ Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
   auto live = [&](shm::Ref r) { return arena.Resolve(r).ok(); };
   for (const auto& [name, ref] : roots) {
     if (live(ref)) {
-      ++c.expected[ref.bits()];
+      ++c.expected[Census::Block(ref)];
     } else {
       c.dangling_roots.push_back(name);
     }
   }
   for (const auto& [session, ledger] : ledgers) {
     for (const LedgerEntry& e : ledger->Entries()) {
-      if (live(e.ref)) {
-        c.expected[e.ref.bits()] += e.count;
+      // An entry names a block: its owner may have recycled the instance
+      // in place since the entry was written (shm/local_recycle.h).
+      if (arena.ResolveCurrent(e.ref).ok()) {
+        c.expected[Census::Block(e.ref)] += e.count;
       } else {
         c.dangling_entries.push_back({session, e.ref});
       }
@@ -47,7 +49,7 @@ Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
           shm::Ref child = shm::RefField(inst.payload() + off).load();
           if (child.is_null()) continue;
           if (live(child)) {
-            ++c.expected[child.bits()];
+            ++c.expected[Census::Block(child)];
           } else {
             c.dangling_fields.push_back({inst.ref(), off, child});
           }

@@ -22,8 +22,13 @@
 namespace structd::server {
 
 struct Census {
-  // References that exist, by the bits of the instance they name.
+  // References that exist, by the block of the instance they name (a
+  // ref's bits without its generation: a ledger entry names a block whose
+  // owner may recycle it in place, even while the census is taken).
   std::map<uint64_t, uint64_t> expected;
+  static uint64_t Block(shm::Ref ref) {
+    return ref.bits() & ~uint64_t{shm::kGenerationMask};
+  }
   // Every live instance the walk found, in arena order.
   std::vector<shm::Ref> instances;
   // Holders of a reference to no live instance.
@@ -48,7 +53,7 @@ struct Census {
   std::vector<Problem> problems;
 
   uint64_t Expected(shm::Ref ref) const {
-    auto it = expected.find(ref.bits());
+    auto it = expected.find(Block(ref));
     return it == expected.end() ? 0 : it->second;
   }
 };

@@ -268,9 +268,22 @@ uint64_t Channel::Leave(const std::string& session_id) {
   if (UsableLocked().ok()) {
     shm::Allocator::TypeLookup types = TypesLocked();
     for (const LedgerEntry& e : it->second->Entries()) {
-      // A ref that no longer resolves was damaged by a member: logged.
+      // The entry names a block; the session may have recycled the
+      // instance there in place (shm/local_recycle.h), and may have died
+      // doing it, between its claim (refcount 0) and its publication
+      // (refcount 1): either way the instance there now is the one it
+      // owned. A ref that no longer resolves was damaged by a member:
+      // logged.
+      absl::StatusOr<shm::InstancePtr> current = arena_->ResolveCurrent(e.ref);
+      if (current.ok() && current->header().refcount.load(std::memory_order_acquire) == 0) {
+        absl::Status s = allocator_->FinishCondemned(current->ref(), types).status();
+        LogIfFailed(s, "freeing what an ended session was recycling");
+        if (s.ok()) ++released;
+        continue;
+      }
       for (uint64_t n = 0; n < e.count; ++n) {
-        absl::Status s = allocator_->Release(e.ref, types).status();
+        absl::Status s = current.ok() ? allocator_->Release(current->ref(), types).status()
+                                      : current.status();
         if (!s.ok()) {
           LogIfFailed(s, "releasing what an ended session held");
           break;

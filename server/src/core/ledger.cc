@@ -19,7 +19,10 @@ namespace structd::server {
 namespace {
 
 constexpr uint64_t kLedgerMagicV1 = 0x315245474445444cull;  // "LDEDGER1"
-constexpr uint64_t kLedgerMagic = 0x325245474445444cull;    // "LDEDGER2"
+constexpr uint64_t kLedgerMagicV2 = 0x325245474445444cull;  // "LDEDGER2"
+// Format 3: slots hashed and matched by block (a ref without its
+// generation); format 2 hashed whole refs.
+constexpr uint64_t kLedgerMagic = 0x335245474445444cull;    // "LDEDGER3"
 constexpr uint64_t kEmpty = 0;
 // Never a valid Ref: valid refs have extent bits (>= 2^50) set.
 constexpr uint64_t kTombstone = 1;
@@ -27,7 +30,11 @@ constexpr uint64_t kInitialCapacity = 64;
 // A refcount is 32 bits: a larger count can only be scribbled.
 constexpr uint64_t kMaxCount = UINT32_MAX;
 
-uint64_t Hash(uint64_t v) {
+// A ref's bits without its generation: the block it names.
+uint64_t BlockBits(uint64_t ref_bits) { return ref_bits & ~uint64_t{shm::kGenerationMask}; }
+
+uint64_t Hash(uint64_t ref_bits) {
+  uint64_t v = BlockBits(ref_bits);
   v ^= v >> 33;
   v *= 0xff51afd7ed558ccdull;
   v ^= v >> 33;
@@ -90,7 +97,7 @@ Ledger::~Ledger() {
 }
 
 Ledger::Slot* Ledger::slots() const {
-  static_assert(sizeof(Header) == 64 && sizeof(Slot) == 16, "ledger format 2");
+  static_assert(sizeof(Header) == 64 && sizeof(Slot) == 16, "ledger format 3");
   return reinterpret_cast<Slot*>(map_ + sizeof(Header));
 }
 uint64_t Ledger::size() const { return refs_; }
@@ -132,7 +139,13 @@ absl::StatusOr<Ledger::Table> Ledger::WriteTable(
   auto* s = reinterpret_cast<Slot*>(static_cast<uint8_t*>(p) + sizeof(Header));
   for (const LedgerEntry& e : entries) {
     uint64_t i = Hash(e.ref.bits()) & (capacity - 1);
-    while (s[i].ref != kEmpty) i = (i + 1) & (capacity - 1);
+    while (s[i].ref != kEmpty && BlockBits(s[i].ref) != BlockBits(e.ref.bits())) {
+      i = (i + 1) & (capacity - 1);
+    }
+    if (s[i].ref != kEmpty) {  // two entries of one block (format 2): one
+      s[i].count = std::min(kMaxCount, s[i].count + e.count);
+      continue;
+    }
     s[i].count = e.count;
     s[i].ref = e.ref.bits();
     ++h->used;
@@ -178,6 +191,25 @@ bool ReadFormat1(const uint8_t* p, uint64_t bytes, std::vector<LedgerEntry>* out
   return true;
 }
 
+// Reads a format-2 table (slots hashed by whole ref) into entries.
+bool ReadFormat2(const uint8_t* p, uint64_t bytes, std::vector<LedgerEntry>* out) {
+  constexpr uint64_t kHeader = 64;
+  const auto* words = reinterpret_cast<const uint64_t*>(p);
+  uint64_t cap = words[2];
+  if (cap < kInitialCapacity || (cap & (cap - 1)) != 0 || cap >= (uint64_t{1} << 40) ||
+      kHeader + cap * 16 != bytes) {
+    return false;
+  }
+  const uint64_t* s = words + kHeader / sizeof(uint64_t);
+  for (uint64_t i = 0; i < cap; ++i) {
+    uint64_t ref = s[2 * i], count = s[2 * i + 1];
+    if (!IsRef(ref)) continue;
+    if (count == 0 || count > kMaxCount) count = 1;  // damage: see Open
+    out->push_back({shm::Ref::FromBits(ref), count});
+  }
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
@@ -213,12 +245,15 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
         "ledger ", path, ": damaged header (its references cannot be "
         "released automatically; run 'structctl check')"));
   };
-  if (h->magic == kLedgerMagicV1) {
+  if (h->magic == kLedgerMagicV1 || h->magic == kLedgerMagicV2) {
     // Written by an older daemon: convert (the rename keeps the old file
     // until the new one is complete).
     std::vector<LedgerEntry> entries;
     uint64_t tag = h->session_tag;
-    if (!ReadFormat1(static_cast<uint8_t*>(p), bytes, &entries)) return damaged();
+    const bool read = h->magic == kLedgerMagicV1
+                          ? ReadFormat1(static_cast<uint8_t*>(p), bytes, &entries)
+                          : ReadFormat2(static_cast<uint8_t*>(p), bytes, &entries);
+    if (!read) return damaged();
     guard = shm::GuardedMapping();
     munmap(p, bytes);
     close(fd);
@@ -226,10 +261,12 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
     while ((entries.size() + 1) * 2 > capacity) capacity *= 2;
     absl::StatusOr<Table> t = WriteTable(path, tag, capacity, entries);
     if (!t.ok()) return t.status();
-    uint64_t refs = 0;
-    for (const LedgerEntry& e : entries) refs += e.count;
-    auto ledger =
-        std::unique_ptr<Ledger>(new Ledger(path, *t, tag, entries.size(), 0, refs));
+    // Entries of one block were merged: count what the table holds.
+    auto ledger = std::unique_ptr<Ledger>(new Ledger(path, *t, tag, 0, 0, 0));
+    for (const LedgerEntry& e : ledger->Entries()) {
+      ++ledger->used_;
+      ledger->refs_ += e.count;
+    }
     ledger->damage_ = damage;
     ledger->guard_ = shm::GuardedMapping(ledger->map_, ledger->map_bytes_, damage, 0);
     return ledger;
@@ -297,7 +334,14 @@ Ledger::Slot* Ledger::Find(shm::Ref ref) const {
   for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
        i = (i + 1) & mask, ++n) {
     if (s[i].ref == kEmpty) return nullptr;
-    if (s[i].ref == ref.bits()) return &s[i];
+    if (IsRef(s[i].ref) && BlockBits(s[i].ref) == BlockBits(ref.bits())) {
+      // The owner recycled the block in place since the entry was written
+      // (shm/local_recycle.h): the session's references are to the
+      // instance there now, which the caller has resolved. One 8-byte
+      // store renews the entry.
+      if (s[i].ref != ref.bits()) Store(s[i].ref, ref.bits());
+      return &s[i];
+    }
   }
   return nullptr;
 }
@@ -330,7 +374,7 @@ absl::Status Ledger::Add(shm::Ref ref) {
     Slot* s = slots();
     for (uint64_t i = Hash(ref.bits()) & mask, n = 0; n <= mask;
          i = (i + 1) & mask, ++n) {
-      if (IsRef(s[i].ref)) continue;
+      if (IsRef(s[i].ref)) continue;  // Find found no slot of this block
       if (s[i].ref == kTombstone && tombstones_ > 0) --tombstones_;
       Store(s[i].count, 1);
       Store(s[i].ref, ref.bits());  // the entry exists from this store on

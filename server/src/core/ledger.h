@@ -26,6 +26,12 @@ struct LedgerEntry {
 // more, nothing less. Owning one ref many times costs one slot: every
 // operation is O(1) expected, whatever the multiplicity.
 //
+// Entries name blocks: a ref and another ref to the same block with
+// another generation are one entry, and a lookup with the newer one renews
+// the entry's generation. A session's sole reference to an instance it
+// recycled in place (shm/local_recycle.h) is thus still the same entry,
+// without the daemon being told. Callers pass refs they resolved live.
+//
 // Crash atomicity: every change becomes visible through one 8-byte store
 // (a new slot's count is written before its ref; a count is changed in
 // place; a removed slot's ref becomes a tombstone), so a daemon killed at

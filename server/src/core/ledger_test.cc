@@ -100,7 +100,8 @@ TEST(LedgerTest, BytesWrittenIntoAnOpenLedgerCannotSteerItOutsideTheFile) {
     // And every empty slot (16 bytes: ref, count) taken by junk.
     f.seekp(64);
     for (int i = 0; i < 128; ++i) {
-      uint64_t v = 0xdead0000 + i;
+      // Distinct blocks (slots are matched by block, not generation).
+      uint64_t v = (uint64_t{0xdead} << 36) + (uint64_t(i) << 26);
       f.write(reinterpret_cast<const char*>(&v), sizeof v);
     }
   }
@@ -177,6 +178,66 @@ TEST(LedgerTest, AFormat1LedgerIsConvertedOnOpen) {
   EXPECT_EQ((*l)->Count(R(1)), 2u);
   EXPECT_EQ((*l)->Count(R(2)), 1u);
   EXPECT_EQ((*l)->size(), 3u);
+}
+
+// A format-2 ledger (slots hashed by whole ref) is rehashed by block when
+// opened, keeping every count.
+TEST(LedgerTest, AFormat2LedgerIsConvertedOnOpen) {
+  structd::testing::TempDir dir;
+  {
+    std::vector<uint64_t> words(8 + 2 * 64, 0);
+    words[0] = 0x325245474445444cull;  // "LDEDGER2"
+    words[1] = 5;
+    words[2] = 64;
+    // Slots anywhere: format 3 does not probe where format 2 hashed.
+    for (uint32_t i = 0; i < 30; ++i) {
+      words[8 + 2 * (63 - i)] = R(i).bits();
+      words[8 + 2 * (63 - i) + 1] = i + 1;
+    }
+    std::ofstream f(dir.Sub("v2"), std::ios::binary);
+    f.write(reinterpret_cast<const char*>(words.data()), words.size() * 8);
+  }
+  auto l = Ledger::Open(dir.Sub("v2"));
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ((*l)->session_tag(), 5u);
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < 30; ++i) {
+    EXPECT_EQ((*l)->Count(R(i)), i + 1) << i;
+    total += i + 1;
+  }
+  EXPECT_EQ((*l)->size(), total);
+  // And it stays converted.
+  l->reset();
+  auto again = Ledger::Open(dir.Sub("v2"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->Count(R(29)), 30u);
+}
+
+// An entry names a block: after its owner recycled the instance in place
+// (the generation moved on), the newer ref finds the same entry and
+// renews it, durably; no second entry appears.
+TEST(LedgerTest, ANewerGenerationOfTheSameBlockIsTheSameEntry) {
+  structd::testing::TempDir dir;
+  auto l = Ledger::Create(dir.Sub("l"), 3);
+  ASSERT_TRUE(l.ok());
+  const Ref old_gen = Ref::Make(2, 4096, 7);
+  const Ref new_gen = Ref::Make(2, 4096, 9);
+  ASSERT_TRUE((*l)->Add(old_gen).ok());
+  EXPECT_EQ((*l)->Count(new_gen), 1u);
+  ASSERT_TRUE((*l)->Add(new_gen).ok());  // a Clone of the recycled one
+  EXPECT_EQ((*l)->Count(new_gen), 2u);
+  ASSERT_EQ((*l)->Entries().size(), 1u);
+  EXPECT_EQ((*l)->Entries()[0].ref, new_gen);
+  EXPECT_EQ((*l)->size(), 2u);
+  EXPECT_FALSE((*l)->Contains(Ref::Make(2, 4112, 9))) << "the next block is another";
+  l->reset();
+  auto reopened = Ledger::Open(dir.Sub("l"));
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  ASSERT_EQ((*reopened)->Entries().size(), 1u);
+  EXPECT_EQ((*reopened)->Entries()[0].ref, new_gen);
+  EXPECT_TRUE((*reopened)->Remove(new_gen));
+  EXPECT_TRUE((*reopened)->Remove(new_gen));
+  EXPECT_FALSE((*reopened)->Contains(new_gen));
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "core/ledger.h"
 #include "core/store_intent.h"
 #include "structd/shm/field.h"
+#include "structd/shm/local_recycle.h"
 #include "structd/shm/mapping_guard.h"
 #include "testing/child_process.h"
 #include "testing/temp_dir.h"
@@ -122,6 +123,77 @@ TEST_F(RecoveryTest, AnInterruptedStoreRefsIsCompletedAtRestart) {
     EXPECT_TRUE(check.problems.empty()) << check.problems[0].what;
     EXPECT_FALSE(std::filesystem::exists(ChannelDir(name) + "/store.intent"));
     ASSERT_TRUE(core_->Attach(me_, "app", s.id, s.secret).ok());
+  }
+}
+
+// Issue 17: a client recycles the instance it alone owns in place
+// (shm/local_recycle.h), without telling the daemon, and may die at any
+// step of it. The ledger entry names the block: the census counts the
+// instance there whatever its generation, a restart keeps it, the
+// session's Release of the new ref works, and the session's end frees it
+// exactly once from every step.
+TEST_F(RecoveryTest, AnInstanceRecycledInPlaceIsCountedAndReleasedExactly) {
+  enum Step { kClaimed, kGenerationBumped, kRecycled, kRecycledTwice };
+  for (Step step : {kClaimed, kGenerationBumped, kRecycled, kRecycledTwice}) {
+    SCOPED_TRACE(step);
+    auto s = *core_->Attach(me_, "app");
+    const std::string name = "r" + std::to_string(step);
+    ASSERT_TRUE(core_->CreateChannel(s.id, name, 0, 0).ok());
+    auto ch = *core_->Joined(s.id, name);
+    auto t = *ch->RegisterType("P", Point());
+    auto refs = *ch->Allocate(s.id, t.type->token, 2);  // refs[1]: another, untouched
+    shm::Ref now = ch->WithArena([&](shm::Arena& a, const TypeRegistry&) {
+      shm::InstancePtr inst = *a.Resolve(refs[0]);
+      shm::InstanceHeader& h = inst.header();
+      switch (step) {
+        case kClaimed:
+          h.refcount.store(0);
+          return refs[0];
+        case kGenerationBumped:
+          h.refcount.store(0);
+          h.generation.fetch_add(1);
+          return refs[0];
+        case kRecycled:
+          return RecycleSoleInstance(inst, t.type->type_index, 16)->ref();
+        case kRecycledTwice: {
+          shm::InstancePtr once = *RecycleSoleInstance(inst, t.type->type_index, 16);
+          return RecycleSoleInstance(once, t.type->type_index, 16)->ref();
+        }
+      }
+      return shm::Ref();
+    });
+    ASSERT_FALSE(now.is_null());
+    if (step >= kRecycled) {
+      EXPECT_NE(now, refs[0]);
+      auto check = ch->Check();
+      EXPECT_TRUE(check.problems.empty()) << check.problems[0].what;
+      // A restart's census keeps it: the ledger's entry names its block.
+      ch.reset();
+      Reopen();
+      ch = *core_->Find(name);
+      EXPECT_EQ(Live(name), 2u);
+      check = ch->Check();
+      EXPECT_TRUE(check.problems.empty()) << check.problems[0].what;
+      ASSERT_TRUE(core_->Attach(me_, "app", s.id, s.secret).ok());
+      EXPECT_EQ(ch->RefsHeld(s.id), 2u);
+      if (step == kRecycledTwice) {
+        // Released by its new name, like any reference the session holds.
+        auto freed = ch->Release(s.id, {now});
+        ASSERT_TRUE(freed.ok()) << freed.status();
+        EXPECT_EQ(*freed, 1u);
+        EXPECT_EQ(Live(name), 1u);
+        EXPECT_EQ(ch->RefsHeld(s.id), 1u);
+        EXPECT_EQ(ch->Release(s.id, {refs[0]}).status().code(), absl::StatusCode::kNotFound);
+        core_->Detach(s.id);
+        EXPECT_EQ(Live(name), 0u);
+        continue;
+      }
+    }
+    // The process died here: its session ends.
+    EXPECT_EQ(core_->Detach(s.id), 2u);
+    EXPECT_EQ(Live(name), 0u) << "freed exactly once, with the untouched one";
+    auto check = ch->Check();
+    EXPECT_TRUE(check.problems.empty()) << check.problems[0].what;
   }
 }
 

@@ -147,7 +147,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   absl::StatusOr<Owned<T>> Allocate() {
     shm::InstancePtr spare;
     if (TakeSpare(internal::FastTypeSlot<T>(), &spare)) {
-      return Owned<T>(shared_from_this(), T(spare));
+      return Owned<T>(shared_from_this(), T(spare), /*sole=*/true);
     }
     absl::StatusOr<std::vector<Owned<T>>> one = AllocateBatch<T>(1);
     if (!one.ok()) return one.status();
@@ -164,7 +164,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
     if (!made.ok()) return made.status();
     std::vector<Owned<T>> out;
     out.reserve(made->size());
-    for (const shm::InstancePtr& p : *made) out.push_back(Owned<T>(shared_from_this(), T(p)));
+    for (const shm::InstancePtr& p : *made) {
+      out.push_back(Owned<T>(shared_from_this(), T(p), /*sole=*/true));
+    }
     return out;
   }
   // Instances this process holds in stock for Allocate (owned by its
@@ -337,6 +339,10 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // Allocate<T>'s common case: one spare of the type in `slot`, if the
   // session is alive and the stock has one.
   bool TakeSpare(uint32_t slot, shm::InstancePtr* out);
+  // The drop of a sole Owned (see Owned::sole_) of the type in `slot`:
+  // recycled in place into the stock if no other reference exists, else
+  // queued for release.
+  void DropSole(uint32_t slot, const StructView& view);
   // `count` instances of `type`: through the stock of `slot` if there is
   // one for it, else AllocateInstances.
   absl::StatusOr<std::vector<shm::InstancePtr>> AllocateFor(uint32_t slot,
@@ -350,6 +356,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   struct FastType {
     shm::Arena::FastResolver arena;
     shm::TypedBlock block;
+    uint64_t arena_number;  // arenas_mapped_ when it was made
   };
   void RememberFastType(uint32_t slot, const TypeInfo& type);
   // Empties every slot (the arena or the types changed). REQUIRES: mu_.
@@ -383,6 +390,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // arena() returned never dangles.
   std::unique_ptr<shm::Arena> arena_ ABSL_GUARDED_BY(mu_);
   uint64_t arena_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  // Arenas this Channel has mapped so far: names the current one for the
+  // records that must not mix arenas (FastType, the stocks).
+  uint64_t arenas_mapped_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::unique_ptr<shm::Arena>> retired_arenas_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<const TypeInfo>, std::less<>> types_by_key_
       ABSL_GUARDED_BY(mu_);
@@ -404,14 +414,22 @@ absl::StatusOr<Owned<T>> Owned<T>::Clone() const {
   }
   // This session owns the instance, so it is alive: no check, no call.
   if (absl::Status s = channel_->DeferRetain(ref()); !s.ok()) return s;
+  sole_ = false;  // its refcount no longer says how many Owneds there are
   return Owned<T>(channel_, view_);
 }
 
 template <typename T>
 void Owned<T>::Reset() {
-  if (channel_ && view_) channel_->DeferRelease(view_.ref());
+  if (channel_ && view_) {
+    if (sole_) {
+      channel_->DropSole(internal::FastTypeSlot<T>(), view_);
+    } else {
+      channel_->DeferRelease(view_.ref());
+    }
+  }
   channel_.reset();
   view_ = T();
+  sole_ = false;
 }
 
 }  // namespace structd::client

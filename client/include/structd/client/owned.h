@@ -13,20 +13,25 @@ class Channel;
 
 // One reference to an instance, owned by this process's session: the
 // instance stays alive while the Owned does. Move-only; Clone() takes a
-// second reference (a Retain call). Destruction releases the reference (a
-// Release call; errors are ignored: a session that ended has released it
-// already). Dereferences to the view T.
+// second reference. Destruction releases the reference. Neither calls the
+// daemon on the caller's thread (doc/lifecycle.md): an Owned that came
+// from Allocate and was never cloned is recycled in place into the
+// process's stock when no other reference exists; any other release is
+// queued and sent in batches. Dereferences to the view T.
 template <typename T>
 class Owned {
  public:
   Owned() = default;
   Owned(Owned&& other) noexcept
-      : channel_(std::move(other.channel_)), view_(std::exchange(other.view_, T())) {}
+      : channel_(std::move(other.channel_)),
+        view_(std::exchange(other.view_, T())),
+        sole_(std::exchange(other.sole_, false)) {}
   Owned& operator=(Owned&& other) noexcept {
     if (this != &other) {
       Reset();
       channel_ = std::move(other.channel_);
       view_ = std::exchange(other.view_, T());
+      sole_ = std::exchange(other.sole_, false);
     }
     return *this;
   }
@@ -48,16 +53,22 @@ class Owned {
   // it until Channel::Release(ref), a Store with move, or the session ends.
   Ref Disown() {
     channel_.reset();
+    sole_ = false;
     return std::exchange(view_, T()).ref();
   }
 
  private:
   friend class Channel;
-  Owned(std::shared_ptr<Channel> channel, T view)
-      : channel_(std::move(channel)), view_(view) {}
+  // `sole`: the reference came from an allocation, so this is the only
+  // Owned of it in the process (other processes may have references).
+  Owned(std::shared_ptr<Channel> channel, T view, bool sole = false)
+      : channel_(std::move(channel)), view_(view), sole_(sole) {}
 
   std::shared_ptr<Channel> channel_;
   T view_;
+  // The only Owned of its reference in this process: true from Allocate
+  // until a Clone (which may run on a const Owned, hence mutable).
+  mutable bool sole_ = false;
 };
 
 }  // namespace structd::client

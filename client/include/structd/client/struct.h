@@ -59,6 +59,7 @@ class StructView {
   uint8_t* payload() const { return block_ + shm::kInstanceHeaderSize; }
 
  private:
+  friend class Channel;  // recycles the block of a sole Owned's view
   uint8_t* block_ = nullptr;
   Ref ref_;
 };

@@ -242,6 +242,12 @@ class Arena {
   // block start); NotFound for a stale one (the instance was freed, or its
   // memory reused). Never reads outside a mapped extent.
   absl::StatusOr<InstancePtr> Resolve(Ref ref) const;
+  // The live instance in the block `ref` names, whatever its generation
+  // now: the returned InstancePtr's ref carries the header's generation.
+  // For the daemon's ledgers, whose entries name a block the session owns
+  // while its owner may recycle it in place (doc/lifecycle.md, "Drop").
+  // Errors as Resolve's; NotFound only for a free block.
+  absl::StatusOr<InstancePtr> ResolveCurrent(Ref ref) const;
 
   // Resolve's fast path for an instance expected to be of one type: true
   // with `*out` set if `ref` names a live instance of `want`'s type in a
@@ -295,6 +301,8 @@ class Arena {
   // Like Resolve but accepts blocks that are free or not yet published
   // (type_index 0); checks location only. For the owner and checkers.
   absl::StatusOr<BlockSpan> BlockAt(uint32_t extent_id, uint32_t offset) const;
+  // Resolve and ResolveCurrent: the latter does not match the generation.
+  absl::StatusOr<InstancePtr> ResolveBlock(Ref ref, bool any_generation) const;
 
   // Where extent `extent_id` of the arena in directory `dir` lives.
   static std::string ExtentPath(const std::string& dir, uint32_t extent_id);
