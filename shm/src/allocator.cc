@@ -305,6 +305,22 @@ absl::Status Allocator::AllocateBatch(uint32_t type_index,
   return absl::OkStatus();
 }
 
+namespace {
+
+// Honest writers change a refcount a few times per operation at most; one
+// that keeps changing under every compare-and-swap is being scribbled by a
+// member, and must not hold the daemon's thread forever.
+constexpr int kMaxRefcountAttempts = 1000;
+
+absl::Status RefcountKeepsChanging(Ref ref) {
+  return absl::AbortedError(absl::StrFormat(
+      "ref %s: its refcount keeps changing under the daemon (a member of the "
+      "channel is writing instance headers; run 'structctl check')",
+      ref.ToString()));
+}
+
+}  // namespace
+
 absl::Status Allocator::Retain(Ref ref) {
   absl::StatusOr<InstancePtr> inst = arena_->Resolve(ref);
   if (!inst.ok()) return inst.status();
@@ -315,7 +331,7 @@ absl::Status Allocator::Retain(Ref ref) {
   // nothing is retained, and once this increment is in, the owner's
   // claim fails.
   uint32_t rc = h.refcount.load(std::memory_order_acquire);
-  do {
+  for (int attempt = 0;; ++attempt) {
     if (rc == 0) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "ref %s: refcount is zero, the instance is being freed (retain it "
@@ -327,8 +343,12 @@ absl::Status Allocator::Retain(Ref ref) {
           "ref %s: refcount at its maximum of %d (release references first)",
           ref.ToString(), UINT32_MAX));
     }
-  } while (!h.refcount.compare_exchange_weak(rc, rc + 1, std::memory_order_acq_rel,
-                                             std::memory_order_acquire));
+    if (h.refcount.compare_exchange_weak(rc, rc + 1, std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+      break;
+    }
+    if (attempt == kMaxRefcountAttempts) return RefcountKeepsChanging(ref);
+  }
   // An owner that recycled the block between Resolve and the increment
   // published the new generation before the refcount this increment
   // followed: the reference is to an instance that is gone.
@@ -356,15 +376,19 @@ absl::StatusOr<bool> Allocator::DropOne(Ref ref, Loc* loc) {
   }
   InstanceHeader& h = inst->header();
   uint32_t rc = h.refcount.load(std::memory_order_acquire);
-  do {  // a read-modify-write: see Retain
+  for (int attempt = 0;; ++attempt) {  // a read-modify-write: see Retain
     if (rc == 0) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "ref %s: refcount already zero (released more often than retained, "
           "or the arena is damaged; run 'structctl check')",
           ref.ToString()));
     }
-  } while (!h.refcount.compare_exchange_weak(rc, rc - 1, std::memory_order_acq_rel,
-                                             std::memory_order_acquire));
+    if (h.refcount.compare_exchange_weak(rc, rc - 1, std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+      break;
+    }
+    if (attempt == kMaxRefcountAttempts) return RefcountKeepsChanging(ref);
+  }
   *loc = Pack(ref.extent_id(), ref.offset());
   return rc == 1;
 }
