@@ -17,11 +17,19 @@
 // The program starts its own structd (a temp socket and state directory)
 // and stops it at the end. STRUCTD_BENCH_SMOKE=1: ~10 ms per benchmark.
 
+#include <signal.h>
+#include <spawn.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <string_view>
+#include <thread>
+#include <vector>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -321,6 +329,210 @@ void BM_Boost_AllocateDeallocate(benchmark::State& state) {
 }
 BENCHMARK(BM_Boost_AllocateDeallocate)->UseRealTime();
 
+// ---- a hand-over between processes ----
+// This process creates N instances, writes a value into each and hands its
+// ref to a consumer process through a ring in shared memory; the consumer
+// takes a reference of its own, reads the value and drops the instance.
+// structd: Allocate<T> (from the stock), the consumer's RetainBatch (one
+// call per up to 1,024 refs), Owned drops on both sides (queued, applied in
+// batches: the instance is freed by the daemon once both are applied).
+// Boost.Interprocess: construct<T>(anonymous_instance) in a managed segment,
+// the handle through the same ring, destroy_ptr in the consumer. Wall time
+// of one round of N, the consumer's start-up excluded.
+struct Payload {
+  uint64_t a, b, c, d, e, f, g, h;
+};
+
+struct HandoverRing {
+  static constexpr uint64_t kSlots = 8192;
+  alignas(64) std::atomic<uint64_t> published{0};  // by the producer
+  alignas(64) std::atomic<uint64_t> taken{0};      // by the consumer: read and owned
+  alignas(64) std::atomic<uint64_t> finished{0};   // by the consumer: all dropped
+  std::atomic<uint64_t> checksum{0};
+  std::atomic<uint32_t> ready{0};
+  std::atomic<uint32_t> failed{0};
+  uint64_t slots[kSlots];
+};
+
+uint64_t HandoverCount() {
+  return std::getenv("STRUCTD_BENCH_SMOKE") != nullptr ? 10000 : 1000000;
+}
+
+// Waits until `done` or 120 s; false on the timeout.
+template <typename F>
+bool WaitFor(F done) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// The consumer's side; runs in the process client_bench starts with
+// --handover-consumer MODE RING_FD SOCKET CHANNEL CAPABILITY BOOST_NAME N.
+int HandoverConsumer(char** argv) {
+  const std::string mode = argv[2];
+  auto* ring = static_cast<HandoverRing*>(mmap(nullptr, sizeof(HandoverRing),
+                                               PROT_READ | PROT_WRITE, MAP_SHARED,
+                                               std::atoi(argv[3]), 0));
+  if (ring == MAP_FAILED) return 2;
+  const uint64_t n = std::strtoull(argv[8], nullptr, 10);
+  uint64_t sum = 0;
+  auto fail = [&](const std::string& why) {
+    std::fprintf(stderr, "handover consumer: %s\n", why.c_str());
+    ring->failed.store(1);
+    return 1;
+  };
+  if (mode == "structd") {
+    client::ClientOptions o;
+    o.socket = argv[4];
+    auto c = client::Client::Connect(o);
+    if (!c.ok()) return fail(c.status().ToString());
+    auto ch = (*c)->Join(argv[5], argv[6]);
+    if (!ch.ok()) return fail(ch.status().ToString());
+    if (auto t = (*ch)->Use<SixtyFour>(); !t.ok()) return fail(t.status().ToString());
+    ring->ready.store(1, std::memory_order_release);
+    std::vector<client::Ref> batch;
+    for (uint64_t next = 0; next < n;) {
+      uint64_t published = ring->published.load(std::memory_order_acquire);
+      if (published == next) {
+        std::this_thread::yield();
+        continue;
+      }
+      const uint64_t end = std::min(published, next + 1024);
+      batch.clear();
+      for (uint64_t i = next; i < end; ++i) {
+        batch.push_back(client::Ref::FromBits(ring->slots[i % HandoverRing::kSlots]));
+      }
+      auto owned = (*ch)->RetainBatch<SixtyFour>(batch);
+      if (!owned.ok()) return fail(owned.status().ToString());
+      ring->taken.store(end, std::memory_order_release);
+      for (const auto& one : *owned) sum += one->a().load();
+      next = end;
+    }  // each batch of Owneds is dropped as it goes out of scope
+    if (absl::Status s = (*ch)->Flush(); !s.ok()) return fail(s.ToString());
+  } else {
+    bip::managed_shared_memory segment(bip::open_only, argv[7]);
+    ring->ready.store(1, std::memory_order_release);
+    for (uint64_t next = 0; next < n;) {
+      uint64_t published = ring->published.load(std::memory_order_acquire);
+      if (published == next) {
+        std::this_thread::yield();
+        continue;
+      }
+      for (; next < published; ++next) {
+        auto* p = static_cast<Payload*>(
+            segment.get_address_from_handle(ring->slots[next % HandoverRing::kSlots]));
+        sum += p->a;
+        segment.destroy_ptr(p);
+      }
+      ring->taken.store(next, std::memory_order_release);
+    }
+  }
+  ring->checksum.store(sum);
+  ring->finished.store(n, std::memory_order_release);
+  return 0;
+}
+
+// Starts the consumer in `mode` on a fresh ring, runs `produce(ring)` timed,
+// and checks what the consumer saw.
+template <typename Produce>
+void TimeHandover(benchmark::State& state, const char* mode, Produce produce) {
+  const uint64_t n = HandoverCount();
+  for (auto _ : state) {
+    state.PauseTiming();
+    int fd = memfd_create("structd-handover", 0);  // inherited by the consumer
+    HandoverRing* ring = nullptr;
+    if (fd >= 0 && ftruncate(fd, sizeof(HandoverRing)) == 0) {
+      void* p = mmap(nullptr, sizeof(HandoverRing), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      if (p != MAP_FAILED) ring = new (p) HandoverRing();
+    }
+    if (ring == nullptr) {
+      state.SkipWithError("handover: no shared ring");
+      if (fd >= 0) close(fd);
+      break;
+    }
+    const std::string fd_text = std::to_string(fd), n_text = std::to_string(n);
+    std::vector<std::string> args = {"client_bench",        "--handover-consumer",
+                                     mode,                  fd_text,
+                                     g->daemon->socket(),   g->ch().id(),
+                                     g->created.member_capability, g->boost_name,
+                                     n_text};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = -1;
+    bool started = posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(),
+                               environ) == 0 &&
+                   WaitFor([&] { return ring->ready.load() != 0 || ring->failed.load() != 0; });
+    double daemon_before = DaemonCpuUs();
+    state.ResumeTiming();
+    bool ok = started && ring->failed.load() == 0 && produce(*ring, n) &&
+              WaitFor([&] { return ring->finished.load() == n || ring->failed.load() != 0; });
+    state.PauseTiming();
+    const double daemon_us = DaemonCpuUs() - daemon_before;
+    int status = 0;
+    if (pid > 0) {
+      if (!ok) kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+    }
+    const uint64_t want = n * (n + 1) / 2;
+    if (!ok || ring->failed.load() != 0 || ring->checksum.load() != want) {
+      state.SkipWithError("handover: the consumer failed or saw wrong values");
+    } else {
+      state.counters["instances_per_s"] = benchmark::Counter(
+          static_cast<double>(n), benchmark::Counter::kIsRate);
+      state.counters["daemon_us_per_1k_ops"] = daemon_us * 1000 / static_cast<double>(n);
+    }
+    munmap(ring, sizeof(HandoverRing));
+    close(fd);
+    state.ResumeTiming();
+  }
+}
+
+void BM_Handover_Structd(benchmark::State& state) {
+  TimeHandover(state, "structd", [](HandoverRing& ring, uint64_t n) {
+    // Each Owned is kept until the consumer has one of its own; a ring
+    // slot is reused only after that, and the move drops the old one.
+    std::vector<client::Owned<SixtyFour>> mine(HandoverRing::kSlots);
+    for (uint64_t i = 0; i < n; ++i) {
+      auto one = g->ch().Allocate<SixtyFour>();
+      if (!one.ok()) return false;
+      (*one)->a().store(i + 1);
+      if (!WaitFor([&] { return i - ring.taken.load(std::memory_order_acquire) <
+                                HandoverRing::kSlots; })) {
+        return false;
+      }
+      ring.slots[i % HandoverRing::kSlots] = one->ref().bits();
+      mine[i % HandoverRing::kSlots] = std::move(*one);
+      ring.published.store(i + 1, std::memory_order_release);
+    }
+    if (!WaitFor([&] { return ring.taken.load() == n || ring.failed.load() != 0; })) return false;
+    mine.clear();
+    return g->ch().Flush().ok();
+  });
+}
+BENCHMARK(BM_Handover_Structd)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_Handover_Boost(benchmark::State& state) {
+  TimeHandover(state, "boost", [](HandoverRing& ring, uint64_t n) {
+    bip::managed_shared_memory& segment = *g->boost;
+    for (uint64_t i = 0; i < n; ++i) {
+      if (!WaitFor([&] { return i - ring.taken.load(std::memory_order_acquire) <
+                                HandoverRing::kSlots; })) {
+        return false;
+      }
+      Payload* p = segment.construct<Payload>(bip::anonymous_instance)();
+      p->a = i + 1;
+      ring.slots[i % HandoverRing::kSlots] = segment.get_handle_from_address(p);
+      ring.published.store(i + 1, std::memory_order_release);
+    }
+    return true;
+  });
+}
+BENCHMARK(BM_Handover_Boost)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
 constexpr Pair kPairs[] = {
     {"load (field)", "BM_Load_Field", "BM_Load_RawAtomic", "raw atomic", 2.0},
     {"load (view each iter)", "BM_Load_ViewEachIter", "BM_Load_RawAtomicReloaded",
@@ -339,6 +551,8 @@ constexpr Pair kPairs[] = {
      "Release(vector) of 1M", 0.0, true},
     {"Allocate + drop (64 B)", "BM_AllocateDrop/1", "BM_Boost_AllocateDeallocate",
      "Boost.Interprocess allocate+deallocate", 2.0, true},
+    {"1M instances handed to another process", "BM_Handover_Structd", "BM_Handover_Boost",
+     "Boost.Interprocess construct/destroy", 0.0, true},
 };
 
 }  // namespace
@@ -346,6 +560,9 @@ constexpr Pair kPairs[] = {
 
 int main(int argc, char** argv) {
   using namespace structd::bench;
+  if (argc == 9 && std::string_view(argv[1]) == "--handover-consumer") {
+    return HandoverConsumer(argv);
+  }
   Args args = SmokeArgs(argc, argv);
   const auto console_options = ConsoleOptions(args.count, args.argv.data());
   benchmark::Initialize(&args.count, args.argv.data());

@@ -206,6 +206,26 @@ class Channel : public std::enable_shared_from_this<Channel> {
     if (absl::Status s = RetainRefs({ref}); !s.ok()) return s;
     return Owned<T>(shared_from_this(), *view);
   }
+  // A reference of this session's own to each of `refs` (all of type T):
+  // one call per 100,000, all or none. How a process takes over instances
+  // another process hands it.
+  template <typename T>
+  absl::StatusOr<std::vector<Owned<T>>> RetainBatch(std::span<const Ref> refs) {
+    std::vector<T> views;
+    views.reserve(refs.size());
+    for (Ref r : refs) {
+      absl::StatusOr<T> view = View<T>(r);
+      if (!view.ok()) return view.status();
+      views.push_back(*view);
+    }
+    if (absl::Status s = RetainRefs(std::vector<Ref>(refs.begin(), refs.end())); !s.ok()) {
+      return s;
+    }
+    std::vector<Owned<T>> out;
+    out.reserve(views.size());
+    for (const T& v : views) out.push_back(Owned<T>(shared_from_this(), v));
+    return out;
+  }
   // Releases references this session owns (refs of Disown()ed Owneds).
   // Applies the deferred ones first (Flush).
   absl::Status Release(const std::vector<Ref>& refs);
