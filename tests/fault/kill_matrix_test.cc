@@ -6,10 +6,22 @@
 // no leaked instance, no premature free, refcounts equal to the references
 // that exist; and no mutex is stuck, no string is torn. Then the same with
 // the daemon killed under load and restarted. Seeds: STRUCTD_TEST_SEED.
+//
+// Meanwhile this process is the honest one: a thread of it allocates,
+// stamps, drops (recycling in place) and keeps Counters all along, through
+// the kills and the daemon's restarts; after each round every Counter it
+// holds must still carry its stamp.
+//
+// Short mode (ctest): 12 rounds of 3 clients, and 3 daemon kills, times
+// STRUCTD_FAULT_SCALE. Long mode: STRUCTD_KILL_MATRIX_KILLS=10000 and
+// STRUCTD_KILL_MATRIX_DAEMON_KILLS=100 run rounds until that many clients
+// (or daemons) were killed.
 
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <random>
 #include <thread>
 
@@ -25,6 +37,74 @@
 
 namespace structd::testing {
 namespace {
+
+// How many kills a test makes: `short_mode` times STRUCTD_FAULT_SCALE, or
+// the number in `variable` (long mode).
+int KillTarget(const char* variable, int short_mode) {
+  const char* v = std::getenv(variable);
+  if (v != nullptr && std::atoi(v) > 0) return std::atoi(v);
+  return short_mode * FaultScale();
+}
+
+// The honest process's work: allocate Counters from the stock, stamp them,
+// drop some (recycled in place) and keep the others, in a thread of its
+// own, until paused. Calls may fail while the daemon is away (the stock
+// runs dry); what it holds must never change.
+class HonestChurn {
+ public:
+  explicit HonestChurn(client::Channel& c) : c_(c), thread_([this] { Run(); }) {}
+  ~HonestChurn() {
+    stop_.store(true);
+    thread_.join();
+  }
+  // Stops the work (and waits until it has), so the census sees no
+  // recycling in progress; Resume lets it go on.
+  void Pause() {
+    pause_.store(true);
+    while (!paused_.load()) std::this_thread::yield();
+  }
+  void Resume() { pause_.store(false); }
+  // Every held Counter still has its stamp. REQUIRES: paused.
+  void ExpectIntact(const std::string& when) {
+    for (const auto& [owned, stamp] : held_) {
+      ASSERT_EQ(owned->hits().load(), stamp) << when << ": an honest instance changed";
+    }
+    EXPECT_GT(allocated_, 0u) << when << ": the honest process allocated nothing";
+  }
+  uint64_t allocated() const { return allocated_; }
+
+ private:
+  void Run() {
+    std::mt19937_64 rng(TestSeed() + 17);
+    while (!stop_.load()) {
+      if (pause_.load()) {
+        paused_.store(true);
+        while (pause_.load() && !stop_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        paused_.store(false);
+        continue;
+      }
+      auto one = c_.Allocate<Counter>();
+      if (!one.ok()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      ++allocated_;
+      const uint64_t stamp = (uint64_t{0xC0DE} << 40) | allocated_;
+      (*one)->hits().store(stamp);
+      if (rng() % 4 == 0) {
+        held_.emplace_back(std::move(*one), stamp);
+        if (held_.size() > 256) held_.erase(held_.begin() + static_cast<long>(rng() % 256));
+      }  // else dropped here: recycled in place
+    }
+    paused_.store(true);
+  }
+
+  client::Channel& c_;
+  std::vector<std::pair<client::Owned<Counter>, uint64_t>> held_;  // the thread's
+  uint64_t allocated_ = 0;
+  std::atomic<bool> stop_{false}, pause_{false}, paused_{false};
+  std::thread thread_;
+};
 
 class KillMatrixTest : public ::testing::Test {
  protected:
@@ -92,10 +172,12 @@ class KillMatrixTest : public ::testing::Test {
 
 TEST_F(KillMatrixTest, ClientsKilledAtRandomPointsLeaveAConsistentArena) {
   std::mt19937_64 rng(TestSeed());
-  const int kRounds = 12 * FaultScale();
+  const int target = KillTarget("STRUCTD_KILL_MATRIX_KILLS", 36);
   constexpr int kWorkers = 3;
   uint64_t killed_while_ready = 0, killed_early = 0;
-  for (int round = 0; round < kRounds; ++round) {
+  HonestChurn honest(c());
+  int round = 0;
+  for (; static_cast<int>(killed_while_ready + killed_early) < target; ++round) {
     std::vector<std::unique_ptr<SpawnedProcess>> workers;
     for (int w = 0; w < kWorkers; ++w) workers.push_back(Chaos(rng()));
     // Some are killed before they are ready (mid-connect, mid-attach,
@@ -122,22 +204,32 @@ TEST_F(KillMatrixTest, ClientsKilledAtRandomPointsLeaveAConsistentArena) {
     }
     for (auto& w : workers) w->Wait();
     AwaitOnlyMe();
+    honest.Pause();
     ExpectConsistent("round " + std::to_string(round));
+    honest.ExpectIntact("round " + std::to_string(round));
+    honest.Resume();
     if (HasFailure()) break;
+    if (round % 100 == 99) {
+      std::printf("%d rounds, %llu kills so far\n", round + 1,
+                  static_cast<unsigned long long>(killed_while_ready + killed_early));
+      std::fflush(stdout);
+    }
   }
   uint64_t hits = 0;
   for (auto& a : anchors_) hits += a->hits().load();
   EXPECT_GT(hits, 0u) << "the workers did no locked updates: the test tested nothing";
-  std::printf("%d rounds, %llu kills of working clients, %llu early kills, %llu locked updates\n",
-              kRounds,
-              static_cast<unsigned long long>(killed_while_ready),
+  std::printf("%d rounds, %llu kills of working clients, %llu early kills, %llu locked updates, "
+              "%llu honest allocations\n",
+              round, static_cast<unsigned long long>(killed_while_ready),
               static_cast<unsigned long long>(killed_early),
-              static_cast<unsigned long long>(hits));
+              static_cast<unsigned long long>(hits),
+              static_cast<unsigned long long>(honest.allocated()));
 }
 
 TEST_F(KillMatrixTest, TheDaemonKilledUnderLoadRecoversAConsistentArena) {
   std::mt19937_64 rng(TestSeed());
-  const int kRounds = 3 * FaultScale();
+  const int kRounds = KillTarget("STRUCTD_KILL_MATRIX_DAEMON_KILLS", 3);
+  HonestChurn honest(c());  // allocates and recycles through the outages too
   for (int round = 0; round < kRounds; ++round) {
     std::vector<std::unique_ptr<SpawnedProcess>> workers;
     for (int w = 0; w < 3; ++w) workers.push_back(Chaos(rng()));
@@ -159,9 +251,14 @@ TEST_F(KillMatrixTest, TheDaemonKilledUnderLoadRecoversAConsistentArena) {
     ao.socket = daemon_.socket();
     admin_ = std::move(*client::AdminClient::Connect(ao));
     AwaitOnlyMe();
+    honest.Pause();
     ExpectConsistent("after daemon restart " + std::to_string(round));
+    honest.ExpectIntact("after daemon restart " + std::to_string(round));
+    honest.Resume();
     if (HasFailure()) break;
   }
+  std::printf("%d daemon kills, %llu honest allocations\n", kRounds,
+              static_cast<unsigned long long>(honest.allocated()));
 }
 
 }  // namespace
