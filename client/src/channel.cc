@@ -288,7 +288,7 @@ bool Channel::TakeSpare(uint32_t slot, shm::InstancePtr* out) {
 }
 
 void Channel::DropSole(uint32_t slot, const StructView& view) {
-  if (slot < internal::kFastTypeSlots && connection_->session_ok()) {
+  if (slot < internal::kFastTypeSlots && connection_->session_ok() && !connection_->closed()) {
     // The FastType record names the arena the instance must be in to go
     // into the stock: resolving through it also checks the view is of
     // that arena (an older one stays mapped) and of the stock's type.
@@ -310,8 +310,13 @@ absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateFor(uint32_t slot
   if (!connection_->session_ok()) return connection_->session_status();
   // DropSole resolves through the FastType record: make sure there is one.
   RememberFastType(slot, type);
+  // Recycling zeroes the payload: not for ref fields (freeing releases
+  // what they hold) nor mutexes (they need initializing, and a holder's
+  // robust list may still name one).
+  const bool recyclable =
+      type.layout.ref_offsets().empty() && type.layout.mutex_offsets().empty();
   internal::SpareInstances::Type stocked{type.token, type.type_index, type.layout.size(),
-                                         type.layout.ref_offsets().empty(), 0};
+                                         recyclable, 0};
   {
     base::MutexLock lock(&mu_);
     stocked.arena = arenas_mapped_;

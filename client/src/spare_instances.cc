@@ -22,6 +22,14 @@ SpareInstances::~SpareInstances() {
   (void)ReleaseAll();
 }
 
+bool SpareInstances::StillSpare(const shm::InstancePtr& p, uint32_t type_index) {
+  const shm::InstanceHeader& h = p.header();
+  return h.type_index.load(std::memory_order_acquire) == type_index &&
+         (h.generation.load(std::memory_order_acquire) & shm::kGenerationMask) ==
+             p.ref().generation_tag() &&
+         h.refcount.load(std::memory_order_acquire) == 1;
+}
+
 uint32_t SpareInstances::MaxTarget(uint64_t block_bytes) {
   const uint64_t by_bytes = kMaxStockBytes / std::max<uint64_t>(block_bytes, 1);
   return static_cast<uint32_t>(std::clamp<uint64_t>(by_bytes, 1, kMaxTarget));
@@ -49,9 +57,14 @@ bool SpareInstances::TryTakeOne(uint32_t slot, shm::InstancePtr* out) {
   bool low;
   {
     base::MutexLock lock(&stock.mu);
-    if (stock.spares.empty()) return false;
-    *out = stock.spares.back();
-    stock.spares.pop_back();
+    do {
+      if (stock.spares.empty()) return false;
+      *out = stock.spares.back();
+      stock.spares.pop_back();
+      // A spare whose header no longer says so is not the session's any
+      // more (the daemon ended the session behind the process's back, or
+      // a member scribbled it): dropped, never handed out.
+    } while (!StillSpare(*out, stock.type.type_index));
     low = stock.spares.size() < stock.target / 2 && !stock.refill_asked;
   }
   if (low) MaybeAskRefill(slot);
@@ -64,6 +77,7 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
   std::vector<shm::Ref> unwanted;
   uint32_t extra = 0;
   uint64_t epoch = 0;
+  const uint64_t forgets = forgets_.load(std::memory_order_acquire);
   {
     base::MutexLock lock(&stock.mu);
     // Set up now, or emptied by ReleaseAll: start again at the first target.
@@ -97,7 +111,7 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
   if (!made.ok()) return made.status();
   out.insert(out.end(), made->begin(), made->begin() + count);
   made->erase(made->begin(), made->begin() + count);
-  Stash(slot, epoch, *made, unwanted);
+  Stash(slot, epoch, forgets, *made, unwanted);
   GiveBack(unwanted);
   return absl::OkStatus();
 }
@@ -120,9 +134,16 @@ bool SpareInstances::TryRecycle(uint32_t slot, uint64_t arena, const shm::Instan
   return true;
 }
 
-void SpareInstances::Stash(uint32_t slot, uint64_t epoch, std::vector<shm::InstancePtr>& made,
+void SpareInstances::Stash(uint32_t slot, uint64_t epoch, uint64_t forgets,
+                           std::vector<shm::InstancePtr>& made,
                            std::vector<shm::Ref>& unwanted) {
   if (made.empty()) return;
+  if (forgets_.load(std::memory_order_acquire) != forgets) {
+    // Allocated in an arena that is gone: its refs may name blocks of the
+    // new one, so they are neither stocked nor given back.
+    made.clear();
+    return;
+  }
   Stock& stock = stocks_[slot];
   base::MutexLock lock(&stock.mu);
   if (stock.epoch == epoch) {
@@ -157,6 +178,7 @@ size_t SpareInstances::ReleaseAll() {
 }
 
 void SpareInstances::Forget() {
+  forgets_.fetch_add(1, std::memory_order_acq_rel);
   for (Stock& stock : stocks_) {
     base::MutexLock lock(&stock.mu);
     stock.spares.clear();
@@ -201,6 +223,7 @@ void SpareInstances::Refill(uint32_t slot) {
   shm::TypeToken token;
   uint64_t epoch;
   uint32_t need;
+  const uint64_t forgets = forgets_.load(std::memory_order_acquire);
   {
     base::MutexLock lock(&stock.mu);
     stock.refill_asked = false;
@@ -215,7 +238,7 @@ void SpareInstances::Refill(uint32_t slot) {
   absl::StatusOr<std::vector<shm::InstancePtr>> made = allocate_(token, need);
   std::vector<shm::Ref> unwanted;
   if (made.ok()) {
-    Stash(slot, epoch, *made, unwanted);
+    Stash(slot, epoch, forgets, *made, unwanted);
   } else {
     base::MutexLock lock(&stock.mu);
     stock.no_refill_before = std::chrono::steady_clock::now() + kRefillBackoff;

@@ -23,6 +23,7 @@
 // Thread safety: every method may be called from any thread.
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -122,6 +123,9 @@ class SpareInstances {
     bool dormant ABSL_GUARDED_BY(mu) = false;
     std::chrono::steady_clock::time_point no_refill_before ABSL_GUARDED_BY(mu);
   };
+  // `p`'s header still shows a spare of `type_index`: live, of its
+  // generation, referenced once.
+  static bool StillSpare(const shm::InstancePtr& p, uint32_t type_index);
   // What a stock may hold for blocks of `block_bytes`.
   static uint32_t MaxTarget(uint64_t block_bytes);
   // Moves the last `count` spares of `stock` into `out`.
@@ -135,8 +139,9 @@ class SpareInstances {
   // its target. Call without the stock's lock.
   void MaybeAskRefill(uint32_t slot);
   // Adds `made` to the stock of `slot` if it is still at `epoch`; what it
-  // does not take goes into `unwanted`.
-  void Stash(uint32_t slot, uint64_t epoch,
+  // does not take goes into `unwanted`, unless Forget ran since `forgets`
+  // was read (then it is dropped).
+  void Stash(uint32_t slot, uint64_t epoch, uint64_t forgets,
              std::vector<shm::InstancePtr>& made, std::vector<shm::Ref>& unwanted);
   void GiveBack(std::vector<shm::Ref>& refs);
   void Refill(uint32_t slot);
@@ -146,6 +151,7 @@ class SpareInstances {
   const ReleaseFn release_;
   const bool background_;
   std::array<Stock, kSlots> stocks_;
+  std::atomic<uint64_t> forgets_{0};  // Forget calls so far
   base::Mutex mu_;
   base::CondVar wake_;
   uint64_t wanted_ ABSL_GUARDED_BY(mu_) = 0;  // slots to refill, a bit each

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <array>
+#include <deque>
 #include <map>
 #include <set>
 #include <thread>
@@ -41,7 +43,13 @@ class FakeDaemon {
     std::vector<shm::InstancePtr> out;
     for (uint32_t i = 0; i < count; ++i) {
       shm::Ref ref = shm::Ref::Make(0, 16 * static_cast<uint32_t>(next_++), 1);
-      out.emplace_back(block_, ref, 64);
+      // A block of its own with a live header, as the daemon publishes it.
+      blocks_.emplace_back();
+      auto* h = reinterpret_cast<shm::InstanceHeader*>(blocks_.back().data());
+      h->type_index.store(token == kTokenA ? 1 : 2);
+      h->generation.store(1);
+      h->refcount.store(1);
+      out.emplace_back(blocks_.back().data(), ref, 64);
       alive_++;
       type_of_[ref.bits()] = token;
     }
@@ -65,6 +73,11 @@ class FakeDaemon {
   std::vector<uint32_t> calls() {
     base::MutexLock lock(&mu_);
     return calls_;
+  }
+  // The header of the i-th instance allocated.
+  shm::InstanceHeader& header(size_t i) {
+    base::MutexLock lock(&mu_);
+    return *reinterpret_cast<shm::InstanceHeader*>(blocks_.at(i).data());
   }
   uint64_t alive() {
     base::MutexLock lock(&mu_);
@@ -91,7 +104,7 @@ class FakeDaemon {
  private:
   base::Mutex mu_;
   base::CondVar unblocked_;
-  uint8_t block_[64] = {};
+  std::deque<std::array<uint8_t, 64>> blocks_;  // stable addresses
   uint64_t next_ = 1;
   uint64_t alive_ = 0;
   uint64_t capacity_ = ~uint64_t{0};
@@ -222,14 +235,36 @@ TEST(SpareInstancesTest, TheBackgroundThreadRefillsBeforeTheStockRunsOut) {
   EXPECT_EQ(daemon.calls(), (std::vector<uint32_t>{17, 9}));
 }
 
-TEST(SpareInstancesTest, ARefillThatEndsAfterForgetIsGivenBackNotStocked) {
+// Forget: the arena is gone, and a refill allocated in it may name blocks
+// of the next one: neither stocked nor given back.
+TEST(SpareInstancesTest, ARefillThatEndsAfterForgetIsDroppedNotStocked) {
   FakeDaemon daemon;
   SpareInstances spares(daemon.allocate(), daemon.release());
   StartABlockedRefill(spares, daemon);
   spares.Forget();
   daemon.set_blocked(false);
-  ASSERT_TRUE(Eventually([&] { return daemon.released() == 9; })) << daemon.released();
+  ASSERT_TRUE(Eventually([&] { return daemon.alive() == 1 + 16 + 9; })) << daemon.alive();
+  std::this_thread::sleep_for(milliseconds(50));
   EXPECT_EQ(spares.size(), 0u);
+  EXPECT_EQ(daemon.released(), 0u);
+}
+
+// A spare whose header says it is no longer the session's (freed behind
+// the process's back, or scribbled) is dropped, never handed out.
+TEST(SpareInstancesTest, ASpareThatIsNoLongerLiveIsNeverHandedOut) {
+  FakeDaemon daemon;
+  SpareInstances spares(daemon.allocate(), daemon.release(), /*background=*/false);
+  std::vector<shm::InstancePtr> out;
+  ASSERT_TRUE(spares.Take(0, TypeOf(kTokenA), 1, out).ok());  // block 0; spares 1..16
+  daemon.header(16).generation.store(2);  // freed and reused
+  daemon.header(15).refcount.store(0);    // being freed
+  daemon.header(14).type_index.store(3);  // another type now
+  shm::InstancePtr p;
+  ASSERT_TRUE(spares.TryTakeOne(0, &p));
+  EXPECT_EQ(p.block(), reinterpret_cast<uint8_t*>(&daemon.header(13)));
+  size_t taken = 1;
+  while (spares.TryTakeOne(0, &p)) ++taken;
+  EXPECT_EQ(taken, 13u);
 }
 
 // ReleaseSpares means "give it all back now": a refill asked or under way

@@ -31,6 +31,11 @@ using client::Channel;
 using client::Client;
 using client::Owned;
 using client::Ref;
+using client::RefStores;
+
+// A holder of a Counter (recyclable) through a ref field.
+#define CLIENT_TEST_HOLDER_FIELDS(F) F(item, ref(Counter))
+STRUCTD_STRUCT(Holder, CLIENT_TEST_HOLDER_FIELDS);
 
 // A worker process: structd_test_client MODE SOCKET CHANNEL CAPABILITY ARGS.
 std::unique_ptr<SpawnedProcess> Worker(const DaemonProcess& daemon,
@@ -401,6 +406,40 @@ TEST_F(ClientTest, ADroppedInstanceIsRecycledOnlyWhenNothingElseHoldsIt) {
   EXPECT_EQ(c().SpareCount(), spares + 1) << "sole and recyclable: back in the stock";
   EXPECT_EQ(c().View<Counter>(dropped).status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(CensusIsClean());
+}
+
+// Review findings on recycling (issue 17), each seen failing before its fix:
+// an Owned handed to a Store with move is no longer the only reference
+// (the field may have it even when the call fails), and a type with a
+// mutex field is never recycled (its mutex must be initialized, not
+// zeroed).
+TEST_F(ClientTest, MovedIntoAStoreOrHoldingAMutexIsNeverRecycled) {
+  auto holder = c().Allocate<Holder>();
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  const Ref stale_holder = holder->ref();
+  auto stale_view = c().View<Holder>(stale_holder);
+  ASSERT_TRUE(stale_view.ok());
+  holder->Reset();
+  ASSERT_TRUE(c().Flush().ok());
+  auto item = c().Allocate<Counter>();
+  ASSERT_TRUE(item.ok());
+  const Ref item_ref = item->ref();
+  RefStores batch;
+  batch.Move(stale_view->item(), *item);
+  EXPECT_EQ(c().Store(batch).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(*item) << "a refused store moves nothing";
+  const size_t spares = c().SpareCount();
+  item->Reset();
+  EXPECT_EQ(c().SpareCount(), spares) << "not recycled: it went to a Store";
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_EQ(c().View<Counter>(item_ref).status().code(), absl::StatusCode::kNotFound);
+
+  for (int i = 0; i < 3; ++i) {
+    auto guarded = c().Allocate<Guarded>();
+    ASSERT_TRUE(guarded.ok()) << guarded.status();
+    auto guard = (*guarded)->lock().Lock();
+    ASSERT_TRUE(guard.ok()) << "round " << i << ": " << guard.status();
+  }
 }
 
 // Several processes and this one allocate and drop the same type one by

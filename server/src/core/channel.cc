@@ -260,7 +260,7 @@ absl::Status Channel::Join(const std::string& session_id) {
   return absl::OkStatus();
 }
 
-uint64_t Channel::Leave(const std::string& session_id) {
+uint64_t Channel::Leave(const std::string& session_id, bool process_exited) {
   base::MutexLock lock(&mu_);
   auto it = ledgers_.find(session_id);
   if (it == ledgers_.end()) return 0;
@@ -276,6 +276,12 @@ uint64_t Channel::Leave(const std::string& session_id) {
       // logged.
       absl::StatusOr<shm::InstancePtr> current = arena_->ResolveCurrent(e.ref);
       if (current.ok() && current->header().refcount.load(std::memory_order_acquire) == 0) {
+        if (!process_exited) {
+          spdlog::warn("channel '{}': session {} ended while its live process was recycling "
+                       "{} in place: left to it (counted at the next start)",
+                       name_, session_id.substr(0, 8), current->ref().ToString());
+          continue;
+        }
         absl::Status s = allocator_->FinishCondemned(current->ref(), types).status();
         LogIfFailed(s, "freeing what an ended session was recycling");
         if (s.ok()) ++released;

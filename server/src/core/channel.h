@@ -172,8 +172,13 @@ class Channel {
   // Joins `session_id` (idempotent) and creates its ledger.
   absl::Status Join(const std::string& session_id);
   // Releases every reference in the session's ledger and deletes it.
-  // Returns how many references were released.
-  uint64_t Leave(const std::string& session_id);
+  // Returns how many references were released. `process_exited`: the
+  // session's process is known to be gone, so a block it left claimed
+  // (refcount 0: killed while recycling in place, shm/local_recycle.h) is
+  // freed; a live process may still be finishing that recycle, so its
+  // claimed blocks are left alone (the census at the next start counts
+  // them).
+  uint64_t Leave(const std::string& session_id, bool process_exited = false);
   bool HasSession(const std::string& session_id) const;
   // Sessions with a ledger here (cheap: no arena work).
   size_t session_count() const;

@@ -234,6 +234,14 @@ Channel::RepairReport Channel::Reconcile() {
       continue;
     }
     if (have == want || (frozen && have > want)) continue;
+    if (have == 0) {
+      // Stored refcounts are never below the references that exist but in
+      // one state: a member claimed the instance to recycle it in place
+      // (shm/local_recycle.h) and has not published it yet. Writing a
+      // refcount now would let a retain in before its generation moves;
+      // it is left to the member (or freed at its session's end).
+      continue;
+    }
     if (allocator_->SetRefcount(ref, static_cast<uint32_t>(want), types).ok()) {
       ++report.refcounts_fixed;
     }

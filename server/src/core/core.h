@@ -233,6 +233,7 @@ class Core {
     SecretDigest secret;  // empty: can never resume
     std::string client_name;
     std::chrono::steady_clock::time_point deadline;
+    bool exited = false;  // set when reaped: its process is known gone
   };
   explicit Core(CoreOptions options);
   // Re-adopts every channel and session record in the state directory.

@@ -186,6 +186,7 @@ uint64_t Core::ReapOrphans() {
       bool dead = o.secret.empty() || (o.pid > 0 && kill(o.pid, 0) != 0 && errno == ESRCH);
       if (dead || now > o.deadline) {
         gone.emplace_back(it->first, o);
+        gone.back().second.exited = o.pid > 0 && kill(o.pid, 0) != 0 && errno == ESRCH;
         it = orphans_.erase(it);
       } else {
         ++it;
@@ -197,7 +198,7 @@ uint64_t Core::ReapOrphans() {
   uint64_t released = 0;
   for (const auto& [id, o] : gone) {
     uint64_t mine = 0;
-    for (const auto& c : channels) mine += c->Leave(id);
+    for (const auto& c : channels) mine += c->Leave(id, o.exited);
     std::error_code ec;
     std::filesystem::remove(SessionPath(id), ec);
     spdlog::info("session {} (pid {}) did not resume after the restart: released {} references",

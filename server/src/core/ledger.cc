@@ -43,6 +43,15 @@ uint64_t Hash(uint64_t ref_bits) {
 
 bool IsRef(uint64_t bits) { return bits != kEmpty && bits != kTombstone; }
 
+// Whether `a`'s generation tag is ahead of `b`'s (modulo the tag's range,
+// within half of it): a lookup with an older ref (a write-ahead record
+// replayed after a restart) must not turn the entry back.
+bool IsNewer(uint64_t a, uint64_t b) {
+  const uint64_t mask = shm::kGenerationMask;
+  const uint64_t ahead = ((a & mask) - (b & mask)) & mask;
+  return ahead != 0 && ahead < (mask + 1) / 2;
+}
+
 absl::Status Errno(int err, const std::string& what) { return base::ErrnoStatus(err, what); }
 
 // Single-word stores: the order of two stores is the crash-atomicity
@@ -323,8 +332,15 @@ absl::Status Ledger::Rehash(uint64_t min_capacity) {
   map_bytes_ = t->bytes;
   guard_ = shm::GuardedMapping(map_, map_bytes_, damage_, 0);
   capacity_ = new_capacity;
-  used_ = entries.size();
+  // WriteTable merges entries of one block (only scribbled slots repeat a
+  // block): count what the new table holds.
+  used_ = 0;
+  refs_ = 0;
   tombstones_ = 0;
+  for (const LedgerEntry& e : Entries()) {
+    ++used_;
+    refs_ += e.count;
+  }
   return absl::OkStatus();
 }
 
@@ -339,7 +355,7 @@ Ledger::Slot* Ledger::Find(shm::Ref ref) const {
       // (shm/local_recycle.h): the session's references are to the
       // instance there now, which the caller has resolved. One 8-byte
       // store renews the entry.
-      if (s[i].ref != ref.bits()) Store(s[i].ref, ref.bits());
+      if (s[i].ref != ref.bits() && IsNewer(ref.bits(), s[i].ref)) Store(s[i].ref, ref.bits());
       return &s[i];
     }
   }

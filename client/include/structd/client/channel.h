@@ -72,6 +72,9 @@ class RefStores {
   // the batch is applied successfully).
   template <typename T, typename U>
   void Move(RefTo<T> field, Owned<U>& value) {
+    // From here the reference may be the field's (a call whose reply is
+    // lost still moved it): never recycle it in place.
+    value.sole_.store(false, std::memory_order_relaxed);
     Add(field.owner(), field.field_index(), value.ref(), true);
     moved_.push_back([&value] { (void)value.Disown(); });
   }
@@ -434,14 +437,15 @@ absl::StatusOr<Owned<T>> Owned<T>::Clone() const {
   }
   // This session owns the instance, so it is alive: no check, no call.
   if (absl::Status s = channel_->DeferRetain(ref()); !s.ok()) return s;
-  sole_ = false;  // its refcount no longer says how many Owneds there are
+  // Its refcount no longer says how many Owneds there are.
+  sole_.store(false, std::memory_order_relaxed);
   return Owned<T>(channel_, view_);
 }
 
 template <typename T>
 void Owned<T>::Reset() {
   if (channel_ && view_) {
-    if (sole_) {
+    if (sole_.load(std::memory_order_relaxed)) {
       channel_->DropSole(internal::FastTypeSlot<T>(), view_);
     } else {
       channel_->DeferRelease(view_.ref());
@@ -449,7 +453,7 @@ void Owned<T>::Reset() {
   }
   channel_.reset();
   view_ = T();
-  sole_ = false;
+  sole_.store(false, std::memory_order_relaxed);
 }
 
 }  // namespace structd::client

@@ -1,6 +1,7 @@
 #ifndef STRUCTD_CLIENT_OWNED_H_
 #define STRUCTD_CLIENT_OWNED_H_
 
+#include <atomic>
 #include <memory>
 #include <utility>
 
@@ -25,13 +26,14 @@ class Owned {
   Owned(Owned&& other) noexcept
       : channel_(std::move(other.channel_)),
         view_(std::exchange(other.view_, T())),
-        sole_(std::exchange(other.sole_, false)) {}
+        sole_(other.sole_.exchange(false, std::memory_order_relaxed)) {}
   Owned& operator=(Owned&& other) noexcept {
     if (this != &other) {
       Reset();
       channel_ = std::move(other.channel_);
       view_ = std::exchange(other.view_, T());
-      sole_ = std::exchange(other.sole_, false);
+      sole_.store(other.sole_.exchange(false, std::memory_order_relaxed),
+                  std::memory_order_relaxed);
     }
     return *this;
   }
@@ -53,12 +55,13 @@ class Owned {
   // it until Channel::Release(ref), a Store with move, or the session ends.
   Ref Disown() {
     channel_.reset();
-    sole_ = false;
+    sole_.store(false, std::memory_order_relaxed);
     return std::exchange(view_, T()).ref();
   }
 
  private:
   friend class Channel;
+  friend class RefStores;
   // `sole`: the reference came from an allocation, so this is the only
   // Owned of it in the process (other processes may have references).
   Owned(std::shared_ptr<Channel> channel, T view, bool sole = false)
@@ -67,8 +70,9 @@ class Owned {
   std::shared_ptr<Channel> channel_;
   T view_;
   // The only Owned of its reference in this process: true from Allocate
-  // until a Clone (which may run on a const Owned, hence mutable).
-  mutable bool sole_ = false;
+  // until a Clone (which may run on a const Owned, from several threads at
+  // once: hence mutable and atomic) or a Store that moves it into a field.
+  mutable std::atomic<bool> sole_{false};
 };
 
 }  // namespace structd::client
