@@ -48,7 +48,8 @@ class SpareInstances {
     shm::TypeToken token;  // zero: no type
     uint32_t type_index = 0;
     uint32_t payload_bytes = 0;
-    // No ref fields: a sole owner may recycle an instance in place.
+    // No ref fields nor mutex fields: a sole owner may recycle an instance
+    // in place.
     bool recyclable = false;
     // Which of the Channel's arenas (they change when a restarted daemon
     // recreated the channel): an instance of another is never stocked.

@@ -222,13 +222,27 @@ double DaemonCpuUs() {
   return ticks * 1e6 / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// Reports the daemon's CPU per 1,000 operations of the benchmark.
+// The daemon's RssAnon (anonymous resident memory: its own heap, not the
+// arena), in KiB, from /proc/PID/status.
+double DaemonRssAnonKib() {
+  std::ifstream in("/proc/" + std::to_string(g->daemon->pid()) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::stod(line.substr(8));
+  }
+  return 0;
+}
+
+// Reports the daemon's CPU per 1,000 operations of the benchmark, and how
+// much its RssAnon grew meanwhile.
 struct DaemonCpu {
   benchmark::State& state;
   double start = DaemonCpuUs();
+  double rss_start = DaemonRssAnonKib();
   ~DaemonCpu() {
     double ops = static_cast<double>(state.iterations()) * state.range(0);
     if (ops > 0) state.counters["daemon_us_per_1k_ops"] = (DaemonCpuUs() - start) * 1000 / ops;
+    state.counters["daemon_rss_growth_kib"] = DaemonRssAnonKib() - rss_start;
   }
 };
 
@@ -467,6 +481,7 @@ void TimeHandover(benchmark::State& state, const char* mode, Produce produce) {
                                environ) == 0 &&
                    WaitFor([&] { return ring->ready.load() != 0 || ring->failed.load() != 0; });
     double daemon_before = DaemonCpuUs();
+    double rss_before = DaemonRssAnonKib();
     state.ResumeTiming();
     bool ok = started && ring->failed.load() == 0 && produce(*ring, n) &&
               WaitFor([&] { return ring->finished.load() == n || ring->failed.load() != 0; });
@@ -484,6 +499,7 @@ void TimeHandover(benchmark::State& state, const char* mode, Produce produce) {
       state.counters["instances_per_s"] = benchmark::Counter(
           static_cast<double>(n), benchmark::Counter::kIsRate);
       state.counters["daemon_us_per_1k_ops"] = daemon_us * 1000 / static_cast<double>(n);
+      state.counters["daemon_rss_growth_kib"] = DaemonRssAnonKib() - rss_before;
     }
     munmap(ring, sizeof(HandoverRing));
     close(fd);

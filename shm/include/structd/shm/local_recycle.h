@@ -19,11 +19,14 @@
 // (server/src/core/ledger.h), so the session's one reference carries over
 // without telling the daemon. A process killed at any step leaves the
 // block with its refcount 0 or 1 and its type set, listed once in its
-// session's ledger: the daemon frees it at the session's end
-// (Channel::Leave), exactly once, whatever the step.
+// session's ledger: the daemon frees it at the session's end once the
+// process is known to have exited (Channel::Leave), exactly once,
+// whatever the step.
 //
-// Only for instances of types without ref fields: the references such
-// fields hold are released by the daemon when an instance is freed.
+// Only for instances of types without ref fields (the references such
+// fields hold are released by the daemon when an instance is freed) and
+// without mutex fields (a mutex is initialized, not zeroed, and a holder's
+// robust list may still name it).
 
 #include <cstdint>
 #include <optional>
