@@ -157,7 +157,8 @@ TEST_F(AllocatorTest, ARetainRacingARecycleEitherWinsOrSeesAStaleRef) {
   ASSERT_TRUE(first.ok());
   std::atomic<uint64_t> current{r->bits()};
   std::atomic<bool> stop{false};
-  uint64_t recycled = 0, refused = 0;
+  std::atomic<uint64_t> recycled{0};
+  uint64_t refused = 0;  // the owner thread's
   std::thread owner([&] {
     InstancePtr mine = *first;
     while (!stop.load()) {
@@ -190,7 +191,7 @@ TEST_F(AllocatorTest, ARetainRacingARecycleEitherWinsOrSeesAStaleRef) {
   }
   stop.store(true);
   owner.join();
-  EXPECT_GT(recycled, 0u);
+  EXPECT_GT(recycled.load(), 0u);
   EXPECT_GT(retained, 0u);
   Ref last = Ref::FromBits(current.load());
   EXPECT_EQ(Refcount(last), 1u) << "the owner's one reference, exactly";

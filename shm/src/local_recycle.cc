@@ -1,8 +1,24 @@
 #include "structd/shm/local_recycle.h"
 
-#include <cstring>
+#include <atomic>
 
 namespace structd::shm {
+namespace {
+
+// Zeroes with relaxed atomic stores, not memset: the instance stays
+// published (its type index is never cleared), so views of the old one,
+// in this process or another, may be reading its fields (atomically)
+// while it is zeroed. They read zeros or old values, never a torn word.
+void ZeroPayload(uint8_t* payload, uint32_t bytes) {
+  uint32_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {  // the payload starts 16-byte aligned
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(payload + i))
+        .store(0, std::memory_order_relaxed);
+  }
+  for (; i < bytes; ++i) std::atomic_ref<uint8_t>(payload[i]).store(0, std::memory_order_relaxed);
+}
+
+}  // namespace
 
 std::optional<InstancePtr> RecycleSoleInstance(const InstancePtr& instance, uint32_t type_index,
                                                uint32_t payload_bytes) {
@@ -30,7 +46,7 @@ std::optional<InstancePtr> RecycleSoleInstance(const InstancePtr& instance, uint
     return std::nullopt;
   }
   h.generation.store(gen + 1, std::memory_order_release);
-  std::memset(instance.payload(), 0, payload_bytes);
+  ZeroPayload(instance.payload(), payload_bytes);
   h.refcount.store(1, std::memory_order_release);
   return InstancePtr(instance.block(), Ref::Make(ref.extent_id(), ref.offset(), gen + 1),
                      instance.capacity());
