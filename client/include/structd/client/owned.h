@@ -26,14 +26,19 @@ class Owned {
   Owned(Owned&& other) noexcept
       : channel_(std::move(other.channel_)),
         view_(std::exchange(other.view_, T())),
-        sole_(other.sole_.exchange(false, std::memory_order_relaxed)) {}
+        sole_(other.sole_.load(std::memory_order_relaxed)) {
+    // Plain load and store, not an exchange: a move races nothing (moving
+    // an Owned another thread is cloning is a bug of the caller's), and a
+    // locked instruction here would double the cost of Clone().
+    other.sole_.store(false, std::memory_order_relaxed);
+  }
   Owned& operator=(Owned&& other) noexcept {
     if (this != &other) {
       Reset();
       channel_ = std::move(other.channel_);
       view_ = std::exchange(other.view_, T());
-      sole_.store(other.sole_.exchange(false, std::memory_order_relaxed),
-                  std::memory_order_relaxed);
+      sole_.store(other.sole_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      other.sole_.store(false, std::memory_order_relaxed);
     }
     return *this;
   }
