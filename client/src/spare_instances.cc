@@ -22,12 +22,16 @@ SpareInstances::~SpareInstances() {
   (void)ReleaseAll();
 }
 
-bool SpareInstances::StillSpare(const shm::InstancePtr& p, uint32_t type_index) {
+SpareInstances::SpareState SpareInstances::Check(const shm::InstancePtr& p,
+                                                 uint32_t type_index) {
   const shm::InstanceHeader& h = p.header();
-  return h.type_index.load(std::memory_order_acquire) == type_index &&
-         (h.generation.load(std::memory_order_acquire) & shm::kGenerationMask) ==
-             p.ref().generation_tag() &&
-         h.refcount.load(std::memory_order_acquire) == 1;
+  if (h.type_index.load(std::memory_order_acquire) != type_index ||
+      (h.generation.load(std::memory_order_acquire) & shm::kGenerationMask) !=
+          p.ref().generation_tag()) {
+    return SpareState::kGone;
+  }
+  return h.refcount.load(std::memory_order_acquire) == 1 ? SpareState::kSpare
+                                                         : SpareState::kDoubtful;
 }
 
 uint32_t SpareInstances::MaxTarget(uint64_t block_bytes) {
@@ -35,10 +39,30 @@ uint32_t SpareInstances::MaxTarget(uint64_t block_bytes) {
   return static_cast<uint32_t>(std::clamp<uint64_t>(by_bytes, 1, kMaxTarget));
 }
 
-void SpareInstances::Pop(Stock& stock, uint32_t count, std::vector<shm::InstancePtr>& out) {
-  auto first = stock.spares.end() - count;
-  out.insert(out.end(), first, stock.spares.end());
-  stock.spares.erase(first, stock.spares.end());
+uint32_t SpareInstances::PopValid(Stock& stock, uint32_t count, shm::InstancePtr& first,
+                                  std::vector<shm::Ref>& doubtful,
+                                  std::vector<shm::InstancePtr>* rest) {
+  uint32_t got = 0;
+  while (got < count && !stock.spares.empty()) {
+    const shm::InstancePtr p = stock.spares.back();
+    stock.spares.pop_back();
+    switch (Check(p, stock.type.type_index)) {
+      case SpareState::kSpare:
+        if (got == 0) {
+          first = p;
+        } else {
+          rest->push_back(p);
+        }
+        ++got;
+        break;
+      case SpareState::kDoubtful:
+        doubtful.push_back(p.ref());
+        break;
+      case SpareState::kGone:
+        break;
+    }
+  }
+  return got;
 }
 
 bool SpareInstances::SetUp(Stock& stock, const Type& type, std::vector<shm::Ref>& unwanted) {
@@ -54,27 +78,23 @@ bool SpareInstances::SetUp(Stock& stock, const Type& type, std::vector<shm::Ref>
 bool SpareInstances::TryTakeOne(uint32_t slot, shm::InstancePtr* out) {
   if (slot >= kSlots) return false;
   Stock& stock = stocks_[slot];
-  bool low;
+  std::vector<shm::Ref> doubtful;
+  bool taken, low = false;
   {
     base::MutexLock lock(&stock.mu);
-    do {
-      if (stock.spares.empty()) return false;
-      *out = stock.spares.back();
-      stock.spares.pop_back();
-      // A spare whose header no longer says so is not the session's any
-      // more (the daemon ended the session behind the process's back, or
-      // a member scribbled it): dropped, never handed out.
-    } while (!StillSpare(*out, stock.type.type_index));
-    low = stock.spares.size() < stock.target / 2 && !stock.refill_asked;
+    taken = PopValid(stock, 1, *out, doubtful) == 1;
+    if (taken) low = stock.spares.size() < stock.target / 2 && !stock.refill_asked;
   }
+  GiveBack(doubtful);
   if (low) MaybeAskRefill(slot);
-  return true;
+  return taken;
 }
 
 absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t count,
                                   std::vector<shm::InstancePtr>& out) {
   Stock& stock = stocks_[slot];
-  std::vector<shm::Ref> unwanted;
+  std::vector<shm::Ref> unwanted, doubtful;
+  const size_t already = out.size();
   uint32_t extra = 0;
   uint64_t epoch = 0;
   const uint64_t forgets = forgets_.load(std::memory_order_acquire);
@@ -84,8 +104,14 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
     const bool fresh = SetUp(stock, type, unwanted) || stock.dormant;
     stock.dormant = false;
     if (stock.spares.size() >= count) {
-      Pop(stock, count, out);
-      count = 0;
+      shm::InstancePtr first;
+      const size_t at = out.size();
+      const uint32_t got = PopValid(stock, count, first, doubtful, &out);
+      if (got > 0) out.insert(out.begin() + static_cast<long>(at), first);
+      count -= got;
+    }
+    if (count == 0) {
+      // All from the stock.
     } else {
       const uint32_t max_target = MaxTarget(type.block_bytes());
       if (count <= max_target) {
@@ -97,6 +123,7 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
     }
   }
   GiveBack(unwanted);
+  GiveBack(doubtful);
   if (count == 0) {
     MaybeAskRefill(slot);
     return absl::OkStatus();
@@ -108,7 +135,14 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
     extra = 0;
     made = allocate_(type.token, count);
   }
-  if (!made.ok()) return made.status();
+  if (!made.ok()) {
+    // All or none: what came from the stock goes back to it.
+    std::vector<shm::InstancePtr> taken(out.begin() + static_cast<long>(already), out.end());
+    out.resize(already);
+    Stash(slot, epoch, forgets, taken, unwanted);
+    GiveBack(unwanted);
+    return made.status();
+  }
   out.insert(out.end(), made->begin(), made->begin() + count);
   made->erase(made->begin(), made->begin() + count);
   Stash(slot, epoch, forgets, *made, unwanted);
@@ -138,14 +172,15 @@ void SpareInstances::Stash(uint32_t slot, uint64_t epoch, uint64_t forgets,
                            std::vector<shm::InstancePtr>& made,
                            std::vector<shm::Ref>& unwanted) {
   if (made.empty()) return;
+  Stock& stock = stocks_[slot];
+  base::MutexLock lock(&stock.mu);
+  // Under the stock's lock: Forget counts itself before it takes it.
   if (forgets_.load(std::memory_order_acquire) != forgets) {
     // Allocated in an arena that is gone: its refs may name blocks of the
     // new one, so they are neither stocked nor given back.
     made.clear();
     return;
   }
-  Stock& stock = stocks_[slot];
-  base::MutexLock lock(&stock.mu);
   if (stock.epoch == epoch) {
     stock.spares.insert(stock.spares.end(), made.begin(), made.end());
   } else {

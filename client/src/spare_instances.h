@@ -124,13 +124,22 @@ class SpareInstances {
     bool dormant ABSL_GUARDED_BY(mu) = false;
     std::chrono::steady_clock::time_point no_refill_before ABSL_GUARDED_BY(mu);
   };
-  // `p`'s header still shows a spare of `type_index`: live, of its
-  // generation, referenced once.
-  static bool StillSpare(const shm::InstancePtr& p, uint32_t type_index);
+  // What `p`'s header says now. kSpare: live, of its generation and type,
+  // referenced once. kDoubtful: live and ours, but its refcount is not 1
+  // (a stale retain racing, or a member writing it): given back through
+  // the daemon, which knows. kGone: freed or reused (the daemon ended the
+  // session behind the process's back, or a member scribbled it): dropped.
+  enum class SpareState { kSpare, kDoubtful, kGone };
+  static SpareState Check(const shm::InstancePtr& p, uint32_t type_index);
   // What a stock may hold for blocks of `block_bytes`.
   static uint32_t MaxTarget(uint64_t block_bytes);
-  // Moves the last `count` spares of `stock` into `out`.
-  static void Pop(Stock& stock, uint32_t count, std::vector<shm::InstancePtr>& out)
+  // Takes up to `count` spares from `stock` that Check finds still spare:
+  // the first into `first`, the others appended to `*rest`; returns how
+  // many. Doubtful ones go into `doubtful` (to be given back), gone ones
+  // are dropped.
+  static uint32_t PopValid(Stock& stock, uint32_t count, shm::InstancePtr& first,
+                           std::vector<shm::Ref>& doubtful,
+                           std::vector<shm::InstancePtr>* rest = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
   // Sets `stock` up for `type` (giving back spares of another type into
   // `unwanted`); false if it was set up for it already.

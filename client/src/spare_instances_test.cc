@@ -249,8 +249,9 @@ TEST(SpareInstancesTest, ARefillThatEndsAfterForgetIsDroppedNotStocked) {
   EXPECT_EQ(daemon.released(), 0u);
 }
 
-// A spare whose header says it is no longer the session's (freed behind
-// the process's back, or scribbled) is dropped, never handed out.
+// A spare whose header says it is no longer a spare is never handed out:
+// dropped if freed or retyped (not the session's any more), given back if
+// only its refcount is off.
 TEST(SpareInstancesTest, ASpareThatIsNoLongerLiveIsNeverHandedOut) {
   FakeDaemon daemon;
   SpareInstances spares(daemon.allocate(), daemon.release(), /*background=*/false);
@@ -265,6 +266,9 @@ TEST(SpareInstancesTest, ASpareThatIsNoLongerLiveIsNeverHandedOut) {
   size_t taken = 1;
   while (spares.TryTakeOne(0, &p)) ++taken;
   EXPECT_EQ(taken, 13u);
+  // The one whose refcount is off but that is still ours goes back through
+  // the daemon (which knows); the freed and retyped ones are dropped.
+  EXPECT_EQ(daemon.released(), 1u);
 }
 
 // ReleaseSpares means "give it all back now": a refill asked or under way

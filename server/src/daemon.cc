@@ -286,6 +286,7 @@ void Daemon::ReapLoop() {
       session_service_->Cancel(id);
     }
     core_->ReapOrphans();
+    core_->ReapClaims();
     core_->DropIdleChannels();
     // Members hold descriptors of the arena files and could resize them:
     // about once a second, put them back (doc/security.md).

@@ -71,7 +71,7 @@ class HonestChurn {
     }
     EXPECT_GT(allocated_, 0u) << when << ": the honest process allocated nothing";
   }
-  uint64_t allocated() const { return allocated_; }
+  uint64_t allocated() const { return allocated_.load(); }
 
  private:
   void Run() {
@@ -88,8 +88,7 @@ class HonestChurn {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
         continue;
       }
-      ++allocated_;
-      const uint64_t stamp = (uint64_t{0xC0DE} << 40) | allocated_;
+      const uint64_t stamp = (uint64_t{0xC0DE} << 40) | ++allocated_;
       (*one)->hits().store(stamp);
       if (rng() % 4 == 0) {
         held_.emplace_back(std::move(*one), stamp);
@@ -101,7 +100,7 @@ class HonestChurn {
 
   client::Channel& c_;
   std::vector<std::pair<client::Owned<Counter>, uint64_t>> held_;  // the thread's
-  uint64_t allocated_ = 0;
+  std::atomic<uint64_t> allocated_{0};  // read by the test thread too
   std::atomic<bool> stop_{false}, pause_{false}, paused_{false};
   std::thread thread_;
 };

@@ -24,6 +24,7 @@ Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
       // in place since the entry was written (shm/local_recycle.h).
       if (arena.ResolveCurrent(e.ref).ok()) {
         c.expected[Census::Block(e.ref)] += e.count;
+        c.from_ledgers[Census::Block(e.ref)] += e.count;
       } else {
         c.dangling_entries.push_back({session, e.ref});
       }

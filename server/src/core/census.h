@@ -52,6 +52,12 @@ struct Census {
   };
   std::vector<Problem> problems;
 
+  // The part of `expected` that ledger entries make up.
+  std::map<uint64_t, uint64_t> from_ledgers;
+  uint64_t FromLedgers(shm::Ref ref) const {
+    auto it = from_ledgers.find(Block(ref));
+    return it == from_ledgers.end() ? 0 : it->second;
+  }
   uint64_t Expected(shm::Ref ref) const {
     auto it = expected.find(Block(ref));
     return it == expected.end() ? 0 : it->second;

@@ -1,5 +1,7 @@
 #include "core/channel.h"
 
+#include <signal.h>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -260,7 +262,41 @@ absl::Status Channel::Join(const std::string& session_id) {
   return absl::OkStatus();
 }
 
-uint64_t Channel::Leave(const std::string& session_id, bool process_exited) {
+bool SessionProcess::Exited() const {
+  if (handle != nullptr) return handle->Exited();
+  return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+uint64_t Channel::ReapClaims() {
+  base::MutexLock lock(&mu_);
+  if (left_claims_.empty() || !UsableLocked().ok()) return 0;
+  uint64_t freed = 0;
+  shm::Allocator::TypeLookup types = TypesLocked();
+  std::vector<LeftClaim> waiting;
+  for (const LeftClaim& c : left_claims_) {
+    if (!c.process.Exited()) {
+      waiting.push_back(c);
+      continue;
+    }
+    absl::StatusOr<shm::InstancePtr> now = arena_->ResolveCurrent(c.ref);
+    if (now.ok() && now->ref() == c.ref &&
+        now->header().refcount.load(std::memory_order_acquire) == 0) {
+      absl::Status s = allocator_->FinishCondemned(c.ref, types).status();
+      LogIfFailed(s, "freeing a block an ended session left claimed");
+      if (s.ok()) ++freed;
+    } else if (now.ok()) {
+      // Its process finished the recycle after its session ended: an
+      // instance nothing references, freed by the census at the next start.
+      spdlog::warn("channel '{}': {} was recycled after its session ended; the census of the "
+                   "next start frees it",
+                   name_, now->ref().ToString());
+    }
+  }
+  left_claims_ = std::move(waiting);
+  return freed;
+}
+
+uint64_t Channel::Leave(const std::string& session_id, const SessionProcess& process) {
   base::MutexLock lock(&mu_);
   auto it = ledgers_.find(session_id);
   if (it == ledgers_.end()) return 0;
@@ -276,10 +312,11 @@ uint64_t Channel::Leave(const std::string& session_id, bool process_exited) {
       // logged.
       absl::StatusOr<shm::InstancePtr> current = arena_->ResolveCurrent(e.ref);
       if (current.ok() && current->header().refcount.load(std::memory_order_acquire) == 0) {
-        if (!process_exited) {
-          spdlog::warn("channel '{}': session {} ended while its live process was recycling "
-                       "{} in place: left to it (counted at the next start)",
+        if (!process.Exited()) {
+          spdlog::info("channel '{}': session {} ended while its process was recycling {} "
+                       "in place: freed once the process has exited",
                        name_, session_id.substr(0, 8), current->ref().ToString());
+          left_claims_.push_back({current->ref(), process});
           continue;
         }
         absl::Status s = allocator_->FinishCondemned(current->ref(), types).status();

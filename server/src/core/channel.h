@@ -18,6 +18,7 @@
 #include "core/descriptor_store.h"
 #include "core/ledger.h"
 #include "core/meta_store.h"
+#include "core/process_handle.h"
 #include "core/secret_digest.h"
 #include "core/store_intent.h"
 #include "core/type_registry.h"
@@ -69,6 +70,14 @@ struct ChannelStats {
                          : 1.0 - static_cast<double>(alloc.live_block_bytes) /
                                      static_cast<double>(assigned);
   }
+};
+
+// A session's process, to tell whether it has exited: by its pidfd, or
+// (none to be had) by kill(pid, 0). Neither: never known to exit.
+struct SessionProcess {
+  std::shared_ptr<const ProcessHandle> handle;
+  pid_t pid = 0;
+  bool Exited() const;
 };
 
 // One channel: its arena and allocator, type registry, roots, and the
@@ -172,13 +181,15 @@ class Channel {
   // Joins `session_id` (idempotent) and creates its ledger.
   absl::Status Join(const std::string& session_id);
   // Releases every reference in the session's ledger and deletes it.
-  // Returns how many references were released. `process_exited`: the
-  // session's process is known to be gone, so a block it left claimed
-  // (refcount 0: killed while recycling in place, shm/local_recycle.h) is
-  // freed; a live process may still be finishing that recycle, so its
-  // claimed blocks are left alone (the census at the next start counts
-  // them).
-  uint64_t Leave(const std::string& session_id, bool process_exited = false);
+  // Returns how many references were released. A block the session left
+  // claimed (refcount 0: its process was recycling it in place,
+  // shm/local_recycle.h) is freed once `process` has exited: now if it
+  // has, else by ReapClaims (a live process may be finishing the recycle).
+  uint64_t Leave(const std::string& session_id, const SessionProcess& process = {});
+  // Frees the claimed blocks Leave left whose process has exited since, and
+  // forgets those whose process finished the recycle. Returns how many
+  // were freed. Called by the daemon's reaper, every 200 ms.
+  uint64_t ReapClaims();
   bool HasSession(const std::string& session_id) const;
   // Sessions with a ledger here (cheap: no arena work).
   size_t session_count() const;
@@ -335,6 +346,12 @@ class Channel {
   // is recorded here before it is acknowledged.
   std::unique_ptr<MetaStore> store_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Ledger>> ledgers_ ABSL_GUARDED_BY(mu_);
+  // Blocks ended sessions left claimed, with their processes (ReapClaims).
+  struct LeftClaim {
+    shm::Ref ref;  // with the generation it had when left
+    SessionProcess process;
+  };
+  std::vector<LeftClaim> left_claims_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> damaged_ledgers_ ABSL_GUARDED_BY(mu_);
   // Written under mu_; read without it (Core looks channels up under its
   // own lock, which must not wait for a channel's).

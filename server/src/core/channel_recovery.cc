@@ -234,12 +234,14 @@ Channel::RepairReport Channel::Reconcile() {
       continue;
     }
     if (have == want || (frozen && have > want)) continue;
-    if (have == 0) {
-      // Stored refcounts are never below the references that exist but in
-      // one state: a member claimed the instance to recycle it in place
+    if (have == 0 && want == 1 && census.FromLedgers(ref) == 1) {
+      // Honest operations never leave a stored refcount below the
+      // references that exist but in one state: the one session that
+      // references it claimed it to recycle it in place
       // (shm/local_recycle.h) and has not published it yet. Writing a
       // refcount now would let a retain in before its generation moves;
-      // it is left to the member (or freed at its session's end).
+      // it is left to that session's process (or freed once the process
+      // has exited, Channel::Leave).
       continue;
     }
     if (allocator_->SetRefcount(ref, static_cast<uint32_t>(want), types).ok()) {

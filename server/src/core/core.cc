@@ -296,13 +296,13 @@ void Core::Heartbeat(const std::string& session_id) {
 uint64_t Core::Detach(const std::string& session_id) {
   std::vector<std::shared_ptr<Channel>> joined;
   SessionInfo info;
-  bool exited = false;
+  SessionProcess process;
   {
     base::MutexLock lock(&mu_);
     auto it = sessions_.find(session_id);
     if (it == sessions_.end()) return 0;
     info = it->second.info;
-    exited = it->second.process != nullptr && it->second.process->Exited();
+    process = {it->second.process, it->second.info.pid};
     for (const std::string& id : it->second.joined) {
       auto c = channels_by_id_.find(id);
       if (c != channels_by_id_.end()) joined.push_back(c->second);
@@ -310,7 +310,7 @@ uint64_t Core::Detach(const std::string& session_id) {
     sessions_.erase(it);
   }
   uint64_t released = 0;
-  for (const auto& channel : joined) released += channel->Leave(session_id, exited);
+  for (const auto& channel : joined) released += channel->Leave(session_id, process);
   std::error_code ec;
   std::filesystem::remove(SessionPath(session_id), ec);
   std::vector<std::shared_ptr<Channel>> gone;

@@ -182,6 +182,9 @@ class Core {
   // process is gone, or whose lease ran out, have their ledgers released
   // now. Returns the references released.
   uint64_t ReapOrphans();
+  // Frees blocks that ended sessions left claimed (Channel::ReapClaims),
+  // once their processes have exited.
+  uint64_t ReapClaims();
   size_t orphan_count() const;
 
   // Channels.
@@ -233,7 +236,6 @@ class Core {
     SecretDigest secret;  // empty: can never resume
     std::string client_name;
     std::chrono::steady_clock::time_point deadline;
-    bool exited = false;  // set when reaped: its process is known gone
   };
   explicit Core(CoreOptions options);
   // Re-adopts every channel and session record in the state directory.

@@ -172,6 +172,17 @@ void Core::Recover() {
 }
 
 
+uint64_t Core::ReapClaims() {
+  std::vector<std::shared_ptr<Channel>> channels;
+  {
+    base::MutexLock lock(&mu_);
+    for (const auto& [id, c] : channels_by_id_) channels.push_back(c);
+  }
+  uint64_t freed = 0;
+  for (const auto& c : channels) freed += c->ReapClaims();
+  return freed;
+}
+
 uint64_t Core::ReapOrphans() {
   std::vector<std::pair<std::string, Orphan>> gone;
   std::vector<std::shared_ptr<Channel>> channels;
@@ -183,10 +194,9 @@ uint64_t Core::ReapOrphans() {
       // No secret (an unreadable record): it can never resume. Pid 0: the
       // process lives in a pid namespace the daemon cannot see, so only the
       // lease can tell that it is gone.
-      bool dead = o.secret.empty() || (o.pid > 0 && kill(o.pid, 0) != 0 && errno == ESRCH);
-      if (dead || now > o.deadline) {
+      const bool exited = o.pid > 0 && kill(o.pid, 0) != 0 && errno == ESRCH;
+      if (o.secret.empty() || exited || now > o.deadline) {
         gone.emplace_back(it->first, o);
-        gone.back().second.exited = o.pid > 0 && kill(o.pid, 0) != 0 && errno == ESRCH;
         it = orphans_.erase(it);
       } else {
         ++it;
@@ -198,7 +208,7 @@ uint64_t Core::ReapOrphans() {
   uint64_t released = 0;
   for (const auto& [id, o] : gone) {
     uint64_t mine = 0;
-    for (const auto& c : channels) mine += c->Leave(id, o.exited);
+    for (const auto& c : channels) mine += c->Leave(id, SessionProcess{nullptr, o.pid});
     std::error_code ec;
     std::filesystem::remove(SessionPath(id), ec);
     spdlog::info("session {} (pid {}) did not resume after the restart: released {} references",

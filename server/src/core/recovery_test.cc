@@ -205,6 +205,11 @@ TEST_F(RecoveryTest, AnInstanceRecycledInPlaceIsCountedAndReleasedExactly) {
       // finishing the recycle, so its claimed block is not freed under it.
       EXPECT_EQ(core_->Detach(s.id), 1u);
       EXPECT_EQ(Live(name), 1u) << "the claimed block is left to its live owner";
+      EXPECT_EQ(core_->ReapClaims(), 0u) << "the owner still lives";
+      kill(process.pid(), SIGKILL);
+      process.Wait();
+      EXPECT_EQ(core_->ReapClaims(), 1u) << "freed once its process has exited";
+      EXPECT_EQ(Live(name), 0u);
       continue;
     }
     // The process dies here; then its session ends.

@@ -141,8 +141,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // A zero-filled instance of T. In the common case no call to the daemon:
   // it comes from this process's stock of instances of T that the session
   // already owns, refilled in batches by a background thread
-  // (doc/lifecycle.md, "Allocate"). A process keeps at most 256 KiB of
-  // blocks (and 4,096 instances) in stock per type; they count as the
+  // (doc/lifecycle.md, "Allocate"). A process allocates ahead up to
+  // 256 KiB of blocks (and 4,096 instances) per type, and recycled drops
+  // may double that; they count as the
   // session's in `structctl sessions`, and are given back when the Channel
   // is destroyed, when an allocation would otherwise fail for want of
   // memory, or at the session's end.
