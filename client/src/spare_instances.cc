@@ -39,22 +39,15 @@ uint32_t SpareInstances::MaxTarget(uint64_t block_bytes) {
   return static_cast<uint32_t>(std::clamp<uint64_t>(by_bytes, 1, kMaxTarget));
 }
 
-uint32_t SpareInstances::PopValid(Stock& stock, uint32_t count, shm::InstancePtr& first,
-                                  std::vector<shm::Ref>& doubtful,
-                                  std::vector<shm::InstancePtr>* rest) {
-  uint32_t got = 0;
-  while (got < count && !stock.spares.empty()) {
+bool SpareInstances::PopOne(Stock& stock, shm::InstancePtr* out,
+                            std::vector<shm::Ref>& doubtful) {
+  while (!stock.spares.empty()) {
     const shm::InstancePtr p = stock.spares.back();
     stock.spares.pop_back();
     switch (Check(p, stock.type.type_index)) {
       case SpareState::kSpare:
-        if (got == 0) {
-          first = p;
-        } else {
-          rest->push_back(p);
-        }
-        ++got;
-        break;
+        *out = p;
+        return true;
       case SpareState::kDoubtful:
         doubtful.push_back(p.ref());
         break;
@@ -62,7 +55,7 @@ uint32_t SpareInstances::PopValid(Stock& stock, uint32_t count, shm::InstancePtr
         break;
     }
   }
-  return got;
+  return false;
 }
 
 bool SpareInstances::SetUp(Stock& stock, const Type& type, std::vector<shm::Ref>& unwanted) {
@@ -82,7 +75,7 @@ bool SpareInstances::TryTakeOne(uint32_t slot, shm::InstancePtr* out) {
   bool taken, low = false;
   {
     base::MutexLock lock(&stock.mu);
-    taken = PopValid(stock, 1, *out, doubtful) == 1;
+    taken = PopOne(stock, out, doubtful);
     if (taken) low = stock.spares.size() < stock.target / 2 && !stock.refill_asked;
   }
   GiveBack(doubtful);
@@ -104,11 +97,9 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
     const bool fresh = SetUp(stock, type, unwanted) || stock.dormant;
     stock.dormant = false;
     if (stock.spares.size() >= count) {
-      shm::InstancePtr first;
-      const size_t at = out.size();
-      const uint32_t got = PopValid(stock, count, first, doubtful, &out);
-      if (got > 0) out.insert(out.begin() + static_cast<long>(at), first);
-      count -= got;
+      for (shm::InstancePtr p; count > 0 && PopOne(stock, &p, doubtful); --count) {
+        out.push_back(p);
+      }
     }
     if (count == 0) {
       // All from the stock.

@@ -133,13 +133,10 @@ class SpareInstances {
   static SpareState Check(const shm::InstancePtr& p, uint32_t type_index);
   // What a stock may hold for blocks of `block_bytes`.
   static uint32_t MaxTarget(uint64_t block_bytes);
-  // Takes up to `count` spares from `stock` that Check finds still spare:
-  // the first into `first`, the others appended to `*rest`; returns how
-  // many. Doubtful ones go into `doubtful` (to be given back), gone ones
-  // are dropped.
-  static uint32_t PopValid(Stock& stock, uint32_t count, shm::InstancePtr& first,
-                           std::vector<shm::Ref>& doubtful,
-                           std::vector<shm::InstancePtr>* rest = nullptr)
+  // Takes the last spare of `stock` that Check finds still spare into
+  // `*out`; false if none is left. Doubtful ones on the way go into
+  // `doubtful` (to be given back), gone ones are dropped.
+  static bool PopOne(Stock& stock, shm::InstancePtr* out, std::vector<shm::Ref>& doubtful)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
   // Sets `stock` up for `type` (giving back spares of another type into
   // `unwanted`); false if it was set up for it already.

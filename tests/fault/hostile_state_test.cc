@@ -108,6 +108,17 @@ void Scribble(const std::string& path, std::mt19937_64& rng, int n) {
   close(fd);
 }
 
+// kill -9 of the daemon, a start on what it left, and it serves.
+void RestartAndExpectServing(DaemonProcess& daemon) {
+  daemon.Kill9();
+  daemon.Start();
+  auto admin = AdminOf(daemon);
+  ASSERT_NE(admin, nullptr);
+  auto health = admin->CheckHealth();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, client::Health::kServing);
+}
+
 TEST(HostileStateTest, RandomBytesInTheArenaLedgersAndMetadataNeverCrashTheDaemon) {
   std::mt19937_64 rng(TestSeed());
   DaemonProcess daemon(FileBackedArenas());
@@ -160,23 +171,11 @@ TEST(HostileStateTest, RandomBytesInTheArenaLedgersAndMetadataNeverCrashTheDaemo
   }
   // And a daemon restarted on the damaged state starts and serves (the
   // channel recovered, or reported and skipped).
-  daemon.Kill9();
-  daemon.Start();
-  auto after = AdminOf(daemon);
-  ASSERT_NE(after, nullptr);
-  auto health = after->CheckHealth();
-  ASSERT_TRUE(health.ok()) << health.status();
-  EXPECT_EQ(*health, client::Health::kServing);
-  EXPECT_TRUE(after->Channels().ok());
+  ASSERT_NO_FATAL_FAILURE(RestartAndExpectServing(daemon));
+  EXPECT_TRUE(AdminOf(daemon)->Channels().ok());
   // Damaged metadata: the daemon still starts, naming the file.
   Scribble(state + "/meta.toml", rng, 200);
-  daemon.Kill9();
-  daemon.Start();
-  auto last = AdminOf(daemon);
-  ASSERT_NE(last, nullptr);
-  auto last_health = last->CheckHealth();
-  ASSERT_TRUE(last_health.ok()) << last_health.status();
-  EXPECT_EQ(*last_health, client::Health::kServing);
+  ASSERT_NO_FATAL_FAILURE(RestartAndExpectServing(daemon));
 }
 
 // Issue 17: members recycle instances in place by writing their headers
@@ -255,13 +254,7 @@ TEST(HostileStateTest, AMemberScribblingHeadersWhileItsPeersRecycleHarmsOnlyItsC
   };
   verify_b();
   (void)admin->Check("a");  // answers, whatever it finds
-  daemon.Kill9();
-  daemon.Start();
-  auto after = AdminOf(daemon);
-  ASSERT_NE(after, nullptr);
-  auto after_health = after->CheckHealth();
-  ASSERT_TRUE(after_health.ok()) << after_health.status();
-  EXPECT_EQ(*after_health, client::Health::kServing);
+  ASSERT_NO_FATAL_FAILURE(RestartAndExpectServing(daemon));
   for (int i = 0; i < 500 && !me->attached(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

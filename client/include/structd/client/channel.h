@@ -205,10 +205,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // Takes a reference of this session's own to `ref`.
   template <typename T>
   absl::StatusOr<Owned<T>> Retain(Ref ref) {
-    absl::StatusOr<T> view = View<T>(ref);
-    if (!view.ok()) return view.status();
-    if (absl::Status s = RetainRefs({ref}); !s.ok()) return s;
-    return Owned<T>(shared_from_this(), *view);
+    absl::StatusOr<std::vector<Owned<T>>> one = RetainBatch<T>(std::span<const Ref>(&ref, 1));
+    if (!one.ok()) return one.status();
+    return std::move((*one)[0]);
   }
   // A reference of this session's own to each of `refs` (all of type T):
   // one call per 100,000, all or none. How a process takes over instances
