@@ -4,7 +4,9 @@
 //
 // The parent creates a channel, allocates one Counter and names it with a
 // root; each worker joins with the member capability, looks the root up
-// and adds to the mapped field with fetch_add: no RPC per increment.
+// and adds to the mapped field with fetch_add: no RPC per increment. The
+// parent sleeps until workers_done changes (WaitChanged; each worker
+// wakes it with Notify when it is done), printing progress.
 #include <unistd.h>
 
 #include <chrono>
@@ -34,7 +36,8 @@ int Worker(const std::string& channel, const std::string& capability, long incre
   auto counter = (*ch)->View<Counter>(*ref);
   Check(counter.status(), "view");
   for (long i = 0; i < increments; ++i) counter->hits().fetch_add(1);
-  counter->workers_done().fetch_add(1);
+  counter->workers_done().fetch_add(1, std::memory_order_release);
+  counter->workers_done().NotifyAll();  // wakes the parent's WaitChanged
   return 0;
 }
 
@@ -63,6 +66,18 @@ int main(int argc, char** argv) {
         {"worker", name, created->member_capability, std::to_string(increments)}));
   }
   bool ok = true;
+  // Sleep until each worker says it is done: no polling.
+  uint32_t done = 0;
+  while (done < static_cast<uint32_t>(workers)) {
+    auto now = (*counter)->workers_done().WaitChanged(done, std::chrono::minutes(2));
+    if (!now.ok()) {
+      std::fprintf(stderr, "waiting for the workers: %s\n", now.status().ToString().c_str());
+      ok = false;
+      break;
+    }
+    done = *now;
+    std::printf("%u of %d workers done\n", done, workers);
+  }
   for (pid_t pid : pids) ok = structd::examples::WaitOk(pid) && ok;
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -52,6 +52,12 @@
 // pairs differ only in the code they run. If a field ratio moves a lot after
 // an unrelated edit, check the loops' addresses (objdump -d) first.
 //
+// Wake-up. A round trip between this process and a forked partner, each
+// waking the other through a field (store, notify; the other waits for the
+// change): Scalar<T>::WaitChanged / Notify on 4- and 8-byte fields versus
+// the same ping-pong written by hand with FUTEX_WAIT / FUTEX_WAKE, on the
+// same arena words. Wall time (half the work is in the partner).
+//
 // Ratios. A custom reporter forwards everything to the console reporter and
 // records each benchmark's CPU time per iteration (CPU time, because this
 // machine is shared and wall time includes preemption). With
@@ -64,7 +70,10 @@
 // STRUCTD_BENCH_SMOKE=1 runs every benchmark with a 10 ms minimum time, for
 // the shm_bench_smoke CTest entry that checks the program still runs.
 
+#include <linux/futex.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -382,6 +391,93 @@ void BM_FieldFetchAdd_Handle(benchmark::State& state) {
 BENCHMARK(BM_FieldFetchAdd_Handle);
 
 // ---------------------------------------------------------------------------
+// Wake-up latency: a round trip between this process and a forked partner,
+// each waking the other by changing a field and notifying. One iteration is
+// two wake-ups (wall time: half of it is the partner's). structd's
+// Scalar<T>::WaitChanged / Notify against the same ping-pong written by hand
+// with FUTEX_WAIT / FUTEX_WAKE, on the same words of an arena instance.
+
+constexpr uint32_t kStopPlaying = 0xFFFFFFFFu;
+
+// The hand-written futex ping-pong's two operations.
+void RawWaitWhileEquals(uint32_t* word, uint32_t seen) {
+  while (std::atomic_ref<uint32_t>(*word).load(std::memory_order_acquire) == seen) {
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, nullptr, nullptr, 0);
+  }
+}
+void RawNotifyOne(uint32_t* word) {
+  syscall(SYS_futex, word, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+}
+
+// `Word` is uint32_t or uint64_t; `raw` picks the hand-written futex calls.
+template <typename Word, bool kRaw>
+void WakeRoundTrip(benchmark::State& state) {
+  // Two fields in the fixture instance's padding (offsets 8 and 16).
+  uint8_t* payload = g_fixture->instance.payload();
+  Word* ping = reinterpret_cast<Word*>(payload + 8);
+  Word* pong = reinterpret_cast<Word*>(payload + 16);
+  std::atomic_ref<Word>(*ping).store(0);
+  std::atomic_ref<Word>(*pong).store(0);
+  auto wait_while = [](Word* word, Word seen) {
+    if constexpr (kRaw) {
+      static_assert(sizeof(Word) == 4, "the raw baseline is 4 bytes");
+      RawWaitWhileEquals(word, seen);
+    } else {
+      (void)Scalar<Word>(word).WaitChanged(seen);
+    }
+  };
+  auto set_and_wake = [](Word* word, Word value) {
+    std::atomic_ref<Word>(*word).store(value, std::memory_order_release);
+    if constexpr (kRaw) {
+      RawNotifyOne(word);
+    } else {
+      Scalar<Word>(word).Notify(1);
+    }
+  };
+  pid_t partner = fork();
+  if (partner < 0) {
+    state.SkipWithError("fork failed");
+    return;
+  }
+  if (partner == 0) {
+    Word seen = 0;
+    for (;;) {
+      wait_while(ping, seen);
+      seen = std::atomic_ref<Word>(*ping).load(std::memory_order_acquire);
+      if (seen == kStopPlaying) _exit(0);
+      set_and_wake(pong, seen);
+    }
+  }
+  Word round = 0;
+  for (auto _ : state) {
+    ++round;
+    set_and_wake(ping, round);
+    wait_while(pong, round - 1);
+  }
+  set_and_wake(ping, kStopPlaying);
+  int status = 0;
+  waitpid(partner, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    state.SkipWithError("the partner process failed");
+  }
+}
+
+void BM_WakeRoundTrip_RawFutex(benchmark::State& state) {
+  WakeRoundTrip<uint32_t, true>(state);
+}
+BENCHMARK(BM_WakeRoundTrip_RawFutex)->UseRealTime();
+
+void BM_WakeRoundTrip_WaitChanged32(benchmark::State& state) {
+  WakeRoundTrip<uint32_t, false>(state);
+}
+BENCHMARK(BM_WakeRoundTrip_WaitChanged32)->UseRealTime();
+
+void BM_WakeRoundTrip_WaitChanged64(benchmark::State& state) {
+  WakeRoundTrip<uint64_t, false>(state);
+}
+BENCHMARK(BM_WakeRoundTrip_WaitChanged64)->UseRealTime();
+
+// ---------------------------------------------------------------------------
 // Allocation of a 64-byte block, timed per allocation, freed per batch with
 // the timer paused (see the top comment).
 
@@ -480,6 +576,10 @@ constexpr Pair kPairs[] = {
      "boost managed_mapped_file", 2.0},
     {"alloc 64B (info: boost unlocked)", "BM_Alloc64_Structd",
      "BM_Alloc64_BoostMappedFileNoLock", "boost null_mutex", 0.0},
+    {"wake round trip, WaitChanged/Notify u32", "BM_WakeRoundTrip_WaitChanged32",
+     "BM_WakeRoundTrip_RawFutex", "hand-written futex", 1.5, /*wall=*/true},
+    {"wake round trip, WaitChanged/Notify u64", "BM_WakeRoundTrip_WaitChanged64",
+     "BM_WakeRoundTrip_RawFutex", "hand-written futex (u32)", 1.5, /*wall=*/true},
 };
 
 }  // namespace

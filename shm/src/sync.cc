@@ -1,8 +1,6 @@
 #include "structd/shm/sync.h"
 
-#include <linux/futex.h>
 #include <pthread.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "futex.h"
 #include "structd/shm/layout.h"
 
 namespace structd::shm {
@@ -66,11 +65,6 @@ timespec ToTimespec(std::chrono::nanoseconds d) {
   ts.tv_sec = static_cast<time_t>(d.count() / 1000000000);
   ts.tv_nsec = static_cast<long>(d.count() % 1000000000);
   return ts;
-}
-
-long Futex(uint32_t* addr, int op, uint32_t val, const timespec* timeout) {
-  // Shared (not FUTEX_PRIVATE_FLAG): waiters are in other processes.
-  return syscall(SYS_futex, addr, op, val, timeout, nullptr, 0);
 }
 
 // pthread_mutex_clocklock, told to ThreadSanitizer: GCC 12's TSan does not
@@ -203,14 +197,7 @@ absl::Status ConditionField::WaitUntil(
   bool died_before = guard.owner_died_;
   guard.Unlock();
   absl::Status result = absl::OkStatus();
-  long rc;
-  if (deadline == std::chrono::steady_clock::time_point::max()) {
-    rc = Futex(&d->seq, FUTEX_WAIT, observed, nullptr);
-  } else {
-    timespec ts = ToTimespec(deadline - std::chrono::steady_clock::now());
-    rc = Futex(&d->seq, FUTEX_WAIT, observed, &ts);
-  }
-  if (rc != 0 && errno == ETIMEDOUT) {
+  if (internal::FutexWait(&d->seq, observed, deadline) == ETIMEDOUT) {
     result = absl::DeadlineExceededError("condition field: timed out");
   }
   waiters.fetch_sub(1, std::memory_order_relaxed);
@@ -230,9 +217,7 @@ int ConditionField::Notify(int count) {
       0) {
     return 0;
   }
-  if (count <= 0) return 0;
-  long woke = Futex(&d->seq, FUTEX_WAKE, static_cast<uint32_t>(count), nullptr);
-  return woke < 0 ? 0 : static_cast<int>(woke);
+  return internal::FutexWake(&d->seq, count);
 }
 
 int ConditionField::NotifyAll() { return Notify(INT_MAX); }

@@ -21,6 +21,7 @@
 #include "testing/grpc_client.h"
 #include "testing/spawned_process.h"
 #include "testing/temp_dir.h"
+#include "testing/thread_state.h"
 
 namespace structd::testing {
 namespace {
@@ -488,6 +489,27 @@ TEST_F(ClientTest, AKilledProcessesOwnedRefsAreReleasedAndItsMutexReportsOwnerDi
   auto guard = (*guarded)->lock().Lock();
   ASSERT_TRUE(guard.ok()) << guard.status();
   EXPECT_TRUE(guard->owner_died());
+}
+
+// WaitChanged / Notify through the client library, across processes: the
+// worker sleeps in WaitChanged on a field of an instance this process
+// allocated, and wakes on this process's store and Notify.
+TEST_F(ClientTest, AWaiterInAnotherProcessWakesOnStoreAndNotify) {
+  auto counter = c().Allocate<Counter>();
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  (*counter)->hits().store(11);
+  ASSERT_TRUE(c().SetRoot("watched", counter->ref()).ok());
+  auto waiter = Worker("await", {"watched", "11"});
+  ASSERT_EQ(waiter->ReadLine(), "waiting");
+  ASSERT_TRUE(testing::AwaitAsleep(waiter->pid(), waiter->pid()));
+  // Asleep and the field unchanged: a notify wakes it, and it sleeps on.
+  EXPECT_EQ((*counter)->hits().NotifyAll(), 1);
+  ASSERT_TRUE(testing::AwaitAsleep(waiter->pid(), waiter->pid()));
+  (*counter)->hits().store(12, std::memory_order_release);
+  EXPECT_EQ((*counter)->hits().NotifyAll(), 1);
+  EXPECT_EQ(waiter->ReadLine(), "changed 12");
+  EXPECT_EQ(waiter->Wait(), 0);
+  EXPECT_EQ((*counter)->hits().NotifyAll(), 0);
 }
 
 TEST_F(ClientTest, WhileTheDaemonIsGoneCallsFailFastAndMappedFieldsKeepWorking) {

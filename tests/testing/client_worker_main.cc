@@ -32,6 +32,8 @@
 //                       reports its session lost, then prints "lost MSG"
 //                       and "call CODE" for one Allocate (or exits 5
 //                       after 30 s)
+//   await ROOT SEEN     prints "waiting", waits (30 s at most) until Counter
+//                       ROOT's hits is no longer SEEN, prints "changed V"
 //
 // Exit codes: 0 ok, 2 usage, 3 connect/join failed, 4 a call failed.
 #include <unistd.h>
@@ -321,6 +323,19 @@ int main(int argc, char** argv) {
       usleep(200);
     }
     return 5;
+  }
+  if (mode == "await" && argc == 7) {
+    auto ref = root(argv[5]);
+    if (!ref.ok()) return Fail(ref.status());
+    auto counter = c.View<Counter>(*ref);
+    if (!counter.ok()) return Fail(counter.status());
+    std::printf("waiting\n");
+    std::fflush(stdout);
+    auto now = counter->hits().WaitChanged(std::strtoull(argv[6], nullptr, 10),
+                                           std::chrono::seconds(30));
+    if (!now.ok()) return Fail(now.status());
+    std::printf("changed %llu\n", static_cast<unsigned long long>(*now));
+    return 0;
   }
   if (mode == "own" && argc == 5) {
     auto mine = c.Allocate<Counter>();

@@ -16,7 +16,9 @@
 // previous value intact (the next writer takes over its lock).
 
 #include <atomic>
+#include <bit>
 #include <cassert>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -26,6 +28,7 @@
 
 #include "absl/status/statusor.h"
 #include "structd/shm/arena.h"
+#include "structd/shm/field_wait.h"
 #include "structd/shm/layout.h"
 #include "structd/shm/ref.h"
 
@@ -82,6 +85,35 @@ class Scalar {
     requires(std::is_integral_v<T> && !std::is_same_v<T, bool>)
   {
     return ref().fetch_sub(delta, order);
+  }
+  // Blocks until the field no longer holds `seen` (compared bit for bit:
+  // for floats, -0.0 differs from 0.0 and a NaN equals itself) and returns
+  // what it then holds, loaded with acquire. DeadlineExceeded if it still
+  // holds `seen` after `timeout`. The waiter sleeps in the kernel and is
+  // woken only by Notify: a writer stores, then calls Notify (a store
+  // alone wakes nobody, as with Atomics.wait). Any process mapping the
+  // channel may wait or notify. 4- and 8-byte fields.
+  absl::StatusOr<T> WaitChanged(T seen,
+                                std::chrono::nanoseconds timeout = kWaitForever) const
+    requires(sizeof(T) == 4 || sizeof(T) == 8)
+  {
+    using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    absl::StatusOr<Bits> now = WaitWhileEquals(reinterpret_cast<const Bits*>(p_),
+                                               std::bit_cast<Bits>(seen), timeout);
+    if (!now.ok()) return now.status();
+    return std::bit_cast<T>(*now);
+  }
+  // Wakes up to `count` waiters of this field (in any process) and returns
+  // how many it woke.
+  int Notify(int count) const
+    requires(sizeof(T) == 4 || sizeof(T) == 8)
+  {
+    return NotifyFieldWaiters(p_, count);
+  }
+  int NotifyAll() const
+    requires(sizeof(T) == 4 || sizeof(T) == 8)
+  {
+    return NotifyFieldWaiters(p_, kNotifyAll);
   }
   T* address() const { return p_; }
 

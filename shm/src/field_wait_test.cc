@@ -1,0 +1,304 @@
+// Scalar<T>::WaitChanged / Notify: waiting for a field to change.
+
+#include "structd/shm/field_wait.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "structd/shm/allocator.h"
+#include "structd/shm/field.h"
+#include "testing/temp_dir.h"
+#include "testing/thread_state.h"
+
+namespace structd::shm {
+namespace {
+
+using namespace std::chrono_literals;
+
+using structd::testing::AwaitAsleep;
+
+pid_t Tid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
+
+class FieldWaitTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ArenaOptions o;
+    o.extent_size = 256 * 1024;
+    arena_ = std::move(*Arena::Create(dir_.Sub("arena"), o));
+    alloc_ = std::move(*Allocator::Adopt(arena_.get()));
+    layout_ = *Layout::Compute({FieldSpec::Scalar("a", FieldKind::kU32),
+                                FieldSpec::Scalar("b", FieldKind::kU32),
+                                FieldSpec::Scalar("c", FieldKind::kU64),
+                                FieldSpec::Scalar("d", FieldKind::kU64),
+                                FieldSpec::Scalar("f", FieldKind::kF64),
+                                FieldSpec::Scalar("g", FieldKind::kF32)});
+    ref_ = *alloc_->Allocate(1, layout_);
+    inst_ = *arena_->Resolve(ref_);
+  }
+  void TearDown() override { internal::ForceEightByteWaitFallbackForTesting(false); }
+
+  template <typename T>
+  Scalar<T> Field(const char* name, const InstancePtr& inst) {
+    return FieldHandle::BindScalar<T>(layout_, name)->template scalar<T>(inst);
+  }
+  template <typename T>
+  Scalar<T> Field(const char* name) {
+    return Field<T>(name, inst_);
+  }
+
+  structd::testing::TempDir dir_;
+  std::unique_ptr<Arena> arena_;
+  std::unique_ptr<Allocator> alloc_;
+  Layout layout_;
+  Ref ref_;
+  InstancePtr inst_;
+};
+
+TEST_F(FieldWaitTest, AFieldThatAlreadyDiffersReturnsItsValueAtOnce) {
+  Field<uint32_t>("a").store(7);
+  Field<uint64_t>("c").store(uint64_t{1} << 40);
+  Field<double>("f").store(-0.0);
+  EXPECT_EQ(*Field<uint32_t>("a").WaitChanged(0), 7u);
+  EXPECT_EQ(*Field<uint64_t>("c").WaitChanged(0), uint64_t{1} << 40);
+  // Bit for bit: -0.0 is not the 0.0 the caller saw.
+  absl::StatusOr<double> f = Field<double>("f").WaitChanged(0.0, 0ms);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_TRUE(std::signbit(*f));
+}
+
+TEST_F(FieldWaitTest, AnUnchangedFieldTimesOutAndSaysWhatToDo) {
+  for (int size : {4, 8}) {
+    auto start = std::chrono::steady_clock::now();
+    absl::Status s = size == 4 ? Field<uint32_t>("a").WaitChanged(0, 30ms).status()
+                               : Field<uint64_t>("c").WaitChanged(0, 30ms).status();
+    EXPECT_GE(std::chrono::steady_clock::now() - start, 30ms) << size;
+    EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << size;
+    EXPECT_NE(s.message().find("Notify"), std::string_view::npos) << s;
+  }
+  // A timeout of zero (or less) looks once.
+  EXPECT_EQ(Field<float>("g").WaitChanged(0.0f, 0ms).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(Field<float>("g").WaitChanged(0.0f, -5ms).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(FieldWaitTest, AStoreThenNotifyWakesAWaiterInAnotherThread) {
+  for (int size : {4, 8}) {
+    std::atomic<pid_t> tid{0};
+    uint64_t got = 0;
+    std::thread waiter([&] {
+      tid = Tid();
+      if (size == 4) {
+        got = *Field<uint32_t>("a").WaitChanged(0, 10s);
+      } else {
+        got = *Field<uint64_t>("c").WaitChanged(0, 10s);
+      }
+    });
+    while (tid == 0) std::this_thread::yield();
+    ASSERT_TRUE(AwaitAsleep(getpid(), tid));
+    int woke = 0;
+    if (size == 4) {
+      Field<uint32_t>("a").store(42, std::memory_order_release);
+      woke = Field<uint32_t>("a").NotifyAll();
+    } else {
+      Field<uint64_t>("c").store(42, std::memory_order_release);
+      woke = Field<uint64_t>("c").NotifyAll();
+    }
+    waiter.join();
+    EXPECT_EQ(woke, 1) << size;
+    EXPECT_EQ(got, 42u) << size;
+  }
+}
+
+TEST_F(FieldWaitTest, ANotifyWithoutAChangeLetsTheWaiterSleepOn) {
+  std::atomic<pid_t> tid{0};
+  absl::Status result;
+  std::thread waiter([&] {
+    tid = Tid();
+    result = Field<uint64_t>("c").WaitChanged(0, 400ms).status();
+  });
+  while (tid == 0) std::this_thread::yield();
+  ASSERT_TRUE(AwaitAsleep(getpid(), tid));
+  EXPECT_EQ(Field<uint64_t>("c").Notify(1), 1);
+  waiter.join();
+  EXPECT_EQ(result.code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+// Notify counts the waiters it woke: of that field only, no more than asked.
+TEST_F(FieldWaitTest, NotifySaysHowManyWaitersOfThatFieldItWoke) {
+  struct Waiter {
+    std::atomic<pid_t> tid{0};
+    uint64_t got = 0;
+    std::thread thread;
+  };
+  // Three waiters on a (4 bytes), two on c (8 bytes), one each on b and d.
+  const char* fields[] = {"a", "a", "a", "c", "c", "b", "d"};
+  std::vector<std::unique_ptr<Waiter>> waiters;
+  for (const char* name : fields) {
+    auto w = std::make_unique<Waiter>();
+    Waiter* raw = w.get();
+    bool eight = name[0] == 'c' || name[0] == 'd';
+    raw->thread = std::thread([this, raw, name, eight] {
+      raw->tid = Tid();
+      raw->got = eight ? *Field<uint64_t>(name).WaitChanged(0, 20s)
+                       : *Field<uint32_t>(name).WaitChanged(0, 20s);
+    });
+    waiters.push_back(std::move(w));
+  }
+  auto all_asleep = [&] {
+    for (auto& w : waiters) {
+      while (w->tid == 0) std::this_thread::yield();
+      if (!AwaitAsleep(getpid(), w->tid)) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(all_asleep());
+  // Unchanged: two of a's waiters wake, look, and sleep again.
+  EXPECT_EQ(Field<uint32_t>("a").Notify(2), 2);
+  EXPECT_EQ(Field<uint64_t>("c").Notify(1), 1);
+  EXPECT_EQ(Field<uint32_t>("a").Notify(0), 0);
+  ASSERT_TRUE(all_asleep());
+  Field<uint32_t>("a").store(5);
+  Field<uint64_t>("c").store(uint64_t{6} << 32);
+  EXPECT_EQ(Field<uint32_t>("a").NotifyAll(), 3);
+  EXPECT_EQ(Field<uint64_t>("c").Notify(10), 2);
+  Field<uint32_t>("b").store(7);
+  Field<uint64_t>("d").store(8);
+  EXPECT_EQ(Field<uint32_t>("b").Notify(1), 1);
+  EXPECT_EQ(Field<uint64_t>("d").Notify(1), 1);
+  for (auto& w : waiters) w->thread.join();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(waiters[i]->got, 5u);
+  EXPECT_EQ(waiters[3]->got, uint64_t{6} << 32);
+  EXPECT_EQ(waiters[4]->got, uint64_t{6} << 32);
+  EXPECT_EQ(waiters[5]->got, 7u);
+  EXPECT_EQ(waiters[6]->got, 8u);
+  EXPECT_EQ(Field<uint32_t>("a").NotifyAll(), 0);  // nobody waits any more
+}
+
+// Two processes take turns: each changes a field, notifies, and waits for
+// the other's answer, with no sleep anywhere but in WaitChanged. A wake-up
+// lost between a waiter's look at the value and its sleep stalls a turn
+// until the timeout, and a turn longer than 2 s fails the test. For 8-byte fields only the
+// high half changes: a wait that slept on the low half alone (the word the
+// kernel compares) would miss those changes.
+class FieldWaitPingPongTest : public FieldWaitTest,
+                              public ::testing::WithParamInterface<int> {};
+
+template <typename T>
+bool PlayTurns(Scalar<T> mine, Scalar<T> theirs, int rounds, bool first, int shift) {
+  T seen = 0;
+  for (int i = 1; i <= rounds; ++i) {
+    const T value = static_cast<T>(i) << shift;
+    if (first) {
+      mine.store(value, std::memory_order_release);
+      mine.Notify(1);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<T> got = theirs.WaitChanged(seen, 5s);
+    // A lost wake-up sleeps until the timeout (and then sees the change).
+    if (!got.ok() || *got != value || std::chrono::steady_clock::now() - start > 2s) {
+      return false;
+    }
+    seen = *got;
+    if (!first) {
+      mine.store(value, std::memory_order_release);
+      mine.Notify(1);
+    }
+  }
+  return true;
+}
+
+TEST_P(FieldWaitPingPongTest, NoWakeUpIsLostBetweenTwoProcesses) {
+  const int mode = GetParam();  // 4: 4 bytes; 8: 8 bytes; 9: 8 bytes, fallback
+  if (mode == 9) internal::ForceEightByteWaitFallbackForTesting(true);
+  constexpr int kRounds = 20000;
+  auto play = [&](bool first) {
+    return mode == 4 ? PlayTurns(Field<uint32_t>(first ? "a" : "b"),
+                                 Field<uint32_t>(first ? "b" : "a"), kRounds, first, 0)
+                     : PlayTurns(Field<uint64_t>(first ? "c" : "d"),
+                                 Field<uint64_t>(first ? "d" : "c"), kRounds, first, 32);
+  };
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(play(false) ? 0 : 1);
+  const bool ok = play(true);
+  int status = 0;
+  if (!ok) kill(child, SIGKILL);
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(ok) << "this process's turn stalled or saw a wrong value";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the other process's turn stalled or saw a wrong value";
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, FieldWaitPingPongTest, ::testing::Values(4, 8, 9),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return info.param == 4   ? std::string("FourBytes")
+                                  : info.param == 8 ? std::string("EightBytes")
+                                                    : std::string("EightBytesWithoutWaitv");
+                         });
+
+TEST_F(FieldWaitTest, AWaiterKilledInItsSleepHarmsNobody) {
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    (void)Field<uint64_t>("c").WaitChanged(0);
+    _exit(0);
+  }
+  ASSERT_TRUE(AwaitAsleep(child, child));
+  kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status));
+
+  std::atomic<pid_t> tid{0};
+  uint64_t got = 0;
+  std::thread waiter([&] {
+    tid = Tid();
+    got = *Field<uint64_t>("c").WaitChanged(0, 10s);
+  });
+  while (tid == 0) std::this_thread::yield();
+  ASSERT_TRUE(AwaitAsleep(getpid(), tid));
+  Field<uint64_t>("c").store(3);
+  EXPECT_EQ(Field<uint64_t>("c").NotifyAll(), 1);  // the dead one is not counted
+  waiter.join();
+  EXPECT_EQ(got, 3u);
+  EXPECT_EQ(Field<uint64_t>("d").load(), 0u);  // its neighbour untouched
+}
+
+// Members map the arena at addresses of their own: a waiter and a notifier
+// meet through the file, not the address (a shared futex, not a private one).
+TEST_F(FieldWaitTest, AWaiterAndANotifierMeetThroughDifferentMappings) {
+  absl::StatusOr<std::unique_ptr<Arena>> second =
+      Arena::Open(dir_.Sub("arena"), Access::kReadWrite);
+  ASSERT_TRUE(second.ok()) << second.status();
+  absl::StatusOr<InstancePtr> there = (*second)->Resolve(ref_);
+  ASSERT_TRUE(there.ok()) << there.status();
+  Scalar<uint32_t> here_a = Field<uint32_t>("a");
+  Scalar<uint32_t> there_a = Field<uint32_t>("a", *there);
+  ASSERT_NE(static_cast<void*>(here_a.address()), static_cast<void*>(there_a.address()));
+  std::atomic<pid_t> tid{0};
+  uint32_t got = 0;
+  std::thread waiter([&] {
+    tid = Tid();
+    got = *here_a.WaitChanged(0, 10s);
+  });
+  while (tid == 0) std::this_thread::yield();
+  ASSERT_TRUE(AwaitAsleep(getpid(), tid));
+  there_a.store(9);
+  EXPECT_EQ(there_a.NotifyAll(), 1);
+  waiter.join();
+  EXPECT_EQ(got, 9u);
+}
+
+}  // namespace
+}  // namespace structd::shm

@@ -1,0 +1,72 @@
+#include "futex.h"
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+
+namespace structd::shm::internal {
+namespace {
+
+timespec ToTimespec(FutexDeadline deadline) {
+  auto since = deadline.time_since_epoch();
+  if (since.count() < 0) since = since.zero();
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(since).count();
+  timespec ts;
+  ts.tv_sec = static_cast<time_t>(ns / 1000000000);
+  ts.tv_nsec = static_cast<long>(ns % 1000000000);
+  return ts;
+}
+
+int ErrnoOf(long rc) { return rc < 0 ? errno : 0; }
+
+}  // namespace
+
+int FutexWait(uint32_t* word, uint32_t expected, FutexDeadline deadline) {
+  timespec ts;
+  const timespec* timeout = nullptr;
+  if (deadline != kNoDeadline) {
+    ts = ToTimespec(deadline);
+    timeout = &ts;
+  }
+  // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC timeout (FUTEX_WAIT
+  // a relative one); FUTEX_BITSET_MATCH_ANY makes it a plain wait.
+  return ErrnoOf(syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, timeout,
+                         nullptr, FUTEX_BITSET_MATCH_ANY));
+}
+
+int FutexWaitEither(uint32_t* a, uint32_t expected_a, uint32_t* b,
+                    uint32_t expected_b, FutexDeadline deadline) {
+#ifdef SYS_futex_waitv
+  futex_waitv waiters[2] = {};
+  waiters[0].val = expected_a;
+  waiters[0].uaddr = reinterpret_cast<uintptr_t>(a);
+  waiters[0].flags = FUTEX_32;  // shared: no FUTEX_PRIVATE_FLAG
+  waiters[1].val = expected_b;
+  waiters[1].uaddr = reinterpret_cast<uintptr_t>(b);
+  waiters[1].flags = FUTEX_32;
+  timespec ts;
+  const timespec* timeout = nullptr;
+  if (deadline != kNoDeadline) {
+    ts = ToTimespec(deadline);
+    timeout = &ts;
+  }
+  long rc = syscall(SYS_futex_waitv, waiters, 2, 0, timeout, CLOCK_MONOTONIC);
+  // On success it returns the index of the word that was woken.
+  return rc >= 0 ? 0 : errno;
+#else
+  (void)a, (void)expected_a, (void)b, (void)expected_b, (void)deadline;
+  return ENOSYS;
+#endif
+}
+
+int FutexWake(uint32_t* word, int count) {
+  if (count <= 0) return 0;
+  long woke = syscall(SYS_futex, word, FUTEX_WAKE, count, nullptr, nullptr, 0);
+  return woke < 0 ? 0 : static_cast<int>(woke);
+}
+
+}  // namespace structd::shm::internal
