@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <toml++/toml.h>
 
+#include "log_format.h"
 #include "structd/shm/default_paths.h"
 
 namespace structd::server {
@@ -40,6 +41,9 @@ const Option kOptions[] = {
      "Directory for channels, arenas and ledgers; put it on tmpfs", &DaemonConfig::state_dir},
     {"log_level", "STRUCTD_LOG_LEVEL", "trace, debug, info, warn, error or off",
      &DaemonConfig::log_level},
+    {"log_format", "STRUCTD_LOG_FORMAT",
+     "text (for people) or json (one JSON object per line, for log shippers)",
+     &DaemonConfig::log_format},
     {"extent_size", nullptr,
      "Bytes per arena extent for new channels, and the most a client may ask for: a "
      "multiple of 65536 from 131072 to 268435456",
@@ -216,6 +220,9 @@ std::string Invalid(const DaemonConfig& c) {
   if (absl::Status s = shm::ValidateArenaOptions(arena); !s.ok()) return std::string(s.message());
   if (!ValidLevel(c.log_level)) {
     return "log level '" + c.log_level + "' is not one of trace, debug, info, warn, error, off";
+  }
+  if (!ValidLogFormat(c.log_format)) {
+    return "log format '" + c.log_format + "' is not one of text, json";
   }
   if (c.lease_ms < 100) return "lease_ms " + std::to_string(c.lease_ms) + " is too short (use >= 100)";
   if (c.max_sessions_per_process < 1 || c.max_sessions_per_uid < 1 ||

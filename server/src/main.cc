@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cstdlib>
+#include <memory>
 #include <thread>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -11,6 +12,8 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "log_format.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
@@ -23,7 +26,11 @@ int main(int argc, char** argv) {
     case structd::server::ParseOutcome::kRun:
       break;
   }
+  // Logs go to stderr (spdlog's default logger writes to stdout).
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
   spdlog::set_level(spdlog::level::from_str(config.log_level));
+  spdlog::set_formatter(structd::server::MakeLogFormatter(config.log_format));
   // Large transient buffers (a batch reply of 100,000 refs is ~1 MB) go
   // back to the system when freed. Without a fixed threshold glibc raises
   // it after the first such free and keeps later ones in the heap, so the

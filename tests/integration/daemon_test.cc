@@ -4,9 +4,13 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <sstream>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 
 #include <grpcpp/generic/generic_stub.h>
 
@@ -616,6 +620,37 @@ TEST(DaemonTest, ASecondDaemonOnTheSameStateDirRefusesNamingTheFirst) {
   EXPECT_EQ(code, 1);
   EXPECT_THAT(out, HasSubstr("in use by another structd (pid " +
                              std::to_string(daemon.pid())));
+}
+
+// --log-format json: every line the daemon writes is one JSON object.
+TEST(DaemonTest, JsonLogsAreOneObjectPerLine) {
+  DaemonProcess daemon;
+  std::string out;
+  int code = structd::testing::RunDaemonToCompletion(
+      {"--socket", daemon.socket() + ".2", "--state-dir", daemon.state_dir(),
+       "--log-format", "json"},
+      &out);
+  EXPECT_EQ(code, 1);
+  std::istringstream lines(out);
+  std::string line;
+  int objects = 0;
+  bool refused = false;
+  while (std::getline(lines, line)) {
+    google::protobuf::Struct parsed;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(line, &parsed).ok()) << line;
+    ++objects;
+    const auto& f = parsed.fields();
+    ASSERT_TRUE(f.contains("msg") && f.contains("level") && f.contains("time")) << line;
+    if (f.at("level").string_value() == "error" &&
+        f.at("msg").string_value().find("in use by another structd") != std::string::npos) {
+      refused = true;
+    }
+  }
+  EXPECT_GE(objects, 1);
+  EXPECT_TRUE(refused) << out;
+  out.clear();
+  EXPECT_EQ(structd::testing::RunDaemonToCompletion({"--log-format", "yaml"}, &out), 2);
+  EXPECT_THAT(out, HasSubstr("log format 'yaml' is not one of text, json"));
 }
 
 TEST(DaemonTest, HelpDocumentsEveryOptionAndBadFlagsAreUsageErrors) {
