@@ -291,6 +291,17 @@ absl::StatusOr<MemoryReport> AdminClient::Memory(const std::string& channel) {
                       r.large_slabs(), r.unassigned_slabs(), r.fragmentation()};
 }
 
+absl::StatusOr<AdminClient::Metrics> AdminClient::GetMetrics() {
+  v1::GetMetricsRequest request;
+  v1::GetMetricsResponse r;
+  if (absl::Status s = connection_->Call(*connection_->admin_, &v1::Admin::Stub::GetMetrics,
+                                         request, &r);
+      !s.ok()) {
+    return s;
+  }
+  return Metrics{r.text(), r.metrics_listen()};
+}
+
 absl::StatusOr<ArenaCheck> AdminClient::Check(const std::string& channel) {
   v1::CheckArenaRequest request;
   request.set_channel(channel);

@@ -499,6 +499,16 @@ Result Memory(AdminClient& admin, const Options& o) {
   return std::nullopt;
 }
 
+Result Metrics(AdminClient& admin, const Options& o) {
+  STRUCTCTL_ASSIGN(m, admin.GetMetrics());
+  if (o.json) {
+    PrintJson(toml::table{{"metrics_listen", m->listen}, {"text", m->text}});
+    return std::nullopt;
+  }
+  std::fputs(m->text.c_str(), stdout);
+  return std::nullopt;
+}
+
 Result Check(AdminClient& admin, const Options& o) {
   STRUCTCTL_ASSIGN(c, admin.Check(o.channel));
   if (o.json) {
@@ -605,6 +615,7 @@ int Main(int argc, char** argv) {
   command("check", "read-only consistency check (exit 1 and a report on any damage)", Check)
       ->add_option("CHANNEL", o.channel, "channel name or id")
       ->required();
+  command("metrics", "the daemon's metrics, in the Prometheus text format", Metrics);
   command("drop", "drop a channel as an operator (no owner capability needed)", Drop)
       ->add_option("CHANNEL", o.channel, "channel name or id")
       ->required();

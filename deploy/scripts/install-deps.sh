@@ -7,7 +7,8 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libabsl-dev libboost-dev libspdlog-dev libfmt-dev libssl-dev libsystemd-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
-  libcli11-dev libtomlplusplus-dev
+  libcli11-dev libtomlplusplus-dev prometheus-cpp-dev
+  prometheus
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-yaml
   redis-server libhiredis-dev liblmdb-dev

@@ -44,6 +44,11 @@ const Option kOptions[] = {
     {"log_format", "STRUCTD_LOG_FORMAT",
      "text (for people) or json (one JSON object per line, for log shippers)",
      &DaemonConfig::log_format},
+    {"metrics_listen", "STRUCTD_METRICS_LISTEN",
+     "HOST:PORT to serve Prometheus metrics on over HTTP (GET /metrics), e.g. "
+     "127.0.0.1:9464; empty: off (structctl metrics works either way). Anyone who can "
+     "reach it can read them: keep it on a local or private address",
+     &DaemonConfig::metrics_listen},
     {"extent_size", nullptr,
      "Bytes per arena extent for new channels, and the most a client may ask for: a "
      "multiple of 65536 from 131072 to 268435456",

@@ -15,13 +15,14 @@ namespace structd::server {
 // Everything structd can be told. Sources, later ones winning: built-in
 // defaults, the TOML file (--config or STRUCTD_CONFIG), environment
 // variables (STRUCTD_SOCKET, STRUCTD_STATE_DIR, STRUCTD_LOG_LEVEL,
-// STRUCTD_LOG_FORMAT), flags.
+// STRUCTD_LOG_FORMAT, STRUCTD_METRICS_LISTEN), flags.
 // deploy/config/structd.toml lists every option with its default.
 struct DaemonConfig {
   std::string socket;     // Unix socket path
   std::string state_dir;  // channels, arenas, ledgers (tmpfs recommended)
   std::string log_level = "info";  // trace|debug|info|warn|error
   std::string log_format = "text";  // text|json (log_format.h)
+  std::string metrics_listen;       // HOST:PORT of the Prometheus endpoint; "" = off
   std::string config_file;         // where settings were read from, if any
   // Every default below is the domain's own (one place each: the structs
   // named), so the daemon, its tests and its docs cannot disagree.

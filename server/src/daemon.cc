@@ -164,10 +164,15 @@ absl::Status Daemon::Start() {
   session_service_ = std::make_unique<SessionService>(core_.get(), &peers_, memory.path);
   registry_service_ = std::make_unique<RegistryService>(core_.get(), &peers_);
   instances_service_ = std::make_unique<InstancesService>(core_.get(), &peers_);
+  const auto started = std::chrono::steady_clock::now();
+  metrics_ = std::make_unique<DaemonMetrics>(core_.get(), started);
+  if (!config_.metrics_listen.empty()) {
+    if (absl::Status s = metrics_->Serve(config_.metrics_listen); !s.ok()) return s;
+  }
   admin_service_ = std::make_unique<AdminService>(
       core_.get(), &peers_,
-      AdminService::Info{STRUCTD_VERSION, config_.socket, config_.state_dir,
-                         std::chrono::steady_clock::now()});
+      AdminService::Info{STRUCTD_VERSION, config_.socket, config_.state_dir, started,
+                         metrics_.get()});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -175,6 +180,9 @@ absl::Status Daemon::Start() {
   builder.RegisterService(registry_service_.get());
   builder.RegisterService(instances_service_.get());
   builder.RegisterService(admin_service_.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(metrics_->MakeRpcInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(creators));
   // Connections arrive through AcceptLoop, not a listening port.
   server_ = builder.BuildAndStart();
   if (!server_) return absl::InternalError("grpc server failed to start");
@@ -182,6 +190,9 @@ absl::Status Daemon::Start() {
   reap_thread_ = std::thread([this] { ReapLoop(); });
   spdlog::info("structd {} serving on {} (state {}, pid {})", STRUCTD_VERSION,
                config_.socket, config_.state_dir, getpid());
+  if (!metrics_->ServingAddress().empty()) {
+    spdlog::info("metrics on http://{}/metrics", metrics_->ServingAddress());
+  }
   return absl::OkStatus();
 }
 

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "structd/base/posix.h"
 #include "core/core.h"
+#include "metrics.h"
 #include "rpc/memory_server.h"
 #include "rpc/rpc_util.h"
 #include "rpc/services.h"
@@ -58,6 +59,7 @@ class Daemon {
   std::unique_ptr<SessionService> session_service_;
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<InstancesService> instances_service_;
+  std::unique_ptr<DaemonMetrics> metrics_;  // before the services that read it
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> server_;
   std::atomic<bool> stopping_{false};

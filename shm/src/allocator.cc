@@ -259,6 +259,7 @@ Ref Allocator::Publish(Loc loc, uint32_t capacity, uint32_t type_index,
                std::memory_order_relaxed);
   live_block_bytes_ += capacity;
   ++live_instances_;
+  CountLive(type_index, capacity);
   // Publication: a reader that sees type_index (acquire) sees all of the
   // above (invariant 2).
   h.type_index.store(type_index, std::memory_order_release);
@@ -468,7 +469,14 @@ absl::StatusOr<ReleaseResult> Allocator::FreeCascade(Loc first,
     loc = pending.back();
     pending.pop_back();
   }
+  damage_refused_ += result.dangling + result.damaged;
   return result;
+}
+
+void Allocator::CountLive(uint32_t type_index, uint64_t bytes) {
+  TypeUse& use = live_by_type_[type_index];
+  ++use.instances;
+  use.bytes += bytes;
 }
 
 void Allocator::FreeBlock(const Block& block) {
@@ -481,8 +489,14 @@ void Allocator::FreeBlock(const Block& block) {
   // leaves a live-looking instance with refcount 0, which Adopt reports as
   // condemned, never a free block that still carries the old generation.
   uint32_t gen = h.generation.load(std::memory_order_relaxed) + 1;
+  const uint32_t type_index = h.type_index.load(std::memory_order_relaxed);
   h.generation.store(gen, std::memory_order_release);
   h.type_index.store(0, std::memory_order_release);
+  if (auto t = live_by_type_.find(type_index); t != live_by_type_.end()) {
+    t->second.instances -= std::min<uint64_t>(t->second.instances, 1);
+    t->second.bytes -= std::min<uint64_t>(t->second.bytes, block.capacity);
+    if (t->second.instances == 0) live_by_type_.erase(t);
+  }
   h.refcount.store(0, std::memory_order_relaxed);
   if (d.generation_watermark.load(std::memory_order_relaxed) < gen) {
     d.generation_watermark.store(gen, std::memory_order_relaxed);

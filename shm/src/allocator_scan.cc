@@ -84,6 +84,7 @@ absl::Status Allocator::Scan(AdoptReport& report) {
             ++live;
             ++live_instances_;
             live_block_bytes_ += bs;
+            CountLive(h.type_index.load(std::memory_order_relaxed), bs);
             ++report.live_instances;
             if (h.refcount.load(std::memory_order_relaxed) == 0) {
               report.condemned.push_back(Ref::Make(
@@ -127,6 +128,7 @@ absl::Status Allocator::Scan(AdoptReport& report) {
           for (uint32_t t = 1; t < span; ++t) State(e, s + t) = SlabState{kSlabLargeTail, 0, 0};
           ++live_instances_;
           live_block_bytes_ += uint64_t{span} * kSlabSize;
+          CountLive(h.type_index.load(std::memory_order_relaxed), uint64_t{span} * kSlabSize);
           ++report.live_instances;
           ++report.large_spans;
           if (h.refcount.load(std::memory_order_relaxed) == 0) {
@@ -163,6 +165,7 @@ AllocatorStats Allocator::Stats() const {
     s.free_block_bytes += classes_[i].free_count * kSizeClasses[i];
   }
   s.descriptor_mismatches = descriptor_mismatches_;
+  s.damage_refused = damage_refused_;
   for (uint32_t e = 0; e < bases_.size(); ++e) {
     ++s.extents;
     s.extent_bytes += arena_->extent_size();

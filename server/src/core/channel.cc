@@ -184,6 +184,7 @@ size_t Channel::RestoreFileSizes() {
   base::MutexLock lock(&mu_);
   if (arena_ == nullptr) return 0;
   std::vector<shm::Arena::SizeRepair> repairs = arena_->RestoreFileSizes();
+  file_size_repairs_ += repairs.size();
   for (const shm::Arena::SizeRepair& r : repairs) {
     std::string file =
         r.extent == shm::ArenaFile::kHeader ? "the arena header" : absl::StrCat("extent ", r.extent);
@@ -589,6 +590,18 @@ ChannelStats Channel::Stats() const {
   s.sealed = registry_.sealed();
   s.dropped = dropped_;
   if (allocator_) s.alloc = allocator_->Stats();
+  for (const RegisteredType* t : registry_.List()) {
+    TypeLive live{t->key, 0, 0};
+    if (allocator_) {
+      if (auto it = allocator_->LiveByType().find(t->type_index);
+          it != allocator_->LiveByType().end()) {
+        live.instances = it->second.instances;
+        live.bytes = it->second.bytes;
+      }
+    }
+    s.by_type.push_back(std::move(live));
+  }
+  s.file_size_repairs = file_size_repairs_;
   return s;
 }
 

@@ -55,6 +55,13 @@ struct CheckReport {
   std::vector<ArenaProblem> problems;
 };
 
+// Live instances of one registered type (metrics).
+struct TypeLive {
+  std::string key;
+  uint64_t instances = 0;
+  uint64_t bytes = 0;  // their blocks, headers included
+};
+
 struct ChannelStats {
   uint32_t types = 0;
   uint32_t roots = 0;
@@ -62,6 +69,10 @@ struct ChannelStats {
   bool sealed = false;
   bool dropped = false;
   shm::AllocatorStats alloc;
+  // Per registered type, in registration order (types with none live too).
+  std::vector<TypeLive> by_type;
+  // Arena files a member resized that the daemon put back, since start.
+  uint64_t file_size_repairs = 0;
   // 1 - live bytes / bytes of assigned slabs; 0 when none is assigned
   // (GetMemoryResponse.fragmentation in admin.proto).
   double fragmentation() const {
@@ -244,6 +255,8 @@ class Channel {
   // joined any more, i.e. the caller may Destroy() it now.
   bool MarkDropped();
   bool dropped() const { return dropped_.load(); }
+  // Repairs of the channel's files made when it was restored at start-up.
+  size_t restore_repair_count() const { return restore_repairs_.size(); }
   // MarkDropped, but only if no session has joined for `unused` (checked
   // and done under one lock, so a join cannot slip in between).
   bool MarkDroppedIfUnusedFor(std::chrono::steady_clock::duration unused);
@@ -353,6 +366,7 @@ class Channel {
   };
   std::vector<LeftClaim> left_claims_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> damaged_ledgers_ ABSL_GUARDED_BY(mu_);
+  uint64_t file_size_repairs_ ABSL_GUARDED_BY(mu_) = 0;  // since start (metrics)
   // Written under mu_; read without it (Core looks channels up under its
   // own lock, which must not wait for a channel's).
   std::atomic<bool> dropped_{false};

@@ -277,6 +277,7 @@ absl::StatusOr<SessionInfo> Core::Attach(const PeerCredentials& peer,
         info.id.substr(0, 8), options_.lease.count());
   }
   SaveSession(info, secret);
+  events_.attaches.fetch_add(1, std::memory_order_relaxed);
   return info;
 }
 
@@ -321,6 +322,8 @@ uint64_t Core::Detach(const std::string& session_id) {
     }
   }
   for (const auto& channel : gone) DestroyChannel(channel);
+  events_.session_ends.fetch_add(1, std::memory_order_relaxed);
+  if (process.Exited()) events_.released_after_exit.fetch_add(released, std::memory_order_relaxed);
   spdlog::info("session {} ended (pid {}): released {} references in {} "
                "channels",
                session_id.substr(0, 8), info.pid, released, joined.size());
@@ -345,6 +348,7 @@ std::vector<std::string> Core::ExpiredSessions() {
     }
     out.push_back(id);
   }
+  events_.lease_expiries.fetch_add(out.size(), std::memory_order_relaxed);
   return out;
 }
 

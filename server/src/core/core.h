@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -112,6 +113,21 @@ struct ChannelJoined {
   ArenaSummary arena;
 };
 
+// What happened since the daemon started, counted as it happens (for
+// metrics; never reset). Lock-free.
+struct EventCounts {
+  std::atomic<uint64_t> attaches{0};        // sessions attached, new or resumed
+  std::atomic<uint64_t> session_ends{0};    // sessions ended, for any reason
+  std::atomic<uint64_t> lease_expiries{0};  // ... because the lease expired
+  // References the daemon released for sessions whose process had exited
+  // (died, or exited without detaching) or that did not resume after a
+  // restart.
+  std::atomic<uint64_t> released_after_exit{0};
+  // What recovery repaired at start-up: refcounts fixed, dangling
+  // references dropped, leaked instances freed, file repairs.
+  std::atomic<uint64_t> recovery_repairs{0};
+};
+
 // The domain core of the daemon: sessions, channels and who may do what.
 // No gRPC in here; the rpc layer translates requests into these calls and
 // statuses back.
@@ -155,6 +171,7 @@ class Core {
     uint64_t arena_bytes = 0;
   };
   Totals GetTotals() const;
+  const EventCounts& events() const { return events_; }
   // Every quota with its use (structctl status).
   std::vector<QuotaUse> Quotas() const { return quota_.Uses(); }
   // Ends a session: leaves every joined channel, releasing every reference
@@ -276,6 +293,7 @@ class Core {
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> channel_ids_by_name_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  EventCounts events_;
   std::map<std::string, Orphan> orphans_ ABSL_GUARDED_BY(mu_);
   std::vector<UnrecoveredChannel> unrecovered_ ABSL_GUARDED_BY(mu_);
 };

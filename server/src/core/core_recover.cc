@@ -88,6 +88,8 @@ void Core::Recover() {
     }
     std::shared_ptr<Channel> channel = std::move(*c);
     Channel::RepairReport repaired = channel->Reconcile();
+    events_.recovery_repairs.fetch_add(repaired.total() + channel->restore_repair_count(),
+                                       std::memory_order_relaxed);
     if (repaired.total() > 0) {
       spdlog::warn(
           "recovery: channel '{}': repaired what an interrupted operation left: {} "
@@ -214,7 +216,9 @@ uint64_t Core::ReapOrphans() {
     spdlog::info("session {} (pid {}) did not resume after the restart: released {} references",
                  id.substr(0, 8), o.pid, mine);
     released += mine;
+    events_.session_ends.fetch_add(1, std::memory_order_relaxed);
   }
+  events_.released_after_exit.fetch_add(released, std::memory_order_relaxed);
   return released;
 }
 

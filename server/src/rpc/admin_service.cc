@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_format.h"
+#include "metrics.h"
 #include "rpc/services.h"
 
 namespace structd::server {
@@ -143,6 +144,18 @@ grpc::Status AdminService::GetMemory(grpc::ServerContext* context,
     response->set_fragmentation(st.fragmentation());
     return absl::OkStatus();
   });
+}
+
+grpc::Status AdminService::GetMetrics(grpc::ServerContext* context,
+                                      const v1::GetMetricsRequest*,
+                                      v1::GetMetricsResponse* response) {
+  if (absl::Status s = CheckAdmin(*context); !s.ok()) return ToGrpc(s);
+  if (info_.metrics == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this daemon keeps no metrics");
+  }
+  response->set_text(info_.metrics->Exposition());
+  response->set_metrics_listen(info_.metrics->ServingAddress());
+  return grpc::Status::OK;
 }
 
 namespace {

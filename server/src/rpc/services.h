@@ -16,6 +16,7 @@
 #include <string>
 
 #include "core/core.h"
+#include "metrics.h"
 #include "rpc/rpc_util.h"
 #include "structd/v1/admin.grpc.pb.h"
 #include "structd/v1/instances.grpc.pb.h"
@@ -141,6 +142,7 @@ class AdminService final : public v1::Admin::Service {
     std::string socket;
     std::string state_dir;
     std::chrono::steady_clock::time_point started;
+    const DaemonMetrics* metrics = nullptr;  // null: GetMetrics is UNIMPLEMENTED
   };
   AdminService(Core* core, const PeerTable* peers, Info info)
       : core_(core), peers_(peers), info_(std::move(info)) {}
@@ -162,6 +164,8 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status GetMemory(grpc::ServerContext* context,
                          const v1::GetMemoryRequest* request,
                          v1::GetMemoryResponse* response) override;
+  grpc::Status GetMetrics(grpc::ServerContext* context, const v1::GetMetricsRequest* request,
+                          v1::GetMetricsResponse* response) override;
   grpc::Status ListInstances(grpc::ServerContext* context,
                              const v1::ListInstancesRequest* request,
                              v1::ListInstancesResponse* response) override;

@@ -148,6 +148,13 @@ class AdminClient {
   // Drops a channel without its owner capability; returns the sessions
   // still joined (the arena goes when they leave).
   absl::StatusOr<uint32_t> Drop(const std::string& channel);
+  // The daemon's metrics in the Prometheus text exposition format, and
+  // where its HTTP endpoint listens ("" if it serves none).
+  struct Metrics {
+    std::string text;
+    std::string listen;
+  };
+  absl::StatusOr<Metrics> GetMetrics();
 
  private:
   explicit AdminClient(std::unique_ptr<internal::AdminConnection> connection);

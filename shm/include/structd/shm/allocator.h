@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -42,6 +43,16 @@ struct AllocatorStats {
   // Times the shared slab descriptors disagreed with the owner's own record
   // (another process wrote them). The owner acted on its record.
   uint64_t descriptor_mismatches = 0;
+  // Since this Allocator was made: ref fields of freed instances that named
+  // nothing valid, and blocks whose header or descriptor was damaged, that
+  // frees skipped (ReleaseResult::dangling and ::damaged, summed).
+  uint64_t damage_refused = 0;
+};
+
+// Live instances and their blocks' bytes (headers included) of one type.
+struct TypeUse {
+  uint64_t instances = 0;
+  uint64_t bytes = 0;
 };
 
 struct ReleaseResult {
@@ -120,6 +131,10 @@ class Allocator {
   absl::StatusOr<ReleaseResult> SetRefcount(Ref ref, uint32_t count, const TypeLookup& types);
 
   AllocatorStats Stats() const;
+  // Live instances per type index, kept as instances are published and
+  // freed. Exact unless a member rewrote the type index of a live
+  // instance (then the free is charged to the type it names, never below 0).
+  const std::unordered_map<uint32_t, TypeUse>& LiveByType() const { return live_by_type_; }
   Arena& arena() const { return *arena_; }
   // Every slab whose shared descriptor disagrees with the owner's record
   // (block size, span length, blocks handed out), one sentence each, for
@@ -206,6 +221,9 @@ class Allocator {
   uint64_t scan_hint_ = 0;
   uint64_t live_instances_ = 0;
   uint64_t live_block_bytes_ = 0;
+  uint64_t damage_refused_ = 0;
+  std::unordered_map<uint32_t, TypeUse> live_by_type_;
+  void CountLive(uint32_t type_index, uint64_t bytes);
   GrowthGate growth_gate_;
 };
 
