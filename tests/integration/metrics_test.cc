@@ -115,8 +115,14 @@ class MetricsTest : public ::testing::Test {
       : port_(FreeLoopbackPort()),
         daemon_({"--metrics-listen", "127.0.0.1:" + std::to_string(port_)}) {}
 
+  // Retried for up to 5 s: the first request can find the endpoint's
+  // worker threads not yet serving (seen once under a loaded CI run).
   std::string Scrape() {
     std::optional<std::string> body = HttpGet(port_, "/metrics");
+    for (int i = 0; i < 50 && !body; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      body = HttpGet(port_, "/metrics");
+    }
     EXPECT_TRUE(body.has_value()) << "no answer on 127.0.0.1:" << port_;
     return body.value_or("");
   }
