@@ -27,6 +27,7 @@ install(FILES
   shm/include/structd/shm/arena_storage.h
   shm/include/structd/shm/field.h
   shm/include/structd/shm/field_wait.h
+  shm/include/structd/shm/snapshot_fields.h
   shm/include/structd/shm/format.h
   shm/include/structd/shm/inspection.h
   shm/include/structd/shm/layout.h

@@ -40,10 +40,19 @@ class AdminConnection {
                     const Request& request, Response* response) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + options_.call_timeout);
+    Authorize(context);
+    return Result((stub.*method)(&context, request, response));
+  }
+
+  // Adds the admin capability (if any) to a call's metadata.
+  void Authorize(grpc::ClientContext& context) const {
     if (!options_.admin_capability.empty()) {
       context.AddMetadata("structd-admin", options_.admin_capability);
     }
-    grpc::Status s = (stub.*method)(&context, request, response);
+  }
+
+  // A call's status, UNAVAILABLE naming the socket.
+  absl::Status Result(const grpc::Status& s) const {
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
       return absl::UnavailableError(absl::StrCat("no structd at ", options_.socket, ": ",
                                                  s.error_message()));
@@ -302,6 +311,107 @@ absl::StatusOr<AdminClient::Metrics> AdminClient::GetMetrics() {
   return Metrics{r.text(), r.metrics_listen()};
 }
 
+absl::Status AdminClient::Snapshot(const std::string& channel,
+                                   const std::function<absl::Status(const SnapshotChunk&)>& sink) {
+  grpc::ClientContext context;
+  connection_->Authorize(context);
+  v1::SnapshotChannelRequest request;
+  request.set_channel(channel);
+  std::unique_ptr<grpc::ClientReader<v1::SnapshotChunk>> reader =
+      connection_->admin_->SnapshotChannel(&context, request);
+  v1::SnapshotChunk in;
+  SnapshotChunk chunk;
+  while (reader->Read(&in)) {
+    chunk.file = in.file();
+    chunk.file_size = in.file_size();
+    chunk.offset = in.offset();
+    chunk.data = std::move(*in.mutable_data());
+    if (absl::Status s = sink(chunk); !s.ok()) {
+      context.TryCancel();
+      reader->Finish().ok();  // drains; the cancellation is ours
+      return s;
+    }
+  }
+  return connection_->Result(reader->Finish());
+}
+
+absl::StatusOr<AdminClient::RestoreReport> AdminClient::Restore(
+    const std::string& manifest, const std::string& name,
+    const std::function<absl::StatusOr<bool>(SnapshotChunk&)>& source) {
+  grpc::ClientContext context;
+  connection_->Authorize(context);
+  v1::RestoreChannelResponse r;
+  std::unique_ptr<grpc::ClientWriter<v1::RestoreChannelRequest>> writer =
+      connection_->admin_->RestoreChannel(&context, &r);
+  v1::RestoreChannelRequest first;
+  first.set_manifest(manifest);
+  first.set_name(name);
+  bool open = writer->Write(first);
+  SnapshotChunk chunk;
+  while (open) {
+    absl::StatusOr<bool> more = source(chunk);
+    if (!more.ok()) {
+      context.TryCancel();
+      writer->Finish().ok();
+      return more.status();
+    }
+    if (!*more) break;
+    v1::RestoreChannelRequest next;
+    v1::SnapshotChunk* c = next.mutable_chunk();
+    c->set_file(chunk.file);
+    c->set_offset(chunk.offset);
+    c->set_data(std::move(chunk.data));
+    open = writer->Write(next);  // false: the daemon refused; Finish says why
+  }
+  writer->WritesDone();
+  if (absl::Status s = connection_->Result(writer->Finish()); !s.ok()) return s;
+  return RestoreReport{r.channel_id(),       r.name(),
+                       r.types(),            r.roots(),
+                       r.live_instances(),   r.refcounts_fixed(),
+                       r.dangling_dropped(), r.unreferenced_freed(),
+                       r.mutexes_owner_died()};
+}
+
+absl::StatusOr<AdminClient::FieldSet> AdminClient::SetField(const std::string& channel, Ref ref,
+                                                            const std::string& field,
+                                                            const std::string& value) {
+  v1::SetFieldRequest request;
+  request.set_channel(channel);
+  request.set_ref(ref.bits());
+  request.set_field(field);
+  request.set_value(value);
+  v1::SetFieldResponse r;
+  if (absl::Status s = connection_->Call(*connection_->admin_, &v1::Admin::Stub::SetField,
+                                         request, &r);
+      !s.ok()) {
+    return s;
+  }
+  return FieldSet{r.key(), r.type(), r.previous(), r.value()};
+}
+
+absl::StatusOr<Ref> AdminClient::SetRoot(const std::string& channel, const std::string& name,
+                                         Ref ref) {
+  v1::AdminSetRootRequest request;
+  request.set_channel(channel);
+  request.set_name(name);
+  request.set_ref(ref.bits());
+  v1::AdminSetRootResponse r;
+  if (absl::Status s = connection_->Call(*connection_->admin_, &v1::Admin::Stub::SetRoot,
+                                         request, &r);
+      !s.ok()) {
+    return s;
+  }
+  return Ref::FromBits(r.previous());
+}
+
+absl::Status AdminClient::DeleteRoot(const std::string& channel, const std::string& name) {
+  v1::AdminDeleteRootRequest request;
+  request.set_channel(channel);
+  request.set_name(name);
+  v1::AdminDeleteRootResponse r;
+  return connection_->Call(*connection_->admin_, &v1::Admin::Stub::DeleteRoot, request, &r);
+}
+
 absl::StatusOr<ArenaCheck> AdminClient::Check(const std::string& channel) {
   v1::CheckArenaRequest request;
   request.set_channel(channel);
@@ -314,7 +424,8 @@ absl::StatusOr<ArenaCheck> AdminClient::Check(const std::string& channel) {
   ArenaCheck out;
   out.ok = r.ok();
   out.instances_checked = r.instances_checked();
-  for (const v1::Problem& p : r.problems()) out.problems.push_back({Ref::FromBits(p.ref()), p.what()});
+  for (const v1::Problem& p : r.problems())
+    out.problems.push_back({Ref::FromBits(p.ref()), p.what()});
   return out;
 }
 

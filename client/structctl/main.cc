@@ -22,6 +22,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/structctl/output.h"
+#include "client/structctl/snapshot_dir.h"
 #include "structd/client/admin.h"
 #include "structd/shm/default_paths.h"
 #include "structd/shm/layout.h"
@@ -48,6 +49,10 @@ struct Options {
   uint32_t limit = 20;
   double interval = 1.0;
   uint32_t count = 0;
+  std::string dir;    // snapshot, restore
+  std::string name;   // restore --name, root set/delete NAME
+  std::string field;  // set
+  std::string value;  // set
 };
 
 // A failure to print and the exit code it maps to.
@@ -186,6 +191,150 @@ Result Drop(AdminClient& admin, const Options& o) {
     std::printf("channel %s dropped: no new joins; its arena is deleted when its %u joined "
                 "sessions leave\n",
                 o.channel.c_str(), *sessions);
+  }
+  return std::nullopt;
+}
+
+Failure BadRef(const std::string& text) {
+  return Failure{kUsage, absl::StrCat("'", text, "' is not a ref (write r:EXTENT:OFFSET:GEN "
+                                                 "as structctl prints it, or 16 hex digits)")};
+}
+
+// Progress of a long transfer on a terminal: one line, rewritten.
+class Progress {
+ public:
+  Progress(const char* what, bool enabled) : what_(what), enabled_(enabled) {}
+  void Update(uint64_t bytes) {
+    if (!enabled_ || bytes < shown_ + (64u << 20)) return;
+    shown_ = bytes;
+    std::fprintf(stderr, "\r%s: %s", what_, HumanBytes(bytes).c_str());
+    std::fflush(stderr);
+  }
+  ~Progress() {
+    if (enabled_ && shown_ > 0) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  const char* what_;
+  bool enabled_;
+  uint64_t shown_ = 0;
+};
+
+Result Snapshot(AdminClient& admin, const Options& o) {
+  absl::StatusOr<SnapshotWriter> writer = SnapshotWriter::Create(o.dir);
+  if (!writer.ok()) return Failure{kUsage, std::string(writer.status().message())};
+  const auto start = std::chrono::steady_clock::now();
+  {
+    Progress progress("snapshot: received", isatty(STDERR_FILENO) && !o.json);
+    absl::Status s = admin.Snapshot(o.channel, [&](const AdminClient::SnapshotChunk& chunk) {
+      absl::Status w = writer->Write(chunk);
+      progress.Update(writer->bytes_received());
+      return w;
+    });
+    if (!s.ok()) return FromStatus(s);
+  }
+  if (absl::Status s = writer->Finish(); !s.ok()) return FromStatus(s);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (o.json) {
+    PrintJson(toml::table{{"channel", o.channel},
+                          {"dir", o.dir},
+                          {"files", Int(writer->files())},
+                          {"bytes", Int(writer->bytes_total())},
+                          {"bytes_sent", Int(writer->bytes_received())},
+                          {"seconds", seconds}});
+  } else {
+    std::printf("snapshot of channel %s written to %s: %zu files, %s (%s of it not zero) in "
+                "%.1f s\n",
+                o.channel.c_str(), o.dir.c_str(), writer->files(),
+                HumanBytes(writer->bytes_total()).c_str(),
+                HumanBytes(writer->bytes_received()).c_str(), seconds);
+  }
+  return std::nullopt;
+}
+
+Result Restore(AdminClient& admin, const Options& o) {
+  absl::StatusOr<SnapshotReader> reader = SnapshotReader::Open(o.dir);
+  if (!reader.ok()) return FromStatus(reader.status());
+  uint64_t sent = 0;
+  absl::StatusOr<AdminClient::RestoreReport> r;
+  {
+    Progress progress("restore: sent", isatty(STDERR_FILENO) && !o.json);
+    r = admin.Restore(reader->manifest(), o.name, [&](AdminClient::SnapshotChunk& chunk) {
+      absl::StatusOr<bool> more = reader->Next(chunk);
+      if (more.ok() && *more) progress.Update(sent += chunk.data.size());
+      return more;
+    });
+  }
+  if (!r.ok()) return FromStatus(r.status());
+  if (o.json) {
+    PrintJson(toml::table{{"channel", r->name},
+                          {"channel_id", r->channel_id},
+                          {"types", Int(r->types)},
+                          {"roots", Int(r->roots)},
+                          {"live_instances", Int(r->live_instances)},
+                          {"refcounts_fixed", Int(r->refcounts_fixed)},
+                          {"dangling_dropped", Int(r->dangling_dropped)},
+                          {"unreferenced_freed", Int(r->unreferenced_freed)},
+                          {"mutexes_owner_died", Int(r->mutexes_owner_died)}});
+  } else {
+    std::printf("channel %s (id %s) restored from %s: %u types, %u roots, %" PRIu64
+                " live instances\n",
+                r->name.c_str(), r->channel_id.c_str(), o.dir.c_str(), r->types, r->roots,
+                r->live_instances);
+    if (r->refcounts_fixed + r->dangling_dropped + r->unreferenced_freed +
+            r->mutexes_owner_died > 0) {
+      std::printf("repaired: %" PRIu64 " refcounts fixed, %" PRIu64
+                  " dangling references dropped, %" PRIu64
+                  " instances only sessions held freed, %u held mutexes left owner-died\n",
+                  r->refcounts_fixed, r->dangling_dropped, r->unreferenced_freed,
+                  r->mutexes_owner_died);
+    }
+  }
+  return std::nullopt;
+}
+
+Result Set(AdminClient& admin, const Options& o) {
+  std::optional<shm::Ref> ref = shm::Ref::Parse(o.ref);
+  if (!ref || ref->is_null()) return BadRef(o.ref);
+  STRUCTCTL_ASSIGN(w, admin.SetField(o.channel, *ref, o.field, o.value));
+  if (o.json) {
+    PrintJson(toml::table{{"ref", ref->ToString()},
+                          {"type", w->key},
+                          {"field", o.field},
+                          {"field_type", w->type},
+                          {"previous", w->previous},
+                          {"value", w->value}});
+  } else {
+    std::printf("%s %s.%s (%s): %s -> %s\n", ref->ToString().c_str(), w->key.c_str(),
+                o.field.c_str(), w->type.c_str(), w->previous.c_str(), w->value.c_str());
+  }
+  return std::nullopt;
+}
+
+Result RootSet(AdminClient& admin, const Options& o) {
+  std::optional<shm::Ref> ref = shm::Ref::Parse(o.ref);
+  if (!ref || ref->is_null()) return BadRef(o.ref);
+  STRUCTCTL_ASSIGN(previous, admin.SetRoot(o.channel, o.name, *ref));
+  if (o.json) {
+    PrintJson(toml::table{{"root", o.name},
+                          {"ref", ref->ToString()},
+                          {"previous", previous->is_null() ? "" : previous->ToString()}});
+  } else if (previous->is_null()) {
+    std::printf("root %s set to %s\n", o.name.c_str(), ref->ToString().c_str());
+  } else {
+    std::printf("root %s set to %s (was %s)\n", o.name.c_str(), ref->ToString().c_str(),
+                previous->ToString().c_str());
+  }
+  return std::nullopt;
+}
+
+Result RootDelete(AdminClient& admin, const Options& o) {
+  if (absl::Status s = admin.DeleteRoot(o.channel, o.name); !s.ok()) return FromStatus(s);
+  if (o.json) {
+    PrintJson(toml::table{{"deleted", o.name}});
+  } else {
+    std::printf("root %s deleted\n", o.name.c_str());
   }
   return std::nullopt;
 }
@@ -619,6 +768,35 @@ int Main(int argc, char** argv) {
   command("drop", "drop a channel as an operator (no owner capability needed)", Drop)
       ->add_option("CHANNEL", o.channel, "channel name or id")
       ->required();
+  auto* snapshot = command("snapshot", "copy a channel to a new directory (doc/snapshots.md)",
+                          Snapshot);
+  snapshot->add_option("CHANNEL", o.channel, "channel name or id")->required();
+  snapshot->add_option("DIR", o.dir, "a directory that does not exist yet")->required();
+  auto* restore = command("restore", "bring a snapshot back as a new channel", Restore);
+  restore->add_option("DIR", o.dir, "a directory written by structctl snapshot")->required();
+  restore->add_option("--name", o.name, "the new channel's name (default: the snapshot's)");
+  auto* set = command("set", "write one field of an instance (logged by the daemon)", Set);
+  set->add_option("CHANNEL", o.channel, "channel name or id")->required();
+  set->add_option("REF", o.ref, "r:EXTENT:OFFSET:GEN or 16 hex digits")->required();
+  set->add_option("FIELD", o.field, "a field name, or NAME[INDEX] for an array element")
+      ->required();
+  set->add_option("VALUE", o.value,
+                  "the value: a number, true/false, text for strings, hex for bytes, a ref "
+                  "or null for refs")
+      ->required();
+  CLI::App* root = app.add_subcommand("root", "set or delete a named root (logged by the daemon)");
+  root->require_subcommand(1);
+  auto* root_set = root->add_subcommand("set", "point a root at an instance");
+  root_set->callback([&run] { run = RootSet; });
+  root_set->add_flag("--json", o.json, "print JSON (schema: doc/structctl.md)");
+  root_set->add_option("CHANNEL", o.channel, "channel name or id")->required();
+  root_set->add_option("NAME", o.name, "the root's name")->required();
+  root_set->add_option("REF", o.ref, "r:EXTENT:OFFSET:GEN or 16 hex digits")->required();
+  auto* root_delete = root->add_subcommand("delete", "delete a root (releasing its reference)");
+  root_delete->callback([&run] { run = RootDelete; });
+  root_delete->add_flag("--json", o.json, "print JSON (schema: doc/structctl.md)");
+  root_delete->add_option("CHANNEL", o.channel, "channel name or id")->required();
+  root_delete->add_option("NAME", o.name, "the root's name")->required();
   auto* watch = command("watch", "status and channels, refreshed until interrupted", Watch);
   watch->add_option("--interval", o.interval, "seconds between refreshes (default 1)")
       ->check(CLI::PositiveNumber);

@@ -298,6 +298,7 @@ void Daemon::ReapLoop() {
     }
     core_->ReapOrphans();
     core_->ReapClaims();
+    core_->CountExits();
     core_->DropIdleChannels();
     // Members hold descriptors of the arena files and could resize them:
     // about once a second, put them back (doc/security.md).

@@ -65,6 +65,13 @@ absl::Status BytesField::Read(std::string& out) const {
   }
 }
 
+bool BytesField::ForgetWriter() {
+  std::atomic_ref<uint64_t> st(*reinterpret_cast<uint64_t*>(p_));
+  const uint64_t cur = st.load(std::memory_order_relaxed);
+  st.store(cur & 0xFFFFFFFFull, std::memory_order_release);
+  return Owner(cur) != 0;
+}
+
 absl::Status BytesField::Write(std::string_view value) {
   if (value.size() > capacity_) {
     return absl::InvalidArgumentError(absl::StrFormat(

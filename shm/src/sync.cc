@@ -1,5 +1,6 @@
 #include "structd/shm/sync.h"
 
+#include <linux/futex.h>
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
@@ -116,6 +117,17 @@ void MutexField::Initialize(void* p) {
   pthread_mutexattr_destroy(&attr);
 }
 
+bool MutexField::ForgetHolder(void* p) {
+  // The futex word of glibc's mutex (__lock): 0 when unlocked; the owner's
+  // tid, possibly with FUTEX_WAITERS / FUTEX_OWNER_DIED, otherwise.
+  const bool held = std::atomic_ref<int>(Data(p)->mutex.__data.__lock).load() != 0;
+  Initialize(p);
+  // What the kernel leaves when a robust mutex's owner dies: no owner,
+  // FUTEX_OWNER_DIED. glibc's next lock takes it and returns EOWNERDEAD.
+  if (held) std::atomic_ref<int>(Data(p)->mutex.__data.__lock).store(FUTEX_OWNER_DIED);
+  return held;
+}
+
 absl::StatusOr<MutexGuard> MutexField::Finish(int rc, const char* op) {
   bool owner_died = false;
   switch (rc) {
@@ -221,5 +233,9 @@ int ConditionField::Notify(int count) {
 }
 
 int ConditionField::NotifyAll() { return Notify(INT_MAX); }
+
+void ConditionField::ForgetWaiters(void* p) {
+  std::atomic_ref<uint32_t>(static_cast<ConditionFieldData*>(p)->waiters).store(0);
+}
 
 }  // namespace structd::shm

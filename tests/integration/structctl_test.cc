@@ -2,18 +2,12 @@
 // (with protobuf's JSON parser into google.protobuf.Value) and checked
 // against what the clients did; every exit code exercised.
 
-#include <google/protobuf/struct.pb.h>
-#include <google/protobuf/util/json_util.h>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <thread>
 
-#include "structd/client/channel.h"
-#include "structd/client/client.h"
 #include "testing/client_types.h"
-#include "testing/daemon_process.h"
-#include "testing/spawned_process.h"
+#include "testing/structctl_fixture.h"
 
 namespace structd::testing {
 namespace {
@@ -24,54 +18,7 @@ using google::protobuf::Value;
 #define PADDED_FIELDS(F) F(flag, u8) F(total, u64) F(tag, u16)
 STRUCTD_STRUCT(Padded, PADDED_FIELDS);
 
-struct CtlRun {
-  int code;
-  std::string out;
-};
-
-class StructctlTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    client::ClientOptions o;
-    o.socket = daemon_.socket();
-    auto c = client::Client::Connect(o);
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = std::move(*c);
-    auto ch = client_->CreateChannel("shop");
-    ASSERT_TRUE(ch.ok()) << ch.status();
-    created_ = std::move(*ch);
-  }
-  client::Channel& c() { return *created_.channel; }
-
-  // Runs structctl with --socket; stdout only (stderr goes to the log).
-  CtlRun Structctl(std::vector<std::string> args, bool with_socket = true) {
-    std::vector<std::string> argv = {STRUCTD_STRUCTCTL};
-    if (with_socket) {
-      argv.push_back("--socket");
-      argv.push_back(daemon_.socket());
-    }
-    argv.insert(argv.end(), args.begin(), args.end());
-    SpawnedProcess p(argv);
-    std::string out = p.ReadAll(std::chrono::seconds(30));
-    return {p.Wait(), out};
-  }
-  Value Json(std::vector<std::string> args) {
-    args.insert(args.begin(), "--json");
-    CtlRun r = Structctl(args);
-    EXPECT_EQ(r.code, 0) << r.out;
-    Value v;
-    auto s = google::protobuf::util::JsonStringToMessage(r.out, &v);
-    EXPECT_TRUE(s.ok()) << s.ToString() << "\n" << r.out;
-    return v;
-  }
-  static const Value& Get(const Value& v, const std::string& key) {
-    return v.struct_value().fields().at(key);
-  }
-
-  DaemonProcess daemon_;
-  std::unique_ptr<client::Client> client_;
-  client::CreatedChannel created_;
-};
+using StructctlTest = StructctlFixture;
 
 TEST_F(StructctlTest, JsonShowsCountsLayoutsRootsAndDecodedValues) {
   auto vectors = c().AllocateBatch<Vector>(3);

@@ -32,6 +32,15 @@ STRUCTD_STRUCT(Guarded, STRUCTD_TEST_GUARDED_FIELDS);
   F(lock, mutex) F(text, string(32)) F(hits, u64) F(next, ref(Node))
 STRUCTD_STRUCT(Anchor, STRUCTD_TEST_ANCHOR_FIELDS);
 
+// A field of every kind: what snapshots, restore and structctl set must
+// carry exactly.
+#define STRUCTD_TEST_EVERYTHING_FIELDS(F)                                                   \
+  F(flag, bool) F(tiny, i8) F(small, i16) F(medium, i32) F(big, i64) F(octet, u8)          \
+  F(port, u16) F(count, u32) F(total, u64) F(ratio, f32) F(price, f64) F(name, string(16)) \
+  F(blob, bytes(8)) F(samples, array(i32, 4)) F(next, ref(Node)) F(any, anyref)           \
+  F(lock, mutex) F(ready, condition)
+STRUCTD_STRUCT(Everything, STRUCTD_TEST_EVERYTHING_FIELDS);
+
 // A behavior table for Vector.
 struct VectorMethods {
   std::function<std::string(const Vector&)> describe;

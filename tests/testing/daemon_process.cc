@@ -9,8 +9,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <iostream>
+#include <sstream>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -98,7 +103,10 @@ DaemonProcess::DaemonProcess(std::vector<std::string> extra_args, Supervisor sup
 
 void DaemonProcess::Start() {
   if (pid_ > 0) return;
-  pid_ = Spawn(args_, -1, systemd_.get());
+  // Appended across restarts; shown on stderr when the daemon goes.
+  int log = open(log_path().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  pid_ = Spawn(args_, log, systemd_.get());
+  if (log >= 0) close(log);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (!CanConnect(socket_)) {
     int status;
@@ -116,6 +124,15 @@ void DaemonProcess::Start() {
 
 DaemonProcess::~DaemonProcess() {
   if (pid_ > 0) Stop();
+  std::string log = Log();
+  if (!log.empty()) std::cerr << "structd's output:\n" << log << std::flush;
+}
+
+std::string DaemonProcess::Log() const {
+  std::ifstream in(log_path());
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 int DaemonProcess::Stop() {

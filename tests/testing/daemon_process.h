@@ -33,6 +33,10 @@ class DaemonProcess {
   const std::string& state_dir() const { return state_dir_; }
   std::string target() const { return "unix:" + socket_; }
   pid_t pid() const { return pid_; }
+  // Everything the daemon wrote to stdout and stderr so far (all its
+  // runs). The destructor prints it to stderr.
+  std::string Log() const;
+  std::string log_path() const { return dir_.Sub("structd.log"); }
   bool running() const { return pid_ > 0; }
 
   // Sends SIGTERM and waits; returns the exit code (128 + signal if killed).

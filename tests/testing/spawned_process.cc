@@ -12,7 +12,7 @@
 
 namespace structd::testing {
 
-SpawnedProcess::SpawnedProcess(const std::vector<std::string>& argv) {
+SpawnedProcess::SpawnedProcess(const std::vector<std::string>& argv, Stderr err) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
   std::vector<char*> args;
@@ -25,6 +25,7 @@ SpawnedProcess::SpawnedProcess(const std::vector<std::string>& argv) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(126);
     dup2(fds[1], 1);
+    if (err == Stderr::kWithStdout) dup2(fds[1], 2);
     execv(args[0], args.data());
     _exit(127);
   }

@@ -16,7 +16,10 @@ namespace structd::testing {
 // destructor kills and reaps it if it is still running.
 class SpawnedProcess {
  public:
-  explicit SpawnedProcess(const std::vector<std::string>& argv);
+  // Where the program's stderr goes: the test's own, or the pipe that
+  // ReadLine/ReadAll read (mixed with stdout).
+  enum class Stderr { kInherit, kWithStdout };
+  explicit SpawnedProcess(const std::vector<std::string>& argv, Stderr err = Stderr::kInherit);
   ~SpawnedProcess();
   SpawnedProcess(const SpawnedProcess&) = delete;
   SpawnedProcess& operator=(const SpawnedProcess&) = delete;

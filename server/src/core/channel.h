@@ -83,6 +83,26 @@ struct ChannelStats {
   }
 };
 
+// A copy of a channel for a snapshot (core/snapshot_format.h): its
+// metadata and its arena's files, byte for byte, as of one moment of the
+// channel's structure. Ledgers are left out: sessions do not move with a
+// snapshot. Owned by the caller; nothing in it is shared.
+struct ChannelImage {
+  struct File {
+    std::string name;  // "arena", "extent.N"
+    std::unique_ptr<uint8_t[]> bytes;
+    uint64_t size = 0;
+  };
+  ChannelMeta meta;
+  std::vector<File> files;  // the header, then extents in order
+  uint32_t arena_format_version = 0;
+  uint32_t extent_count = 0;
+  shm::ArenaIdentity identity;
+  uint64_t live_instances = 0;
+  // Bytes and string fields rewritten from torn-free reads.
+  uint64_t composite_fields = 0;
+};
+
 // A session's process, to tell whether it has exited: by its pidfd, or
 // (none to be had) by kill(pid, 0). Neither: never known to exit.
 struct SessionProcess {
@@ -229,7 +249,8 @@ class Channel {
   absl::StatusOr<uint64_t> Release(const std::string& session_id,
                                    const std::vector<shm::Ref>& refs);
 
-  // Stores refs into ref fields. The field then owns one reference, which
+  // Stores refs into ref fields. An empty `session_id` is an operator's
+  // store (no ledger: nothing may be moved). The field then owns one reference, which
   // is released when it is overwritten or its instance is freed. With
   // `move`, the reference comes out of the session's ledger (the session
   // must own it); without, a new one is retained. A null value clears the
@@ -244,6 +265,26 @@ class Channel {
   };
   absl::StatusOr<uint64_t> StoreRefs(const std::string& session_id,
                                      const std::vector<RefStore>& stores);
+
+  // An operator's write of one field (Admin.SetField). `field`: a field
+  // name, or "name[i]" for element i of an array. `value`: text parsed
+  // against the field's type: scalars by shm::ParseScalarText, strings
+  // as given, bytes as hex digits (optionally 0x-prefixed), refs as
+  // "r:E:O:G", 16 hex digits or "null" (stored as StoreRefs stores
+  // without move: the field owns a new reference, its old one is
+  // released). Nothing is written on any error: InvalidArgument (unknown
+  // field, malformed value, value too long), OutOfRange (number or
+  // index), FailedPrecondition (mutex and condition fields, a ref of the
+  // wrong type), NotFound (no such live instance).
+  struct FieldWrite {
+    std::string key;       // the instance's type
+    std::string field;     // as given
+    std::string type;      // the field's (element's) type, e.g. "u32"
+    std::string previous;  // before and after, as InspectInstance prints
+    std::string value;
+  };
+  absl::StatusOr<FieldWrite> SetFieldAsAdmin(shm::Ref ref, const std::string& field,
+                                             const std::string& value);
 
   // Returns the previous ref (null if the root is new).
   absl::StatusOr<shm::Ref> SetRoot(const std::string& name, shm::Ref ref);
@@ -264,6 +305,18 @@ class Channel {
   void Destroy();
 
   ChannelStats Stats() const;
+
+  // Copies the channel for a snapshot, under the channel's lock: types,
+  // roots, allocations and frees wait for the copy, so its structure is
+  // as of one moment; members keep writing fields meanwhile, and each
+  // field is copied as of some moment during the copy (words atomically,
+  // bytes and strings through their torn-free read). ResourceExhausted if
+  // the host lacks the memory for the copy (its size is the arena's).
+  absl::StatusOr<ChannelImage> CaptureImage() const;
+  // For a channel just restored from a snapshot: the processes its
+  // fields name are gone (shm::ForgetProcesses). Returns the held mutexes
+  // it left owner-died.
+  uint32_t ForgetProcesses();
 
   // Admin inspection. `filter` (if non-zero) limits to one type; at most
   // `limit` instances are listed (counts cover all).

@@ -150,8 +150,13 @@ absl::StatusOr<uint64_t> Channel::StoreRefs(
 absl::StatusOr<uint64_t> Channel::StoreRefsLocked(
     const std::string& session_id, const std::vector<RefStore>& stores) {
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
-  absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
-  if (!ledger.ok()) return ledger.status();
+  // An operator's store has no session, so no ledger to move from.
+  Ledger* ledger = nullptr;
+  if (!session_id.empty()) {
+    absl::StatusOr<Ledger*> found = LedgerLocked(session_id);
+    if (!found.ok()) return found.status();
+    ledger = *found;
+  }
   auto error = [](absl::StatusCode code, size_t i, absl::string_view what,
                   absl::string_view message) {
     return absl::Status(code, absl::StrCat("stores[", i, "]", what, ": ", message));
@@ -211,7 +216,7 @@ absl::StatusOr<uint64_t> Channel::StoreRefsLocked(
   for (size_t i = 0; i < stores.size(); ++i) {
     const RefStore& st = stores[i];
     if (st.value.is_null() || !st.move) continue;
-    if (++moves[st.value.bits()] > (*ledger)->Count(st.value)) {
+    if (ledger == nullptr || ++moves[st.value.bits()] > ledger->Count(st.value)) {
       return error(absl::StatusCode::kFailedPrecondition, i, ".value",
                    absl::StrCat(st.value.ToString(),
                                 ": this session does not own that reference "
@@ -244,7 +249,7 @@ absl::StatusOr<uint64_t> Channel::StoreRefsLocked(
   }
   for (const auto& [bits, n] : moves) {
     shm::Ref r = shm::Ref::FromBits(bits);
-    intent.counts.push_back({r, (*ledger)->Count(r) - n});
+    intent.counts.push_back({r, ledger->Count(r) - n});
   }
   if (absl::Status s = WriteStoreIntent(IntentPath(), intent); !s.ok()) {
     for (size_t j : retained) {
@@ -259,7 +264,7 @@ absl::StatusOr<uint64_t> Channel::StoreRefsLocked(
     if (!old.is_null()) previous.push_back(old);
   }
   for (const StoreIntent::LedgerCount& c : intent.counts) {
-    if (absl::Status s = (*ledger)->SetCount(c.ref, c.count); !s.ok()) {
+    if (absl::Status s = ledger->SetCount(c.ref, c.count); !s.ok()) {
       spdlog::error("channel '{}': StoreRefs: {}", name_, std::string(s.message()));
     }
   }

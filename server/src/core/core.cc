@@ -323,7 +323,15 @@ uint64_t Core::Detach(const std::string& session_id) {
   }
   for (const auto& channel : gone) DestroyChannel(channel);
   events_.session_ends.fetch_add(1, std::memory_order_relaxed);
-  if (process.Exited()) events_.released_after_exit.fetch_add(released, std::memory_order_relaxed);
+  if (process.Exited()) {
+    events_.released_after_exit.fetch_add(released, std::memory_order_relaxed);
+  } else if (released > 0) {
+    // The connection closes before the kernel reports the process exited
+    // (its descriptors are closed first): decide later (CountExits).
+    base::MutexLock lock(&mu_);
+    if (pending_exits_.size() >= kMaxPendingExits) pending_exits_.erase(pending_exits_.begin());
+    pending_exits_.push_back({process, released, std::chrono::steady_clock::now()});
+  }
   spdlog::info("session {} ended (pid {}): released {} references in {} "
                "channels",
                session_id.substr(0, 8), info.pid, released, joined.size());
@@ -445,6 +453,47 @@ std::vector<SessionInfo> Core::Sessions() const {
   return out;
 }
 
+void Core::CountExits() {
+  base::MutexLock lock(&mu_);
+  const auto now = std::chrono::steady_clock::now();
+  std::erase_if(pending_exits_, [&](const PendingExit& p) {
+    if (p.process.Exited()) {
+      events_.released_after_exit.fetch_add(p.released, std::memory_order_relaxed);
+      return true;
+    }
+    return now - p.ended > kPendingExitWindow;  // alive: it closed its connection
+  });
+}
+
+absl::StatusOr<std::string> Core::ReserveChannelNameLocked(const std::string& name,
+                                                           const char* if_taken,
+                                                           const char* other_name) {
+  if (channel_ids_by_name_.count(name)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("channel '", name, "': already exists (", if_taken, ")"));
+  }
+  for (const UnrecoveredChannel& u : unrecovered_) {
+    if (u.name == name) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "channel '", name, "': the name belongs to a channel the daemon could not "
+          "recover at start-up (", u.dir, ": ", u.reason,
+          "); repair it and restart the daemon, or ", other_name));
+    }
+  }
+  if (channels_by_id_.size() >= options_.max_channels) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "channel '%s': the daemon already has %d channels (drop unused "
+        "ones, or raise max_channels)",
+        name, channels_by_id_.size()));
+  }
+  std::string id;
+  do {
+    id = absl::StrFormat("%016x", RandomU64());
+  } while (channels_by_id_.count(id));
+  channel_ids_by_name_[name] = id;
+  return id;
+}
+
 absl::StatusOr<ChannelCreated> Core::CreateChannel(
     const std::string& session_id, const std::string& name,
     uint64_t extent_size, uint32_t max_extents) {
@@ -469,34 +518,16 @@ absl::StatusOr<ChannelCreated> Core::CreateChannel(
     if (sessions_.count(session_id) == 0) {
       return absl::UnauthenticatedError("session: unknown or ended (attach again)");
     }
-    if (channel_ids_by_name_.count(name)) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "channel '", name, "': already exists (join it, or pick another "
-          "name)"));
-    }
-    for (const UnrecoveredChannel& u : unrecovered_) {
-      if (u.name == name) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "channel '", name, "': the name belongs to a channel the daemon could not "
-            "recover at start-up (", u.dir, ": ", u.reason,
-            "); repair it and restart the daemon, or pick another name"));
-      }
-    }
-    if (channels_by_id_.size() >= options_.max_channels) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "channel '%s': the daemon already has %d channels (drop unused "
-          "ones, or raise max_channels)",
-          name, channels_by_id_.size()));
-    }
-    do {
-      o.id = absl::StrFormat("%016x", RandomU64());
-    } while (channels_by_id_.count(o.id));
+    absl::StatusOr<std::string> id =
+        ReserveChannelNameLocked(name, "join it, or pick another name", "pick another name");
+    if (!id.ok()) return id.status();
+    o.id = *id;
     o.creator_uid = sessions_.at(session_id).info.uid;
     o.dir = absl::StrCat(options_.state_dir, "/channels/", o.id);
     if (options_.arena_memfd) o.memfd_store = options_.descriptor_store;
     // Creating the arena takes time (backing the first extent); the name is
-    // reserved meanwhile so a concurrent create of the same name fails.
-    channel_ids_by_name_[name] = o.id;
+    // reserved meanwhile (above) so a concurrent create of the same name
+    // fails.
   }
   // Arena and ledger files are created outside mu_ (the lock rule above).
   absl::Status charged = quota_.AddChannel(

@@ -113,6 +113,24 @@ struct ChannelJoined {
   ArenaSummary arena;
 };
 
+// A channel brought back from a snapshot (Core::FinishRestore).
+struct RestoredChannel {
+  std::string id;
+  std::string name;
+  uint32_t types = 0;
+  uint32_t roots = 0;
+  uint64_t live_instances = 0;
+  // What the restore repaired, as recovery after a daemon kill does:
+  // refcounts fixed to the references that exist (sessions' references
+  // are not in a snapshot, so what only they held is freed), dangling
+  // references dropped, and held mutexes left owner-died.
+  Channel::RepairReport repaired;
+  uint32_t mutexes_owner_died = 0;
+  std::vector<std::string> file_repairs;
+};
+
+class ChannelRestore;
+
 // What happened since the daemon started, counted as it happens (for
 // metrics; never reset). Lock-free.
 struct EventCounts {
@@ -203,6 +221,11 @@ class Core {
   // once their processes have exited.
   uint64_t ReapClaims();
   size_t orphan_count() const;
+  // Counts in events().released_after_exit what Detach released for
+  // sessions whose process had not yet been seen to exit then, once it
+  // has (within a few seconds; a process still alive then closed its
+  // connection and lives on). The daemon calls it periodically.
+  void CountExits();
 
   // Channels.
   absl::StatusOr<ChannelCreated> CreateChannel(const std::string& session_id,
@@ -234,6 +257,22 @@ class Core {
   absl::StatusOr<std::shared_ptr<Channel>> Find(
       const std::string& channel) const;
   std::vector<std::shared_ptr<Channel>> Channels() const;
+
+  // Snapshots (doc/snapshots.md). A restore starts from the snapshot's
+  // manifest: it is checked (DataLoss if damaged, FailedPrecondition if
+  // foreign), the name (`name`, or the snapshot's if empty) reserved
+  // (AlreadyExists if a channel has it), the quota of `peer`'s uid
+  // charged, and the arena files prepared. The caller then writes the
+  // files' contents into it and finishes it; dropping it unfinished
+  // undoes everything.
+  absl::StatusOr<std::unique_ptr<ChannelRestore>> BeginRestore(const PeerCredentials& peer,
+                                                               std::string_view manifest,
+                                                               const std::string& name);
+  // Checks every file's checksum (DataLoss naming the file), publishes the
+  // files and adopts the channel as recovery adopts one after a restart
+  // (the same repairs), then makes it joinable under its name with the
+  // snapshot's capabilities.
+  absl::StatusOr<RestoredChannel> FinishRestore(std::unique_ptr<ChannelRestore> restore);
 
  private:
   struct Session {
@@ -296,6 +335,23 @@ class Core {
   EventCounts events_;
   std::map<std::string, Orphan> orphans_ ABSL_GUARDED_BY(mu_);
   std::vector<UnrecoveredChannel> unrecovered_ ABSL_GUARDED_BY(mu_);
+  // Checks that `name` is free (no channel has it, nor one the daemon
+  // could not recover) and that there is room for another channel, then
+  // reserves it under a fresh id, returned. `if_taken` and `other_name`
+  // finish the ALREADY_EXISTS messages: what the caller can do instead.
+  absl::StatusOr<std::string> ReserveChannelNameLocked(const std::string& name,
+                                                       const char* if_taken,
+                                                       const char* other_name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sessions Detach ended while their process still looked alive.
+  struct PendingExit {
+    SessionProcess process;
+    uint64_t released = 0;
+    std::chrono::steady_clock::time_point ended;
+  };
+  static constexpr size_t kMaxPendingExits = 4096;
+  static constexpr std::chrono::seconds kPendingExitWindow{5};
+  std::vector<PendingExit> pending_exits_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace structd::server

@@ -37,6 +37,14 @@ class CoreFixture : public ::testing::Test {
     ASSERT_TRUE(c.ok()) << c.status();
     core_ = std::move(*c);
   }
+  // Credentials of another process (a child of the test), bound to it.
+  PeerCredentials PeerOf(pid_t pid) {
+    PeerCredentials p = me_;
+    p.pid = pid;
+    p.process = ProcessHandle::OfPid(pid);
+    EXPECT_NE(p.process, nullptr);
+    return p;
+  }
   std::string Attach(const std::string& name = "test") {
     auto s = core_->Attach(me_, name);
     EXPECT_TRUE(s.ok()) << s.status();

@@ -111,7 +111,8 @@ absl::StatusOr<ChannelMeta::Type> ReadType(const toml::table& t) {
   type.type_index = static_cast<uint32_t>(index);
   for (const toml::node& f : *fields) {
     std::optional<std::string> text = f.value<std::string>();
-    if (!text) return absl::DataLossError(absl::StrCat("type '", type.key, "': a field is not text"));
+    if (!text)
+      return absl::DataLossError(absl::StrCat("type '", type.key, "': a field is not text"));
     type.fields.push_back(*text);
   }
   return type;
@@ -159,18 +160,15 @@ absl::Status Apply(const toml::table& r, ChannelMeta& m) {
   return absl::OkStatus();
 }
 
-// `legacy_clear_text` is set when the file holds capabilities in clear.
-absl::StatusOr<ChannelMeta> ReadSnapshot(const std::string& path, uint64_t* bytes,
-                                         bool* legacy_clear_text) {
+}  // namespace
+
+absl::StatusOr<ChannelMeta> ParseChannelMeta(std::string_view text, const std::string& path,
+                                             bool* legacy_clear_text) {
   auto damaged = [&](absl::string_view what) {
     return absl::DataLossError(absl::StrCat(path, ": ", what,
                                             " (the file is damaged; restore it from a "
                                             "backup or remove the channel directory)"));
   };
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": missing"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  *bytes = text.size();
   toml::table meta;
   try {
     meta = toml::parse(text, path);
@@ -226,6 +224,20 @@ absl::StatusOr<ChannelMeta> ReadSnapshot(const std::string& path, uint64_t* byte
     }
   }
   return m;
+}
+
+std::string RenderChannelMeta(const ChannelMeta& meta) { return Snapshot(meta); }
+
+namespace {
+
+// `legacy_clear_text` is set when the file holds capabilities in clear.
+absl::StatusOr<ChannelMeta> ReadSnapshot(const std::string& path, uint64_t* bytes,
+                                         bool* legacy_clear_text) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": missing"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  *bytes = text.size();
+  return ParseChannelMeta(text, path, legacy_clear_text);
 }
 
 }  // namespace

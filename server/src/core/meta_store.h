@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -60,6 +61,14 @@ struct ChannelMeta {
   std::vector<Type> types;   // in registration order
   std::map<std::string, shm::Ref> roots;
 };
+
+// meta.toml's text for `meta` (what a snapshot of the store writes), and
+// back. ParseChannelMeta: DataLoss naming `path` for damaged text;
+// `legacy_clear_text` (may be null) is set when it holds capabilities in
+// clear (written by an older daemon).
+std::string RenderChannelMeta(const ChannelMeta& meta);
+absl::StatusOr<ChannelMeta> ParseChannelMeta(std::string_view text, const std::string& path,
+                                             bool* legacy_clear_text = nullptr);
 
 class MetaStore {
  public:

@@ -382,6 +382,33 @@ TEST_F(RecoveryTest, ATruncatedFileFailsOnlyItsChannelAndARestartRepairsIt) {
   EXPECT_EQ(child.Wait(), 0);
 }
 
+// A killed client's connection closes before the kernel reports its exit
+// (its descriptors are closed first), so Detach may see it alive. What it
+// released is counted as released after an exit once the exit shows
+// (the metric structd_references_released_after_exit_total; a
+// clean-clone run saw it stay 0 when only Detach decided).
+TEST_F(RecoveryTest, ReferencesReleasedBeforeTheExitShowsAreCountedOnceItDoes) {
+  ChildProcess process([] {
+    pause();
+    return 0;
+  });
+  auto s = *core_->Attach(PeerOf(process.pid()), "app");
+  ASSERT_TRUE(core_->CreateChannel(s.id, "exits", 0, 0).ok());
+  auto ch = *core_->Joined(s.id, "exits");
+  auto t = *ch->RegisterType("P", Point());
+  ASSERT_TRUE(ch->Allocate(s.id, t.type->token, 3).ok());
+  const uint64_t before = core_->events().released_after_exit.load();
+  EXPECT_EQ(core_->Detach(s.id), 3u);  // the process is still alive here
+  core_->CountExits();
+  EXPECT_EQ(core_->events().released_after_exit.load(), before);
+  process.Kill(SIGKILL);
+  process.Wait();
+  core_->CountExits();
+  EXPECT_EQ(core_->events().released_after_exit.load(), before + 3);
+  core_->CountExits();  // once
+  EXPECT_EQ(core_->events().released_after_exit.load(), before + 3);
+}
+
 // 13.4: a paused client (SIGSTOP longer than the lease) had its session
 // ended and its blocks handed to another process. A live process is never
 // reaped by the lease; a dead one still is.

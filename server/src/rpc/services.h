@@ -178,8 +178,25 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status CheckArena(grpc::ServerContext* context,
                           const v1::CheckArenaRequest* request,
                           v1::CheckArenaResponse* response) override;
+  // admin_snapshot.cc
+  grpc::Status SnapshotChannel(grpc::ServerContext* context,
+                               const v1::SnapshotChannelRequest* request,
+                               grpc::ServerWriter<v1::SnapshotChunk>* writer) override;
+  grpc::Status RestoreChannel(grpc::ServerContext* context,
+                              grpc::ServerReader<v1::RestoreChannelRequest>* reader,
+                              v1::RestoreChannelResponse* response) override;
+  // admin_write.cc
+  grpc::Status SetField(grpc::ServerContext* context, const v1::SetFieldRequest* request,
+                        v1::SetFieldResponse* response) override;
+  grpc::Status SetRoot(grpc::ServerContext* context, const v1::AdminSetRootRequest* request,
+                       v1::AdminSetRootResponse* response) override;
+  grpc::Status DeleteRoot(grpc::ServerContext* context,
+                          const v1::AdminDeleteRootRequest* request,
+                          v1::AdminDeleteRootResponse* response) override;
 
  private:
+  // Who is calling, for the log line of an admin write: "uid U pid P".
+  std::string Caller(grpc::ServerContext& context) const;
   // Core::AuthorizeAdmin for the caller's credentials and the
   // "structd-admin" metadata.
   absl::Status CheckAdmin(grpc::ServerContext& context) const;

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -155,6 +156,53 @@ class AdminClient {
     std::string listen;
   };
   absl::StatusOr<Metrics> GetMetrics();
+
+  // Snapshots (admin.proto SnapshotChannel / RestoreChannel, the files in
+  // doc/snapshots.md). Neither has a deadline: they take as long as the
+  // arena's bytes take to move.
+  struct SnapshotChunk {
+    std::string file;        // "meta.toml", "arena", "extent.N", "manifest.toml"
+    uint64_t file_size = 0;  // the whole file's size
+    uint64_t offset = 0;
+    std::string data;        // ranges never sent are zeros
+  };
+  // Streams a snapshot of `channel` into `sink`, chunk by chunk, in the
+  // daemon's order (manifest.toml last). An error from `sink` cancels the
+  // call and is returned.
+  absl::Status Snapshot(const std::string& channel,
+                        const std::function<absl::Status(const SnapshotChunk&)>& sink);
+  struct RestoreReport {
+    std::string channel_id;
+    std::string name;
+    uint32_t types = 0;
+    uint32_t roots = 0;
+    uint64_t live_instances = 0;
+    uint64_t refcounts_fixed = 0;
+    uint64_t dangling_dropped = 0;
+    uint64_t unreferenced_freed = 0;
+    uint32_t mutexes_owner_died = 0;
+  };
+  // Restores a snapshot as channel `name` ("" = the snapshot's name):
+  // sends `manifest`, then every chunk `source` fills in until it returns
+  // false. An error from `source` cancels the call (nothing is restored)
+  // and is returned.
+  absl::StatusOr<RestoreReport> Restore(
+      const std::string& manifest, const std::string& name,
+      const std::function<absl::StatusOr<bool>(SnapshotChunk&)>& source);
+
+  // Writes by hand (admin.proto SetField, SetRoot, DeleteRoot); the
+  // daemon logs each with the caller.
+  struct FieldSet {
+    std::string key;
+    std::string type;
+    std::string previous;
+    std::string value;
+  };
+  absl::StatusOr<FieldSet> SetField(const std::string& channel, Ref ref, const std::string& field,
+                                    const std::string& value);
+  // Returns the root's previous ref (null if it is new).
+  absl::StatusOr<Ref> SetRoot(const std::string& channel, const std::string& name, Ref ref);
+  absl::Status DeleteRoot(const std::string& channel, const std::string& name);
 
  private:
   explicit AdminClient(std::unique_ptr<internal::AdminConnection> connection);

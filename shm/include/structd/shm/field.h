@@ -176,6 +176,10 @@ class BytesField {
   // while another live writer holds the field; takes the lock over from a
   // writer that died.
   absl::Status Write(std::string_view value);
+  // Releases the writer lock whoever holds it, keeping the active slot (the
+  // last complete value). For a field whose processes are all gone (a
+  // restored snapshot). Returns true if a writer held it.
+  bool ForgetWriter();
 
  private:
   uint8_t* p_;

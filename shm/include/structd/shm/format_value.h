@@ -2,6 +2,9 @@
 #define STRUCTD_SHM_FORMAT_VALUE_H_
 
 #include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
 
 #include "structd/shm/arena.h"
 #include "structd/shm/layout.h"
@@ -14,6 +17,17 @@ namespace structd::shm {
 // as [a, b, ...], mutex as "unlocked" / "locked by pid N", condition as
 // "seq N, waiters M". REQUIRES: instance.Fits(layout size).
 std::string FormatFieldValue(const Field& f, const InstancePtr& instance);
+
+// The inverse for one scalar (bool, integer, float): `text` parsed as a
+// value of `kind`, as the bit pattern a store of that kind writes (in the
+// low ScalarSize(kind) bytes). Integers in decimal or 0x hex, with '-'
+// for signed kinds; floats in decimal, "inf", "-inf" or "nan"; bool as
+// true/false/1/0. InvalidArgument for malformed text, OutOfRange for a
+// number the kind cannot hold (the message gives the range).
+absl::StatusOr<uint64_t> ParseScalarText(FieldKind kind, std::string_view text);
+// Stores ParseScalarText's bits into the scalar at `p` with one atomic
+// store (seq_cst). REQUIRES: `p` aligned for `kind`.
+void StoreScalarBits(FieldKind kind, uint64_t bits, void* p);
 
 }  // namespace structd::shm
 

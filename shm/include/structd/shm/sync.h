@@ -61,6 +61,12 @@ class MutexField {
   // Makes the field a fresh unlocked robust process-shared mutex. Owner
   // side only, before the instance is published.
   static void Initialize(void* p);
+  // For a field whose processes are all gone (a restored snapshot; its
+  // pids and robust-list links name nothing here): makes it a fresh mutex,
+  // left owner-died if it was held, so the next locker is told the data
+  // may be half-updated. Returns true if it was held. Owner side only,
+  // before anyone can reach the instance.
+  static bool ForgetHolder(void* p);
 
   // Blocks until locked. FailedPrecondition if this thread already holds
   // it, if the field is not an initialized mutex (damaged arena) or if it
@@ -98,6 +104,9 @@ class ConditionField {
   // Wakes up to `count` waiters; returns how many the kernel woke.
   int Notify(int count = 1);
   int NotifyAll();
+  // Zeros the waiter count, keeping the sequence (MutexField::ForgetHolder's
+  // case: the waiters it counted are gone).
+  static void ForgetWaiters(void* p);
 
  private:
   // Returns DeadlineExceeded on timeout.
