@@ -203,6 +203,37 @@ TEST_F(SnapshotTest, ARestoreKeepsValuesRefsRootsTokensAndCapabilities) {
   EXPECT_THAT(daemon_.Log(), HasSubstr("channel 'copy' restored from a snapshot"));
 }
 
+// What a host reboot needs: the directory restored into another daemon
+// (a fresh state directory), with the name free there.
+TEST_F(SnapshotTest, ASnapshotRestoresIntoAnotherDaemon) {
+  auto e = c().Allocate<Everything>();
+  auto head = c().Allocate<Node>();
+  auto tail = c().Allocate<Node>();
+  ASSERT_TRUE(e.ok() && head.ok() && tail.ok());
+  Fill(**e, *head, *tail);
+  ASSERT_TRUE(c().SetRoot("everything", e->ref()).ok());
+  const std::string dir = Dir("moved");
+  ASSERT_EQ(Structctl({"snapshot", "shop", dir}).code, 0);
+
+  DaemonProcess other;
+  CtlRun r = Structctl({"--socket", other.socket(), "restore", dir}, false);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("channel shop (id "));
+  EXPECT_EQ(Structctl({"--socket", other.socket(), "check", "shop"}, false).code, 0);
+  client::ClientOptions o;
+  o.socket = other.socket();
+  auto there = client::Client::Connect(o);
+  ASSERT_TRUE(there.ok()) << there.status();
+  auto joined = (*there)->Join("shop", created_.owner_capability);
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  auto root = (*joined)->GetRoot("everything");
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ(*root, e->ref());
+  auto view = (*joined)->View<Everything>(*root);
+  ASSERT_TRUE(view.ok()) << view.status();
+  ExpectFilled(**joined, *view, head->ref(), tail->ref());
+}
+
 TEST_F(SnapshotTest, SnapshotsTakenWhileClientsWriteRestoreConsistent) {
   std::vector<client::Owned<Anchor>> anchors;
   for (int i = 0; i < 4; ++i) {
@@ -212,7 +243,7 @@ TEST_F(SnapshotTest, SnapshotsTakenWhileClientsWriteRestoreConsistent) {
     anchors.push_back(std::move(*a));
   }
   std::vector<std::unique_ptr<SpawnedProcess>> workers;
-  for (uint64_t seed = 1; seed <= 3; ++seed) {
+  for (uint64_t seed = 1; seed <= 4; ++seed) {
     workers.push_back(std::make_unique<SpawnedProcess>(
         std::vector<std::string>{STRUCTD_TEST_CLIENT, "chaos", daemon_.socket(), "shop",
                                  created_.member_capability, std::to_string(seed)}));
