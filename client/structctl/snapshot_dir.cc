@@ -20,21 +20,9 @@ constexpr const char* kManifest = "manifest.toml";
 
 std::string Errno() { return std::strerror(errno); }
 
-// A name the daemon may send: no path separators, no dot files.
+// A name a manifest may give: no path separators, no dot files.
 bool SafeName(const std::string& name) {
   return !name.empty() && name[0] != '.' && name.find('/') == std::string::npos;
-}
-
-absl::Status WriteAll(int fd, const char* p, size_t n, uint64_t offset, const std::string& path) {
-  while (n > 0) {
-    ssize_t w = pwrite(fd, p, n, static_cast<off_t>(offset));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return absl::InternalError(absl::StrCat(path, ": ", Errno()));
-    p += w;
-    n -= static_cast<size_t>(w);
-    offset += static_cast<uint64_t>(w);
-  }
-  return absl::OkStatus();
 }
 
 absl::Status Damaged(const std::string& dir, const std::string& what) {
@@ -46,77 +34,25 @@ absl::Status Damaged(const std::string& dir, const std::string& what) {
 }  // namespace
 
 absl::StatusOr<SnapshotWriter> SnapshotWriter::Create(std::string dir) {
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  std::error_code ec;
-  if (std::filesystem::exists(dir, ec) &&
-      !(std::filesystem::is_directory(dir, ec) && std::filesystem::is_empty(dir, ec))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir, " exists; give a new directory (a snapshot never overwrites files)"));
-  }
-  std::filesystem::path parent = std::filesystem::absolute(dir, ec).parent_path();
-  if (!std::filesystem::is_directory(parent, ec)) {
-    return absl::InvalidArgumentError(absl::StrCat(parent.string(), " is not a directory"));
-  }
-  SnapshotWriter w;
-  w.dir_ = dir;
-  w.temp_ = absl::StrCat(dir, ".partial-", getpid());
-  std::filesystem::remove_all(w.temp_, ec);
-  if (mkdir(w.temp_.c_str(), 0700) != 0) {
-    return absl::InternalError(absl::StrCat("creating ", w.temp_, ": ", Errno()));
-  }
-  return w;
-}
-
-SnapshotWriter::~SnapshotWriter() {
-  if (finished_ || temp_.empty()) return;
-  files_.clear();
-  std::error_code ec;
-  std::filesystem::remove_all(temp_, ec);
-}
-
-uint64_t SnapshotWriter::bytes_total() const {
-  uint64_t total = 0;
-  for (const auto& [name, f] : files_) total += f.size;
-  return total;
+  absl::StatusOr<base::NewDirectory> d = base::NewDirectory::Create(std::move(dir));
+  if (!d.ok()) return d.status();
+  return SnapshotWriter(std::move(*d));
 }
 
 absl::Status SnapshotWriter::Write(const client::AdminClient::SnapshotChunk& chunk) {
-  if (!SafeName(chunk.file)) {
+  absl::Status s = dir_.Write(chunk.file, chunk.file_size, chunk.offset, chunk.data);
+  if (absl::IsInvalidArgument(s)) {
     return absl::InternalError(absl::StrCat("the daemon sent a file named '", chunk.file, "'"));
   }
-  const std::string path = absl::StrCat(temp_, "/", chunk.file);
-  File& f = files_[chunk.file];
-  if (f.fd.get() < 0) {
-    f.fd = base::UniqueFd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-    if (f.fd.get() < 0) return absl::InternalError(absl::StrCat(path, ": ", Errno()));
-  }
-  f.size = chunk.file_size;
-  bytes_received_ += chunk.data.size();
-  return WriteAll(f.fd.get(), chunk.data.data(), chunk.data.size(), chunk.offset, path);
+  return s;
 }
 
 absl::Status SnapshotWriter::Finish() {
-  if (!files_.count(kManifest)) {
+  if (!dir_.Has(kManifest)) {
     return absl::DataLossError(
         "the daemon's stream ended before the manifest (nothing was written; try again)");
   }
-  for (auto& [name, f] : files_) {
-    const std::string path = absl::StrCat(temp_, "/", name);
-    if (ftruncate(f.fd.get(), static_cast<off_t>(f.size)) != 0 || fsync(f.fd.get()) != 0) {
-      return absl::InternalError(absl::StrCat(path, ": ", Errno()));
-    }
-  }
-  files_.clear();
-  std::error_code ec;
-  if (std::filesystem::is_directory(dir_, ec)) std::filesystem::remove(dir_, ec);  // empty
-  if (rename(temp_.c_str(), dir_.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("renaming ", temp_, " to ", dir_, ": ", Errno()));
-  }
-  std::string parent = std::filesystem::absolute(dir_, ec).parent_path().string();
-  base::UniqueFd pfd(open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (pfd.get() >= 0) fsync(pfd.get());
-  finished_ = true;
-  return absl::OkStatus();
+  return dir_.Finish();
 }
 
 absl::StatusOr<SnapshotReader> SnapshotReader::Open(const std::string& dir) {

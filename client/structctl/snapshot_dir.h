@@ -13,43 +13,32 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "structd/base/new_directory.h"
 #include "structd/base/posix.h"
 #include "structd/client/admin.h"
 
 namespace structd::structctl {
 
-// Writes the chunks of AdminClient::Snapshot into a new directory: files
-// are built in DIR.partial-PID next to it (written sparse: ranges never
-// sent stay holes) and the directory is renamed to DIR once the manifest
-// arrived and everything is synced, so DIR is whole or absent.
+// Writes the chunks of AdminClient::Snapshot into a new directory
+// (base::NewDirectory: DIR is whole or absent).
 class SnapshotWriter {
  public:
   // InvalidArgument if `dir` exists (and is not an empty directory) or
   // its parent does not.
   static absl::StatusOr<SnapshotWriter> Create(std::string dir);
-  SnapshotWriter(SnapshotWriter&&) = default;
-  ~SnapshotWriter();  // an unfinished snapshot's temporary directory goes
 
   absl::Status Write(const client::AdminClient::SnapshotChunk& chunk);
   // Sizes the files, syncs them and renames the directory into place.
   // DataLoss if the stream ended before manifest.toml.
   absl::Status Finish();
 
-  uint64_t bytes_received() const { return bytes_received_; }
-  uint64_t bytes_total() const;  // of the files' sizes
-  size_t files() const { return files_.size(); }
+  uint64_t bytes_received() const { return dir_.bytes_written(); }
+  uint64_t bytes_total() const { return dir_.bytes_total(); }
+  size_t files() const { return dir_.files(); }
 
  private:
-  SnapshotWriter() = default;
-  struct File {
-    base::UniqueFd fd;
-    uint64_t size = 0;
-  };
-  std::string dir_;
-  std::string temp_;
-  std::map<std::string, File> files_;
-  uint64_t bytes_received_ = 0;
-  bool finished_ = false;
+  explicit SnapshotWriter(base::NewDirectory dir) : dir_(std::move(dir)) {}
+  base::NewDirectory dir_;
 };
 
 // A snapshot directory to restore: its manifest's text and the files it

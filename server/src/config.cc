@@ -16,6 +16,8 @@
 #include <CLI/CLI.hpp>
 #include <toml++/toml.h>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
 #include "log_format.h"
 #include "structd/shm/default_paths.h"
 
@@ -122,6 +124,18 @@ const Option kOptions[] = {
      "until reboot) or memfd (sealed, so no member can cut or grow it; kept across restarts "
      "only in systemd's descriptor store, lost when the service is stopped)",
      &DaemonConfig::arena_backing},
+    {"snapshot_dir", "STRUCTD_SNAPSHOT_DIR",
+     "Directory on a disk file system for the daemon's own snapshots of channels; each "
+     "chosen channel is written every snapshot_interval_s and at stop, and restored from "
+     "its newest snapshot at start if the state directory lost it (a reboot). Empty: off",
+     &DaemonConfig::snapshot_dir},
+    {"snapshot_channels", nullptr,
+     "Channels the daemon snapshots: names separated by commas, or * for every channel",
+     &DaemonConfig::snapshot_channels},
+    {"snapshot_interval_s", nullptr, "Seconds between two snapshots of a channel",
+     &DaemonConfig::snapshot_interval_s},
+    {"snapshot_keep", nullptr, "Snapshots kept per channel (older ones are removed)",
+     &DaemonConfig::snapshot_keep},
 };
 
 std::string Flag(const char* key) {
@@ -245,6 +259,17 @@ std::string Invalid(const DaemonConfig& c) {
     return "idle_connection_ms " + std::to_string(c.idle_connection_ms) +
            " is too short (use >= 100)";
   }
+  if (c.snapshot_interval_s < 1) return "snapshot_interval_s must be >= 1";
+  if (c.snapshot_keep < 1) return "snapshot_keep must be >= 1 (it keeps the newest N)";
+  for (const std::string& name : c.ToSnapshotOptions().channels) {
+    if (name == "*") continue;
+    if (absl::Status s = ValidateChannelName(name); !s.ok()) {
+      return "snapshot_channels: " + std::string(s.message());
+    }
+  }
+  if (!c.snapshot_dir.empty() && c.snapshot_dir[0] != '/') {
+    return "snapshot_dir '" + c.snapshot_dir + "' is not an absolute path";
+  }
   return "";
 }
 
@@ -305,6 +330,18 @@ absl::StatusOr<SocketAccess> ResolveSocketAccess(const DaemonConfig& config) {
   }
   a.gid = found->gr_gid;
   return a;
+}
+
+PeriodicSnapshotOptions DaemonConfig::ToSnapshotOptions() const {
+  PeriodicSnapshotOptions o;
+  o.dir = snapshot_dir;
+  for (absl::string_view name : absl::StrSplit(snapshot_channels, ',', absl::SkipWhitespace())) {
+    o.channels.emplace_back(absl::StripAsciiWhitespace(name));
+  }
+  o.interval = std::chrono::seconds(snapshot_interval_s);
+  o.keep = snapshot_keep;
+  o.daemon_version = STRUCTD_VERSION;
+  return o;
 }
 
 CoreOptions DaemonConfig::ToCoreOptions() const {

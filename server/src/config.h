@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/core.h"
+#include "core/periodic_snapshots.h"
 #include "structd/shm/arena.h"
 
 namespace structd::server {
@@ -64,9 +65,18 @@ struct DaemonConfig {
   // "memfd", sealed against resizing and kept across restarts only in
   // systemd's descriptor store (doc/operations.md, doc/security.md).
   std::string arena_backing = "files";
+  // The daemon's own snapshots (doc/snapshots.md): off while
+  // snapshot_dir is empty; snapshot_channels is a comma-separated list
+  // of names, or "*" for every channel.
+  std::string snapshot_dir;
+  std::string snapshot_channels = "*";
+  uint32_t snapshot_interval_s =
+      static_cast<uint32_t>(PeriodicSnapshotOptions{}.interval.count());
+  uint32_t snapshot_keep = PeriodicSnapshotOptions{}.keep;
 
   // The domain core's options from these settings.
   CoreOptions ToCoreOptions() const;
+  PeriodicSnapshotOptions ToSnapshotOptions() const;
 };
 
 // socket_mode's octal text as permission bits: InvalidArgument unless it

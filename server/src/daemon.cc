@@ -45,6 +45,8 @@ void Daemon::Close() {
   Shutdown();
   if (accept_thread_.joinable()) accept_thread_.join();
   if (reap_thread_.joinable()) reap_thread_.join();
+  // The last round of snapshots, with no client call in flight any more.
+  if (snapshots_) snapshots_->Stop();
   if (memory_server_) memory_server_->Stop();
   if (listen_fd_) {
     listen_fd_.reset();
@@ -186,6 +188,10 @@ absl::Status Daemon::Start() {
   // Connections arrive through AcceptLoop, not a listening port.
   server_ = builder.BuildAndStart();
   if (!server_) return absl::InternalError("grpc server failed to start");
+  // Before clients can connect: a channel a reboot lost is restored
+  // before anyone asks for it.
+  snapshots_ = std::make_unique<PeriodicSnapshots>(core_.get(), config_.ToSnapshotOptions());
+  if (absl::Status s = snapshots_->Start(); !s.ok()) return s;
   accept_thread_ = std::thread([this] { AcceptLoop(); });
   reap_thread_ = std::thread([this] { ReapLoop(); });
   spdlog::info("structd {} serving on {} (state {}, pid {})", STRUCTD_VERSION,

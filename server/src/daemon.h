@@ -12,6 +12,7 @@
 #include "config.h"
 #include "structd/base/posix.h"
 #include "core/core.h"
+#include "core/periodic_snapshots.h"
 #include "metrics.h"
 #include "rpc/memory_server.h"
 #include "rpc/rpc_util.h"
@@ -62,6 +63,8 @@ class Daemon {
   std::unique_ptr<DaemonMetrics> metrics_;  // before the services that read it
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> server_;
+  // After the core (it reads channels) and stopped before the core goes.
+  std::unique_ptr<PeriodicSnapshots> snapshots_;
   std::atomic<bool> stopping_{false};
   std::thread accept_thread_;
   std::thread reap_thread_;

@@ -481,3 +481,124 @@ TEST_F(SnapshotTest, RootSetAndDeleteMoveReferences) {
 
 }  // namespace
 }  // namespace structd::testing
+
+namespace structd::testing {
+namespace {
+
+// Waits up to 20 s for `pred`.
+bool Eventually(const std::function<bool()>& pred) {
+  for (int i = 0; i < 2000; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
+
+std::vector<std::string> SnapshotsIn(const std::string& dir, const std::string& channel) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (name.starts_with(channel + "@") && name.ends_with("Z")) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// A reboot of a tmpfs state directory: empty at the next start. Then a
+// client joins `channel` (null channel, with a failure, if it cannot).
+struct Rebooted {
+  std::unique_ptr<client::Client> client;
+  std::shared_ptr<client::Channel> channel;
+};
+Rebooted RebootAndJoin(DaemonProcess& daemon, const std::string& channel,
+                       const std::string& capability) {
+  std::filesystem::remove_all(daemon.state_dir());
+  daemon.Start();
+  Rebooted r;
+  client::ClientOptions o;
+  o.socket = daemon.socket();
+  auto c = client::Client::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return r;
+  r.client = std::move(*c);
+  auto joined = r.client->Join(channel, capability);
+  EXPECT_TRUE(joined.ok()) << joined.status();
+  if (joined.ok()) r.channel = *joined;
+  return r;
+}
+
+// snapshot_dir: the chosen channel is written every interval and at stop,
+// only the newest `keep` stay, and a daemon whose state directory was
+// emptied (a reboot of a tmpfs) restores it from the newest one that is
+// intact.
+TEST(PeriodicSnapshotTest, ChosenChannelsAreKeptAcrossALostStateDirectory) {
+  TempDir scratch;
+  const std::string snaps = scratch.Sub("snapshots");
+  DaemonProcess daemon({"--snapshot-dir", snaps, "--snapshot-interval-s", "1",
+                        "--snapshot-keep", "2", "--snapshot-channels", "kept"});
+  std::string owner;
+  {
+    client::ClientOptions o;
+    o.socket = daemon.socket();
+    auto c = client::Client::Connect(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    auto kept = (*c)->CreateChannel("kept");
+    auto other = (*c)->CreateChannel("other");
+    ASSERT_TRUE(kept.ok() && other.ok());
+    owner = kept->owner_capability;
+    auto counter = kept->channel->Allocate<Counter>();
+    ASSERT_TRUE(counter.ok());
+    (*counter)->hits().store(41);
+    ASSERT_TRUE(kept->channel->SetRoot("c", counter->ref()).ok());
+    ASSERT_TRUE(Eventually([&] { return SnapshotsIn(snaps, "kept").size() >= 2; }));
+    // Rounds go on; two stay.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    EXPECT_EQ(SnapshotsIn(snaps, "kept").size(), 2u);
+    EXPECT_TRUE(SnapshotsIn(snaps, "other").empty());
+    (*counter)->hits().store(42);
+  }
+  EXPECT_EQ(daemon.Stop(), 0);  // writes a last round
+  std::vector<std::string> before = SnapshotsIn(snaps, "kept");
+  ASSERT_EQ(before.size(), 2u);
+
+  {
+    Rebooted r = RebootAndJoin(daemon, "kept", owner);
+    ASSERT_TRUE(r.channel);
+    auto root = r.channel->GetRoot("c");
+    ASSERT_TRUE(root.ok()) << root.status();
+    EXPECT_EQ(r.channel->View<Counter>(*root)->hits().load(), 42u);  // as of the stop
+    EXPECT_EQ(r.client->Join("other", owner).status().code(), absl::StatusCode::kNotFound);
+  }
+  EXPECT_THAT(daemon.Log(), HasSubstr("restored from " + snaps + "/" + before[1]));
+
+  // Again, with the newest snapshot damaged: the one before it is used.
+  EXPECT_EQ(daemon.Stop(), 0);
+  std::vector<std::string> now = SnapshotsIn(snaps, "kept");
+  ASSERT_EQ(now.size(), 2u);
+  FlipBit(snaps + "/" + now[1] + "/extent.0", 100);
+  {
+    Rebooted r = RebootAndJoin(daemon, "kept", owner);
+    ASSERT_TRUE(r.channel);
+    EXPECT_TRUE(r.channel->GetRoot("c").ok());
+  }
+  const std::string log = daemon.Log();
+  EXPECT_THAT(log, HasSubstr("from " + snaps + "/" + now[1] + " failed: DATA_LOSS"));
+  EXPECT_THAT(log, HasSubstr("restored from " + snaps + "/" + now[0]));
+}
+
+TEST(PeriodicSnapshotTest, BadSettingsAreRefusedAtStart) {
+  std::string out;
+  EXPECT_NE(RunDaemonToCompletion({"--check-config", "--snapshot-keep", "0"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("snapshot_keep must be >= 1"));
+  out.clear();
+  EXPECT_NE(RunDaemonToCompletion({"--check-config", "--snapshot-dir", "relative/dir"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("not an absolute path"));
+  out.clear();
+  EXPECT_NE(
+      RunDaemonToCompletion({"--check-config", "--snapshot-channels", "ok,bad name"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("snapshot_channels: channel name 'bad name'"));
+}
+
+}  // namespace
+}  // namespace structd::testing

@@ -2,50 +2,14 @@
 // The channel copies itself (Channel::CaptureImage) and the core adopts a
 // restore (Core::BeginRestore/FinishRestore); this file moves the bytes.
 
-#include <algorithm>
-
 #include "absl/strings/str_cat.h"
 #include "core/channel_restore.h"
-#include "core/snapshot_format.h"
+#include "core/snapshot_emit.h"
 #include "rpc/services.h"
 #include "spdlog/spdlog.h"
 #include "structd/base/posix.h"
 
 namespace structd::server {
-namespace {
-
-constexpr uint64_t kChunkBytes = 1 << 20;
-
-bool AllZero(const uint8_t* p, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (p[i] != 0) return false;
-  }
-  return true;
-}
-
-// Streams `size` bytes of `file` in chunks, skipping all-zero ones. Feeds
-// every byte (sent or not) to `hash`. False if the client went away.
-bool SendFile(grpc::ServerWriter<v1::SnapshotChunk>& writer, const std::string& file,
-              const uint8_t* bytes, uint64_t size, Sha256& hash) {
-  v1::SnapshotChunk chunk;
-  chunk.set_file(file);
-  chunk.set_file_size(size);
-  bool sent = false;
-  for (uint64_t at = 0; at < size; at += kChunkBytes) {
-    const size_t n = static_cast<size_t>(std::min(kChunkBytes, size - at));
-    hash.Update(bytes + at, n);
-    // Always send the last chunk, so every file is named in the stream.
-    const bool last = at + n == size;
-    if (AllZero(bytes + at, n) && !(last && !sent)) continue;
-    chunk.set_offset(at);
-    chunk.set_data(bytes + at, n);
-    if (!writer.Write(chunk)) return false;
-    sent = true;
-  }
-  return true;
-}
-
-}  // namespace
 
 grpc::Status AdminService::SnapshotChannel(grpc::ServerContext* context,
                                            const v1::SnapshotChannelRequest* request,
@@ -55,47 +19,21 @@ grpc::Status AdminService::SnapshotChannel(grpc::ServerContext* context,
   if (!ch.ok()) return ToGrpc(ch.status());
   absl::StatusOr<ChannelImage> image = (*ch)->CaptureImage();
   if (!image.ok()) return ToGrpc(image.status());
-  SnapshotManifest manifest;
-  manifest.architecture = HostArchitecture();
-  manifest.daemon_version = info_.version;
-  manifest.taken_unix_ms = base::NowUnixMs();
-  manifest.channel_id = image->meta.id;
-  manifest.channel_name = image->meta.name;
-  manifest.arena_format_version = image->arena_format_version;
-  manifest.extent_size = image->identity.extent_size;
-  manifest.max_extents = image->identity.max_extents;
-  manifest.extent_count = image->extent_count;
-  manifest.epoch = image->identity.epoch;
-  manifest.live_instances = image->live_instances;
-  const std::string meta = RenderChannelMeta(image->meta);
-  {
-    Sha256 hash;
-    if (!SendFile(*writer, std::string(kSnapshotMetaFile),
-                  reinterpret_cast<const uint8_t*>(meta.data()), meta.size(), hash)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "snapshot: the client went away");
-    }
-    manifest.files.push_back({std::string(kSnapshotMetaFile), meta.size(), hash.HexDigest()});
-  }
-  for (ChannelImage::File& f : image->files) {
-    Sha256 hash;
-    if (!SendFile(*writer, f.name, f.bytes.get(), f.size, hash)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "snapshot: the client went away");
-    }
-    manifest.files.push_back({f.name, f.size, hash.HexDigest()});
-    f.bytes.reset();  // sent: give the memory back now
-  }
-  const std::string text = RenderSnapshotManifest(manifest);
-  v1::SnapshotChunk last;
-  last.set_file(std::string(kSnapshotManifestFile));
-  last.set_file_size(text.size());
-  last.set_data(text);
-  if (!writer->Write(last)) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "snapshot: the client went away");
-  }
+  v1::SnapshotChunk chunk;
+  absl::StatusOr<SnapshotManifest> manifest =
+      EmitSnapshot(*image, info_.version, [&](const SnapshotPiece& piece) {
+        chunk.set_file(piece.file);
+        chunk.set_file_size(piece.file_size);
+        chunk.set_offset(piece.offset);
+        chunk.set_data(piece.data.data(), piece.data.size());
+        if (writer->Write(chunk)) return absl::OkStatus();
+        return absl::CancelledError("snapshot: the client went away");
+      });
+  if (!manifest.ok()) return ToGrpc(manifest.status());
   spdlog::info("snapshot of channel '{}' taken by {}: {} extents, {} live instances, {} "
                "bytes and string fields copied torn-free",
-               manifest.channel_name, Caller(*context), manifest.extent_count,
-               manifest.live_instances, image->composite_fields);
+               manifest->channel_name, Caller(*context), manifest->extent_count,
+               manifest->live_instances, image->composite_fields);
   return grpc::Status::OK;
 }
 
