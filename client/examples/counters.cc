@@ -66,19 +66,31 @@ int main(int argc, char** argv) {
         {"worker", name, created->member_capability, std::to_string(increments)}));
   }
   bool ok = true;
-  // Sleep until each worker says it is done: no polling.
+  // Sleep until each worker says it is done. A worker that dies first
+  // never says so: once a second, see whether one has exited.
   uint32_t done = 0;
-  while (done < static_cast<uint32_t>(workers)) {
-    auto now = (*counter)->workers_done().WaitChanged(done, std::chrono::minutes(2));
-    if (!now.ok()) {
-      std::fprintf(stderr, "waiting for the workers: %s\n", now.status().ToString().c_str());
-      ok = false;
-      break;
+  std::vector<pid_t> running = pids;
+  while (done < static_cast<uint32_t>(workers) && ok) {
+    auto now = (*counter)->workers_done().WaitChanged(done, std::chrono::seconds(1));
+    if (now.ok()) {
+      done = *now;
+      std::printf("%u of %d workers done\n", done, workers);
+      continue;
     }
-    done = *now;
-    std::printf("%u of %d workers done\n", done, workers);
+    for (auto it = running.begin(); it != running.end();) {
+      int status = 0;
+      if (waitpid(*it, &status, WNOHANG) != *it) {
+        ++it;
+        continue;
+      }
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        std::fprintf(stderr, "worker %d failed before it was done\n", static_cast<int>(*it));
+        ok = false;
+      }
+      it = running.erase(it);
+    }
   }
-  for (pid_t pid : pids) ok = structd::examples::WaitOk(pid) && ok;
+  for (pid_t pid : running) ok = structd::examples::WaitOk(pid) && ok;
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 

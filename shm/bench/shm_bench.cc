@@ -73,6 +73,7 @@
 #include <linux/futex.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -440,6 +441,7 @@ void WakeRoundTrip(benchmark::State& state) {
     return;
   }
   if (partner == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a benchmark that died
     Word seen = 0;
     for (;;) {
       wait_while(ping, seen);

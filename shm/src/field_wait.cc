@@ -1,6 +1,7 @@
 #include "structd/shm/field_wait.h"
 
 #include <atomic>
+#include <bit>
 #include <cerrno>
 
 #include "absl/status/status.h"
@@ -39,17 +40,27 @@ Word LoadAcquire(const Word* word) {
       .load(std::memory_order_acquire);
 }
 
+static_assert(std::endian::native == std::endian::little,
+              "an 8-byte field's low half is its first 4 bytes only on little-endian hosts");
+
 // One sleep of an 8-byte wait; `halves` is the field as two 4-byte words,
 // low half first (the arena is little-endian).
 void SleepOnEightBytes(uint32_t* halves, uint64_t seen, FutexDeadline deadline) {
   const auto low = static_cast<uint32_t>(seen);
   const auto high = static_cast<uint32_t>(seen >> 32);
   if (!g_no_waitv.load(std::memory_order_relaxed)) {
-    if (internal::FutexWaitEither(&halves[0], low, &halves[1], high, deadline) !=
-        ENOSYS) {
-      return;
+    switch (internal::FutexWaitEither(&halves[0], low, &halves[1], high, deadline)) {
+      case 0:          // woken
+      case EAGAIN:     // a half changed before we slept
+      case EINTR:
+      case ETIMEDOUT:
+        return;
+      default:
+        // ENOSYS (a kernel before 5.16), EPERM (a seccomp filter that
+        // does not know futex_waitv), anything else: never again, or
+        // the caller's loop would spin on the failing call.
+        g_no_waitv.store(true, std::memory_order_relaxed);
     }
-    g_no_waitv.store(true, std::memory_order_relaxed);
   }
   const FutexDeadline slice = DeadlineAfter(kFallbackSlice);
   internal::FutexWait(&halves[0], low, slice < deadline ? slice : deadline);

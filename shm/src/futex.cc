@@ -7,6 +7,22 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdint>
+
+// futex_waitv (Linux 5.16) has the same number on every architecture;
+// kernel headers older than the kernel may lack it and its struct.
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+#ifndef FUTEX_32
+#define FUTEX_32 2
+struct futex_waitv {
+  uint64_t val;
+  uint64_t uaddr;
+  uint32_t flags;
+  uint32_t __reserved;
+};
+#endif
 
 namespace structd::shm::internal {
 namespace {
@@ -40,7 +56,6 @@ int FutexWait(uint32_t* word, uint32_t expected, FutexDeadline deadline) {
 
 int FutexWaitEither(uint32_t* a, uint32_t expected_a, uint32_t* b,
                     uint32_t expected_b, FutexDeadline deadline) {
-#ifdef SYS_futex_waitv
   futex_waitv waiters[2] = {};
   waiters[0].val = expected_a;
   waiters[0].uaddr = reinterpret_cast<uintptr_t>(a);
@@ -57,10 +72,6 @@ int FutexWaitEither(uint32_t* a, uint32_t expected_a, uint32_t* b,
   long rc = syscall(SYS_futex_waitv, waiters, 2, 0, timeout, CLOCK_MONOTONIC);
   // On success it returns the index of the word that was woken.
   return rc >= 0 ? 0 : errno;
-#else
-  (void)a, (void)expected_a, (void)b, (void)expected_b, (void)deadline;
-  return ENOSYS;
-#endif
 }
 
 int FutexWake(uint32_t* word, int count) {

@@ -26,8 +26,9 @@ inline constexpr FutexDeadline kNoDeadline = FutexDeadline::max();
 int FutexWait(uint32_t* word, uint32_t expected, FutexDeadline deadline);
 
 // Sleeps while *a == expected_a and *b == expected_b (futex_waitv, Linux
-// 5.16+): a wake of either word ends it. Returns as FutexWait, or ENOSYS if
-// the kernel has no futex_waitv.
+// 5.16+): a wake of either word ends it. Returns as FutexWait, or another
+// errno if futex_waitv cannot be used: ENOSYS (an older kernel), EPERM (a
+// seccomp filter), EINVAL.
 int FutexWaitEither(uint32_t* a, uint32_t expected_a, uint32_t* b,
                     uint32_t expected_b, FutexDeadline deadline);
 

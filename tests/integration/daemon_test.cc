@@ -19,6 +19,7 @@
 #include "structd/shm/field.h"
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
+#include "testing/spawned_process.h"
 
 namespace structd {
 namespace {
@@ -651,6 +652,26 @@ TEST(DaemonTest, JsonLogsAreOneObjectPerLine) {
   out.clear();
   EXPECT_EQ(structd::testing::RunDaemonToCompletion({"--log-format", "yaml"}, &out), 2);
   EXPECT_THAT(out, HasSubstr("log format 'yaml' is not one of text, json"));
+}
+
+// Logs go to stderr (journald takes both, but a pipeline reading the
+// daemon's stdout must not get log lines); stdout stays empty.
+TEST(DaemonTest, LogsGoToStderrNotStdout) {
+  DaemonProcess daemon;
+  const std::vector<std::string> second = {structd::testing::DaemonPath(), "--socket",
+                                           daemon.socket() + ".2", "--state-dir",
+                                           daemon.state_dir()};
+  {
+    structd::testing::SpawnedProcess p(second);  // stdout only
+    std::string out = p.ReadAll(std::chrono::seconds(30));
+    EXPECT_EQ(p.Wait(), 1);
+    EXPECT_EQ(out, "");
+  }
+  structd::testing::SpawnedProcess p(second,
+                                     structd::testing::SpawnedProcess::Stderr::kWithStdout);
+  std::string both = p.ReadAll(std::chrono::seconds(30));
+  EXPECT_EQ(p.Wait(), 1);
+  EXPECT_THAT(both, HasSubstr("in use by another structd"));
 }
 
 TEST(DaemonTest, HelpDocumentsEveryOptionAndBadFlagsAreUsageErrors) {
