@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "structd/base/posix.h"
 
 namespace structd::shm {
 namespace {
@@ -81,7 +82,7 @@ absl::Status BytesField::Write(std::string_view value) {
   }
   auto* state = reinterpret_cast<uint64_t*>(p_);
   std::atomic_ref<uint64_t> st(*state);
-  const uint64_t me = static_cast<uint64_t>(getpid()) << kOwnerShift;
+  const uint64_t me = static_cast<uint64_t>(base::CachedPid()) << kOwnerShift;
   const uint32_t words = SlotWords(capacity_);
   for (;;) {
     uint64_t cur = st.load(std::memory_order_relaxed);

@@ -2,10 +2,13 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <limits>
 
+#include "structd/base/posix.h"
 #include "structd/shm/allocator.h"
 #include "testing/temp_dir.h"
 
@@ -199,6 +202,20 @@ TEST_F(FieldTest, HandlesCheckNamesAndKinds) {
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Writers are recorded by pid (a bytes field's writer lock, a mutex's
+// owner); the pid is cached, and a forked child must not record its
+// parent's.
+TEST(CachedPidTest, IsThisProcessAlsoAfterFork) {
+  ASSERT_EQ(base::CachedPid(), getpid());
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(base::CachedPid() == getpid() ? 0 : 1);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child saw its parent's pid";
+  EXPECT_EQ(base::CachedPid(), getpid());
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "structd/shm/sync.h"
 
+
 #include <linux/futex.h>
 #include <pthread.h>
 #include <time.h>
@@ -18,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "futex.h"
+#include "structd/base/posix.h"
 #include "structd/shm/layout.h"
 
 namespace structd::shm {
@@ -157,7 +159,7 @@ absl::StatusOr<MutexGuard> MutexField::Finish(int rc, const char* op) {
       return absl::InternalError(
           absl::StrFormat("mutex field: %s failed: %s", op, strerror(rc)));
   }
-  OwnerPid(p_).store(static_cast<uint32_t>(getpid()),
+  OwnerPid(p_).store(static_cast<uint32_t>(base::CachedPid()),
                      std::memory_order_relaxed);
   return MutexGuard(p_, owner_died);
 }

@@ -87,10 +87,19 @@ struct ChannelStats {
 // metadata and its arena's files, byte for byte, as of one moment of the
 // channel's structure. Ledgers are left out: sessions do not move with a
 // snapshot. Owned by the caller; nothing in it is shared.
+// The memory of a ChannelImage's copy is an anonymous mapping populated
+// when it is made: one call instead of a page fault per 4 KiB under the
+// channel's lock (page faults were a third of a snapshot's time on a
+// virtual machine). This unmaps it.
+struct UnmapImageMemory {
+  uint64_t size = 0;
+  void operator()(uint8_t* p) const;
+};
+
 struct ChannelImage {
   struct File {
     std::string name;  // "arena", "extent.N"
-    std::unique_ptr<uint8_t[]> bytes;
+    std::unique_ptr<uint8_t[], UnmapImageMemory> bytes;
     uint64_t size = 0;
   };
   ChannelMeta meta;

@@ -1,6 +1,8 @@
 // Channel: copying it for a snapshot, and what a restored copy needs
 // before anyone uses it. doc/snapshots.md.
 
+#include <sys/mman.h>
+
 #include <cstring>
 #include <fstream>
 #include <new>
@@ -29,6 +31,8 @@ uint64_t MemAvailableBytes() {
 
 }  // namespace
 
+void UnmapImageMemory::operator()(uint8_t* p) const { munmap(p, size); }
+
 absl::StatusOr<ChannelImage> Channel::CaptureImage() const {
   base::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
@@ -51,7 +55,12 @@ absl::StatusOr<ChannelImage> Channel::CaptureImage() const {
     ChannelImage::File f;
     f.name = std::move(name);
     f.size = size;
-    f.bytes.reset(new (std::nothrow) uint8_t[size]);
+    void* memory = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (memory != MAP_FAILED) {
+      f.bytes = std::unique_ptr<uint8_t[], UnmapImageMemory>(static_cast<uint8_t*>(memory),
+                                                                UnmapImageMemory{size});
+    }
     if (f.bytes == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "channel '", name_, "': no memory for the snapshot's copy of ", f.name, " (", size,

@@ -1,11 +1,13 @@
 #include "structd/base/posix.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -101,6 +103,21 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes
     return ErrnoStatus(err, "replace " + path);
   }
   return absl::OkStatus();
+}
+
+namespace {
+std::atomic<pid_t> g_cached_pid{0};
+void ForgetCachedPid() { g_cached_pid.store(0, std::memory_order_relaxed); }
+}  // namespace
+
+pid_t CachedPid() {
+  pid_t pid = g_cached_pid.load(std::memory_order_relaxed);
+  if (pid != 0) return pid;
+  static const bool registered = pthread_atfork(nullptr, nullptr, ForgetCachedPid) == 0;
+  pid = getpid();
+  // Without the handler a forked child would keep its parent's pid.
+  if (registered) g_cached_pid.store(pid, std::memory_order_relaxed);
+  return pid;
 }
 
 uint64_t NowUnixMs() {

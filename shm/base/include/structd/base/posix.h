@@ -69,6 +69,13 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes
 // Milliseconds since the Unix epoch.
 uint64_t NowUnixMs();
 
+// This process's pid without a system call per use (getpid() costs over
+// a microsecond on some virtual machines, and bytes-field writes and
+// mutex locks record the writer's pid): cached, and forgotten in the
+// child of fork() (a pthread_atfork handler). A child made by a raw
+// clone() that runs no fork handlers must exec before it uses fields.
+pid_t CachedPid();
+
 }  // namespace structd::base
 
 #endif  // STRUCTD_BASE_POSIX_H_
