@@ -424,8 +424,9 @@ absl::StatusOr<ArenaCheck> AdminClient::Check(const std::string& channel) {
   ArenaCheck out;
   out.ok = r.ok();
   out.instances_checked = r.instances_checked();
-  for (const v1::Problem& p : r.problems())
+  for (const v1::Problem& p : r.problems()) {
     out.problems.push_back({Ref::FromBits(p.ref()), p.what()});
+  }
   return out;
 }
 

@@ -1,6 +1,5 @@
 #include "structd/shm/sync.h"
 
-
 #include <linux/futex.h>
 #include <pthread.h>
 #include <time.h>

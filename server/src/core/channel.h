@@ -83,10 +83,6 @@ struct ChannelStats {
   }
 };
 
-// A copy of a channel for a snapshot (core/snapshot_format.h): its
-// metadata and its arena's files, byte for byte, as of one moment of the
-// channel's structure. Ledgers are left out: sessions do not move with a
-// snapshot. Owned by the caller; nothing in it is shared.
 // The memory of a ChannelImage's copy is an anonymous mapping populated
 // when it is made: one call instead of a page fault per 4 KiB under the
 // channel's lock (page faults were a third of a snapshot's time on a
@@ -96,6 +92,10 @@ struct UnmapImageMemory {
   void operator()(uint8_t* p) const;
 };
 
+// A copy of a channel for a snapshot (core/snapshot_format.h): its
+// metadata and its arena's files, byte for byte, as of one moment of the
+// channel's structure. Ledgers are left out: sessions do not move with a
+// snapshot. Owned by the caller; nothing in it is shared.
 struct ChannelImage {
   struct File {
     std::string name;  // "arena", "extent.N"
@@ -259,11 +259,11 @@ class Channel {
                                    const std::vector<shm::Ref>& refs);
 
   // Stores refs into ref fields. An empty `session_id` is an operator's
-  // store (no ledger: nothing may be moved). The field then owns one reference, which
-  // is released when it is overwritten or its instance is freed. With
-  // `move`, the reference comes out of the session's ledger (the session
-  // must own it); without, a new one is retained. A null value clears the
-  // field. All stores are validated before any is applied (all or none);
+  // store (no ledger: nothing may be moved). The field then owns one
+  // reference, which is released when it is overwritten or its instance
+  // is freed. With `move`, the reference comes out of the session's
+  // ledger (the session must own it); without, a new one is retained. A
+  // null value clears the field. All stores are validated before any is applied (all or none);
   // the values the fields held before are released last. Returns the
   // instances freed by those releases (transitively).
   struct RefStore {

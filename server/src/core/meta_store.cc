@@ -111,8 +111,9 @@ absl::StatusOr<ChannelMeta::Type> ReadType(const toml::table& t) {
   type.type_index = static_cast<uint32_t>(index);
   for (const toml::node& f : *fields) {
     std::optional<std::string> text = f.value<std::string>();
-    if (!text)
+    if (!text) {
       return absl::DataLossError(absl::StrCat("type '", type.key, "': a field is not text"));
+    }
     type.fields.push_back(*text);
   }
   return type;
