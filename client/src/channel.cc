@@ -351,6 +351,60 @@ absl::StatusOr<shm::InstancePtr> Channel::ResolveAs(Ref ref, const TypeInfo& typ
   return p;
 }
 
+absl::StatusOr<shm::InstancePtr> Channel::ViewSlow(uint32_t slot, Ref ref,
+                                                   const TypeInfo& type) {
+  absl::StatusOr<shm::InstancePtr> p = ResolveAs(ref, type);
+  if (!p.ok()) return p.status();
+  if (slot < internal::kFastTypeSlots) RememberFastType(slot, type);
+  return p;
+}
+
+absl::StatusOr<TypeInfo> Channel::Use(const DynamicStruct& type) {
+  absl::StatusOr<std::shared_ptr<const TypeInfo>> info =
+      UseType(type.key(), type.layout(), /*offsets=*/{});
+  if (!info.ok()) return info.status();
+  return **info;
+}
+
+absl::StatusOr<std::vector<Owned<DynamicView>>> Channel::AllocateBatch(
+    const DynamicStruct& type, uint32_t count) {
+  absl::StatusOr<std::shared_ptr<const TypeInfo>> info =
+      UseType(type.key(), type.layout(), /*offsets=*/{});
+  if (!info.ok()) return info.status();
+  absl::StatusOr<std::vector<shm::InstancePtr>> made = AllocateFor(type.slot(), **info, count);
+  if (!made.ok()) return made.status();
+  std::vector<DynamicView> views;
+  views.reserve(made->size());
+  for (const shm::InstancePtr& p : *made) views.emplace_back(p, &type);
+  return OwnAll(views, /*sole=*/true);
+}
+
+absl::StatusOr<DynamicView> Channel::View(const DynamicStruct& type, Ref ref) {
+  shm::InstancePtr p;
+  if (TryViewFast(type.slot(), ref, &p)) return DynamicView(p, &type);
+  absl::StatusOr<std::shared_ptr<const TypeInfo>> info =
+      UseType(type.key(), type.layout(), /*offsets=*/{});
+  if (!info.ok()) return info.status();
+  absl::StatusOr<shm::InstancePtr> slow = ViewSlow(type.slot(), ref, **info);
+  if (!slow.ok()) return slow.status();
+  return DynamicView(*slow, &type);
+}
+
+absl::StatusOr<std::vector<Owned<DynamicView>>> Channel::RetainBatch(
+    const DynamicStruct& type, std::span<const Ref> refs) {
+  std::vector<DynamicView> views;
+  views.reserve(refs.size());
+  for (Ref r : refs) {
+    absl::StatusOr<DynamicView> view = View(type, r);
+    if (!view.ok()) return view.status();
+    views.push_back(*view);
+  }
+  if (absl::Status s = RetainRefs(std::vector<Ref>(refs.begin(), refs.end())); !s.ok()) {
+    return s;
+  }
+  return OwnAll(views, /*sole=*/false);
+}
+
 absl::Status Channel::CallRefs(bool retain, std::span<const Ref> refs, bool* sent) {
   auto call = [&](auto request, auto response, auto method) {
     request.set_channel(id_);

@@ -24,6 +24,7 @@
 #include "structd/base/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "structd/client/behavior.h"
+#include "structd/client/dynamic.h"
 #include "structd/client/owned.h"
 #include "structd/client/struct.h"
 #include "structd/shm/arena.h"
@@ -48,6 +49,16 @@ template <typename T>
 uint32_t FastTypeSlot() {
   static const uint32_t slot = NextFastTypeSlot();
   return slot;
+}
+// The slot of `view`'s type: the C++ type's, or a run-time type's own
+// (DynamicView::fast_slot).
+template <typename T>
+uint32_t SlotOf(const T& view) {
+  if constexpr (requires { view.fast_slot(); }) {
+    return view.fast_slot();
+  } else {
+    return FastTypeSlot<T>();
+  }
 }
 }
 
@@ -166,12 +177,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
     absl::StatusOr<std::vector<shm::InstancePtr>> made =
         AllocateFor(internal::FastTypeSlot<T>(), **type, count);
     if (!made.ok()) return made.status();
-    std::vector<Owned<T>> out;
-    out.reserve(made->size());
-    for (const shm::InstancePtr& p : *made) {
-      out.push_back(Owned<T>(shared_from_this(), T(p), /*sole=*/true));
-    }
-    return out;
+    return OwnAll(std::vector<T>(made->begin(), made->end()), /*sole=*/true);
   }
   // Instances this process holds in stock for Allocate (owned by its
   // session, not handed out yet), over all types.
@@ -189,18 +195,13 @@ class Channel : public std::enable_shared_from_this<Channel> {
   template <typename T>
   absl::StatusOr<T> View(Ref ref) {
     const uint32_t slot = internal::FastTypeSlot<T>();
-    if (slot < internal::kFastTypeSlots) {
-      if (const FastType* f = fast_types_[slot].load(std::memory_order_acquire)) {
-        shm::InstancePtr p;
-        if (f->arena.TryResolveTyped(ref, f->block, &p)) return T(p);
-      }
-    }
+    shm::InstancePtr p;
+    if (TryViewFast(slot, ref, &p)) return T(p);
     absl::StatusOr<std::shared_ptr<const TypeInfo>> type = UseShared<T>();
     if (!type.ok()) return type.status();
-    absl::StatusOr<shm::InstancePtr> p = ResolveAs(ref, **type);
-    if (!p.ok()) return p.status();
-    if (slot < internal::kFastTypeSlots) RememberFastType(slot, **type);
-    return T(*p);
+    absl::StatusOr<shm::InstancePtr> slow = ViewSlow(slot, ref, **type);
+    if (!slow.ok()) return slow.status();
+    return T(*slow);
   }
   // Takes a reference of this session's own to `ref`.
   template <typename T>
@@ -224,10 +225,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
     if (absl::Status s = RetainRefs(std::vector<Ref>(refs.begin(), refs.end())); !s.ok()) {
       return s;
     }
-    std::vector<Owned<T>> out;
-    out.reserve(views.size());
-    for (const T& v : views) out.push_back(Owned<T>(shared_from_this(), v));
-    return out;
+    return OwnAll(views, /*sole=*/false);
   }
   // Releases references this session owns (refs of Disown()ed Owneds).
   // Applies the deferred ones first (Flush).
@@ -254,6 +252,16 @@ class Channel : public std::enable_shared_from_this<Channel> {
     if (refs.empty()) return absl::OkStatus();
     return Release(refs);
   }
+
+  // ---- Run-time types (dynamic.h) ----
+  // The same operations for a type described at run time, with the same
+  // errors, stocks and fast paths as for a STRUCTD_STRUCT type.
+  absl::StatusOr<TypeInfo> Use(const DynamicStruct& type);
+  absl::StatusOr<std::vector<Owned<DynamicView>>> AllocateBatch(const DynamicStruct& type,
+                                                                uint32_t count);
+  absl::StatusOr<DynamicView> View(const DynamicStruct& type, Ref ref);
+  absl::StatusOr<std::vector<Owned<DynamicView>>> RetainBatch(const DynamicStruct& type,
+                                                              std::span<const Ref> refs);
 
   // ---- Ref fields ----
   // A ref field owns one reference. Store(field, std::move(owned)) moves
@@ -372,6 +380,22 @@ class Channel : public std::enable_shared_from_this<Channel> {
                                                             const TypeInfo& type,
                                                             uint32_t count);
   absl::StatusOr<shm::InstancePtr> ResolveAs(Ref ref, const TypeInfo& type) const;
+  // View's common case: T's cached record in `slot` resolves `ref`.
+  bool TryViewFast(uint32_t slot, Ref ref, shm::InstancePtr* out) const {
+    if (slot >= internal::kFastTypeSlots) return false;
+    const FastType* f = fast_types_[slot].load(std::memory_order_acquire);
+    return f != nullptr && f->arena.TryResolveTyped(ref, f->block, out);
+  }
+  // View's other cases: resolved and checked against `type`, then cached.
+  absl::StatusOr<shm::InstancePtr> ViewSlow(uint32_t slot, Ref ref, const TypeInfo& type);
+  // Wraps `views` as Owneds (RetainBatch's end, after RetainRefs).
+  template <typename T>
+  std::vector<Owned<T>> OwnAll(const std::vector<T>& views, bool sole) {
+    std::vector<Owned<T>> out;
+    out.reserve(views.size());
+    for (const T& v : views) out.push_back(Owned<T>(shared_from_this(), v, sole));
+    return out;
+  }
   // View<T>'s per-type record: the arena and what T's blocks look like
   // there. Immutable once published; never freed while the Channel lives
   // (a reader may still hold one after a reset), and the arena it names
@@ -446,7 +470,7 @@ template <typename T>
 void Owned<T>::Reset() {
   if (channel_ && view_) {
     if (sole_.load(std::memory_order_relaxed)) {
-      channel_->DropSole(internal::FastTypeSlot<T>(), view_);
+      channel_->DropSole(internal::SlotOf(view_), view_);
     } else {
       channel_->DeferRelease(view_.ref());
     }

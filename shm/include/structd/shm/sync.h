@@ -96,6 +96,15 @@ class ConditionField {
   // previous owner dead, guard.owner_died() becomes true.
   // REQUIRES: guard.owns_lock().
   absl::Status Wait(MutexGuard& guard);
+  // One wait of at most `timeout`: true if woken (or spuriously), false if
+  // the time ran out. Relocks before returning, as Wait. For callers that
+  // check their own predicate (bindings to other languages).
+  absl::StatusOr<bool> WaitOnceFor(MutexGuard& guard, std::chrono::nanoseconds timeout) {
+    absl::Status s = WaitUntil(guard, std::chrono::steady_clock::now() + timeout);
+    if (absl::IsDeadlineExceeded(s)) return false;
+    if (!s.ok()) return s;
+    return true;
+  }
   // Waits until `pred()` holds (checked with the mutex held) or `timeout`
   // passes; returns pred()'s final value.
   template <typename Pred>
