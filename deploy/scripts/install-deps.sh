@@ -10,7 +10,7 @@ packages=(
   libcli11-dev libtomlplusplus-dev prometheus-cpp-dev
   prometheus
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-yaml
+  python3 python3-yaml python3-dev pybind11-dev
   redis-server libhiredis-dev liblmdb-dev
 )
 # The clang build (STRUCTD_CLANG=1 deploy/scripts/test.sh) checks the lock

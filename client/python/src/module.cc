@@ -287,20 +287,23 @@ PYBIND11_MODULE(_structd, m) {
   py::class_<PyClient>(m, "Client")
       .def("create_channel",
            [](PyClient& c, const std::string& name) {
+             Client& client = c.get();
              client::CreatedChannel created =
-                 Unwrap(WithoutGil([&] { return c.get().CreateChannel(name); }));
+                 Unwrap(WithoutGil([&] { return client.CreateChannel(name); }));
              return py::make_tuple(created.channel, created.owner_capability,
                                    created.member_capability);
            },
            py::arg("name"))
       .def("join",
            [](PyClient& c, const std::string& channel, const std::string& capability) {
-             return Unwrap(WithoutGil([&] { return c.get().Join(channel, capability); }));
+             Client& client = c.get();
+             return Unwrap(WithoutGil([&] { return client.Join(channel, capability); }));
            },
            py::arg("channel"), py::arg("capability"))
       .def("drop_channel",
            [](PyClient& c, const std::string& channel, const std::string& owner_capability) {
-             Check(WithoutGil([&] { return c.get().DropChannel(channel, owner_capability); }));
+             Client& client = c.get();
+             Check(WithoutGil([&] { return client.DropChannel(channel, owner_capability); }));
            },
            py::arg("channel"), py::arg("owner_capability"))
       .def("seal_bindings", [](PyClient& c) { c.get().SealBindings(); })

@@ -389,16 +389,18 @@ class PyMutex {
       ThrowStatus(absl::FailedPreconditionError(absl::StrCat(
           place_.label(), ": this thread already holds it (structd mutexes are not recursive)")));
     }
+    const bool forever = timeout.is_none();
+    const std::chrono::nanoseconds limit = forever ? shm::kWaitForever : Timeout(timeout);
     absl::StatusOr<shm::MutexGuard> guard;
     {
       py::gil_scoped_release nogil;
       shm::MutexField m(place_.address);
       if (!blocking) {
         guard = m.TryLock();
-      } else if (timeout.is_none()) {
+      } else if (forever) {
         guard = m.Lock();
       } else {
-        guard = m.LockFor(Timeout(timeout));
+        guard = m.LockFor(limit);
       }
     }
     if (!blocking && absl::IsUnavailable(guard.status())) return false;
@@ -448,15 +450,17 @@ class PyCondition {
                        " held by this thread (acquire it first)")));
     }
     shm::MutexGuard& guard = it->second;
+    const bool forever = timeout.is_none();
+    const std::chrono::nanoseconds limit = forever ? shm::kWaitForever : Timeout(timeout);
     absl::StatusOr<bool> woken;
     {
       py::gil_scoped_release nogil;
       shm::ConditionField c(place_.address);
-      if (timeout.is_none()) {
+      if (forever) {
         absl::Status s = c.Wait(guard);
         woken = s.ok() ? absl::StatusOr<bool>(true) : absl::StatusOr<bool>(s);
       } else {
-        woken = c.WaitOnceFor(guard, Timeout(timeout));
+        woken = c.WaitOnceFor(guard, limit);
       }
     }
     bool result = Unwrap(std::move(woken));
