@@ -353,6 +353,58 @@ TEST_F(ClientTest, AllocateFromTheStockNeedsNoDaemon) {
   EXPECT_EQ(AwaitLive(admin, "c", 1 + made.size()), 1 + made.size());
 }
 
+// A type described at run time (what the Python package uses) is the same
+// type as the STRUCTD_STRUCT with the same key and fields: same token, same
+// instances, and the same stock and in-place recycling.
+TEST_F(ClientTest, ARunTimeTypeMeetsTheCompiledOneAndSharesItsFastPaths) {
+  using client::DynamicStruct;
+  auto counter = DynamicStruct::Make("Counter", Counter::FieldSpecs());
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  EXPECT_EQ(*DynamicStruct::Make("Counter", Counter::FieldSpecs()), *counter) << "interned";
+  auto dynamic_type = c().Use(**counter);
+  auto compiled_type = c().Use<Counter>();
+  ASSERT_TRUE(dynamic_type.ok() && compiled_type.ok());
+  EXPECT_EQ(dynamic_type->token, compiled_type->token);
+
+  auto made = c().AllocateBatch(**counter, 1);
+  ASSERT_TRUE(made.ok()) << made.status();
+  client::Owned<client::DynamicView> one = std::move((*made)[0]);
+  const size_t hits = *(*counter)->FindField("hits");
+  one->scalar<uint64_t>(hits).store(41);
+  auto compiled_view = c().View<Counter>(one.ref());
+  ASSERT_TRUE(compiled_view.ok()) << compiled_view.status();
+  EXPECT_EQ(compiled_view->hits().load(), 41u);
+  auto dynamic_view = c().View(**counter, compiled_view->ref());
+  ASSERT_TRUE(dynamic_view.ok()) << dynamic_view.status();
+  EXPECT_EQ(dynamic_view->scalar<uint64_t>(hits).fetch_add(1), 41u);
+
+  // Its own stock: dropping the only reference recycles in place, and the
+  // next allocation takes it back, with no call to the daemon.
+  EXPECT_GT(c().SpareCount(), 0u);
+  const size_t spares = c().SpareCount();
+  const Ref dropped = one.ref();
+  one.Reset();
+  EXPECT_EQ(c().SpareCount(), spares + 1) << "recycled into the stock";
+  EXPECT_EQ(c().View(**counter, dropped).status().code(), absl::StatusCode::kNotFound);
+
+  // Another layout under the same key is the usual clear error; so is a bad
+  // field list.
+  auto other = DynamicStruct::Make(
+      "Counter", {shm::FieldSpec::Scalar("hits", shm::FieldKind::kU32)});
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(c().Use(**other).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto bad = DynamicStruct::Make("Bad", {shm::FieldSpec::String("s", 0)});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("type 'Bad'"));
+  // A view of a C++-typed instance as another run-time type is refused.
+  auto vector = DynamicStruct::Make("Vector", Vector::FieldSpecs());
+  ASSERT_TRUE(vector.ok());
+  auto live = c().Allocate<Counter>();
+  ASSERT_TRUE(live.ok()) << live.status();
+  EXPECT_EQ(c().View(**vector, live->ref()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 // An Owned from Allocate is recycled in place when dropped only if no
 // other reference exists: not after a Clone, not while another Owned (a
 // Retain) or a root holds it, and never for a type with ref fields.
