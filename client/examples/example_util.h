@@ -43,6 +43,19 @@ inline pid_t SpawnSelf(const std::vector<std::string>& args) {
   return pid;
 }
 
+// Starts `argv` (looked up in PATH); returns its pid.
+inline pid_t Spawn(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  if (args.empty() || posix_spawnp(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0) {
+    std::perror("posix_spawnp");
+    std::exit(1);
+  }
+  return pid;
+}
+
 // Waits for `pid`; true if it exited with 0.
 inline bool WaitOk(pid_t pid) {
   int status = 0;

@@ -1,7 +1,12 @@
 // Example 2: a shared order book top, one writer and two readers that bind
 // different behavior to the same type.
 //
-//   order_book [TICKS]     (default 200)
+//   order_book [TICKS] [-- READER COMMAND...]     (TICKS default 200)
+//
+// A READER COMMAND is started as one more reader, with the channel's name
+// and member capability appended to its arguments: for example the Python
+// analyst, client/python/examples/order_book_analyst.py, which binds
+// behavior of its own in another language.
 //
 // The writer updates the book under its mutex field (an RAII guard) and
 // signals the condition field. The "printer" process binds a table whose
@@ -12,6 +17,7 @@
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "example_util.h"
 #include "structd/client/channel.h"
@@ -100,7 +106,14 @@ int Reader(const std::string& channel, const std::string& capability, const std:
 
 int main(int argc, char** argv) {
   if (argc == 5 && std::string(argv[1]) == "reader") return Reader(argv[2], argv[3], argv[4]);
-  int ticks = argc > 1 ? std::atoi(argv[1]) : 200;
+  int ticks = argc > 1 && std::string(argv[1]) != "--" ? std::atoi(argv[1]) : 200;
+  std::vector<std::string> extra_reader;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--") {
+      extra_reader.assign(argv + i + 1, argv + argc);
+      break;
+    }
+  }
   auto client = Client::Connect();
   Check(client.status(), "connect");
   std::string name = "example-book-" + std::to_string(getpid());
@@ -114,6 +127,12 @@ int main(int argc, char** argv) {
 
   pid_t printer = structd::examples::SpawnSelf({"reader", name, created->member_capability, "printer"});
   pid_t analyst = structd::examples::SpawnSelf({"reader", name, created->member_capability, "analyst"});
+  pid_t extra = -1;
+  if (!extra_reader.empty()) {
+    extra_reader.push_back(name);
+    extra_reader.push_back(created->member_capability);
+    extra = structd::examples::Spawn(extra_reader);
+  }
   // The writer has no behavior bound for Book, and says so when asked.
   auto unbound = c.Call(**book, &BookMethods::describe);
   std::printf("[writer] describe without a binding: %s\n", unbound.status().ToString().c_str());
@@ -139,6 +158,7 @@ int main(int argc, char** argv) {
   }
   (*book)->changed().NotifyAll();
   bool ok = structd::examples::WaitOk(printer) && structd::examples::WaitOk(analyst);
+  if (extra > 0) ok = structd::examples::WaitOk(extra) && ok;
   std::printf("[writer] %d updates published; readers %s\n", ticks, ok ? "done" : "FAILED");
   book->Reset();
   Check((*client)->DropChannel(name, created->owner_capability), "drop channel");
