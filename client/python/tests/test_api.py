@@ -380,6 +380,38 @@ class ErrorsTest(DaemonTest):
         self.assertEqual(len(cases), 8)
 
 
+class StubsTest(unittest.TestCase):
+    """The .pyi editors read names every public name, and every method it
+    promises on Channel, Client, Struct and the field classes exists."""
+
+    def test_stubs_match_the_package(self):
+        import ast
+        import os
+        path = os.path.join(os.path.dirname(structd.__file__), "__init__.pyi")
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        top, methods = set(), {}
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                top.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                top.update(t.id for t in targets if isinstance(t, ast.Name))
+            elif isinstance(node, ast.ImportFrom):
+                top.update(a.asname or a.name for a in node.names)
+            if isinstance(node, ast.ClassDef):
+                methods[node.name] = {n.name for n in node.body
+                                      if isinstance(n, ast.FunctionDef)}
+        self.assertEqual(set(structd.__all__) - top, set(), "missing from the stubs")
+        for cls_name in ("Channel", "Client", "Struct", "Scalar", "Array", "Text", "Mutex",
+                         "Condition", "RefField", "Ref"):
+            runtime = getattr(structd, cls_name)
+            for method in methods[cls_name]:
+                if method.startswith("__") and method not in ("__enter__", "__exit__"):
+                    continue
+                self.assertTrue(hasattr(runtime, method), f"{cls_name}.{method}")
+
+
 class ConnectTest(unittest.TestCase):
     def test_default_socket_comes_from_the_environment(self):
         import os
