@@ -26,6 +26,21 @@ if find "$tmp/prefix/include" -name '*.pb.h' | grep -q .; then
   echo "generated protobuf headers were installed"; exit 1
 fi
 
+# The Python package, when the build has it (STRUCTD_BUILD_PYTHON): in the
+# prefix's dist-packages, importable from there, with its stubs.
+if compgen -G "$build/client/python/structd/_structd*.so" > /dev/null; then
+  echo "== python package"
+  site="$tmp/prefix/lib/python3/dist-packages"
+  for f in structd/__init__.py structd/errors.py structd/__init__.pyi structd/py.typed; do
+    [ -e "$site/$f" ] || { echo "missing after install: lib/python3/dist-packages/$f"; exit 1; }
+  done
+  python=$(sed -n 's/^_Python3_EXECUTABLE:INTERNAL=//p' "$build/CMakeCache.txt")
+  (cd "$tmp" && PYTHONPATH="$site" "${python:-python3}" -c \
+    'import structd, sys; assert structd.__file__.startswith(sys.argv[1]), structd.__file__; print("python ok", structd.StructType("P", [("x", "u32")]).fingerprint)' \
+    "$site") | tee "$tmp/out-py"
+  grep -q "python ok" "$tmp/out-py"
+fi
+
 echo "== find_package(structd)"
 cmake -S "$consumer" -B "$tmp/cmake-build" -DCMAKE_PREFIX_PATH="$tmp/prefix" \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" > "$tmp/configure.log"
