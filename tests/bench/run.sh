@@ -39,3 +39,13 @@ for name in shm_bench client_bench compare_bench; do
 done
 echo "-- scale"
 grep -E 'bytes per added instance|ratio CPU per op|ns each' "$out/scale.txt"
+
+echo
+echo "== Python field access (client/python/bench/field_bench.py, medians of $reps)"
+python=$(sed -n 's/^_Python3_EXECUTABLE:INTERNAL=//p' "$build/CMakeCache.txt")
+if [ -e "$build/client/python/structd/__init__.py" ] && [ -n "$python" ]; then
+  PYTHONPATH="$build/client/python" "$python" client/python/bench/field_bench.py \
+    "$build/server/structd" "$reps"
+else
+  echo "(not built: configure with -DSTRUCTD_BUILD_PYTHON=ON)"
+fi
