@@ -34,10 +34,14 @@ class Daemon:
         self.dir = tempfile.mkdtemp(prefix="structd-py-")
         self.socket = os.path.join(self.dir, "structd.sock")
         self.log_path = os.path.join(self.dir, "structd.log")
-        args = [DAEMON, "--socket", self.socket, "--state-dir", os.path.join(self.dir, "state"),
-                "--extent-size", "1048576", "--log-level", "warn", *extra_args]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.args = [DAEMON, "--socket", self.socket, "--state-dir",
+                     os.path.join(self.dir, "state"), "--extent-size", "1048576",
+                     "--log-level", "warn", *extra_args]
+        self.start()
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket):
             if self.process.poll() is not None:
@@ -46,6 +50,12 @@ class Daemon:
                 self.process.kill()
                 raise RuntimeError("structd did not start within 20 s")
             time.sleep(0.005)
+
+    def kill9(self):
+        """kill -9 of the daemon; start() brings it back on the same state."""
+        self.process.kill()
+        self.process.wait()
+        os.unlink(self.socket)
 
     def env(self):
         return dict(os.environ, STRUCTD_SOCKET=self.socket)
