@@ -247,9 +247,10 @@ struct DaemonCpu {
 };
 
 // ---- the object lifecycle (issue 17) ----
-// Clone() + drop of an Owned: queued (no call to the daemon on this
-// thread; a background thread applies them in batches) versus two atomic
-// read-modify-writes on one shared word, the cost of a refcount up and down.
+// Clone() + drop of an Owned (an increment and a decrement of the clone
+// group's count in this process; the daemon is not involved) versus two
+// atomic read-modify-writes on one shared word, the cost of a refcount up
+// and down.
 void BM_CloneDrop(benchmark::State& state) {
   DaemonCpu cpu{state};
   for (auto _ : state) {

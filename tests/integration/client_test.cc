@@ -183,12 +183,29 @@ TEST_F(ClientTest, OwnedRetainsAndReleasesAndViewsCheckTypes) {
   };
   EXPECT_EQ(refcount(), 1u);
   {
+    // Clones share the session's one reference: counted in this process,
+    // the daemon's count does not move.
     auto clone = counter->Clone();
     ASSERT_TRUE(clone.ok()) << clone.status();
-    EXPECT_EQ(refcount(), 2u);
+    EXPECT_EQ(refcount(), 1u);
     Owned<Counter> moved = std::move(*clone);
-    EXPECT_EQ(refcount(), 2u);
+    auto second = moved.Clone();
+    ASSERT_TRUE(second.ok()) << second.status();
+    counter->Reset();  // the original goes first: the clones keep it alive
+    EXPECT_EQ(refcount(), 1u);
+    EXPECT_TRUE(c().View<Counter>(ref).ok());
+    second->Reset();
+    EXPECT_TRUE(c().View<Counter>(ref).ok());
+    // A disowned clone takes a reference of its own.
+    Ref disowned = moved.Disown();
+    EXPECT_EQ(disowned, ref);
+    EXPECT_EQ(refcount(), 1u);
+    ASSERT_TRUE(c().Release({disowned}).ok());
   }
+  EXPECT_EQ(c().View<Counter>(ref).status().code(), absl::StatusCode::kNotFound);
+  counter = c().Allocate<Counter>();
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  ref = counter->ref();
   EXPECT_EQ(refcount(), 1u);
   // A view of the wrong type, a forged ref, then a stale one.
   auto wrong = c().View<Vector>(ref);
@@ -405,6 +422,47 @@ TEST_F(ClientTest, ARunTimeTypeMeetsTheCompiledOneAndSharesItsFastPaths) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// Clone() from many threads at once on one const Owned, and clones of
+// clones dropped in any order: the group counts exactly, the session's
+// reference stays one, and the last Owned out recycles the instance.
+TEST_F(ClientTest, ClonesFromManyThreadsShareOneReference) {
+  auto original = c().Allocate<Counter>();
+  ASSERT_TRUE(original.ok()) << original.status();
+  const Ref ref = original->ref();
+  const Owned<Counter>& shared = *original;
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 20000;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      std::vector<Owned<Counter>> kept;
+      for (int i = 0; i < kRounds; ++i) {
+        auto clone = shared.Clone();
+        if (!clone.ok()) {
+          failures.fetch_add(1);
+          continue;
+        }
+        (*clone)->hits().fetch_add(1);
+        auto of_clone = clone->Clone();  // a clone of a clone joins the group
+        if (!of_clone.ok()) failures.fetch_add(1);
+        if (i % 7 == 0) kept.push_back(std::move(*of_clone));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ((*original)->hits().load(), uint64_t{kThreads} * kRounds);
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_EQ(c().arena().Resolve(ref)->header().refcount.load(), 1u)
+      << "clones never reach the daemon";
+  const size_t spares = c().SpareCount();
+  original->Reset();
+  EXPECT_EQ(c().SpareCount(), spares + 1) << "the last one out recycles";
+  EXPECT_EQ(c().View<Counter>(ref).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(CensusIsClean());
+}
+
 // An Owned from Allocate is recycled in place when dropped only if no
 // other reference exists: not after a Clone, not while another Owned (a
 // Retain) or a root holds it, and never for a type with ref fields.
@@ -425,14 +483,31 @@ TEST_F(ClientTest, ADroppedInstanceIsRecycledOnlyWhenNothingElseHoldsIt) {
   ASSERT_TRUE(c().Flush().ok());
   EXPECT_EQ(c().View<Counter>(ref).status().code(), absl::StatusCode::kNotFound);
 
+  // Clones count in this process: the last one out recycles.
   auto b = c().Allocate<Counter>();
   ASSERT_TRUE(b.ok());
   auto clone = b->Clone();
   ASSERT_TRUE(clone.ok());
   const size_t with_clone = c().SpareCount();
   b->Reset();
+  EXPECT_EQ(c().SpareCount(), with_clone) << "a clone still holds it";
   clone->Reset();
-  EXPECT_EQ(c().SpareCount(), with_clone) << "a cloned one goes through the daemon";
+  EXPECT_EQ(c().SpareCount(), with_clone + 1) << "the last clone out recycles it";
+
+  // A clone disowned (or moved into a field) takes a reference of its
+  // own, queued: the group's may not be recycled under it any more.
+  auto e = c().Allocate<Counter>();
+  ASSERT_TRUE(e.ok());
+  auto e_clone = e->Clone();
+  ASSERT_TRUE(e_clone.ok());
+  const Ref e_ref = e_clone->Disown();
+  const size_t before_e = c().SpareCount();
+  e->Reset();
+  EXPECT_EQ(c().SpareCount(), before_e) << "a disowned clone holds it";
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_TRUE(c().View<Counter>(e_ref).ok()) << "freed under a disowned clone";
+  ASSERT_TRUE(c().Release({e_ref}).ok());
+  EXPECT_EQ(c().View<Counter>(e_ref).status().code(), absl::StatusCode::kNotFound);
 
   auto rooted = c().Allocate<Counter>();
   ASSERT_TRUE(rooted.ok());
@@ -486,6 +561,28 @@ TEST_F(ClientTest, MovedIntoAStoreOrHoldingAMutexIsNeverRecycled) {
   EXPECT_EQ(c().SpareCount(), spares) << "not recycled: it went to a Store";
   ASSERT_TRUE(c().Flush().ok());
   EXPECT_EQ(c().View<Counter>(item_ref).status().code(), absl::StatusCode::kNotFound);
+
+  // A clone moved into a field: the field has a reference of its own, and
+  // the original's drop neither recycles nor frees the instance.
+  auto live_holder = c().Allocate<Holder>();
+  ASSERT_TRUE(live_holder.ok()) << live_holder.status();
+  auto kept = c().Allocate<Counter>();
+  ASSERT_TRUE(kept.ok());
+  (*kept)->hits().store(42);
+  const Ref kept_ref = kept->ref();
+  auto kept_clone = kept->Clone();
+  ASSERT_TRUE(kept_clone.ok());
+  ASSERT_TRUE(c().Store((*live_holder)->item(), std::move(*kept_clone)).ok());
+  EXPECT_FALSE(*kept_clone) << "moved into the field";
+  const size_t before_drop = c().SpareCount();
+  kept->Reset();
+  EXPECT_EQ(c().SpareCount(), before_drop) << "the field holds it: not recycled";
+  ASSERT_TRUE(c().Flush().ok());
+  auto in_field = c().View<Counter>((*live_holder)->item().load());
+  ASSERT_TRUE(in_field.ok()) << in_field.status();
+  EXPECT_EQ(in_field->ref(), kept_ref);
+  EXPECT_EQ(in_field->hits().load(), 42u);
+  EXPECT_EQ(c().arena().Resolve(kept_ref)->header().refcount.load(), 1u) << "the field's";
 
   for (int i = 0; i < 3; ++i) {
     auto guarded = c().Allocate<Guarded>();

@@ -191,10 +191,21 @@ int main(int argc, char** argv) {
         }
         case 1:
           if (!mine.empty()) mine.erase(mine.begin() + static_cast<long>(pick()));
-          // And Counters allocated and dropped at once: recycled in place.
+          // And Counters allocated and dropped at once: recycled in place,
+          // some after a clone (the last of the two out recycles), some
+          // with a clone disowned and released (a queued retain).
           for (int n = static_cast<int>(rng() % 8); n > 0; --n) {
             auto counter = c.Allocate<Counter>();
-            if (counter.ok()) (*counter)->hits().store(rng());
+            if (!counter.ok()) continue;
+            (*counter)->hits().store(rng());
+            if (rng() % 2 == 0) continue;
+            auto twin = counter->Clone();
+            if (!twin.ok()) continue;
+            if (rng() % 2 == 0) {
+              counter->Reset();
+            } else {
+              (void)c.Release(std::vector<structd::client::Ref>{twin->Disown()});
+            }
           }
           break;
         case 2:

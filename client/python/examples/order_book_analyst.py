@@ -52,19 +52,18 @@ def main(channel: str, capability: str) -> int:
         ch.bind(Book, AnalystMethods)
         client.seal_bindings()  # this process's behavior is final
         book = ch.view(Book, ch.get_root("book"))
-        seen, printed = 0, 0
+        seen, shown = 0, None
         while True:
             with book.lock:
                 while book.version == seen and not book.closed:
                     book.changed.wait(book.lock, timeout=0.1)
                 closed = book.closed
-                if closed and printed > 0:
-                    break
                 seen = book.version
                 text = book.describe()  # sampled under the lock: consistent
-            if seen % 50 == 0 or printed == 0:
+            # The first quote, every 50th, and the last one.
+            if seen != shown and (shown is None or seen % 50 == 0 or closed):
                 print(f"[python analyst pid {os.getpid()}] v{seen} {text}", flush=True)
-                printed += 1
+                shown = seen
             if closed:
                 break
     return 0

@@ -25,7 +25,9 @@ class ExampleTest(DaemonTest):
         # no C++ reader computes.
         self.assertIn("ACME spread", python_lines[-1])
         self.assertIn("imbalance", python_lines[-1])
-        self.assertIn("v60", out.stdout)  # the last update reached it
+        # The last update reached it (whenever it started: a slow start
+        # may find the book closed already).
+        self.assertIn("v60 ", python_lines[-1])
         self.assertIn("readers done", out.stdout)
 
 

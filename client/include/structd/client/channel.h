@@ -42,13 +42,26 @@ class SpareInstances;
 // its per-type cache (the first kFastTypeSlots types of a program).
 inline constexpr uint32_t kFastTypeSlots = 64;
 uint32_t NextFastTypeSlot();
-// A function-local static, not a variable template: a View<T> during
-// another file's static initialization must not see slot 0 unassigned
-// (it would read another type's record).
+// T's slot once assigned, else kNoFastTypeSlot. Constant-initialized, so
+// a View<T> during another file's static initialization sees "not yet"
+// rather than slot 0 (another type's record); assigned once, by
+// AssignFastTypeSlot.
+inline constexpr uint32_t kNoFastTypeSlot = ~uint32_t{0};
 template <typename T>
-uint32_t FastTypeSlot() {
-  static const uint32_t slot = NextFastTypeSlot();
+inline std::atomic<uint32_t> fast_type_slot{kNoFastTypeSlot};
+template <typename T>
+[[gnu::noinline]] uint32_t AssignFastTypeSlot() {
+  static const uint32_t slot = NextFastTypeSlot();  // one per type, thread-safe
+  fast_type_slot<T>.store(slot, std::memory_order_relaxed);
   return slot;
+}
+// On View<T>'s hot path: one load and a branch, inlined (a call to a
+// function with a guarded static cost about a nanosecond per view).
+template <typename T>
+inline uint32_t FastTypeSlot() {
+  const uint32_t slot = fast_type_slot<T>.load(std::memory_order_relaxed);
+  if (slot != kNoFastTypeSlot) [[likely]] return slot;
+  return AssignFastTypeSlot<T>();
 }
 // The slot of `view`'s type: the C++ type's, or a run-time type's own
 // (DynamicView::fast_slot).
@@ -84,8 +97,10 @@ class RefStores {
   template <typename T, typename U>
   void Move(RefTo<T> field, Owned<U>& value) {
     // From here the reference may be the field's (a call whose reply is
-    // lost still moved it): never recycle it in place.
-    value.sole_.store(false, std::memory_order_relaxed);
+    // lost still moved it): the Owned's own, out of any clone group, and
+    // never recycled in place.
+    value.Unshare();
+    value.sole_ = false;
     Add(field.owner(), field.field_index(), value.ref(), true);
     moved_.push_back([&value] { (void)value.Disown(); });
   }
@@ -456,28 +471,81 @@ class Channel : public std::enable_shared_from_this<Channel> {
 
 template <typename T>
 absl::StatusOr<Owned<T>> Owned<T>::Clone() const {
-  if (!channel_) {
+  if (!view_) {
     return absl::FailedPreconditionError("Owned::Clone: empty (nothing to clone)");
   }
-  // This session owns the instance, so it is alive: no check, no call.
-  if (absl::Status s = channel_->DeferRetain(ref()); !s.ok()) return s;
-  // Its refcount no longer says how many Owneds there are.
-  sole_.store(false, std::memory_order_relaxed);
-  return Owned<T>(channel_, view_);
+  // The session's one reference is shared by the group: no call, no
+  // change of the ledger or the refcount. `this` is a member, so the
+  // group outlives the increment.
+  internal::SharedOwned* group = shared_.load(std::memory_order_acquire);
+  if (group == nullptr) {
+    auto* made = new internal::SharedOwned(channel_, sole_);  // counts this and the clone
+    if (shared_.compare_exchange_strong(group, made, std::memory_order_acq_rel,
+                                        std::memory_order_acquire)) {
+      return Owned<T>(made, view_);
+    }
+    delete made;  // another thread's first clone won; `group` is its group
+  }
+  group->owneds.fetch_add(1, std::memory_order_relaxed);
+  return Owned<T>(group, view_);
 }
 
 template <typename T>
 void Owned<T>::Reset() {
-  if (channel_ && view_) {
-    if (sole_.load(std::memory_order_relaxed)) {
+  internal::SharedOwned* group = shared_.load(std::memory_order_relaxed);
+  if (group != nullptr) {
+    // acq_rel: the last one out sees every other member's writes to the
+    // group (Unshare's `sole`) and may delete it.
+    if (group->owneds.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      if (group->sole.load(std::memory_order_relaxed)) {
+        group->channel->DropSole(internal::SlotOf(view_), view_);
+      } else {
+        group->channel->DeferRelease(view_.ref());
+      }
+      delete group;
+    }
+  } else if (channel_ && view_) {
+    if (sole_) {
       channel_->DropSole(internal::SlotOf(view_), view_);
     } else {
       channel_->DeferRelease(view_.ref());
     }
   }
+  shared_.store(nullptr, std::memory_order_relaxed);
   channel_.reset();
   view_ = T();
-  sole_.store(false, std::memory_order_relaxed);
+  sole_ = false;
+}
+
+template <typename T>
+void Owned<T>::Unshare() {
+  internal::SharedOwned* group = shared_.load(std::memory_order_relaxed);
+  if (group == nullptr) return;
+  std::shared_ptr<Channel> channel = group->channel;
+  if (group->owneds.load(std::memory_order_acquire) == 1) {
+    // The last member (nobody can clone it meanwhile: only members clone,
+    // and this is a non-const call on the only one): the group's
+    // reference becomes this Owned's.
+    sole_ = group->sole.load(std::memory_order_relaxed);
+    delete group;
+  } else {
+    // Others keep the group's reference: this Owned takes one of its own,
+    // queued before it leaves so that the session's count never dips
+    // under the Owneds alive (doc/lifecycle.md). Neither reference may be
+    // recycled in place now: the daemon counts the new one only once the
+    // retain is applied. A retain refused because the session is lost
+    // leaves nothing to protect.
+    group->sole.store(false, std::memory_order_relaxed);
+    (void)channel->DeferRetain(view_.ref());
+    if (group->owneds.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      // The others left meanwhile: give back the group's reference.
+      channel->DeferRelease(view_.ref());
+      delete group;
+    }
+    sole_ = false;
+  }
+  shared_.store(nullptr, std::memory_order_relaxed);
+  channel_ = std::move(channel);
 }
 
 }  // namespace structd::client

@@ -12,13 +12,36 @@ namespace structd::client {
 
 class Channel;
 
+namespace internal {
+// The Owneds of one reference that Clone() made in this process, and the
+// one reference of the session they share (doc/lifecycle.md, "Clone").
+// Heap memory of this process, never in shared memory. Deleted by the
+// Owned that leaves it last.
+struct SharedOwned {
+  SharedOwned(std::shared_ptr<Channel> c, bool sole) : channel(std::move(c)), sole(sole) {}
+  // Owneds of the group alive now. Starts at 2 (the original and its
+  // first clone).
+  std::atomic<uint64_t> owneds{2};
+  std::shared_ptr<Channel> channel;
+  // The reference came from an allocation and nothing was moved out of
+  // the group since (see Owned::Unshare): the last Owned may recycle it.
+  std::atomic<bool> sole;
+};
+}  // namespace internal
+
 // One reference to an instance, owned by this process's session: the
-// instance stays alive while the Owned does. Move-only; Clone() takes a
-// second reference. Destruction releases the reference. Neither calls the
-// daemon on the caller's thread (doc/lifecycle.md): an Owned that came
-// from Allocate and was never cloned is recycled in place into the
-// process's stock when no other reference exists; any other release is
-// queued and sent in batches. Dereferences to the view T.
+// instance stays alive while the Owned does. Move-only; Clone() makes
+// another Owned of the same reference. Destruction releases the
+// reference. Neither calls the daemon on the caller's thread
+// (doc/lifecycle.md): Clone() counts Owneds in this process only, and the
+// session's reference is released when the last of them goes; an Owned
+// that came from Allocate is then recycled in place into the process's
+// stock when no other reference exists; any other release is queued and
+// sent in batches. Dereferences to the view T.
+//
+// Thread safety: as a const object, an Owned may be read and cloned from
+// several threads at once; moving, resetting or destroying it races with
+// everything else done to it.
 template <typename T>
 class Owned {
  public:
@@ -26,19 +49,22 @@ class Owned {
   Owned(Owned&& other) noexcept
       : channel_(std::move(other.channel_)),
         view_(std::exchange(other.view_, T())),
-        sole_(other.sole_.load(std::memory_order_relaxed)) {
+        shared_(other.shared_.load(std::memory_order_relaxed)),
+        sole_(other.sole_) {
     // Plain load and store, not an exchange: a move races nothing (moving
-    // an Owned another thread is cloning is a bug of the caller's), and a
-    // locked instruction here would double the cost of Clone().
-    other.sole_.store(false, std::memory_order_relaxed);
+    // an Owned another thread is cloning is a bug of the caller's).
+    other.shared_.store(nullptr, std::memory_order_relaxed);
+    other.sole_ = false;
   }
   Owned& operator=(Owned&& other) noexcept {
     if (this != &other) {
       Reset();
       channel_ = std::move(other.channel_);
       view_ = std::exchange(other.view_, T());
-      sole_.store(other.sole_.load(std::memory_order_relaxed), std::memory_order_relaxed);
-      other.sole_.store(false, std::memory_order_relaxed);
+      shared_.store(other.shared_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      sole_ = other.sole_;
+      other.shared_.store(nullptr, std::memory_order_relaxed);
+      other.sole_ = false;
     }
     return *this;
   }
@@ -52,15 +78,18 @@ class Owned {
   Ref ref() const { return view_.ref(); }
   explicit operator bool() const { return static_cast<bool>(view_); }
 
-  // A second owned reference to the same instance.
+  // Another Owned of the same reference: an atomic increment of a count
+  // in this process's memory (the first clone allocates that count).
   absl::StatusOr<Owned<T>> Clone() const;
-  // Releases the reference now.
+  // Releases the reference now (the session's, once no clone is left).
   void Reset();
   // Stops managing the reference and returns it: the session keeps owning
   // it until Channel::Release(ref), a Store with move, or the session ends.
+  // The ref is this Owned's own, whatever clones of it do afterwards.
   Ref Disown() {
+    Unshare();
     channel_.reset();
-    sole_.store(false, std::memory_order_relaxed);
+    sole_ = false;
     return std::exchange(view_, T()).ref();
   }
 
@@ -71,13 +100,26 @@ class Owned {
   // Owned of it in the process (other processes may have references).
   Owned(std::shared_ptr<Channel> channel, T view, bool sole = false)
       : channel_(std::move(channel)), view_(view), sole_(sole) {}
+  // A clone: a member of `group`, which already counts it.
+  Owned(internal::SharedOwned* group, T view) : view_(view), shared_(group) {}
 
+  // Gives this Owned a reference of the session's of its own, out of its
+  // clone group (queued retain), and marks the group's reference as no
+  // longer recyclable in place: the ref is about to leave this Owned's
+  // management (Disown, a Store with move). Afterwards channel_ is set
+  // and shared_ null. A no-op for an Owned that was never cloned.
+  void Unshare();
+  // The channel, for an Owned that was never cloned (the original of a
+  // group keeps its copy; clones have none: the group holds it).
   std::shared_ptr<Channel> channel_;
   T view_;
-  // The only Owned of its reference in this process: true from Allocate
-  // until a Clone (which may run on a const Owned, from several threads at
-  // once: hence mutable and atomic) or a Store that moves it into a field.
-  mutable std::atomic<bool> sole_{false};
+  // The clone group, once Clone() was called on this Owned or this is a
+  // clone. Installed by the first Clone(), which may run on a const
+  // Owned from several threads at once: hence mutable and atomic.
+  mutable std::atomic<internal::SharedOwned*> shared_{nullptr};
+  // Without a group: the reference came from an allocation (see the
+  // constructor). With one, the group's `sole` says it instead.
+  bool sole_ = false;
 };
 
 }  // namespace structd::client
