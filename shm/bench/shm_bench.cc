@@ -56,7 +56,9 @@
 // waking the other through a field (store, notify; the other waits for the
 // change): Scalar<T>::WaitChanged / Notify on 4- and 8-byte fields versus
 // the same ping-pong written by hand with FUTEX_WAIT / FUTEX_WAKE, on the
-// same arena words. Wall time (half the work is in the partner).
+// same arena words. Wall time (half the work is in the partner). For
+// information, the same round trip with this side waiting in epoll on a
+// FieldWatch's descriptor (the event-loop hook).
 //
 // Ratios. A custom reporter forwards everything to the console reporter and
 // records each benchmark's CPU time per iteration (CPU time, because this
@@ -72,6 +74,7 @@
 
 #include <linux/futex.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -106,6 +109,7 @@
 #include "tests/bench/bench_report.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/field.h"
+#include "structd/shm/field_watch.h"
 #include "structd/shm/layout.h"
 #include "structd/shm/ref.h"
 
@@ -410,9 +414,17 @@ void RawNotifyOne(uint32_t* word) {
   syscall(SYS_futex, word, FUTEX_WAKE, 1, nullptr, nullptr, 0);
 }
 
-// `Word` is uint32_t or uint64_t; `raw` picks the hand-written futex calls.
-template <typename Word, bool kRaw>
+// How this process waits for the partner's answer.
+enum class WakeMode {
+  kRawFutex,    // FUTEX_WAIT written by hand (the partner too)
+  kWaitChanged, // Scalar<T>::WaitChanged (the partner too)
+  kEventLoop,   // epoll on a FieldWatch's descriptor (the partner: WaitChanged)
+};
+
+// `Word` is uint32_t or uint64_t.
+template <typename Word, WakeMode kMode>
 void WakeRoundTrip(benchmark::State& state) {
+  constexpr bool kRaw = kMode == WakeMode::kRawFutex;
   // Two fields in the fixture instance's padding (offsets 8 and 16).
   uint8_t* payload = g_fixture->instance.payload();
   Word* ping = reinterpret_cast<Word*>(payload + 8);
@@ -450,11 +462,36 @@ void WakeRoundTrip(benchmark::State& state) {
       set_and_wake(pong, seen);
     }
   }
+  // The event loop's pieces (created after the fork: the partner has no
+  // watch thread).
+  std::unique_ptr<FieldWatch> watch;
+  base::UniqueFd ep;
+  if constexpr (kMode == WakeMode::kEventLoop) {
+    absl::StatusOr<std::unique_ptr<FieldWatch>> made = FieldWatch::Create();
+    ep = base::UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    if (!made.ok() || ep.get() < 0 ||
+        epoll_ctl(ep.get(), EPOLL_CTL_ADD, (*made)->fd(), &ev) != 0) {
+      state.SkipWithError("FieldWatch or epoll failed");
+    } else {
+      watch = std::move(*made);
+    }
+  }
   Word round = 0;
   for (auto _ : state) {
+    if (kMode == WakeMode::kEventLoop && watch == nullptr) break;
     ++round;
     set_and_wake(ping, round);
-    wait_while(pong, round - 1);
+    if constexpr (kMode == WakeMode::kEventLoop) {
+      (void)watch->Watch(Scalar<Word>(pong), static_cast<Word>(round - 1));
+      epoll_event out;
+      do {
+        epoll_wait(ep.get(), &out, 1, -1);
+      } while (watch->TakeFired().empty());
+    } else {
+      wait_while(pong, round - 1);
+    }
   }
   set_and_wake(ping, kStopPlaying);
   int status = 0;
@@ -465,19 +502,26 @@ void WakeRoundTrip(benchmark::State& state) {
 }
 
 void BM_WakeRoundTrip_RawFutex(benchmark::State& state) {
-  WakeRoundTrip<uint32_t, true>(state);
+  WakeRoundTrip<uint32_t, WakeMode::kRawFutex>(state);
 }
 BENCHMARK(BM_WakeRoundTrip_RawFutex)->UseRealTime();
 
 void BM_WakeRoundTrip_WaitChanged32(benchmark::State& state) {
-  WakeRoundTrip<uint32_t, false>(state);
+  WakeRoundTrip<uint32_t, WakeMode::kWaitChanged>(state);
 }
 BENCHMARK(BM_WakeRoundTrip_WaitChanged32)->UseRealTime();
 
 void BM_WakeRoundTrip_WaitChanged64(benchmark::State& state) {
-  WakeRoundTrip<uint64_t, false>(state);
+  WakeRoundTrip<uint64_t, WakeMode::kWaitChanged>(state);
 }
 BENCHMARK(BM_WakeRoundTrip_WaitChanged64)->UseRealTime();
+
+// This side waits in epoll on a FieldWatch: one more thread hop (the
+// watch's thread wakes, writes the eventfd, epoll wakes this one).
+void BM_WakeRoundTrip_FieldWatchEpoll(benchmark::State& state) {
+  WakeRoundTrip<uint32_t, WakeMode::kEventLoop>(state);
+}
+BENCHMARK(BM_WakeRoundTrip_FieldWatchEpoll)->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // Allocation of a 64-byte block, timed per allocation, freed per batch with
@@ -582,6 +626,8 @@ constexpr Pair kPairs[] = {
      "BM_WakeRoundTrip_RawFutex", "hand-written futex", 1.5, /*wall=*/true},
     {"wake round trip, WaitChanged/Notify u64", "BM_WakeRoundTrip_WaitChanged64",
      "BM_WakeRoundTrip_RawFutex", "hand-written futex (u32)", 1.5, /*wall=*/true},
+    {"wake round trip, FieldWatch + epoll (info)", "BM_WakeRoundTrip_FieldWatchEpoll",
+     "BM_WakeRoundTrip_RawFutex", "hand-written futex", 0.0, /*wall=*/true},
 };
 
 }  // namespace

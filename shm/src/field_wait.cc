@@ -34,12 +34,6 @@ absl::Status StillUnchanged(std::chrono::nanoseconds timeout) {
       std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()));
 }
 
-template <typename Word>
-Word LoadAcquire(const Word* word) {
-  return std::atomic_ref<Word>(*const_cast<Word*>(word))
-      .load(std::memory_order_acquire);
-}
-
 static_assert(std::endian::native == std::endian::little,
               "an 8-byte field's low half is its first 4 bytes only on little-endian hosts");
 
@@ -72,7 +66,7 @@ absl::StatusOr<uint32_t> WaitWhileEquals(const uint32_t* word, uint32_t seen,
                                          std::chrono::nanoseconds timeout) {
   const FutexDeadline deadline = DeadlineAfter(timeout);
   for (;;) {
-    const uint32_t now = LoadAcquire(word);
+    const uint32_t now = internal::LoadWordAcquire(word);
     if (now != seen) return now;
     if (deadline != kNoDeadline && std::chrono::steady_clock::now() >= deadline) {
       return StillUnchanged(timeout);
@@ -88,7 +82,7 @@ absl::StatusOr<uint64_t> WaitWhileEquals(const uint64_t* word, uint64_t seen,
   const FutexDeadline deadline = DeadlineAfter(timeout);
   auto* halves = reinterpret_cast<uint32_t*>(const_cast<uint64_t*>(word));
   for (;;) {
-    const uint64_t now = LoadAcquire(word);
+    const uint64_t now = internal::LoadWordAcquire(word);
     if (now != seen) return now;
     if (deadline != kNoDeadline && std::chrono::steady_clock::now() >= deadline) {
       return StillUnchanged(timeout);

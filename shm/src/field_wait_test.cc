@@ -7,6 +7,8 @@
 #include <linux/seccomp.h>
 #include <signal.h>
 #include <stddef.h>
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -22,6 +24,7 @@
 
 #include "structd/shm/allocator.h"
 #include "structd/shm/field.h"
+#include "structd/shm/field_watch.h"
 #include "testing/temp_dir.h"
 #include "testing/thread_state.h"
 
@@ -341,6 +344,193 @@ TEST_F(FieldWaitTest, AnEightByteWaitFallsBackWhenFutexWaitvIsForbidden) {
   EXPECT_NE(WEXITSTATUS(status), 4) << "the wait did not time out";
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the wait spun on the forbidden call (CPU >= 100 ms)";
 }
+
+// ---- FieldWatch: the event-loop hook ----
+
+// True if `fd` becomes readable within `timeout`.
+bool Readable(int fd, std::chrono::milliseconds timeout) {
+  pollfd p{fd, POLLIN, 0};
+  return poll(&p, 1, static_cast<int>(timeout.count())) == 1 && (p.revents & POLLIN) != 0;
+}
+
+class FieldWatchTest : public FieldWaitTest {
+ protected:
+  void TearDown() override {
+    internal::ForceFieldWatchPollingForTesting(false);
+    FieldWaitTest::TearDown();
+  }
+};
+
+TEST_F(FieldWatchTest, AStoreThenNotifyMakesTheDescriptorReadable) {
+  auto watch = FieldWatch::Create();
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  FieldWatch& w = **watch;
+  absl::StatusOr<uint64_t> on_a = w.Watch(Field<uint32_t>("a"), 0u);
+  absl::StatusOr<uint64_t> on_c = w.Watch(Field<uint64_t>("c"), uint64_t{0});
+  ASSERT_TRUE(on_a.ok() && on_c.ok());
+  EXPECT_EQ(w.armed(), 2u);
+  EXPECT_EQ(w.words(), 3u);  // 1 + 2 halves
+  EXPECT_FALSE(Readable(w.fd(), 50ms));
+  // Another thread changes only c's high half, then notifies.
+  std::thread writer([&] {
+    Field<uint64_t>("c").store(uint64_t{5} << 32, std::memory_order_release);
+    Field<uint64_t>("c").NotifyAll();
+  });
+  writer.join();
+  ASSERT_TRUE(Readable(w.fd(), 5000ms)) << "the watch of c did not fire";
+  EXPECT_EQ(w.TakeFired(), std::vector<uint64_t>{*on_c});
+  EXPECT_FALSE(Readable(w.fd(), 0ms)) << "TakeFired resets the descriptor";
+  EXPECT_EQ(w.armed(), 1u) << "one-shot: c's watch is disarmed";
+  Field<uint32_t>("a").store(1);
+  Field<uint32_t>("a").NotifyAll();
+  ASSERT_TRUE(Readable(w.fd(), 5000ms));
+  EXPECT_EQ(w.TakeFired(), std::vector<uint64_t>{*on_a});
+  EXPECT_EQ(w.words(), 0u);
+}
+
+TEST_F(FieldWatchTest, AWatchOfAFieldThatAlreadyDiffersFiresAtOnceAndUnwatchDisarms) {
+  auto watch = FieldWatch::Create();
+  ASSERT_TRUE(watch.ok());
+  Field<uint32_t>("b").store(9);
+  absl::StatusOr<uint64_t> stale = (*watch)->Watch(Field<uint32_t>("b"), 0u);
+  ASSERT_TRUE(stale.ok());
+  EXPECT_TRUE(Readable((*watch)->fd(), 0ms)) << "fired within Watch";
+  EXPECT_EQ((*watch)->TakeFired(), std::vector<uint64_t>{*stale});
+  absl::StatusOr<uint64_t> gone = (*watch)->Watch(Field<double>("f"), 0.0);
+  ASSERT_TRUE(gone.ok());
+  EXPECT_TRUE((*watch)->Unwatch(*gone));
+  EXPECT_FALSE((*watch)->Unwatch(*gone)) << "only once";
+  Field<double>("f").store(1.5);
+  Field<double>("f").NotifyAll();
+  EXPECT_FALSE(Readable((*watch)->fd(), 100ms)) << "an unwatched field fired";
+  EXPECT_TRUE((*watch)->TakeFired().empty());
+}
+
+TEST_F(FieldWatchTest, AWatchSaysWhenItHasNoWordLeft) {
+  auto watch = FieldWatch::Create();
+  ASSERT_TRUE(watch.ok());
+  for (size_t i = 0; i < FieldWatch::kMaxWords / 2; ++i) {
+    ASSERT_TRUE((*watch)->Watch(Field<uint64_t>("d"), uint64_t{0}).ok()) << i;
+  }
+  ASSERT_TRUE((*watch)->Watch(Field<uint32_t>("a"), 0u).ok());  // the last word
+  EXPECT_EQ((*watch)->words(), FieldWatch::kMaxWords);
+  absl::StatusOr<uint64_t> more = (*watch)->Watch(Field<uint32_t>("b"), 0u);
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(more.status().message().find("another FieldWatch"), std::string_view::npos)
+      << more.status();
+  // Sleeping on 127 words works: one store of d fires its 63 watches.
+  Field<uint64_t>("d").store(1);
+  Field<uint64_t>("d").NotifyAll();
+  ASSERT_TRUE(Readable((*watch)->fd(), 5000ms));
+  EXPECT_EQ((*watch)->TakeFired().size(), FieldWatch::kMaxWords / 2);
+  EXPECT_EQ((*watch)->words(), 1u);
+}
+
+double ProcessCpuMs() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+// Without futex_waitv the watch's thread looks every millisecond: it sees
+// a store that nobody notified, and it sleeps between looks.
+TEST_F(FieldWatchTest, WithoutFutexWaitvTheWatchPollsWithoutSpinning) {
+  internal::ForceFieldWatchPollingForTesting(true);
+  auto watch = FieldWatch::Create();
+  ASSERT_TRUE(watch.ok());
+  absl::StatusOr<uint64_t> id = (*watch)->Watch(Field<uint64_t>("c"), uint64_t{0});
+  ASSERT_TRUE(id.ok());
+  const double before = ProcessCpuMs();
+  EXPECT_FALSE(Readable((*watch)->fd(), 300ms));
+  EXPECT_LT(ProcessCpuMs() - before, 150) << "the polling thread spun";
+  Field<uint64_t>("c").store(uint64_t{1} << 40);  // no Notify
+  ASSERT_TRUE(Readable((*watch)->fd(), 1000ms)) << "polling missed a store";
+  EXPECT_EQ((*watch)->TakeFired(), std::vector<uint64_t>{*id});
+}
+
+// With futex_waitv, a store that nobody notified wakes nobody (as with
+// WaitChanged): the watch fires at the Notify.
+TEST_F(FieldWatchTest, AStoreWithoutNotifyFiresOnlyAtTheNotify) {
+  auto watch = FieldWatch::Create();
+  ASSERT_TRUE(watch.ok());
+  absl::StatusOr<uint64_t> id = (*watch)->Watch(Field<uint32_t>("b"), 0u);
+  ASSERT_TRUE(id.ok());
+  std::this_thread::sleep_for(20ms);  // the thread is asleep on b by now
+  Field<uint32_t>("b").store(4);
+  EXPECT_FALSE(Readable((*watch)->fd(), 100ms));
+  Field<uint32_t>("b").Notify(1);
+  ASSERT_TRUE(Readable((*watch)->fd(), 5000ms));
+  EXPECT_EQ((*watch)->TakeFired(), std::vector<uint64_t>{*id});
+}
+
+// Two processes take turns as in FieldWaitPingPongTest, but this one waits
+// in epoll on a FieldWatch's descriptor. A wake-up lost between the watch
+// thread's look at the field and its sleep stalls a turn, and a turn longer
+// than 2 s fails the test. Parameter: 4 or 8 bytes; 9, 8 bytes polling (no
+// futex_waitv).
+class FieldWatchPingPongTest : public FieldWatchTest,
+                               public ::testing::WithParamInterface<int> {};
+
+template <typename T>
+bool PlayTurnsInAnEventLoop(Scalar<T> mine, Scalar<T> theirs, int rounds, int shift) {
+  auto watch = FieldWatch::Create();
+  if (!watch.ok()) return false;
+  base::UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, (*watch)->fd(), &ev) != 0) return false;
+  T seen = 0;
+  for (int i = 1; i <= rounds; ++i) {
+    const T value = static_cast<T>(i) << shift;
+    mine.store(value, std::memory_order_release);
+    mine.Notify(1);
+    absl::StatusOr<uint64_t> id = (*watch)->Watch(theirs, seen);
+    if (!id.ok()) return false;
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<uint64_t> fired;
+    while (fired.empty()) {
+      epoll_event out;
+      if (epoll_wait(ep.get(), &out, 1, 2000) != 1) return false;  // stalled
+      fired = (*watch)->TakeFired();
+    }
+    if (fired != std::vector<uint64_t>{*id} || theirs.load() != value ||
+        std::chrono::steady_clock::now() - start > 2s) {
+      return false;
+    }
+    seen = value;
+  }
+  return true;
+}
+
+TEST_P(FieldWatchPingPongTest, NoWakeUpIsLostBetweenAWatchAndAnotherProcess) {
+  const int mode = GetParam();
+  if (mode == 9) internal::ForceFieldWatchPollingForTesting(true);
+  const int kRounds = mode == 9 ? 500 : 5000;  // polling: about 1 ms a turn
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // The other side answers each value with WaitChanged.
+    bool ok = mode == 4 ? PlayTurns(Field<uint32_t>("b"), Field<uint32_t>("a"), kRounds, false, 0)
+                        : PlayTurns(Field<uint64_t>("d"), Field<uint64_t>("c"), kRounds, false, 32);
+    _exit(ok ? 0 : 1);
+  }
+  const bool ok =
+      mode == 4 ? PlayTurnsInAnEventLoop(Field<uint32_t>("a"), Field<uint32_t>("b"), kRounds, 0)
+                : PlayTurnsInAnEventLoop(Field<uint64_t>("c"), Field<uint64_t>("d"), kRounds, 32);
+  int status = 0;
+  if (!ok) kill(child, SIGKILL);
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(ok) << "the event loop's turn stalled or saw a wrong value";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the other process's turn stalled or saw a wrong value";
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, FieldWatchPingPongTest, ::testing::Values(4, 8, 9),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return info.param == 4   ? std::string("FourBytes")
+                                  : info.param == 8 ? std::string("EightBytes")
+                                                    : std::string("EightBytesPolling");
+                         });
 
 }  // namespace
 }  // namespace structd::shm

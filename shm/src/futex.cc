@@ -56,20 +56,26 @@ int FutexWait(uint32_t* word, uint32_t expected, FutexDeadline deadline) {
 
 int FutexWaitEither(uint32_t* a, uint32_t expected_a, uint32_t* b,
                     uint32_t expected_b, FutexDeadline deadline) {
-  futex_waitv waiters[2] = {};
-  waiters[0].val = expected_a;
-  waiters[0].uaddr = reinterpret_cast<uintptr_t>(a);
-  waiters[0].flags = FUTEX_32;  // shared: no FUTEX_PRIVATE_FLAG
-  waiters[1].val = expected_b;
-  waiters[1].uaddr = reinterpret_cast<uintptr_t>(b);
-  waiters[1].flags = FUTEX_32;
+  const FutexWord words[2] = {{a, expected_a}, {b, expected_b}};
+  return FutexWaitAny(words, deadline);
+}
+
+int FutexWaitAny(std::span<const FutexWord> words, FutexDeadline deadline) {
+  if (words.empty() || words.size() > kMaxFutexWords) return EINVAL;
+  futex_waitv waiters[kMaxFutexWords] = {};
+  for (size_t i = 0; i < words.size(); ++i) {
+    waiters[i].val = words[i].expected;
+    waiters[i].uaddr = reinterpret_cast<uintptr_t>(words[i].word);
+    waiters[i].flags = FUTEX_32;  // shared: no FUTEX_PRIVATE_FLAG
+  }
   timespec ts;
   const timespec* timeout = nullptr;
   if (deadline != kNoDeadline) {
     ts = ToTimespec(deadline);
     timeout = &ts;
   }
-  long rc = syscall(SYS_futex_waitv, waiters, 2, 0, timeout, CLOCK_MONOTONIC);
+  long rc = syscall(SYS_futex_waitv, waiters, static_cast<unsigned>(words.size()), 0, timeout,
+                    CLOCK_MONOTONIC);
   // On success it returns the index of the word that was woken.
   return rc >= 0 ? 0 : errno;
 }

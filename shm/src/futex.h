@@ -11,8 +11,11 @@
 // Deadlines are absolute, on CLOCK_MONOTONIC (std::chrono::steady_clock in
 // libstdc++), so a wait interrupted by a signal resumes with the same end.
 
+#include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <span>
 
 namespace structd::shm::internal {
 
@@ -31,6 +34,26 @@ int FutexWait(uint32_t* word, uint32_t expected, FutexDeadline deadline);
 // seccomp filter), EINVAL.
 int FutexWaitEither(uint32_t* a, uint32_t expected_a, uint32_t* b,
                     uint32_t expected_b, FutexDeadline deadline);
+
+// One word of FutexWaitAny: sleep while *word == expected.
+struct FutexWord {
+  uint32_t* word;
+  uint32_t expected;
+};
+// The most words one futex_waitv takes (the kernel's FUTEX_WAITV_MAX).
+inline constexpr size_t kMaxFutexWords = 128;
+
+// FutexWaitEither for 1 to kMaxFutexWords words: sleeps while every word
+// holds its expected value; a wake of any ends it. Returns as
+// FutexWaitEither (EINVAL for more words than the kernel takes).
+int FutexWaitAny(std::span<const FutexWord> words, FutexDeadline deadline);
+
+// What a waiter compares: the 4- or 8-byte word at `word`, loaded with
+// acquire (so a waiter that sees a change sees what was stored before it).
+template <typename Word>
+Word LoadWordAcquire(const Word* word) {
+  return std::atomic_ref<Word>(*const_cast<Word*>(word)).load(std::memory_order_acquire);
+}
 
 // Wakes up to `count` (> 0) waiters of `word`; returns how many it woke.
 int FutexWake(uint32_t* word, int count);
