@@ -6,13 +6,17 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <memory>
 #include <string>
 #include <type_traits>
+#include <vector>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "client/python/src/py_status.h"
 #include "structd/shm/field_wait.h"
+#include "structd/shm/field_watch.h"
 
 namespace py = pybind11;
 
@@ -244,6 +248,17 @@ class PyScalar {
       }
     });
   }
+  // Arms a one-shot watch of this field in `watch` (shm::FieldWatch).
+  uint64_t WatchWith(shm::FieldWatch& watch, py::handle seen) const {
+    return VisitScalar(kind_, [&](auto tag) -> uint64_t {
+      using T = decltype(tag);
+      if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
+        return Unwrap(watch.Watch(shm::Scalar<T>(address_), FromPy<T>(seen, *place_.field)));
+      } else {
+        throw py::type_error(absl::StrCat(place_.label(), ": watch needs a 4- or 8-byte field"));
+      }
+    });
+  }
   int Notify(int count) const {
     return VisitScalar(kind_, [&](auto tag) -> int {
       using T = decltype(tag);
@@ -263,6 +278,51 @@ class PyScalar {
   FieldPlace place_;
   FieldKind kind_;
   uint8_t* address_;
+};
+
+// structd.FieldWatch: shm::FieldWatch, keeping each watched field object
+// (and so its instance and mapping) alive until its watch fires or is
+// unwatched. Thread safety: called with the GIL held; the watch's own
+// thread never touches Python.
+class PyFieldWatch {
+ public:
+  PyFieldWatch() : watch_(Unwrap(shm::FieldWatch::Create())) {}
+  int fd() const { return Watch().fd(); }
+  uint64_t Arm(py::object field, py::handle seen) {
+    if (!py::isinstance<PyScalar>(field)) {
+      throw py::type_error("FieldWatch.watch: pass a Scalar field object (instance.field(name))");
+    }
+    uint64_t id = field.cast<const PyScalar&>().WatchWith(Watch(), seen);
+    keep_[id] = std::move(field);
+    return id;
+  }
+  bool Unwatch(uint64_t id) {
+    bool was = Watch().Unwatch(id);
+    keep_.erase(id);
+    return was;
+  }
+  std::vector<uint64_t> TakeFired() {
+    std::vector<uint64_t> fired = Watch().TakeFired();
+    for (uint64_t id : fired) keep_.erase(id);
+    return fired;
+  }
+  size_t armed() const { return watch_ ? watch_->armed() : 0; }
+  // Stops the thread and closes the descriptor; later calls raise.
+  void Close() {
+    {
+      py::gil_scoped_release nogil;  // the thread may be finishing a wake-up
+      watch_.reset();
+    }
+    keep_.clear();
+  }
+
+ private:
+  shm::FieldWatch& Watch() const {
+    if (!watch_) throw py::value_error("FieldWatch: closed");
+    return *watch_;
+  }
+  std::unique_ptr<shm::FieldWatch> watch_;
+  std::map<uint64_t, py::object> keep_;
 };
 
 class PyArray {
@@ -707,6 +767,19 @@ void BindInstances(py::module_& m) {
       .def("notify", &PyScalar::Notify, py::arg("count") = 1)
       .def("notify_all", [](const PyScalar& s) { return s.Notify(shm::kNotifyAll); })
       .def("__repr__", &PyScalar::Repr);
+
+  py::class_<PyFieldWatch>(m, "FieldWatch",
+                           "A descriptor that becomes readable when watched fields change "
+                           "(for event loops: selectors, asyncio). One thread under it.")
+      .def(py::init<>())
+      .def_property_readonly("fd", &PyFieldWatch::fd)
+      .def("watch", &PyFieldWatch::Arm, py::arg("field"), py::arg("seen"))
+      .def("unwatch", &PyFieldWatch::Unwatch, py::arg("id"))
+      .def("take_fired", &PyFieldWatch::TakeFired)
+      .def_property_readonly("armed", &PyFieldWatch::armed)
+      .def("close", &PyFieldWatch::Close)
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](PyFieldWatch& w, py::args) { w.Close(); });
 
   py::class_<PyArray>(m, "Array", "An array<T, N> field: indexable, each element atomic.")
       .def("__len__", &PyArray::size)

@@ -20,13 +20,15 @@ The same key and fields declared in C++ (STRUCTD_STRUCT) and here give the
 same layout and token. See doc/python.md for the whole API.
 """
 
+import asyncio
 import collections
 import sys
 import typing
+import weakref
 
 from . import errors
 from ._structd import (  # noqa: F401  (re-exported)
-    Array, Channel, Condition, FieldDescriptor, Mutex, Ref, RefField, Scalar,
+    Array, Channel, Condition, FieldDescriptor, FieldWatch, Mutex, Ref, RefField, Scalar,
     StructType, Text, TypeInfo,
 )
 from ._structd import _Instance, _behavior
@@ -240,6 +242,78 @@ def connect(socket: typing.Optional[str] = None, name: typing.Optional[str] = No
     return Client(_connect(socket, name, call_timeout, connect_timeout, reconnect))
 
 
+class _LoopWatches:
+    """The FieldWatches of one asyncio event loop: each one's descriptor is
+    registered with the loop (add_reader), and a fired watch resolves its
+    future. A new FieldWatch is made when the others are full."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._watches: typing.List[FieldWatch] = []
+        self._futures: typing.Dict[typing.Tuple[int, int], asyncio.Future] = {}
+
+    def arm(self, field: Scalar, seen) -> typing.Tuple[FieldWatch, int, asyncio.Future]:
+        for watch in self._watches:
+            try:
+                return self._arm_in(watch, field, seen)
+            except ResourceExhausted:
+                continue
+        watch = FieldWatch()
+        self._watches.append(watch)
+        self._loop.add_reader(watch.fd, self._on_readable, watch)
+        return self._arm_in(watch, field, seen)
+
+    def _arm_in(self, watch: FieldWatch, field: Scalar, seen):
+        future = self._loop.create_future()
+        watch_id = watch.watch(field, seen)
+        self._futures[(id(watch), watch_id)] = future
+        # A field that already differs has fired inside watch(): the
+        # reader callback resolves it on the loop's next turn.
+        return watch, watch_id, future
+
+    def disarm(self, watch: FieldWatch, watch_id: int) -> None:
+        watch.unwatch(watch_id)
+        self._futures.pop((id(watch), watch_id), None)
+
+    def _on_readable(self, watch: FieldWatch) -> None:
+        for watch_id in watch.take_fired():
+            future = self._futures.pop((id(watch), watch_id), None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+
+_loop_watches: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatches]" = (
+    weakref.WeakKeyDictionary())
+
+
+async def wait_changed_async(field: Scalar, seen, timeout: typing.Optional[float] = None):
+    """The asyncio form of ``Scalar.wait_changed``: waits, without blocking
+    the event loop, until ``field`` (a 4- or 8-byte Scalar field object,
+    ``instance.field(name)``) no longer holds ``seen``, and returns what it
+    holds; None if it still holds ``seen`` after ``timeout`` seconds.
+    Writers store, then notify. Under it, one FieldWatch (one thread) per
+    event loop serves up to 127 fields (a new one is made past that)."""
+    loop = asyncio.get_running_loop()
+    watches = _loop_watches.get(loop)
+    if watches is None:
+        watches = _loop_watches[loop] = _LoopWatches(loop)
+    deadline = None if timeout is None else loop.time() + timeout
+    while True:
+        watch, watch_id, future = watches.arm(field, seen)
+        left = None if deadline is None else max(0.0, deadline - loop.time())
+        try:
+            await asyncio.wait_for(future, left)
+        except asyncio.TimeoutError:
+            watches.disarm(watch, watch_id)
+            return None
+        except BaseException:
+            watches.disarm(watch, watch_id)  # cancelled: nothing left armed
+            raise
+        now = field.load("acquire")
+        if now != seen:  # else it changed back before we looked: wait again
+            return now
+
+
 __all__ = [
     "connect", "Client", "CreatedChannel", "Channel", "Struct", "struct", "FieldType",
     "Ref", "TypeInfo", "StructType", "Scalar", "Array", "Text", "RefField", "Mutex",
@@ -247,5 +321,5 @@ __all__ = [
     "f64", "string", "bytes_", "array", "ref", "anyref", "mutex", "condition",
     "Error", "InvalidArgument", "NotFound", "AlreadyExists", "PermissionDenied",
     "FailedPrecondition", "UnboundMethod", "ResourceExhausted", "Unavailable", "Timeout",
-    "Internal", "OwnerDied", "errors",
+    "Internal", "OwnerDied", "errors", "FieldWatch", "wait_changed_async",
 ]

@@ -1,6 +1,8 @@
 """The Python API on its own: types, instances, fields, refs, roots,
 synchronization, behavior, and every error path with its exception."""
 
+import asyncio
+import select
 import threading
 import time
 import unittest
@@ -293,6 +295,80 @@ class FieldsTest(DaemonTest):
             self.o.field("side").wait_changed(0, timeout=0)  # one byte: not waitable
 
 
+class FieldWatchTest(DaemonTest):
+    """The event-loop hook: structd.FieldWatch and wait_changed_async."""
+
+    def setUp(self):
+        super().setUp()
+        self.o = self.ch.allocate(Order)
+
+    def test_a_watched_field_makes_the_descriptor_readable(self):
+        flags, qty = self.o.field("flags"), self.o.field("qty")  # 4 and 8 bytes
+        with structd.FieldWatch() as w:
+            on_flags = w.watch(flags, 0)
+            on_qty = w.watch(qty, 0)
+            self.assertEqual(w.armed, 2)
+            self.assertEqual(select.select([w.fd], [], [], 0.05)[0], [])
+
+            def writer():
+                time.sleep(0.02)
+                qty.store(1 << 40)  # only the high half changes
+                qty.notify_all()
+            t = threading.Thread(target=writer)
+            t.start()
+            self.assertEqual(select.select([w.fd], [], [], 10)[0], [w.fd])
+            t.join()
+            self.assertEqual(w.take_fired(), [on_qty])
+            self.assertEqual(w.armed, 1)  # one-shot
+            self.assertTrue(w.unwatch(on_flags))
+            self.assertFalse(w.unwatch(on_flags))
+            flags.store(3)
+            at_once = w.watch(flags, 0)  # differs already: fires within watch()
+            self.assertEqual(w.take_fired(), [at_once])
+            with self.assertRaises(TypeError):
+                w.watch(self.o.field("side"), 0)  # one byte: not waitable
+            with self.assertRaises(TypeError):
+                w.watch(self.o.field("symbol"), "x")  # not a scalar
+        with self.assertRaises(ValueError):
+            w.take_fired()  # closed
+
+    def test_wait_changed_async_waits_without_blocking_the_loop(self):
+        flags, qty = self.o.field("flags"), self.o.field("qty")
+
+        async def main():
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.001)
+            ticking = asyncio.create_task(ticker())
+            timed_out = await structd.wait_changed_async(flags, 0, timeout=0.05)
+            loop = asyncio.get_running_loop()
+            watches = structd._loop_watches[loop]._watches
+            armed_after_timeout = sum(w.armed for w in watches)
+
+            def writer():  # another thread, as another process would be
+                time.sleep(0.05)
+                flags.store(9)
+                flags.notify_all()
+                qty.store(-5)
+                qty.notify_all()
+            threading.Thread(target=writer).start()
+            got = await asyncio.gather(
+                structd.wait_changed_async(flags, 0, timeout=10),
+                *[structd.wait_changed_async(qty, 0, timeout=10) for _ in range(3)])
+            ticking.cancel()
+            return timed_out, armed_after_timeout, got, ticks
+
+        timed_out, armed_after_timeout, got, ticks = asyncio.run(main())
+        self.assertIsNone(timed_out)
+        self.assertEqual(armed_after_timeout, 0, "a timed-out wait left its watch armed")
+        self.assertEqual(got, [9, -5, -5, -5])
+        self.assertGreater(ticks, 20, "the event loop was blocked while waiting")
+
+
 class BehaviorTest(DaemonTest):
     def test_bind_call_unbound_and_seal(self):
         o = self.ch.allocate(Order)
@@ -392,7 +468,7 @@ class StubsTest(unittest.TestCase):
             tree = ast.parse(f.read())
         top, methods = set(), {}
         for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 top.add(node.name)
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -404,7 +480,7 @@ class StubsTest(unittest.TestCase):
                                       if isinstance(n, ast.FunctionDef)}
         self.assertEqual(set(structd.__all__) - top, set(), "missing from the stubs")
         for cls_name in ("Channel", "Client", "Struct", "Scalar", "Array", "Text", "Mutex",
-                         "Condition", "RefField", "Ref"):
+                         "Condition", "RefField", "Ref", "FieldWatch"):
             runtime = getattr(structd, cls_name)
             for method in methods[cls_name]:
                 if method.startswith("__") and method not in ("__enter__", "__exit__"):
