@@ -172,10 +172,18 @@ void FieldWatch::Run() {
       }
     }
     if (fired) Signal();
+    if (words.size() == 1) {  // nothing armed: sleep until Watch or the end
+      internal::FutexWait(&control_, words[0].expected, internal::kNoDeadline);
+      continue;
+    }
     if (!polling && !g_force_polling.load(std::memory_order_relaxed)) {
       const int rc = internal::FutexWaitAny(words, internal::kNoDeadline);
       if (rc == 0 || rc == EAGAIN || rc == EINTR || rc == ETIMEDOUT) continue;
-      polling = true;  // ENOSYS, EPERM: never again, or the loop would spin
+      // ENOSYS (a kernel before 5.16), EPERM (a seccomp filter): never
+      // again, or the loop would spin. EFAULT: a field unwatched and
+      // unmapped since the copy above (Unwatch does not wait for this
+      // thread); the look below, one slice later, takes a fresh copy.
+      if (rc == ENOSYS || rc == EPERM) polling = true;
     }
     const internal::FutexDeadline slice = std::chrono::steady_clock::now() + kPollSlice;
     internal::FutexWait(&control_, words[0].expected, slice);

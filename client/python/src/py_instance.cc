@@ -309,9 +309,12 @@ class PyFieldWatch {
   size_t armed() const { return watch_ ? watch_->armed() : 0; }
   // Stops the thread and closes the descriptor; later calls raise.
   void Close() {
+    // Taken out under the GIL, so another thread's call finds it closed
+    // rather than half destroyed.
+    std::unique_ptr<shm::FieldWatch> closing = std::move(watch_);
     {
       py::gil_scoped_release nogil;  // the thread may be finishing a wake-up
-      watch_.reset();
+      closing.reset();
     }
     keep_.clear();
   }
@@ -544,12 +547,20 @@ absl::Status StoreInto(Channel& ch, client::RefTo<client::StructView> field, py:
       throw py::type_error("store(..., move=True) takes an owned instance");
     }
     PyInstance& owner = value.cast<PyInstance&>();
+    // Taken out of the instance while the GIL is held: other threads may
+    // clone or release the instance during the call, and must find it
+    // owning nothing rather than race the move.
+    Owned<DynamicView> moving = std::move(owner.owned_ref());
     absl::Status s;
     {
       py::gil_scoped_release nogil;
-      s = ch.Store(field, std::move(owner.owned_ref()));
+      s = ch.Store(field, std::move(moving));
     }
-    if (s.ok()) owner.Release();
+    if (s.ok()) {
+      owner.Release();
+    } else if (!owner.released()) {
+      owner.owned_ref() = std::move(moving);  // refused: the instance owns it again
+    }  // else released meanwhile: `moving` releases it here
     return s;
   }
   shm::Ref ref = RefFrom(value);

@@ -248,9 +248,13 @@ class _LoopWatches:
     future. A new FieldWatch is made when the others are full."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+        # The loop is held weakly (it is the key of _loop_watches, whose
+        # values must not keep it alive); the watches' threads stop when
+        # it is collected.
+        self._loop = weakref.ref(loop)
         self._watches: typing.List[FieldWatch] = []
         self._futures: typing.Dict[typing.Tuple[int, int], asyncio.Future] = {}
+        weakref.finalize(loop, _close_watches, self._watches)
 
     def arm(self, field: Scalar, seen) -> typing.Tuple[FieldWatch, int, asyncio.Future]:
         for watch in self._watches:
@@ -260,11 +264,11 @@ class _LoopWatches:
                 continue
         watch = FieldWatch()
         self._watches.append(watch)
-        self._loop.add_reader(watch.fd, self._on_readable, watch)
+        self._loop().add_reader(watch.fd, self._on_readable, watch)
         return self._arm_in(watch, field, seen)
 
     def _arm_in(self, watch: FieldWatch, field: Scalar, seen):
-        future = self._loop.create_future()
+        future = self._loop().create_future()
         watch_id = watch.watch(field, seen)
         self._futures[(id(watch), watch_id)] = future
         # A field that already differs has fired inside watch(): the
@@ -280,6 +284,11 @@ class _LoopWatches:
             future = self._futures.pop((id(watch), watch_id), None)
             if future is not None and not future.done():
                 future.set_result(None)
+
+
+def _close_watches(watches: typing.List[FieldWatch]) -> None:
+    for watch in watches:
+        watch.close()
 
 
 _loop_watches: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatches]" = (

@@ -2,6 +2,8 @@
 synchronization, behavior, and every error path with its exception."""
 
 import asyncio
+import gc
+import os
 import select
 import threading
 import time
@@ -367,6 +369,16 @@ class FieldWatchTest(DaemonTest):
         self.assertEqual(armed_after_timeout, 0, "a timed-out wait left its watch armed")
         self.assertEqual(got, [9, -5, -5, -5])
         self.assertGreater(ticks, 20, "the event loop was blocked while waiting")
+
+
+    def test_wait_changed_async_leaves_no_thread_behind(self):
+        flags = self.o.field("flags")
+        threads_before = len(os.listdir("/proc/self/task"))
+        for _ in range(3):  # a loop each, as asyncio.run makes
+            self.assertIsNone(asyncio.run(structd.wait_changed_async(flags, 0, timeout=0.01)))
+        gc.collect()
+        self.assertEqual(len(os.listdir("/proc/self/task")), threads_before,
+                         "a FieldWatch thread outlived its event loop")
 
 
 class BehaviorTest(DaemonTest):

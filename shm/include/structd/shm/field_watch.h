@@ -66,7 +66,8 @@ class FieldWatch {
     return WatchBits(field.address(), sizeof(T), std::bit_cast<Bits>(seen));
   }
   // Disarms a watch that has not fired. False if there is none by that id
-  // (it fired already, or was unwatched).
+  // (it fired already, or was unwatched). Once it returns, the field may
+  // be unmapped.
   bool Unwatch(uint64_t id);
   // The ids of the watches that fired since the last call, in the order
   // they fired; resets fd(). Each is disarmed: read the field, then Watch
