@@ -226,6 +226,17 @@ bool PlayTurns(Scalar<T> mine, Scalar<T> theirs, int rounds, bool first, int shi
   return true;
 }
 
+// The end of a two-process game: this side's result `ok` (the child is
+// killed if this side failed), and the child's exit status.
+void ExpectBothSidesPlayed(pid_t child, bool ok, const char* this_side_failed) {
+  int status = 0;
+  if (!ok) kill(child, SIGKILL);
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(ok) << this_side_failed;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the other process's turn stalled or saw a wrong value";
+}
+
 TEST_P(FieldWaitPingPongTest, NoWakeUpIsLostBetweenTwoProcesses) {
   const int mode = GetParam();  // 4: 4 bytes; 8: 8 bytes; 9: 8 bytes, fallback
   if (mode == 9) internal::ForceEightByteWaitFallbackForTesting(true);
@@ -240,12 +251,7 @@ TEST_P(FieldWaitPingPongTest, NoWakeUpIsLostBetweenTwoProcesses) {
   ASSERT_GE(child, 0);
   if (child == 0) _exit(play(false) ? 0 : 1);
   const bool ok = play(true);
-  int status = 0;
-  if (!ok) kill(child, SIGKILL);
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  EXPECT_TRUE(ok) << "this process's turn stalled or saw a wrong value";
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "the other process's turn stalled or saw a wrong value";
+  ExpectBothSidesPlayed(child, ok, "this process's turn stalled or saw a wrong value");
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, FieldWaitPingPongTest, ::testing::Values(4, 8, 9),
@@ -517,12 +523,7 @@ TEST_P(FieldWatchPingPongTest, NoWakeUpIsLostBetweenAWatchAndAnotherProcess) {
   const bool ok =
       mode == 4 ? PlayTurnsInAnEventLoop(Field<uint32_t>("a"), Field<uint32_t>("b"), kRounds, 0)
                 : PlayTurnsInAnEventLoop(Field<uint64_t>("c"), Field<uint64_t>("d"), kRounds, 32);
-  int status = 0;
-  if (!ok) kill(child, SIGKILL);
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  EXPECT_TRUE(ok) << "the event loop's turn stalled or saw a wrong value";
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "the other process's turn stalled or saw a wrong value";
+  ExpectBothSidesPlayed(child, ok, "the event loop's turn stalled or saw a wrong value");
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, FieldWatchPingPongTest, ::testing::Values(4, 8, 9),

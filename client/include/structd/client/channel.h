@@ -497,24 +497,25 @@ void Owned<T>::Reset() {
     // acq_rel: the last one out sees every other member's writes to the
     // group (Unshare's `sole`) and may delete it.
     if (group->owneds.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      if (group->sole.load(std::memory_order_relaxed)) {
-        group->channel->DropSole(internal::SlotOf(view_), view_);
-      } else {
-        group->channel->DeferRelease(view_.ref());
-      }
+      DropReference(*group->channel, group->sole.load(std::memory_order_relaxed));
       delete group;
     }
   } else if (channel_ && view_) {
-    if (sole_) {
-      channel_->DropSole(internal::SlotOf(view_), view_);
-    } else {
-      channel_->DeferRelease(view_.ref());
-    }
+    DropReference(*channel_, sole_);
   }
   shared_.store(nullptr, std::memory_order_relaxed);
   channel_.reset();
   view_ = T();
   sole_ = false;
+}
+
+template <typename T>
+void Owned<T>::DropReference(Channel& channel, bool sole) const {
+  if (sole) {
+    channel.DropSole(internal::SlotOf(view_), view_);
+  } else {
+    channel.DeferRelease(view_.ref());
+  }
 }
 
 template <typename T>

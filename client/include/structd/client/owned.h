@@ -109,6 +109,10 @@ class Owned {
   // management (Disown, a Store with move). Afterwards channel_ is set
   // and shared_ null. A no-op for an Owned that was never cloned.
   void Unshare();
+  // Drops the session's reference this Owned (or its group) held: recycled
+  // in place if `sole` (it came from an allocation, nothing else holds
+  // it), else queued for release.
+  void DropReference(Channel& channel, bool sole) const;
   // The channel, for an Owned that was never cloned (the original of a
   // group keeps its copy; clones have none: the group holds it).
   std::shared_ptr<Channel> channel_;
