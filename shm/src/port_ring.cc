@@ -1,0 +1,467 @@
+#include "structd/shm/port_ring.h"
+
+#include <atomic>
+#include <bit>
+#include <new>
+#include <optional>
+
+#include "absl/strings/str_format.h"
+#include "futex.h"
+
+namespace structd::shm {
+namespace {
+
+using internal::FutexDeadline;
+
+// A bound on retries of one attempt: each retry means another mover made
+// progress or a cursor lagged, so a correct ring never comes near it; a
+// scribbled one (cursors and cells that never agree) stops here.
+constexpr int kMaxRetries = 1 << 16;
+
+template <typename T>
+std::atomic_ref<T> A(T& word) {
+  return std::atomic_ref<T>(word);
+}
+
+std::atomic<int> g_stop_after_step{0};
+
+// True if a test asked this move to stop after `step`: the move returns at
+// once, leaving memory as a kill there would (the lane is left as is).
+bool StopHere(int step) {
+  int want = g_stop_after_step.load(std::memory_order_relaxed);
+  if (want != step) return false;
+  g_stop_after_step.store(0, std::memory_order_relaxed);
+  return true;
+}
+
+void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+FutexDeadline DeadlineAfter(std::chrono::nanoseconds timeout) {
+  const FutexDeadline now = std::chrono::steady_clock::now();
+  if (timeout >= FutexDeadline::max() - now) return internal::kNoDeadline;
+  return now + timeout;
+}
+
+void SetLane(const MoveContext& ctx, MoveKind kind) {
+  A(ctx.lane->port).store(ctx.port, std::memory_order_relaxed);
+  A(ctx.lane->op).store((uint64_t{static_cast<uint8_t>(kind)} << 56) | ctx.slot_index,
+                        std::memory_order_release);
+}
+
+// Ends a move: `ctx`'s lane idle again, `result` returned.
+template <typename Result>
+Result Done(const MoveContext& ctx, Result result) {
+  A(ctx.lane->op).store(0, std::memory_order_release);
+  return result;
+}
+
+// The position in `cursor` for the retry-th look, or nothing if the ring
+// is damaged: a position past the marks, or no progress after kMaxRetries.
+std::optional<uint64_t> CursorFor(uint64_t& cursor, int retry) {
+  if (retry == kMaxRetries) return std::nullopt;
+  const uint64_t p = A(cursor).load(std::memory_order_acquire);
+  if (p > kMaxPortPosition) return std::nullopt;
+  return p;
+}
+
+bool Marked(uint64_t seq) { return (seq & (kCellClaimed | kCellTaking)) != 0; }
+
+}  // namespace
+
+namespace internal {
+void StopPortMoveAfterStepForTesting(int step) {
+  g_stop_after_step.store(step, std::memory_order_relaxed);
+}
+}  // namespace internal
+
+size_t PortRing::BytesFor(uint32_t capacity) {
+  return sizeof(PortRingHeader) + size_t{capacity} * sizeof(PortCell);
+}
+
+absl::Status PortRing::Format(void* mem, size_t bytes, uint32_t capacity) {
+  if (capacity < 2 || capacity > kMaxPortCapacity || !std::has_single_bit(capacity)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "port capacity %u: must be a power of two from 2 to %u", capacity, kMaxPortCapacity));
+  }
+  if (BytesFor(capacity) > bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "a port of %u cells takes %u bytes; %u given", capacity, BytesFor(capacity), bytes));
+  }
+  auto* header = new (mem) PortRingHeader{};
+  header->capacity = capacity;
+  auto* cells = reinterpret_cast<PortCell*>(header + 1);
+  for (uint32_t i = 0; i < capacity; ++i) cells[i] = PortCell{i, 0};
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PortRing> PortRing::Attach(void* mem, size_t bytes) {
+  auto* header = static_cast<PortRingHeader*>(mem);
+  if (bytes < sizeof(PortRingHeader)) {
+    return absl::DataLossError(absl::StrFormat("%u bytes cannot hold a port", bytes));
+  }
+  const uint32_t capacity = A(header->capacity).load(std::memory_order_relaxed);
+  if (capacity < 2 || capacity > kMaxPortCapacity || !std::has_single_bit(capacity) ||
+      BytesFor(capacity) > bytes) {
+    return absl::DataLossError(absl::StrFormat(
+        "the port's capacity word says %u, which is not a power of two that fits its %u "
+        "bytes: a member overwrote the port",
+        capacity, bytes));
+  }
+  return PortRing(header, reinterpret_cast<PortCell*>(header + 1), capacity - 1);
+}
+
+uint64_t PortRing::LoadSeq(uint32_t index) const {
+  return A(cells_[index & mask_].seq).load(std::memory_order_acquire);
+}
+
+uint64_t PortRing::LoadRef(uint32_t index) const {
+  return A(cells_[index & mask_].ref).load(std::memory_order_relaxed);
+}
+
+PortRing::Stats PortRing::stats() const {
+  Stats s;
+  s.capacity = capacity();
+  s.head = A(header_->head).load(std::memory_order_relaxed);
+  s.tail = A(header_->tail).load(std::memory_order_relaxed);
+  s.receivers_waiting = A(header_->receivers_waiting).load(std::memory_order_relaxed);
+  s.senders_waiting = A(header_->senders_waiting).load(std::memory_order_relaxed);
+  return s;
+}
+
+void PortRing::WakeReceivers() {
+  // Dekker with the sleeper (Receive): it counts itself, then looks at
+  // `published`; we change `published`, then look at the count. Both
+  // sequentially consistent, so one of us sees the other.
+  A(header_->published).fetch_add(1, std::memory_order_seq_cst);
+  if (A(header_->receivers_waiting).load(std::memory_order_seq_cst) != 0) {
+    internal::FutexWake(&header_->published, 1);
+  }
+}
+
+void PortRing::WakeSenders() {
+  A(header_->freed).fetch_add(1, std::memory_order_seq_cst);
+  // Everyone: senders waiting for room and receivers waiting for a cell
+  // another receiver was taking sleep on the same word.
+  if (A(header_->senders_waiting).load(std::memory_order_seq_cst) != 0) {
+    internal::FutexWake(&header_->freed, INT32_MAX);
+  }
+}
+
+PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
+  const uint64_t ref = A(*ctx.slot).load(std::memory_order_relaxed);
+  const uint64_t capacity = uint64_t{mask_} + 1;
+  SetLane(ctx, MoveKind::kSend);
+  if (StopHere(1)) return Attempt::kAborted;
+  uint64_t p = 0;
+  PortCell* cell = nullptr;
+  for (int retry = 0;; ++retry) {
+    std::optional<uint64_t> at = CursorFor(header_->tail, retry);
+    if (!at) return Done(ctx, Attempt::kDamaged);
+    p = *at;
+    cell = &cells_[p & mask_];
+    uint64_t seq = A(cell->seq).load(std::memory_order_acquire);
+    if (seq == p) {
+      if (A(cell->seq).compare_exchange_strong(seq, kCellClaimed | ctx.lane_id,
+                                               std::memory_order_acq_rel)) {
+        break;
+      }
+      continue;
+    }
+    if (seq + capacity == p + 1) {  // the message of p - capacity: full
+      return Done(ctx, Attempt::kFull);
+    }
+    const uint64_t head = A(header_->head).load(std::memory_order_acquire);
+    if (head > p) continue;  // our tail was stale
+    if (p - head >= capacity) {
+      // The cell may still be p - capacity's (being taken): full for now.
+      return Done(ctx, Attempt::kFull);
+    }
+    // Head is past p - capacity, so that position's cell was emptied
+    // (seq = p) before head moved: what the cell holds *now* is p's
+    // (claimed, published or taken by others while `tail` lagged). The
+    // value read before `head` may still have been p - capacity's.
+    seq = A(cell->seq).load(std::memory_order_acquire);
+    if (seq == p) continue;
+    if (Marked(seq) || seq == p + 1 || seq == p + capacity) {
+      A(header_->tail).compare_exchange_strong(p, p + 1, std::memory_order_acq_rel);
+      continue;
+    }
+    return Done(ctx, Attempt::kDamaged);
+  }
+  if (StopHere(2)) return Attempt::kAborted;
+  uint64_t expected = p;
+  A(header_->tail).compare_exchange_strong(expected, p + 1, std::memory_order_acq_rel);
+  if (StopHere(3)) return Attempt::kAborted;
+  // The reference is in the slot and then the cell: a repair after a kill
+  // between the two stores finds it in both and counts it once (the cell
+  // is claimed by this lane).
+  A(cell->ref).store(ref, std::memory_order_relaxed);
+  if (StopHere(4)) return Attempt::kAborted;
+  A(*ctx.slot).store(0, std::memory_order_relaxed);
+  if (StopHere(5)) return Attempt::kAborted;
+  A(cell->seq).store(p + 1, std::memory_order_release);
+  if (StopHere(6)) return Attempt::kAborted;
+  WakeReceivers();
+  return Done(ctx, Attempt::kDone);
+}
+
+PortRing::Attempt PortRing::ReceiveOnce(const MoveContext& ctx) {
+  const uint64_t capacity = uint64_t{mask_} + 1;
+  SetLane(ctx, MoveKind::kReceive);
+  if (StopHere(1)) return Attempt::kAborted;
+  uint64_t p = 0;
+  PortCell* cell = nullptr;
+  for (int retry = 0;; ++retry) {
+    std::optional<uint64_t> at = CursorFor(header_->head, retry);
+    if (!at) return Done(ctx, Attempt::kDamaged);
+    p = *at;
+    cell = &cells_[p & mask_];
+    uint64_t seq = A(cell->seq).load(std::memory_order_acquire);
+    if (seq == p + 1) {
+      // Not taken yet, so `head` (which moves only past emptied cells) is
+      // still p: the cell is the oldest message.
+      if (A(cell->seq).compare_exchange_strong(seq, kCellTaking | ctx.lane_id,
+                                               std::memory_order_acq_rel)) {
+        break;
+      }
+      continue;
+    }
+    if (seq == p + capacity) {  // emptied; `head` lags: help it on
+      A(header_->head).compare_exchange_strong(p, p + 1, std::memory_order_acq_rel);
+      continue;
+    }
+    if (seq == p || (seq & kCellClaimed) != 0 || (seq & kCellTaking) != 0) {
+      // Nothing sent into p yet, or being sent, or being taken by another
+      // receiver: unless `head` moved meanwhile (then the cell may be the
+      // next lap's), nothing is ready.
+      if (A(header_->head).load(std::memory_order_acquire) != p) continue;
+      return Done(ctx, (seq & kCellTaking) != 0 ? Attempt::kBusy : Attempt::kEmpty);
+    }
+    if (A(header_->head).load(std::memory_order_acquire) != p) continue;
+    return Done(ctx, Attempt::kDamaged);
+  }
+  if (StopHere(2)) return Attempt::kAborted;
+  // Into the slot, then out of the cell: a repair after a kill between
+  // the two finds the slot filled and completes the receive.
+  const uint64_t ref = A(cell->ref).load(std::memory_order_relaxed);
+  A(*ctx.slot).store(ref, std::memory_order_relaxed);
+  if (StopHere(3)) return Attempt::kAborted;
+  A(cell->ref).store(0, std::memory_order_relaxed);
+  if (StopHere(4)) return Attempt::kAborted;
+  A(cell->seq).store(p + capacity, std::memory_order_release);
+  if (StopHere(5)) return Attempt::kAborted;
+  uint64_t expected = p;
+  A(header_->head).compare_exchange_strong(expected, p + 1, std::memory_order_acq_rel);
+  WakeSenders();
+  return Done(ctx, ref == 0 ? Attempt::kDamaged : Attempt::kDone);
+}
+
+namespace {
+
+absl::Status Aborted() {
+  return absl::AbortedError("stopped inside the move for a test");
+}
+
+absl::Status Damaged(std::string_view what) {
+  return absl::DataLossError(absl::StrFormat(
+      "%s: the port's state is inconsistent (a member of the channel overwrote its memory); "
+      "the daemon repairs what it can, 'structctl check' reports it",
+      what));
+}
+
+}  // namespace
+
+absl::Status PortRing::TrySend(const MoveContext& ctx) {
+  if (A(*ctx.slot).load(std::memory_order_relaxed) == 0) {
+    return absl::InvalidArgumentError("send: the slot holds no reference");
+  }
+  switch (SendOnce(ctx)) {
+    case Attempt::kDone:
+      return absl::OkStatus();
+    case Attempt::kFull:
+    case Attempt::kBusy:
+    case Attempt::kEmpty:
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "the port is full (%u messages); receive from it, or send with a timeout to wait "
+          "for room",
+          capacity()));
+    case Attempt::kAborted:
+      return Aborted();
+    case Attempt::kDamaged:
+      break;
+  }
+  return Damaged("send");
+}
+
+absl::Status PortRing::TryReceive(const MoveContext& ctx) {
+  if (A(*ctx.slot).load(std::memory_order_relaxed) != 0) {
+    return absl::InvalidArgumentError("receive: the slot is not free");
+  }
+  switch (ReceiveOnce(ctx)) {
+    case Attempt::kDone:
+      return absl::OkStatus();
+    case Attempt::kEmpty:
+    case Attempt::kBusy:
+    case Attempt::kFull:
+      return absl::NotFoundError("the port has no message ready");
+    case Attempt::kAborted:
+      return Aborted();
+    case Attempt::kDamaged:
+      break;
+  }
+  return Damaged("receive");
+}
+
+namespace {
+
+// One sleep of a blocking call, on `word` while it still holds `seen`,
+// counted in `waiters` so that wakers know to make the system call.
+void SleepOn(uint32_t& word, uint32_t seen, uint32_t& waiters, FutexDeadline deadline) {
+  A(waiters).fetch_add(1, std::memory_order_seq_cst);
+  if (A(word).load(std::memory_order_seq_cst) == seen) {
+    internal::FutexWait(&word, seen, deadline);
+  }
+  A(waiters).fetch_sub(1, std::memory_order_seq_cst);
+}
+
+}  // namespace
+
+absl::Status PortRing::Send(const MoveContext& ctx, PortWait wait) {
+  if (wait.timeout <= std::chrono::nanoseconds::zero()) return TrySend(ctx);
+  if (A(*ctx.slot).load(std::memory_order_relaxed) == 0) {
+    return absl::InvalidArgumentError("send: the slot holds no reference");
+  }
+  return Waiting(/*sending=*/true, ctx, wait);
+}
+
+absl::Status PortRing::Receive(const MoveContext& ctx, PortWait wait) {
+  if (wait.timeout <= std::chrono::nanoseconds::zero()) return TryReceive(ctx);
+  if (A(*ctx.slot).load(std::memory_order_relaxed) != 0) {
+    return absl::InvalidArgumentError("receive: the slot is not free");
+  }
+  return Waiting(/*sending=*/false, ctx, wait);
+}
+
+absl::Status PortRing::Waiting(bool sending, const MoveContext& ctx, PortWait wait) {
+  const FutexDeadline deadline = DeadlineAfter(wait.timeout);
+  uint32_t spin = wait.spin;
+  for (;;) {
+    // Read before the attempt: a publish or a free after it changes them.
+    const uint32_t published = A(header_->published).load(std::memory_order_seq_cst);
+    const uint32_t freed = A(header_->freed).load(std::memory_order_seq_cst);
+    const Attempt attempt = sending ? SendOnce(ctx) : ReceiveOnce(ctx);
+    switch (attempt) {
+      case Attempt::kDone:
+        return absl::OkStatus();
+      case Attempt::kAborted:
+        return Aborted();
+      case Attempt::kDamaged:
+        return Damaged(sending ? "send" : "receive");
+      default:
+        break;
+    }
+    if (spin > 0) {
+      --spin;
+      Pause();
+      continue;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      if (!sending) {
+        return absl::DeadlineExceededError("no message arrived in the port within the timeout");
+      }
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "the port stayed full (%u messages) for the whole timeout; receivers are not "
+          "keeping up",
+          capacity()));
+    }
+    if (sending || attempt == Attempt::kBusy) {
+      // Waiting for a cell to be emptied: for room, or for another
+      // receiver to finish taking the next message.
+      SleepOn(header_->freed, freed, header_->senders_waiting, deadline);
+    } else {
+      SleepOn(header_->published, published, header_->receivers_waiting, deadline);
+    }
+  }
+}
+
+uint32_t PortRing::HelpCursors() {
+  const uint64_t capacity = uint64_t{mask_} + 1;
+  uint32_t moved = 0;
+  for (uint64_t i = 0; i <= capacity; ++i) {
+    uint64_t head = A(header_->head).load(std::memory_order_acquire);
+    if (head > kMaxPortPosition || LoadSeq(head & mask_) != head + capacity) break;
+    if (A(header_->head).compare_exchange_strong(head, head + 1, std::memory_order_acq_rel)) {
+      ++moved;
+    }
+  }
+  for (uint64_t i = 0; i <= capacity; ++i) {
+    uint64_t tail = A(header_->tail).load(std::memory_order_acquire);
+    const uint64_t head = A(header_->head).load(std::memory_order_acquire);
+    if (tail > kMaxPortPosition || head > tail || tail - head >= capacity) break;
+    // After `head` (see SendOnce): the cell's state for position `tail`.
+    const uint64_t seq = LoadSeq(tail & mask_);
+    if (!Marked(seq) && seq != tail + 1 && seq != tail + capacity) break;
+    if (A(header_->tail).compare_exchange_strong(tail, tail + 1, std::memory_order_acq_rel)) {
+      ++moved;
+    }
+  }
+  return moved;
+}
+
+PortRing::Repair PortRing::RepairLane(uint32_t lane_id, uint64_t lane_op, uint64_t* slot) {
+  (void)lane_op;  // the cell's mark says which move it was
+  const uint64_t capacity = uint64_t{mask_} + 1;
+  uint32_t index = 0;
+  uint64_t seq = 0;
+  bool found = false;
+  for (uint32_t i = 0; i <= mask_ && !found; ++i) {
+    seq = LoadSeq(i);
+    if (seq == (kCellClaimed | lane_id) || seq == (kCellTaking | lane_id)) {
+      index = i;
+      found = true;
+    }
+  }
+  Repair result = Repair::kNothing;
+  if (found) {
+    // Cursors past what others finished, so that the cell's position is
+    // the one in [head, head + capacity) with its index.
+    HelpCursors();
+    const uint64_t head = A(header_->head).load(std::memory_order_acquire);
+    const uint64_t p = head + ((index - head) & mask_);
+    PortCell& cell = cells_[index];
+    const uint64_t in_slot = slot == nullptr ? 0 : A(*slot).load(std::memory_order_relaxed);
+    if ((seq & kCellClaimed) != 0) {
+      // A send completes forward: the position is taken and receivers
+      // wait on it. The reference is in the cell, or still in the slot.
+      if (A(cell.ref).load(std::memory_order_relaxed) == 0) {
+        A(cell.ref).store(in_slot, std::memory_order_relaxed);
+      }
+      if (slot != nullptr) A(*slot).store(0, std::memory_order_relaxed);
+      A(cell.seq).store(p + 1, std::memory_order_release);
+      result = Repair::kSendCompleted;
+    } else if (in_slot == 0) {
+      // A receive that had not reached the slot: the message goes back.
+      A(cell.seq).store(p + 1, std::memory_order_release);
+      result = Repair::kReceiveRolledBack;
+    } else {
+      // Received: the reference is the dead receiver's now.
+      A(cell.ref).store(0, std::memory_order_relaxed);
+      A(cell.seq).store(p + capacity, std::memory_order_release);
+      result = Repair::kReceiveCompleted;
+    }
+  }
+  HelpCursors();
+  // A mover killed after publishing (or freeing) but before waking
+  // leaves sleepers behind: wake them whatever was found.
+  WakeReceivers();
+  WakeSenders();
+  return result;
+}
+
+}  // namespace structd::shm
