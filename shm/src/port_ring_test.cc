@@ -12,7 +12,11 @@
 #include <thread>
 #include <vector>
 
+#include <poll.h>
+
 #include "gtest/gtest.h"
+#include "structd/shm/field.h"
+#include "structd/shm/field_watch.h"
 
 namespace structd::shm {
 namespace {
@@ -243,6 +247,29 @@ TEST(PortRingTest, NoWakeUpIsLostBetweenTwoProcessesHandingAMessageBackAndForth)
   pid_t child = Spawn([&] { EXPECT_TRUE(play(ping, pong, 1, false)); });
   EXPECT_TRUE(play(pong, ping, 0, true));
   EXPECT_EQ(ExitCode(child), 0);
+}
+
+// The event-loop hook: a FieldWatch of the ring's publish counter makes a
+// descriptor readable when a message arrives, with no thread per port.
+TEST(PortRingTest, AWatchOfThePublishCounterMakesADescriptorReadableWhenAMessageArrives) {
+  TestPort port(4);
+  absl::StatusOr<std::unique_ptr<FieldWatch>> watch = FieldWatch::Create();
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  Scalar<uint32_t> published(port.ring->published_word());
+  port.ring->AddPublishWatcher();
+  ASSERT_TRUE((*watch)->Watch(published, published.load()).ok());
+  pollfd pfd{(*watch)->fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&pfd, 1, 50), 0) << "readable before any message";
+  std::thread sender([&] {
+    std::this_thread::sleep_for(20ms);
+    EXPECT_TRUE(port.Send(0, 77).ok());
+  });
+  EXPECT_EQ(poll(&pfd, 1, 5000), 1) << "the message did not make the descriptor readable";
+  sender.join();
+  EXPECT_EQ((*watch)->TakeFired().size(), 1u);
+  EXPECT_EQ(port.Receive(1), 77u);
+  port.ring->RemovePublishWatcher();
+  EXPECT_EQ(port.ring->stats().receivers_waiting, 0u);
 }
 
 // What a kill at each step of a send leaves, and what RepairLane makes of
