@@ -183,7 +183,9 @@ std::string FormatFieldValue(const Field& f, const InstancePtr& instance) {
           absl::StrAppend(&out, "... (", f.spec.count, " elements)");
           break;
         }
-        absl::StrAppend(&out, ScalarText(f.spec.element, p + i * elem));
+        absl::StrAppend(&out, f.spec.element == FieldKind::kRef
+                                  ? RefField(p + i * elem).load().ToString()
+                                  : ScalarText(f.spec.element, p + i * elem));
       }
       return out + "]";
     }

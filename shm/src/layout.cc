@@ -199,7 +199,7 @@ absl::Status ParseFieldType(std::string_view text, FieldSpec& spec) {
     size_t comma = inner.find(',');
     if (comma == std::string_view::npos) return bad("missing ',N'");
     auto elem = KindFromName(inner.substr(0, comma));
-    if (!elem || !IsScalarKind(*elem)) {
+    if (!elem || (!IsScalarKind(*elem) && *elem != FieldKind::kRef)) {
       return bad("the element must be bool, an integer or a float");
     }
     auto n = ParseU32(inner.substr(comma + 1));
@@ -278,7 +278,12 @@ absl::StatusOr<Layout> Layout::Compute(std::vector<FieldSpec> specs,
               AV(FieldKindName(spec.kind)), limits.max_count, spec.count));
         }
         if (spec.kind == FieldKind::kArray) {
-          if (!IsScalarKind(spec.element)) {
+          if (spec.element == FieldKind::kRef && !limits.ref_arrays) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                where, ": array<ref,N> is kept for the daemon's built-in types (ports); "
+                "declare the references as ref fields"));
+          }
+          if (!IsScalarKind(spec.element) && spec.element != FieldKind::kRef) {
             return absl::InvalidArgumentError(absl::StrCat(
                 where, ": array element kind '", AV(FieldKindName(spec.element)),
                 "' is not allowed (use bool, an integer or a float)"));
@@ -323,6 +328,9 @@ absl::StatusOr<Layout> Layout::Compute(std::vector<FieldSpec> specs,
     f.spec = std::move(spec);
     layout.align_ = std::max(layout.align_, align);
     if (f.kind() == FieldKind::kRef) layout.ref_offsets_.push_back(f.offset);
+    if (f.kind() == FieldKind::kArray && f.spec.element == FieldKind::kRef) {
+      for (uint32_t i = 0; i < f.spec.count; ++i) layout.ref_offsets_.push_back(f.offset + 8 * i);
+    }
     if (f.kind() == FieldKind::kMutex) {
       layout.mutex_offsets_.push_back(f.offset);
     }

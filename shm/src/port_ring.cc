@@ -81,7 +81,29 @@ void StopPortMoveAfterStepForTesting(int step) {
 }  // namespace internal
 
 size_t PortRing::BytesFor(uint32_t capacity) {
-  return sizeof(PortRingHeader) + size_t{capacity} * sizeof(PortCell);
+  return sizeof(PortRingHeader) + size_t{capacity} * 2 * sizeof(uint64_t);
+}
+
+std::vector<FieldSpec> PortRing::LayoutFields(uint32_t capacity) {
+  return {
+      FieldSpec::Scalar("capacity", FieldKind::kU32),
+      FieldSpec::Scalar("reserved0", FieldKind::kU32),
+      FieldSpec::Array("pad0", FieldKind::kU8, 56),
+      FieldSpec::Scalar("tail", FieldKind::kU64),
+      FieldSpec::Scalar("published", FieldKind::kU32),
+      FieldSpec::Scalar("receivers_waiting", FieldKind::kU32),
+      FieldSpec::Array("pad1", FieldKind::kU8, 48),
+      FieldSpec::Scalar("head", FieldKind::kU64),
+      FieldSpec::Scalar("freed", FieldKind::kU32),
+      FieldSpec::Scalar("senders_waiting", FieldKind::kU32),
+      FieldSpec::Array("pad2", FieldKind::kU8, 48),
+      FieldSpec::Array("seq", FieldKind::kU64, capacity),
+      FieldSpec::Array("ref", FieldKind::kRef, capacity),
+  };
+}
+
+std::string PortRing::PortTypeKey(uint32_t capacity) {
+  return absl::StrFormat("structd.port/%u", capacity);
 }
 
 absl::Status PortRing::Format(void* mem, size_t bytes, uint32_t capacity) {
@@ -95,8 +117,11 @@ absl::Status PortRing::Format(void* mem, size_t bytes, uint32_t capacity) {
   }
   auto* header = new (mem) PortRingHeader{};
   header->capacity = capacity;
-  auto* cells = reinterpret_cast<PortCell*>(header + 1);
-  for (uint32_t i = 0; i < capacity; ++i) cells[i] = PortCell{i, 0};
+  auto* seqs = reinterpret_cast<uint64_t*>(header + 1);
+  for (uint32_t i = 0; i < capacity; ++i) {
+    seqs[i] = i;
+    seqs[capacity + i] = 0;  // refs
+  }
   return absl::OkStatus();
 }
 
@@ -113,15 +138,16 @@ absl::StatusOr<PortRing> PortRing::Attach(void* mem, size_t bytes) {
         "bytes: a member overwrote the port",
         capacity, bytes));
   }
-  return PortRing(header, reinterpret_cast<PortCell*>(header + 1), capacity - 1);
+  auto* seqs = reinterpret_cast<uint64_t*>(header + 1);
+  return PortRing(header, seqs, seqs + capacity, capacity - 1);
 }
 
 uint64_t PortRing::LoadSeq(uint32_t index) const {
-  return A(cells_[index & mask_].seq).load(std::memory_order_acquire);
+  return A(seqs_[index & mask_]).load(std::memory_order_acquire);
 }
 
 uint64_t PortRing::LoadRef(uint32_t index) const {
-  return A(cells_[index & mask_].ref).load(std::memory_order_relaxed);
+  return A(refs_[index & mask_]).load(std::memory_order_relaxed);
 }
 
 PortRing::Stats PortRing::stats() const {
@@ -167,15 +193,15 @@ PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
   SetLane(ctx, MoveKind::kSend);
   if (StopHere(1)) return Attempt::kAborted;
   uint64_t p = 0;
-  PortCell* cell = nullptr;
+  CellWords cell{};
   for (int retry = 0;; ++retry) {
     std::optional<uint64_t> at = CursorFor(header_->tail, retry);
     if (!at) return Done(ctx, Attempt::kDamaged);
     p = *at;
-    cell = &cells_[p & mask_];
-    uint64_t seq = A(cell->seq).load(std::memory_order_acquire);
+    cell = Cell(p);
+    uint64_t seq = A(*cell.seq).load(std::memory_order_acquire);
     if (seq == p) {
-      if (A(cell->seq).compare_exchange_strong(seq, kCellClaimed | ctx.lane_id,
+      if (A(*cell.seq).compare_exchange_strong(seq, kCellClaimed | ctx.lane_id,
                                                std::memory_order_acq_rel)) {
         break;
       }
@@ -194,7 +220,7 @@ PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
     // (seq = p) before head moved: what the cell holds *now* is p's
     // (claimed, published or taken by others while `tail` lagged). The
     // value read before `head` may still have been p - capacity's.
-    seq = A(cell->seq).load(std::memory_order_acquire);
+    seq = A(*cell.seq).load(std::memory_order_acquire);
     if (seq == p) continue;
     if (Marked(seq) || seq == p + 1 || seq == p + capacity) {
       A(header_->tail).compare_exchange_strong(p, p + 1, std::memory_order_acq_rel);
@@ -209,34 +235,33 @@ PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
   // The reference is in the slot and then the cell: a repair after a kill
   // between the two stores finds it in both and counts it once (the cell
   // is claimed by this lane).
-  A(cell->ref).store(ref, std::memory_order_relaxed);
+  A(*cell.ref).store(ref, std::memory_order_relaxed);
   if (StopHere(4)) return Attempt::kAborted;
   A(*ctx.slot).store(0, std::memory_order_relaxed);
   if (StopHere(5)) return Attempt::kAborted;
-  A(cell->seq).store(p + 1, std::memory_order_release);
+  A(*cell.seq).store(p + 1, std::memory_order_release);
   if (StopHere(6)) return Attempt::kAborted;
   WakeReceivers();
   return Done(ctx, Attempt::kDone);
 }
 
-PortRing::Attempt PortRing::ReceiveOnce(const MoveContext& ctx) {
+PortRing::Attempt PortRing::TakeOldest(const MoveContext& ctx, uint64_t* position) {
   const uint64_t capacity = uint64_t{mask_} + 1;
   SetLane(ctx, MoveKind::kReceive);
   if (StopHere(1)) return Attempt::kAborted;
-  uint64_t p = 0;
-  PortCell* cell = nullptr;
   for (int retry = 0;; ++retry) {
     std::optional<uint64_t> at = CursorFor(header_->head, retry);
     if (!at) return Done(ctx, Attempt::kDamaged);
-    p = *at;
-    cell = &cells_[p & mask_];
-    uint64_t seq = A(cell->seq).load(std::memory_order_acquire);
+    uint64_t p = *at;
+    const CellWords cell = Cell(p);
+    uint64_t seq = A(*cell.seq).load(std::memory_order_acquire);
     if (seq == p + 1) {
       // Not taken yet, so `head` (which moves only past emptied cells) is
       // still p: the cell is the oldest message.
-      if (A(cell->seq).compare_exchange_strong(seq, kCellTaking | ctx.lane_id,
+      if (A(*cell.seq).compare_exchange_strong(seq, kCellTaking | ctx.lane_id,
                                                std::memory_order_acq_rel)) {
-        break;
+        *position = p;
+        return Attempt::kDone;
       }
       continue;
     }
@@ -254,20 +279,64 @@ PortRing::Attempt PortRing::ReceiveOnce(const MoveContext& ctx) {
     if (A(header_->head).load(std::memory_order_acquire) != p) continue;
     return Done(ctx, Attempt::kDamaged);
   }
-  if (StopHere(2)) return Attempt::kAborted;
-  // Into the slot, then out of the cell: a repair after a kill between
-  // the two finds the slot filled and completes the receive.
-  const uint64_t ref = A(cell->ref).load(std::memory_order_relaxed);
-  A(*ctx.slot).store(ref, std::memory_order_relaxed);
-  if (StopHere(3)) return Attempt::kAborted;
-  A(cell->ref).store(0, std::memory_order_relaxed);
-  if (StopHere(4)) return Attempt::kAborted;
-  A(cell->seq).store(p + capacity, std::memory_order_release);
-  if (StopHere(5)) return Attempt::kAborted;
-  uint64_t expected = p;
-  A(header_->head).compare_exchange_strong(expected, p + 1, std::memory_order_acq_rel);
+}
+
+bool PortRing::EmptyTaken(uint64_t position) {
+  const CellWords cell = Cell(position);
+  A(*cell.ref).store(0, std::memory_order_relaxed);
+  if (StopHere(4)) return false;
+  A(*cell.seq).store(position + mask_ + 1, std::memory_order_release);
+  if (StopHere(5)) return false;
+  uint64_t expected = position;
+  A(header_->head).compare_exchange_strong(expected, position + 1, std::memory_order_acq_rel);
   WakeSenders();
-  return Done(ctx, ref == 0 ? Attempt::kDamaged : Attempt::kDone);
+  return true;
+}
+
+PortRing::Attempt PortRing::ReceiveOnce(const MoveContext& ctx) {
+  // A full cell without a reference is a hole (a send completed by a
+  // repair that never had the reference): emptied and skipped. At most a
+  // lap of them, or the ring is damaged.
+  for (uint32_t holes = 0; holes <= mask_; ++holes) {
+    uint64_t p = 0;
+    if (Attempt a = TakeOldest(ctx, &p); a != Attempt::kDone) return a;
+    if (StopHere(2)) return Attempt::kAborted;
+    // Into the slot, then out of the cell: a repair after a kill between
+    // the two finds the slot filled and completes the receive.
+    const uint64_t ref = A(*Cell(p).ref).load(std::memory_order_relaxed);
+    A(*ctx.slot).store(ref, std::memory_order_relaxed);
+    if (StopHere(3)) return Attempt::kAborted;
+    if (!EmptyTaken(p)) return Attempt::kAborted;
+    if (ref != 0) return Done(ctx, Attempt::kDone);
+  }
+  return Done(ctx, Attempt::kDamaged);
+}
+
+absl::StatusOr<PortRing::Taken> PortRing::BeginReceive(const MoveContext& ctx) {
+  for (uint32_t holes = 0; holes <= mask_; ++holes) {
+    Taken taken;
+    switch (TakeOldest(ctx, &taken.position)) {
+      case Attempt::kDone:
+        break;
+      case Attempt::kEmpty:
+      case Attempt::kBusy:
+      case Attempt::kFull:
+        return absl::NotFoundError("the port has no message ready");
+      case Attempt::kAborted:
+        return absl::AbortedError("stopped inside the move for a test");
+      case Attempt::kDamaged:
+        return absl::DataLossError("receive: the port's state is inconsistent");
+    }
+    taken.ref = A(*Cell(taken.position).ref).load(std::memory_order_relaxed);
+    if (taken.ref != 0) return taken;
+    EmptyTaken(taken.position);  // a hole
+  }
+  return Done(ctx, absl::DataLossError("receive: a lap of holes"));
+}
+
+void PortRing::FinishReceive(const MoveContext& ctx, const Taken& taken) {
+  EmptyTaken(taken.position);
+  Done(ctx, 0);
 }
 
 namespace {
@@ -442,25 +511,25 @@ PortRing::Repair PortRing::RepairLane(uint32_t lane_id, uint64_t lane_op, uint64
     HelpCursors();
     const uint64_t head = A(header_->head).load(std::memory_order_acquire);
     const uint64_t p = head + ((index - head) & mask_);
-    PortCell& cell = cells_[index];
+    const CellWords cell = Cell(index);
     const uint64_t in_slot = slot == nullptr ? 0 : A(*slot).load(std::memory_order_relaxed);
     if ((seq & kCellClaimed) != 0) {
       // A send completes forward: the position is taken and receivers
       // wait on it. The reference is in the cell, or still in the slot.
-      if (A(cell.ref).load(std::memory_order_relaxed) == 0) {
-        A(cell.ref).store(in_slot, std::memory_order_relaxed);
+      if (A(*cell.ref).load(std::memory_order_relaxed) == 0) {
+        A(*cell.ref).store(in_slot, std::memory_order_relaxed);
       }
       if (slot != nullptr) A(*slot).store(0, std::memory_order_relaxed);
-      A(cell.seq).store(p + 1, std::memory_order_release);
+      A(*cell.seq).store(p + 1, std::memory_order_release);
       result = Repair::kSendCompleted;
     } else if (in_slot == 0) {
       // A receive that had not reached the slot: the message goes back.
-      A(cell.seq).store(p + 1, std::memory_order_release);
+      A(*cell.seq).store(p + 1, std::memory_order_release);
       result = Repair::kReceiveRolledBack;
     } else {
       // Received: the reference is the dead receiver's now.
-      A(cell.ref).store(0, std::memory_order_relaxed);
-      A(cell.seq).store(p + capacity, std::memory_order_release);
+      A(*cell.ref).store(0, std::memory_order_relaxed);
+      A(*cell.seq).store(p + capacity, std::memory_order_release);
       result = Repair::kReceiveCompleted;
     }
   }

@@ -93,6 +93,33 @@ TEST(PortRingTest, FormatAndAttachRefuseCapacitiesThatAreNotPowersOfTwoOrDoNotFi
   EXPECT_NE(scribbled.status().message().find("overwrote"), std::string::npos);
 }
 
+TEST(PortRingTest, LayoutMatchesTheRing) {
+  LayoutLimits builtin;
+  builtin.max_fields = UINT32_MAX;
+  builtin.ref_arrays = true;
+  for (uint32_t capacity : {2u, 64u, 1024u}) {
+    absl::StatusOr<Layout> layout = Layout::Compute(PortRing::LayoutFields(capacity), builtin);
+    ASSERT_TRUE(layout.ok()) << layout.status();
+    EXPECT_EQ(layout->size(), PortRing::BytesFor(capacity));
+    auto offset = [&](const char* name) { return layout->fields()[*layout->FindField(name)].offset; };
+    EXPECT_EQ(offset("capacity"), offsetof(PortRingHeader, capacity));
+    EXPECT_EQ(offset("tail"), offsetof(PortRingHeader, tail));
+    EXPECT_EQ(offset("published"), offsetof(PortRingHeader, published));
+    EXPECT_EQ(offset("receivers_waiting"), offsetof(PortRingHeader, receivers_waiting));
+    EXPECT_EQ(offset("head"), offsetof(PortRingHeader, head));
+    EXPECT_EQ(offset("freed"), offsetof(PortRingHeader, freed));
+    EXPECT_EQ(offset("senders_waiting"), offsetof(PortRingHeader, senders_waiting));
+    EXPECT_EQ(offset("seq"), sizeof(PortRingHeader));
+    EXPECT_EQ(offset("ref"), sizeof(PortRingHeader) + 8 * capacity);
+    ASSERT_EQ(layout->ref_offsets().size(), capacity) << "every message is a reference";
+    EXPECT_EQ(layout->ref_offsets().back(), sizeof(PortRingHeader) + 16 * capacity - 8);
+  }
+  // A user's type may not hold an array of references.
+  absl::StatusOr<Layout> user = Layout::Compute(PortRing::LayoutFields(4));
+  EXPECT_EQ(user.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(user.status().message().find("built-in"), std::string::npos) << user.status();
+}
+
 TEST(PortRingTest, MessagesComeOutInOrderAndEachMoveEmptiesOneWordAndFillsTheOther) {
   TestPort port(4);
   for (uint64_t r : {11, 12, 13}) {
@@ -270,6 +297,40 @@ TEST(PortRingTest, AWatchOfThePublishCounterMakesADescriptorReadableWhenAMessage
   EXPECT_EQ(port.Receive(1), 77u);
   port.ring->RemovePublishWatcher();
   EXPECT_EQ(port.ring->stats().receivers_waiting, 0u);
+}
+
+// The daemon's moves: it has no slot in shared memory (its own record of
+// the reference is a session's ledger). A send of its that died before
+// the reference reached the cell is completed as a hole, which receivers
+// skip; a receive of its that died between taking and emptying is put
+// back.
+TEST(PortRingTest, ASendRepairedWithoutItsReferenceLeavesAHoleThatReceiversSkip) {
+  TestPort port(4);
+  internal::StopPortMoveAfterStepForTesting(2);  // claimed, nothing written
+  EXPECT_EQ(port.Send(0, 42).code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(port.Send(1, 43).ok());
+  EXPECT_EQ(port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, nullptr),
+            PortRing::Repair::kSendCompleted);
+  EXPECT_EQ(port.Receive(2), 43u) << "the hole is skipped";
+  EXPECT_EQ(port.Receive(2), 0u);
+  EXPECT_EQ(port.ring->stats().depth(), 0u);
+}
+
+TEST(PortRingTest, ATwoStepReceiveIsPutBackIfTheReceiverDiesBetweenTheSteps) {
+  TestPort port(4);
+  ASSERT_TRUE(port.Send(1, 42).ok());
+  absl::StatusOr<PortRing::Taken> taken = port.ring->BeginReceive(port.Mover(0));
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->ref, 42u);
+  EXPECT_EQ(port.ring->TryReceive(port.Mover(2)).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, nullptr),
+            PortRing::Repair::kReceiveRolledBack);
+  taken = port.ring->BeginReceive(port.Mover(0));
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->ref, 42u);
+  port.ring->FinishReceive(port.Mover(0), *taken);
+  EXPECT_EQ(port.lanes[0].op, 0u);
+  EXPECT_EQ(port.ring->BeginReceive(port.Mover(0)).status().code(), absl::StatusCode::kNotFound);
 }
 
 // What a kill at each step of a send leaves, and what RepairLane makes of

@@ -58,6 +58,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
   unbounded.max_name_length = UINT32_MAX;
   unbounded.max_payload_size = UINT32_MAX;
   unbounded.max_count = UINT32_MAX;
+  unbounded.ref_arrays = true;  // built-in types (ports)
   c->registry_ = TypeRegistry(unbounded, RegistryLimits{0, 0});
   for (const ChannelMeta::Type& t : meta.types) {
     std::vector<shm::FieldSpec> specs;

@@ -22,11 +22,24 @@ absl::Status ValidateTypeKey(const std::string& key) {
   return absl::OkStatus();
 }
 
+bool IsBuiltinTypeKey(std::string_view key) { return key.starts_with(kBuiltinTypePrefix); }
+
 absl::StatusOr<TypeRegistry::RegisterResult> TypeRegistry::Register(
-    const std::string& key, std::vector<shm::FieldSpec> fields) {
+    const std::string& key, std::vector<shm::FieldSpec> fields, Origin origin) {
   if (absl::Status s = ValidateTypeKey(key); !s.ok()) return s;
+  const bool builtin = origin == Origin::kBuiltin;
+  if (builtin != IsBuiltinTypeKey(key)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "type key '", key, "': keys starting with '", kBuiltinTypePrefix,
+        "' name the daemon's built-in types (ports); choose another key"));
+  }
+  shm::LayoutLimits builtin_limits;
+  builtin_limits.max_fields = UINT32_MAX;
+  builtin_limits.max_count = UINT32_MAX;
+  builtin_limits.max_payload_size = UINT32_MAX;
+  builtin_limits.ref_arrays = true;
   absl::StatusOr<shm::Layout> layout =
-      shm::Layout::Compute(std::move(fields), limits_);
+      shm::Layout::Compute(std::move(fields), builtin ? builtin_limits : limits_);
   if (!layout.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "type '", key, "': ", layout.status().message()));
@@ -47,20 +60,21 @@ absl::StatusOr<TypeRegistry::RegisterResult> TypeRegistry::Register(
         "the new shape, or fix the definition to match)\nregistered:\n",
         existing->layout.ToString(), "requested:\n", layout->ToString()));
   }
-  if (sealed_) {
+  if (sealed_ && !builtin) {
     return absl::FailedPreconditionError(absl::StrCat(
         "type '", key,
         "': the channel's registry is sealed, no new types (register types "
         "before the owner seals, or use another channel)"));
   }
   uint64_t bytes = key.size() + layout->canonical().size();
-  if (registry_limits_.max_types != 0 && types_.size() >= registry_limits_.max_types) {
+  if (!builtin && registry_limits_.max_types != 0 &&
+      types_.size() >= registry_limits_.max_types) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "type '", key, "': the channel already has ", types_.size(),
         " types, its limit (max_types_per_channel; raise it in the daemon's config, or "
         "use another channel)"));
   }
-  if (registry_limits_.max_registry_bytes != 0 &&
+  if (!builtin && registry_limits_.max_registry_bytes != 0 &&
       bytes_ + bytes > registry_limits_.max_registry_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "type '", key, "': the channel's registry would hold ", bytes_ + bytes,

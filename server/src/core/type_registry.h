@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -42,14 +43,20 @@ class TypeRegistry {
     const RegisteredType* type;
     bool created;
   };
+  // Who registers: a client (RegisterType), or the daemon itself (its
+  // built-in types, keys under kBuiltinTypePrefix: not bounded by the
+  // limits or the seal, which are the clients', and allowed array<ref,N>).
+  enum class Origin { kUser, kBuiltin };
   // Same key + identical layout: the existing entry (created = false).
   // Same key + different layout: FailedPrecondition showing both layouts.
   // New key on a sealed registry: FailedPrecondition.
+  // A user's key under kBuiltinTypePrefix: InvalidArgument.
   // Malformed fields: InvalidArgument. A ref<TOKEN> field whose TOKEN this
   // registry did not issue: NotFound, worded as for any unknown token.
   // A new type past RegistryLimits: ResourceExhausted naming the option.
   absl::StatusOr<RegisterResult> Register(const std::string& key,
-                                          std::vector<shm::FieldSpec> fields);
+                                          std::vector<shm::FieldSpec> fields,
+                                          Origin origin = Origin::kUser);
   // Re-creates an entry read back from disk (daemon restart). Tokens and
   // type indexes are kept as they were.
   absl::Status Restore(const std::string& key, shm::TypeToken token,
@@ -85,6 +92,10 @@ class TypeRegistry {
   std::map<shm::TypeToken, const RegisteredType*> by_token_;
   std::map<uint32_t, const RegisteredType*> by_index_;
 };
+
+// Keys of the daemon's built-in types (a port's is "structd.port/N").
+inline constexpr std::string_view kBuiltinTypePrefix = "structd.";
+bool IsBuiltinTypeKey(std::string_view key);
 
 // Validates a registration key: 1 to 128 printable ASCII characters, no
 // spaces (0x21 to 0x7e).

@@ -76,7 +76,8 @@ struct FieldSpec {
 };
 
 // The type of a field as text, e.g. "u32", "string[16]", "array<f64,4>",
-// "ref", "ref<3f2a...>" (full 32-digit token).
+// "ref", "ref<3f2a...>" (full 32-digit token), "array<ref,N>" (built-in
+// types only).
 std::string FieldTypeName(const FieldSpec& spec);
 // Parses FieldTypeName's output back into `spec` (name untouched).
 // Returns InvalidArgument naming the text on failure.
@@ -99,6 +100,11 @@ struct LayoutLimits {
   uint32_t max_name_length = 64;
   uint32_t max_count = 1u << 20;        // N in bytes[N], string[N], array<T,N>
   uint32_t max_payload_size = 1u << 20;  // total payload bytes
+  // array<ref,N>: only in the daemon's built-in types (a port's messages),
+  // whose references are moved by the daemon's and the client library's
+  // own protocols; users' types hold references in ref fields, which
+  // StoreRefs addresses one by one.
+  bool ref_arrays = false;
 };
 
 // On-shm byte sizes of the composite kinds (see field.h and sync.h for the

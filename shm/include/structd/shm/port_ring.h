@@ -29,9 +29,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "structd/shm/layout.h"
 
 namespace structd::shm {
 
@@ -56,18 +59,18 @@ struct PortRingHeader {
 };
 static_assert(sizeof(PortRingHeader) == 192);
 
-// One cell. `seq` says what the cell holds, for the position p it is for
-// (p mod capacity is its index):
+// After the header: `seq`, capacity u64 words, then `ref`, capacity u64
+// words (a message's reference: 0 unless the cell is full or moving). Cell
+// i is (seq[i], ref[i]); `seq` says what it holds, for the position p it
+// is for (p mod capacity is i):
 //   seq == p                  free: position p may be sent into it
 //   seq == p + 1              full: the message of position p is in `ref`
 //   seq == kCellClaimed | L   a sender under lane L is filling it
 //   seq == kCellTaking | L    a receiver under lane L is emptying it
-// An emptied cell gets seq = p + capacity: free for the next lap.
-struct PortCell {
-  uint64_t seq;
-  uint64_t ref;
-};
-static_assert(sizeof(PortCell) == 16);
+// An emptied cell gets seq = p + capacity: free for the next lap. (Two
+// arrays rather than pairs so that the references are an array<ref,N>
+// of the port's built-in type, which the daemon's census, free path and
+// inspection read like any ref field.)
 
 inline constexpr uint64_t kCellClaimed = uint64_t{1} << 63;
 inline constexpr uint64_t kCellTaking = uint64_t{1} << 62;
@@ -112,6 +115,12 @@ class PortRing {
  public:
   // The bytes a ring of `capacity` cells takes.
   static size_t BytesFor(uint32_t capacity);
+  // The ring as the fields of a built-in type (the daemon registers it
+  // per capacity, key PortTypeKey): the header's words by name, then
+  // array<u64,N> "seq" and array<ref,N> "ref". Its layout places every
+  // field where this class reads it (LayoutMatchesTheRing, in the tests).
+  static std::vector<FieldSpec> LayoutFields(uint32_t capacity);
+  static std::string PortTypeKey(uint32_t capacity);
   // Makes `bytes` at `mem` an empty ring (positions start at 0).
   // InvalidArgument for a capacity that is not a power of two in
   // [2, kMaxPortCapacity] or does not fit. REQUIRES: nobody uses it yet,
@@ -137,6 +146,21 @@ class PortRing {
   absl::Status TryReceive(const MoveContext& ctx);
   // TryReceive that waits for a message: DeadlineExceeded after the timeout.
   absl::Status Receive(const MoveContext& ctx, PortWait wait);
+
+  // A receive in two steps, for a receiver that records the reference
+  // somewhere the ring cannot see (the daemon: a session's ledger) between
+  // taking it and emptying the cell. BeginReceive marks the oldest message
+  // taken by ctx's lane and returns it (NotFound when none is ready; holes
+  // are skipped); FinishReceive empties its cell. A receiver killed in
+  // between is repaired as any: the cell is put back (RepairLane without a
+  // slot), so the reference is then in the port *and* wherever the
+  // receiver recorded it: one reference too many, never one too few.
+  struct Taken {
+    uint64_t position = 0;
+    uint64_t ref = 0;
+  };
+  absl::StatusOr<Taken> BeginReceive(const MoveContext& ctx);
+  void FinishReceive(const MoveContext& ctx, const Taken& taken);
 
   // A snapshot of the ring's counters (each read atomically, not together).
   struct Stats {
@@ -191,8 +215,17 @@ class PortRing {
   }
 
  private:
-  PortRing(PortRingHeader* header, PortCell* cells, uint32_t mask)
-      : header_(header), cells_(cells), mask_(mask) {}
+  PortRing(PortRingHeader* header, uint64_t* seqs, uint64_t* refs, uint32_t mask)
+      : header_(header), seqs_(seqs), refs_(refs), mask_(mask) {}
+  // The two words of the cell for `position`.
+  struct CellWords {
+    uint64_t* seq;
+    uint64_t* ref;
+  };
+  CellWords Cell(uint64_t position) const {
+    const auto i = static_cast<uint32_t>(position & mask_);
+    return {&seqs_[i], &refs_[i]};
+  }
   uint64_t LoadSeq(uint32_t index) const;
   uint64_t LoadRef(uint32_t index) const;
   // One attempt, no wait. kBusy: the next cell is being taken by another
@@ -200,13 +233,20 @@ class PortRing {
   enum class Attempt { kDone, kFull, kEmpty, kBusy, kDamaged, kAborted };
   Attempt SendOnce(const MoveContext& ctx);
   Attempt ReceiveOnce(const MoveContext& ctx);
+  // ReceiveOnce's halves: marks the oldest full cell taken by ctx's lane
+  // (kDone, its position in *position; else the lane is cleared), and
+  // empties a taken cell and moves `head` past it (false if a test stopped
+  // it on the way).
+  Attempt TakeOldest(const MoveContext& ctx, uint64_t* position);
+  bool EmptyTaken(uint64_t position);
   // Send or Receive's loop: attempts, spins, sleeps until the deadline.
   absl::Status Waiting(bool sending, const MoveContext& ctx, PortWait wait);
   void WakeReceivers();
   void WakeSenders();
 
   PortRingHeader* header_;
-  PortCell* cells_;
+  uint64_t* seqs_;
+  uint64_t* refs_;
   uint32_t mask_;
 };
 
