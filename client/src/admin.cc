@@ -286,6 +286,20 @@ absl::StatusOr<std::vector<RootInfo>> AdminClient::Roots(const std::string& chan
   return out;
 }
 
+absl::StatusOr<std::vector<PortInfo>> AdminClient::Ports(const std::string& channel) {
+  v1::AdminListPortsRequest request;
+  request.set_channel(channel);
+  v1::AdminListPortsResponse r;
+  if (absl::Status s = connection_->Call(*connection_->admin_, &v1::Admin::Stub::ListPorts,
+                                         request, &r);
+      !s.ok()) {
+    return s;
+  }
+  std::vector<PortInfo> out;
+  for (const v1::PortInfo& p : r.ports()) out.push_back(internal::PortInfoFromProto(p));
+  return out;
+}
+
 absl::StatusOr<MemoryReport> AdminClient::Memory(const std::string& channel) {
   v1::GetMemoryRequest request;
   request.set_channel(channel);

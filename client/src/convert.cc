@@ -20,10 +20,19 @@ absl::StatusOr<TypeInfo> TypeInfoFromProto(const v1::TypeInfo& in) {
     if (absl::Status s = shm::ParseFieldType(f.type(), spec); !s.ok()) return s;
     specs.push_back(std::move(spec));
   }
-  absl::StatusOr<shm::Layout> layout = shm::Layout::Compute(std::move(specs));
+  // The daemon accepted it under its own limits (and its built-in types
+  // under none): rebuilt here to check it, not to judge it again.
+  absl::StatusOr<shm::Layout> layout =
+      shm::Layout::Compute(std::move(specs), shm::LayoutLimits::None());
   if (!layout.ok()) return layout.status();
   out.layout = std::move(*layout);
   return out;
+}
+
+PortInfo PortInfoFromProto(const v1::PortInfo& in) {
+  return PortInfo{in.name(),     Ref::FromBits(in.ref()), in.capacity(),
+                  in.depth(),    in.sent(),               in.received(),
+                  in.receivers_waiting(), in.senders_waiting()};
 }
 
 }  // namespace structd::client::internal

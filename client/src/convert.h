@@ -12,6 +12,8 @@ namespace structd::client::internal {
 // Rebuilds the layout from the field types (and so checks it).
 absl::StatusOr<TypeInfo> TypeInfoFromProto(const v1::TypeInfo& in);
 
+PortInfo PortInfoFromProto(const v1::PortInfo& in);
+
 }  // namespace structd::client::internal
 
 #endif  // STRUCTD_CLIENT_SRC_CONVERT_H_

@@ -622,6 +622,50 @@ Result Roots(AdminClient& admin, const Options& o) {
   return std::nullopt;
 }
 
+// The ports of `channels` (all when empty), as JSON objects or table rows.
+Result PortRows(AdminClient& admin, const std::vector<std::string>& channels, bool json,
+                toml::array& objects, TextTable& table) {
+  for (const std::string& channel : channels) {
+    STRUCTCTL_ASSIGN(ports, admin.Ports(channel));
+    for (const client::PortInfo& p : *ports) {
+      if (json) {
+        objects.push_back(toml::table{{"channel", channel},
+                                      {"name", p.name},
+                                      {"ref", p.ref.ToString()},
+                                      {"capacity", Int(p.capacity)},
+                                      {"depth", Int(p.depth)},
+                                      {"sent", Int(p.sent)},
+                                      {"received", Int(p.received)},
+                                      {"receivers_waiting", Int(p.receivers_waiting)},
+                                      {"senders_waiting", Int(p.senders_waiting)}});
+      } else {
+        table.Add({channel, p.name, p.ref.ToString(),
+                   std::to_string(p.depth) + "/" + std::to_string(p.capacity),
+                   std::to_string(p.sent), std::to_string(p.received),
+                   std::to_string(p.receivers_waiting), std::to_string(p.senders_waiting)});
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+TextTable PortTable() {
+  return TextTable({"CHANNEL", "PORT", "REF", ">DEPTH", ">SENT", ">RECEIVED", ">RECV-WAIT",
+                    ">SEND-WAIT"});
+}
+
+Result Ports(AdminClient& admin, const Options& o) {
+  toml::array objects;
+  TextTable t = PortTable();
+  if (Result r = PortRows(admin, {o.channel}, o.json, objects, t)) return r;
+  if (o.json) {
+    PrintJson(toml::table{{"channel", o.channel}, {"ports", std::move(objects)}});
+  } else {
+    std::cout << t.Render();
+  }
+  return std::nullopt;
+}
+
 Result Memory(AdminClient& admin, const Options& o) {
   STRUCTCTL_ASSIGN(m, admin.Memory(o.channel));
   if (o.json) {
@@ -703,6 +747,20 @@ Result Watch(AdminClient& admin, const Options& o) {
     if (Result r = Status(admin, o)) return r;
     if (!o.json) std::printf("\n");
     if (Result r = Channels(admin, o)) return r;
+    // Every channel's ports, when there are any.
+    STRUCTCTL_ASSIGN(channels, admin.Channels());
+    std::vector<std::string> names;
+    for (const auto& c : *channels) {
+      if (!c.dropped && c.damage.empty()) names.push_back(c.name);
+    }
+    toml::array objects;
+    TextTable t = PortTable();
+    if (Result r = PortRows(admin, names, o.json, objects, t)) return r;
+    if (o.json) {
+      PrintJson(toml::table{{"ports", std::move(objects)}});
+    } else if (t.rows() > 0) {
+      std::printf("\n%s", t.Render().c_str());
+    }
     std::fflush(stdout);
   }
   return std::nullopt;
@@ -758,6 +816,9 @@ int Main(int argc, char** argv) {
   command("roots", "a channel's named roots", Roots)
       ->add_option("CHANNEL", o.channel, "channel name or id")
       ->required();
+  command("ports", "a channel's ports: depth, capacity, messages in and out, waiters", Ports)
+      ->add_option("CHANNEL", o.channel, "channel name or id")
+      ->required();
   command("memory", "a channel's arena: extents, used and free bytes, fragmentation", Memory)
       ->add_option("CHANNEL", o.channel, "channel name or id")
       ->required();
@@ -797,7 +858,7 @@ int Main(int argc, char** argv) {
   root_delete->add_flag("--json", o.json, "print JSON (schema: doc/structctl.md)");
   root_delete->add_option("CHANNEL", o.channel, "channel name or id")->required();
   root_delete->add_option("NAME", o.name, "the root's name")->required();
-  auto* watch = command("watch", "status and channels, refreshed until interrupted", Watch);
+  auto* watch = command("watch", "status, channels and ports, refreshed until interrupted", Watch);
   watch->add_option("--interval", o.interval, "seconds between refreshes (default 1)")
       ->check(CLI::PositiveNumber);
   watch->add_option("--count", o.count, "stop after N refreshes (default: until Ctrl-C)");

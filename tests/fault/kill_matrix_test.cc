@@ -4,8 +4,10 @@
 // moments, attach included, round after round. After each round the
 // consistency check (the one `structctl check` runs) must find nothing:
 // no leaked instance, no premature free, refcounts equal to the references
-// that exist; and no mutex is stuck, no string is torn. Then the same with
-// the daemon killed under load and restarted. Seeds: STRUCTD_TEST_SEED.
+// that exist (messages in port "q", which every client also sends to and
+// receives from through the daemon, included); and no mutex is stuck, no
+// string is torn. Then the same with the daemon killed under load and
+// restarted. Seeds: STRUCTD_TEST_SEED.
 //
 // Meanwhile this process is the honest one: a thread of it allocates,
 // stamps, drops (recycling in place) and keeps Counters all along, through
@@ -123,6 +125,10 @@ class KillMatrixTest : public ::testing::Test {
       anchors_.push_back(std::move(*a));
     }
     ASSERT_TRUE(c().Use<Node>().ok());
+    // The chaos clients' second sessions send, receive and release Nodes
+    // through it (issue 18: senders and receivers killed anywhere, the
+    // daemon killed under message load).
+    ASSERT_TRUE(c().CreatePort("q", 64).ok());
     client::AdminOptions ao;
     ao.socket = daemon_.socket();
     auto admin = client::AdminClient::Connect(ao);
@@ -217,6 +223,12 @@ TEST_F(KillMatrixTest, ClientsKilledAtRandomPointsLeaveAConsistentArena) {
   uint64_t hits = 0;
   for (auto& a : anchors_) hits += a->hits().load();
   EXPECT_GT(hits, 0u) << "the workers did no locked updates: the test tested nothing";
+  auto ports = admin_->Ports("km");
+  ASSERT_TRUE(ports.ok() && ports->size() == 1) << ports.status();
+  EXPECT_GT(ports->front().sent, 0u) << "no message went through the port: untested";
+  std::printf("%llu messages sent through the port, %llu received\n",
+              static_cast<unsigned long long>(ports->front().sent),
+              static_cast<unsigned long long>(ports->front().received));
   std::printf("%d rounds, %llu kills of working clients, %llu early kills, %llu locked updates, "
               "%llu honest allocations\n",
               round, static_cast<unsigned long long>(killed_while_ready),

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <thread>
 
+#include "structd/v1/instances.grpc.pb.h"
 #include "testing/client_types.h"
+#include "testing/grpc_client.h"
 #include "testing/structctl_fixture.h"
 
 namespace structd::testing {
@@ -94,6 +96,63 @@ TEST_F(StructctlTest, JsonShowsCountsLayoutsRootsAndDecodedValues) {
 
   Value health = Json({"health"});
   EXPECT_EQ(Get(health, "status").string_value(), "SERVING");
+}
+
+// Issue 18: ports in structctl, with messages moved through the daemon by
+// a client in another language would (the gRPC calls of instances.proto).
+TEST_F(StructctlTest, PortsShowCapacityDepthAndMessagesInAndOut) {
+  auto port = c().CreatePort("jobs", 8);
+  ASSERT_TRUE(port.ok()) << port.status();
+  EXPECT_EQ(port->capacity, 8u);
+  EXPECT_EQ(c().CreatePort("jobs", 8).status().code(), absl::StatusCode::kAlreadyExists);
+  auto vector_type = c().Use<Vector>();
+  ASSERT_TRUE(vector_type.ok());
+
+  GrpcClient other(daemon_.target());
+  ASSERT_TRUE(other.Join("shop", created_.member_capability));
+  v1::AllocateBatchRequest alloc;
+  alloc.set_channel("shop");
+  alloc.set_token(vector_type->token.ToHex());
+  alloc.set_count(3);
+  v1::AllocateBatchResponse refs;
+  ASSERT_TRUE(other.instances().AllocateBatch(other.Ctx().get(), alloc, &refs).ok());
+  v1::SendToPortRequest send;
+  send.set_channel("shop");
+  send.set_name("jobs");
+  *send.mutable_refs() = refs.refs();
+  v1::SendToPortResponse sent;
+  grpc::Status st = other.instances().SendToPort(other.Ctx().get(), send, &sent);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(sent.sent(), 3u);
+  v1::ReceiveFromPortRequest receive;
+  receive.set_channel("shop");
+  receive.set_name("jobs");
+  receive.set_max(1);
+  v1::ReceiveFromPortResponse got;
+  st = other.instances().ReceiveFromPort(other.Ctx().get(), receive, &got);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(got.refs_size(), 1);
+  EXPECT_EQ(got.refs(0), refs.refs(0)) << "oldest first";
+
+  Value ports = Json({"ports", "shop"});
+  ASSERT_EQ(Get(ports, "ports").list_value().values_size(), 1);
+  const Value& jobs = Get(ports, "ports").list_value().values(0);
+  EXPECT_EQ(Get(jobs, "name").string_value(), "jobs");
+  EXPECT_EQ(Get(jobs, "capacity").number_value(), 8);
+  EXPECT_EQ(Get(jobs, "depth").number_value(), 2);
+  EXPECT_EQ(Get(jobs, "sent").number_value(), 3);
+  EXPECT_EQ(Get(jobs, "received").number_value(), 1);
+  EXPECT_EQ(Get(jobs, "receivers_waiting").number_value(), 0);
+
+  CtlRun table = Structctl({"ports", "shop"});
+  EXPECT_EQ(table.code, 0);
+  EXPECT_THAT(table.out, HasSubstr("2/8"));
+  CtlRun watch = Structctl({"watch", "--count", "1"});
+  EXPECT_EQ(watch.code, 0);
+  EXPECT_THAT(watch.out, HasSubstr("jobs"));
+
+  Value check = Json({"check", "shop"});
+  EXPECT_TRUE(Get(check, "ok").bool_value()) << "the port's messages are counted";
 }
 
 TEST_F(StructctlTest, HumanTablesAreAligned) {

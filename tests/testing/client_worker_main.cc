@@ -12,7 +12,11 @@
 //                       prints "ready" and waits to be killed
 //   chaos SEED          random allocate/retain/release/store/lock/write/root
 //                       operations on Nodes and the Anchors rooted as
-//                       a0..a3, forever (prints "ready"); to be killed
+//                       a0..a3, forever (prints "ready"); to be killed.
+//                       Meanwhile a second session of the process (raw
+//                       gRPC, as a client in another language) allocates
+//                       Nodes and sends, receives and releases them
+//                       through port "q", if the channel has it
 //   load N              N rounds of mixed RPCs (allocate, retain, release,
 //                       store, roots, describe) and field writes, adding 1 to
 //                       Counter "total" per round; any failed call prints
@@ -39,16 +43,21 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <exception>
+#include <memory>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <thread>
 #include <vector>
 #include <string>
 
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "structd/v1/instances.grpc.pb.h"
 #include "testing/client_types.h"
+#include "testing/grpc_client.h"
 
 using structd::client::Channel;
 using structd::client::Client;
@@ -61,6 +70,74 @@ int Fail(const absl::Status& s) {
   std::printf("error %s\n", s.ToString().c_str());
   std::fflush(stdout);
   return 4;
+}
+
+// The chaos mode's port traffic, in a session of its own through the raw
+// gRPC calls: allocate, send, receive, release, at random, forever. Every
+// failure is ignored (the daemon may be away); the process is killed.
+[[noreturn]] void PortChaos(const std::string& socket, const std::string& channel,
+                            const std::string& capability, const std::string& node_token,
+                            uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::unique_ptr<GrpcClient> attached;
+  try {
+    attached = std::make_unique<GrpcClient>("unix:" + socket);
+  } catch (const std::exception&) {
+    while (true) pause();  // no daemon to talk to: the rest of chaos goes on
+  }
+  GrpcClient& raw = *attached;
+  (void)raw.Join(channel, capability);
+  std::vector<uint64_t> mine;
+  while (true) {
+    switch (rng() % 4) {
+      case 0: {
+        structd::v1::AllocateBatchRequest req;
+        req.set_channel(channel);
+        req.set_token(node_token);
+        req.set_count(1 + rng() % 8);
+        structd::v1::AllocateBatchResponse resp;
+        if (raw.instances().AllocateBatch(raw.Ctx().get(), req, &resp).ok()) {
+          mine.insert(mine.end(), resp.refs().begin(), resp.refs().end());
+        }
+        break;
+      }
+      case 1: {
+        if (mine.empty()) break;
+        structd::v1::SendToPortRequest req;
+        req.set_channel(channel);
+        req.set_name("q");
+        const size_t n = 1 + rng() % mine.size();
+        for (size_t i = 0; i < n; ++i) req.add_refs(mine[i]);
+        structd::v1::SendToPortResponse resp;
+        if (raw.instances().SendToPort(raw.Ctx().get(), req, &resp).ok()) {
+          mine.erase(mine.begin(), mine.begin() + resp.sent());
+        }
+        break;
+      }
+      case 2: {
+        structd::v1::ReceiveFromPortRequest req;
+        req.set_channel(channel);
+        req.set_name("q");
+        req.set_max(1 + rng() % 8);
+        structd::v1::ReceiveFromPortResponse resp;
+        if (raw.instances().ReceiveFromPort(raw.Ctx().get(), req, &resp).ok()) {
+          mine.insert(mine.end(), resp.refs().begin(), resp.refs().end());
+        }
+        break;
+      }
+      default: {
+        if (mine.empty()) break;
+        structd::v1::ReleaseRequest req;
+        req.set_channel(channel);
+        req.add_refs(mine.back());
+        structd::v1::ReleaseResponse resp;
+        (void)raw.instances().Release(raw.Ctx().get(), req, &resp);
+        mine.pop_back();
+        break;
+      }
+    }
+    if (mine.size() > 64) mine.resize(32);  // kept by the session's ledger
+  }
 }
 
 }  // namespace
@@ -171,6 +248,13 @@ int main(int argc, char** argv) {
     }
     std::vector<Owned<Node>> mine;
     std::string my_root = "w" + std::to_string(getpid());
+    if (auto ports = c.ListPorts(); ports.ok() && !ports->empty()) {
+      auto node = c.Use<Node>();
+      if (!node.ok()) return Fail(node.status());
+      std::thread(PortChaos, std::string(argv[2]), std::string(argv[3]), std::string(argv[4]),
+                  node->token.ToHex(), rng())
+          .detach();
+    }
     std::printf("ready\n");
     std::fflush(stdout);
     auto pick = [&] { return rng() % mine.size(); };

@@ -395,8 +395,13 @@ absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterType(
     const std::string& key, std::vector<shm::FieldSpec> fields) {
   base::MutexLock lock(&mu_);
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
+  return RegisterLocked(key, std::move(fields), TypeRegistry::Origin::kUser);
+}
+
+absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterLocked(
+    const std::string& key, std::vector<shm::FieldSpec> fields, TypeRegistry::Origin origin) {
   absl::StatusOr<TypeRegistry::RegisterResult> r =
-      registry_.Register(key, std::move(fields));
+      registry_.Register(key, std::move(fields), origin);
   if (r.ok() && r->created) {
     ChannelMeta::Type record{key, r->type->token, r->type->type_index, {}};
     for (const shm::Field& f : r->type->layout.fields()) {

@@ -26,6 +26,7 @@
 #include "structd/shm/arena.h"
 #include "structd/shm/inspection.h"
 #include "structd/shm/mapping_guard.h"
+#include "structd/shm/port_ring.h"
 
 namespace structd::server {
 
@@ -191,7 +192,11 @@ class Channel {
     uint64_t leaked_freed = 0;       // instances nothing referred to
     // Unreferenced instances kept because a damaged ledger may hold them.
     uint64_t kept_counted = 0;
-    uint64_t total() const { return dangling_dropped + refcounts_fixed + leaked_freed; }
+    // Port moves of the previous daemon's, finished or put back.
+    uint64_t port_moves_repaired = 0;
+    uint64_t total() const {
+      return dangling_dropped + refcounts_fixed + leaked_freed + port_moves_repaired;
+    }
   };
   RepairReport Reconcile();
 
@@ -301,6 +306,32 @@ class Channel {
   absl::Status DeleteRoot(const std::string& name);
   std::vector<RootEntry> ListRoots() const;
 
+  // Ports (doc/ports.md; core/channel_ports.cc): bounded queues of
+  // references in the arena, each an instance of the built-in type
+  // "structd.port/CAPACITY" named by a root (which keeps it alive).
+  struct PortInfo {
+    std::string name;
+    shm::Ref ref;
+    uint32_t capacity = 0;
+    uint64_t sent = 0;      // the ring's tail
+    uint64_t received = 0;  // its head
+    uint32_t receivers_waiting = 0;
+    uint32_t senders_waiting = 0;
+  };
+  // AlreadyExists if root `name` exists; InvalidArgument for a capacity
+  // that is not a power of two in [2, shm::kMaxPortCapacity].
+  absl::StatusOr<PortInfo> CreatePort(const std::string& name, uint32_t capacity);
+  // Moves refs the session owns into the port, in order, until it is
+  // full; returns how many (ResourceExhausted if none fit).
+  absl::StatusOr<uint32_t> SendToPort(const std::string& session_id, const std::string& port,
+                                      const std::vector<shm::Ref>& refs);
+  // Moves up to `max` messages into the session's ledger, oldest first.
+  absl::StatusOr<std::vector<shm::Ref>> ReceiveFromPort(const std::string& session_id,
+                                                        const std::string& port, uint32_t max);
+  // Roots that name a port, with the port's counters (a port whose memory
+  // a member damaged is listed with capacity 0).
+  std::vector<PortInfo> ListPorts() const;
+
   // Marks the channel dropped: no new joins. Returns true if no session is
   // joined any more, i.e. the caller may Destroy() it now.
   bool MarkDropped();
@@ -388,6 +419,36 @@ class Channel {
     if (absl::Status u = UsableLocked(); !u.ok()) return u;
     return result;
   }
+  // Registers a type and records it in the metadata (RegisterType, and
+  // the daemon's built-in types).
+  absl::StatusOr<TypeRegistry::RegisterResult> RegisterLocked(
+      const std::string& key, std::vector<shm::FieldSpec> fields, TypeRegistry::Origin origin)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The port root `name` names, attached (NotFound, FailedPrecondition if
+  // the root names something else, DataLoss if the port's memory was
+  // damaged), with the ring's memory checked against its registered type.
+  struct PortHandle {
+    shm::Ref ref;
+    shm::PortRing ring;
+    Ledger* ledger = nullptr;  // SessionPortLocked: the caller's
+  };
+  absl::StatusOr<PortHandle> PortLocked(const std::string& name) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // PortLocked for a session's move, with the session's ledger.
+  absl::StatusOr<PortHandle> SessionPortLocked(const std::string& session_id,
+                                               const std::string& port)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<shm::PortRing> RingOfLocked(const shm::InstancePtr& inst) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a restart: finishes or undoes the moves the previous daemon had
+  // in flight in every port (RepairLane of the daemon's lane). Returns
+  // how many it repaired.
+  uint64_t RepairDaemonPortMovesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The daemon's own lane for port moves, made under mu_ (one at a time).
+  // Lane id 0 is the daemon's; clients' lanes are never 0.
+  shm::MoveContext DaemonMoveLocked(uint64_t* slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  shm::MoveLane daemon_lane_ ABSL_GUARDED_BY(mu_) = {};
+
   // Applies a store intent left by a daemon that died inside StoreRefs.
   void ReplayIntentLocked(const StoreIntent& intent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string IntentPath() const { return dir_ + "/store.intent"; }

@@ -53,13 +53,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
   c->max_roots_ = limits.max_roots;
   // Types registered under larger limits than today's still load: limits
   // bound what may be added, not what exists.
-  shm::LayoutLimits unbounded;
-  unbounded.max_fields = UINT32_MAX;
-  unbounded.max_name_length = UINT32_MAX;
-  unbounded.max_payload_size = UINT32_MAX;
-  unbounded.max_count = UINT32_MAX;
-  unbounded.ref_arrays = true;  // built-in types (ports)
-  c->registry_ = TypeRegistry(unbounded, RegistryLimits{0, 0});
+  c->registry_ = TypeRegistry(shm::LayoutLimits::None(), RegistryLimits{0, 0});
   for (const ChannelMeta::Type& t : meta.types) {
     std::vector<shm::FieldSpec> specs;
     for (const std::string& text : t.fields) {
@@ -189,6 +183,9 @@ Channel::RepairReport Channel::Reconcile() {
   base::MutexLock lock(&mu_);
   RepairReport report;
   if (arena_ == nullptr) return report;
+  // Before the census: a message the previous daemon was moving is then
+  // in one place (doc/ports.md, "Crash points").
+  report.port_moves_repaired = RepairDaemonPortMovesLocked();
   const Census census = TakeCensus(*arena_, registry_, roots_, ledgers_);
   for (const Census::Problem& p : census.problems) {
     spdlog::warn("channel '{}': recovery: {} {}", name_, p.ref ? p.ref.ToString() : "", p.what);

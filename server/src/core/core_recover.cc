@@ -93,9 +93,10 @@ void Core::Recover() {
     if (repaired.total() > 0) {
       spdlog::warn(
           "recovery: channel '{}': repaired what an interrupted operation left: {} "
-          "refcounts fixed, {} dangling references dropped, {} unreferenced instances freed",
+          "refcounts fixed, {} dangling references dropped, {} unreferenced instances freed, "
+          "{} port moves finished or put back",
           channel->name(), repaired.refcounts_fixed, repaired.dangling_dropped,
-          repaired.leaked_freed);
+          repaired.leaked_freed, repaired.port_moves_repaired);
     }
     if (channel->dropped()) {
       spdlog::info("recovery: channel '{}' was dropped; deleting it", channel->name());

@@ -30,16 +30,11 @@ absl::StatusOr<TypeRegistry::RegisterResult> TypeRegistry::Register(
   const bool builtin = origin == Origin::kBuiltin;
   if (builtin != IsBuiltinTypeKey(key)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "type key '", key, "': keys starting with '", kBuiltinTypePrefix,
+        "type key '", key, "': keys starting with '", std::string(kBuiltinTypePrefix),
         "' name the daemon's built-in types (ports); choose another key"));
   }
-  shm::LayoutLimits builtin_limits;
-  builtin_limits.max_fields = UINT32_MAX;
-  builtin_limits.max_count = UINT32_MAX;
-  builtin_limits.max_payload_size = UINT32_MAX;
-  builtin_limits.ref_arrays = true;
   absl::StatusOr<shm::Layout> layout =
-      shm::Layout::Compute(std::move(fields), builtin ? builtin_limits : limits_);
+      shm::Layout::Compute(std::move(fields), builtin ? shm::LayoutLimits::None() : limits_);
   if (!layout.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "type '", key, "': ", layout.status().message()));

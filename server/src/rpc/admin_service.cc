@@ -127,6 +127,15 @@ grpc::Status AdminService::ListRoots(grpc::ServerContext* context,
   });
 }
 
+grpc::Status AdminService::ListPorts(grpc::ServerContext* context,
+                                     const v1::AdminListPortsRequest* request,
+                                     v1::AdminListPortsResponse* response) {
+  return OnAdminChannel(*context, request->channel(), [&](Channel& ch) -> absl::Status {
+    for (const Channel::PortInfo& p : ch.ListPorts()) PortInfoToProto(p, response->add_ports());
+    return absl::OkStatus();
+  });
+}
+
 grpc::Status AdminService::GetMemory(grpc::ServerContext* context,
                                      const v1::GetMemoryRequest* request,
                                      v1::GetMemoryResponse* response) {

@@ -99,6 +99,9 @@ class RegistryService final : public v1::Registry::Service {
   const PeerTable* peers_;
 };
 
+// A port's counters for a reply (Instances.ListPorts, Admin.ListPorts).
+void PortInfoToProto(const Channel::PortInfo& p, v1::PortInfo* out);
+
 class InstancesService final : public v1::Instances::Service {
  public:
   InstancesService(Core* core, const PeerTable* peers) : core_(core), peers_(peers) {}
@@ -129,6 +132,19 @@ class InstancesService final : public v1::Instances::Service {
   grpc::Status ListRoots(grpc::ServerContext* context,
                          const v1::ListRootsRequest* request,
                          v1::ListRootsResponse* response) override;
+  // Ports: rpc/ports_service.cc.
+  grpc::Status CreatePort(grpc::ServerContext* context,
+                          const v1::CreatePortRequest* request,
+                          v1::CreatePortResponse* response) override;
+  grpc::Status SendToPort(grpc::ServerContext* context,
+                          const v1::SendToPortRequest* request,
+                          v1::SendToPortResponse* response) override;
+  grpc::Status ReceiveFromPort(grpc::ServerContext* context,
+                               const v1::ReceiveFromPortRequest* request,
+                               v1::ReceiveFromPortResponse* response) override;
+  grpc::Status ListPorts(grpc::ServerContext* context,
+                         const v1::ListPortsRequest* request,
+                         v1::ListPortsResponse* response) override;
 
  private:
   Core* core_;
@@ -161,6 +177,9 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status ListRoots(grpc::ServerContext* context,
                          const v1::AdminListRootsRequest* request,
                          v1::AdminListRootsResponse* response) override;
+  grpc::Status ListPorts(grpc::ServerContext* context,
+                         const v1::AdminListPortsRequest* request,
+                         v1::AdminListPortsResponse* response) override;
   grpc::Status GetMemory(grpc::ServerContext* context,
                          const v1::GetMemoryRequest* request,
                          v1::GetMemoryResponse* response) override;

@@ -144,6 +144,7 @@ class AdminClient {
                                             uint32_t limit);
   absl::StatusOr<DecodedInstance> Inspect(const std::string& channel, Ref ref, uint32_t depth);
   absl::StatusOr<std::vector<RootInfo>> Roots(const std::string& channel);
+  absl::StatusOr<std::vector<PortInfo>> Ports(const std::string& channel);
   absl::StatusOr<MemoryReport> Memory(const std::string& channel);
   absl::StatusOr<ArenaCheck> Check(const std::string& channel);
   // Drops a channel without its owner capability; returns the sessions

@@ -88,6 +88,18 @@ struct RootInfo {
   shm::TypeToken token;
 };
 
+// A port (doc/ports.md) and its counters, each read atomically.
+struct PortInfo {
+  std::string name;  // the root that names it
+  Ref ref;
+  uint32_t capacity = 0;
+  uint64_t depth = 0;     // messages in it
+  uint64_t sent = 0;      // since creation
+  uint64_t received = 0;  // since creation
+  uint32_t receivers_waiting = 0;
+  uint32_t senders_waiting = 0;
+};
+
 // A batch of stores into ref fields, applied by Channel::Store in one call
 // (all or none).
 class RefStores {
@@ -308,6 +320,12 @@ class Channel : public std::enable_shared_from_this<Channel> {
   absl::StatusOr<Ref> GetRoot(const std::string& name);
   absl::Status DeleteRoot(const std::string& name);
   absl::StatusOr<std::vector<RootInfo>> ListRoots();
+
+  // ---- Ports (doc/ports.md) ----
+  // Creates a port of `capacity` messages (a power of two, 2 to 1,048,576)
+  // named by root `name`. ALREADY_EXISTS if a root of that name exists.
+  absl::StatusOr<PortInfo> CreatePort(const std::string& name, uint32_t capacity);
+  absl::StatusOr<std::vector<PortInfo>> ListPorts();
 
   // ---- Behavior tables (this process only) ----
   // Binds `table` to the type `token` for this process, replacing an

@@ -105,6 +105,20 @@ struct LayoutLimits {
   // own protocols; users' types hold references in ref fields, which
   // StoreRefs addresses one by one.
   bool ref_arrays = false;
+
+  // No bounds, ref arrays allowed: for layouts a registry has already
+  // accepted (read back by a restarted daemon, or from the daemon by a
+  // client) and for the daemon's built-in types. The limits above are
+  // for what clients register.
+  static LayoutLimits None() {
+    LayoutLimits none;
+    none.max_fields = UINT32_MAX;
+    none.max_name_length = UINT32_MAX;
+    none.max_count = UINT32_MAX;
+    none.max_payload_size = UINT32_MAX;
+    none.ref_arrays = true;
+    return none;
+  }
 };
 
 // On-shm byte sizes of the composite kinds (see field.h and sync.h for the
