@@ -3,7 +3,8 @@
 
 // The census of a channel's references: one count, from everything that
 // can hold a reference (roots, ledger entries, ref fields of live
-// instances), of how many references to each live instance exist. The
+// instances, the array<ref,N> of built-in types: a port's messages), of
+// how many references to each live instance exist. The
 // consistency check (Channel::Check) reports from it; recovery
 // (Channel::Reconcile) repairs from it. It only reads: members may write
 // the arena meanwhile, and whoever acts on it resolves again first.

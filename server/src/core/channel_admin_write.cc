@@ -51,6 +51,12 @@ absl::StatusOr<Channel::FieldWrite> Channel::SetFieldAsAdmin(shm::Ref ref,
                                             inst->type_index(),
                                             "); run structctl check on the channel"));
   }
+  if (IsBuiltinTypeKey(type->key)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        ref.ToString(), " is a '", type->key,
+        "', a built-in type whose fields change only by its own protocol (a port's by sends "
+        "and receives); it cannot be set by hand"));
+  }
   std::optional<size_t> index = type->layout.FindField(path->name);
   if (!index) {
     std::string names;

@@ -117,6 +117,9 @@ TEST_F(PortsTest, BadCallsSayWhatIsWrongAndChangeNothing) {
   auto twice = ch_->SendToPort(a_, "p", {refs[0], refs[0]});
   EXPECT_EQ(twice.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(ch_->ListPorts()[0].sent, 0u) << "a refused call sends nothing";
+  auto by_hand = ch_->SetFieldAsAdmin(ch_->GetRoot("p")->ref, "tail", "5");
+  EXPECT_EQ(by_hand.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(by_hand.status().message(), HasSubstr("built-in"));
   auto reserved = ch_->RegisterType("structd.mine", Node());
   EXPECT_EQ(reserved.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(reserved.status().message(), HasSubstr("built-in"));
