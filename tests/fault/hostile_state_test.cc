@@ -21,9 +21,12 @@
 #include "structd/client/admin.h"
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "structd/shm/port_ring.h"
+#include "structd/v1/instances.grpc.pb.h"
 #include "testing/client_connect.h"
 #include "testing/client_types.h"
 #include "testing/daemon_process.h"
+#include "testing/grpc_client.h"
 #include "testing/shm_fixture.h"
 #include "testing/temp_dir.h"
 
@@ -259,6 +262,113 @@ TEST(HostileStateTest, AMemberScribblingHeadersWhileItsPeersRecycleHarmsOnlyItsC
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   verify_b();
+}
+
+// Issue 18: a member writes random bytes over a port while another member
+// sends to it and receives from it through the daemon. The daemon answers
+// throughout and after a restart; another channel, with a port and
+// messages of its own, is untouched.
+TEST(HostileStateTest, AMemberScribblingAPortWhileOthersUseItHarmsOnlyItsChannel) {
+  const uint64_t seed = TestSeed();
+  DaemonProcess daemon;
+  auto me = ConnectTo(daemon);
+  auto a = me->CreateChannel("a");
+  auto b = me->CreateChannel("b");
+  ASSERT_TRUE(a.ok() && b.ok());
+  client::Channel& ca = *a->channel;
+  client::Channel& cb = *b->channel;
+  ASSERT_TRUE(ca.CreatePort("q", 16).ok());
+  ASSERT_TRUE(cb.CreatePort("qb", 16).ok());
+  auto kept = cb.AllocateBatch<Counter>(8);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  for (size_t i = 0; i < kept->size(); ++i) (*kept)[i]->hits().store(1000 + i);
+  auto counter_a = ca.Use<Counter>();
+  auto counter_b = cb.Use<Counter>();
+  ASSERT_TRUE(counter_a.ok() && counter_b.ok());
+
+  // Another member of each channel, through the raw calls.
+  GrpcClient raw(daemon.target());
+  ASSERT_TRUE(raw.Join("a", a->member_capability));
+  ASSERT_TRUE(raw.Join("b", b->member_capability));
+  auto allocate = [&](const std::string& channel, const shm::TypeToken& token, uint32_t n) {
+    v1::AllocateBatchRequest req;
+    req.set_channel(channel);
+    req.set_token(token.ToHex());
+    req.set_count(n);
+    v1::AllocateBatchResponse resp;
+    (void)raw.instances().AllocateBatch(raw.Ctx().get(), req, &resp);
+    return std::vector<uint64_t>(resp.refs().begin(), resp.refs().end());
+  };
+  auto send = [&](const std::string& channel, const std::string& port,
+                  const std::vector<uint64_t>& refs) {
+    v1::SendToPortRequest req;
+    req.set_channel(channel);
+    req.set_name(port);
+    for (uint64_t r : refs) req.add_refs(r);
+    v1::SendToPortResponse resp;
+    return raw.instances().SendToPort(raw.Ctx().get(), req, &resp);
+  };
+  auto receive = [&](const std::string& channel, const std::string& port) {
+    v1::ReceiveFromPortRequest req;
+    req.set_channel(channel);
+    req.set_name(port);
+    req.set_max(4);
+    v1::ReceiveFromPortResponse resp;
+    return raw.instances().ReceiveFromPort(raw.Ctx().get(), req, &resp);
+  };
+  // Channel b's messages, which must come through whole.
+  std::vector<uint64_t> b_messages = allocate("b", counter_b->token, 4);
+  ASSERT_EQ(b_messages.size(), 4u);
+  ASSERT_TRUE(send("b", "qb", b_messages).ok());
+
+  auto port = ca.GetRoot("q");
+  ASSERT_TRUE(port.ok());
+  uint8_t* bytes = ca.arena().Resolve(*port)->payload();
+  const size_t port_bytes = shm::PortRing::BytesFor(16);
+  std::atomic<bool> stop{false};
+  std::thread scribbler([&] {
+    std::mt19937_64 r(seed + 2);
+    while (!stop.load(std::memory_order_relaxed)) {
+      std::atomic_ref<uint8_t>(bytes[r() % port_bytes]).store(static_cast<uint8_t>(r()));
+      if (r() % 64 == 0) std::this_thread::yield();
+    }
+  });
+  const int rounds = 400 * FaultScale();
+  for (int i = 0; i < rounds; ++i) {
+    (void)send("a", "q", allocate("a", counter_a->token, 2));
+    (void)receive("a", "q");
+    if (i % 50 == 0) (void)ca.ListPorts();
+  }
+  stop.store(true);
+  scribbler.join();
+
+  auto verify_b = [&] {
+    for (size_t i = 0; i < kept->size(); ++i) ASSERT_EQ((*kept)[i]->hits().load(), 1000 + i);
+    auto ports = AdminOf(daemon)->Ports("b");
+    ASSERT_TRUE(ports.ok()) << ports.status();
+    ASSERT_EQ(ports->size(), 1u);
+    EXPECT_EQ(ports->front().depth, 4u) << "channel b's port was touched";
+    auto check = AdminOf(daemon)->Check("b");
+    ASSERT_TRUE(check.ok()) << check.status();
+    EXPECT_TRUE(check->ok) << "channel b was touched";
+  };
+  auto health = AdminOf(daemon)->CheckHealth();
+  ASSERT_TRUE(health.ok()) << "the daemon stopped answering: " << health.status();
+  verify_b();
+  (void)AdminOf(daemon)->Check("a");  // answers, whatever it finds
+  (void)AdminOf(daemon)->Ports("a");
+  ASSERT_NO_FATAL_FAILURE(RestartAndExpectServing(daemon));
+  verify_b();
+  // The messages of b's port come out whole after all that.
+  GrpcClient again(daemon.target());
+  ASSERT_TRUE(again.Join("b", b->member_capability));
+  v1::ReceiveFromPortRequest req;
+  req.set_channel("b");
+  req.set_name("qb");
+  req.set_max(10);
+  v1::ReceiveFromPortResponse resp;
+  ASSERT_TRUE(again.instances().ReceiveFromPort(again.Ctx().get(), req, &resp).ok());
+  EXPECT_EQ(std::vector<uint64_t>(resp.refs().begin(), resp.refs().end()), b_messages);
 }
 
 }  // namespace
