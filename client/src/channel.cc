@@ -560,34 +560,6 @@ absl::StatusOr<std::vector<RootInfo>> Channel::ListRoots() {
   return out;
 }
 
-absl::StatusOr<PortInfo> Channel::CreatePort(const std::string& name, uint32_t capacity) {
-  v1::CreatePortRequest request;
-  request.set_channel(id_);
-  request.set_name(name);
-  request.set_capacity(capacity);
-  v1::CreatePortResponse response;
-  if (absl::Status s = connection_->Call(connection_->instances(),
-                                         &v1::Instances::Stub::CreatePort, request, &response);
-      !s.ok()) {
-    return s;
-  }
-  return internal::PortInfoFromProto(response.port());
-}
-
-absl::StatusOr<std::vector<PortInfo>> Channel::ListPorts() {
-  v1::ListPortsRequest request;
-  request.set_channel(id_);
-  v1::ListPortsResponse response;
-  if (absl::Status s = connection_->Call(connection_->instances(),
-                                         &v1::Instances::Stub::ListPorts, request, &response);
-      !s.ok()) {
-    return s;
-  }
-  std::vector<PortInfo> out;
-  for (const v1::PortInfo& p : response.ports()) out.push_back(internal::PortInfoFromProto(p));
-  return out;
-}
-
 absl::Status Channel::BindErased(shm::TypeToken token, std::type_index table_type,
                                  std::shared_ptr<const void> table) {
   if (connection_->bindings_sealed.load()) {

@@ -15,6 +15,7 @@
 #include "structd/client/admin.h"
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "structd/client/port.h"
 #include "testing/client_connect.h"
 #include "testing/client_types.h"
 #include "testing/daemon_process.h"
@@ -815,6 +816,68 @@ TEST(ClientLeaseTest, AClientWhoseSessionWasEndedIsToldAndStops) {
   EXPECT_THAT(line, HasSubstr("connect a new Client"));
   EXPECT_EQ(worker->ReadLine(), "call FAILED_PRECONDITION");
   EXPECT_EQ(worker->Wait(), 0);
+}
+
+// Issue 18: Port<T> in the client library. Messages move as Owneds; a
+// receiver blocked on an empty port sleeps on its publish counter and a
+// send wakes it (a lost wake-up would leave it asleep for its 10 s).
+TEST_F(ClientTest, APortMovesOwnedsAndWakesABlockedReceiver) {
+  ASSERT_TRUE(c().CreatePort("jobs", 4).ok());
+  auto port = c().OpenPort<Counter>("jobs");
+  ASSERT_TRUE(port.ok()) << port.status();
+  EXPECT_EQ(c().OpenPort<Counter>("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(port->TryReceive().status().code(), absl::StatusCode::kNotFound);
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(port->Receive(std::chrono::milliseconds(50)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(50));
+
+  std::atomic<uint64_t> got{0};
+  std::chrono::steady_clock::duration blocked{};
+  std::thread receiver([&] {
+    auto t0 = std::chrono::steady_clock::now();
+    auto message = port->Receive(std::chrono::seconds(10));
+    blocked = std::chrono::steady_clock::now() - t0;
+    ASSERT_TRUE(message.ok()) << message.status();
+    got.store((*message)->hits().load());
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto job = c().Allocate<Counter>();
+  ASSERT_TRUE(job.ok());
+  (*job)->hits().store(7);
+  ASSERT_TRUE(port->Send(*job).ok());
+  EXPECT_FALSE(*job) << "a sent Owned is empty";
+  receiver.join();
+  EXPECT_EQ(got.load(), 7u);
+  EXPECT_GE(blocked, std::chrono::milliseconds(90)) << "the receiver did not wait";
+  EXPECT_LT(blocked, std::chrono::seconds(5)) << "the send did not wake the receiver";
+
+  // Full: the message stays the sender's.
+  for (int i = 0; i < 4; ++i) {
+    auto m = c().Allocate<Counter>();
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(port->Send(std::move(*m)).ok()) << i;
+  }
+  auto extra = c().Allocate<Counter>();
+  ASSERT_TRUE(extra.ok());
+  (*extra)->hits().store(99);
+  EXPECT_EQ(port->Send(*extra).code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(*extra);
+  EXPECT_EQ((*extra)->hits().load(), 99u);
+  auto info = port->Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->depth, 4u);
+  EXPECT_EQ(info->sent, 5u);
+
+  // A receiver of another type gets an error; the message is released.
+  auto wrong = c().OpenPort<Vector>("jobs");
+  ASSERT_TRUE(wrong.ok());
+  auto mistyped = wrong->TryReceive();
+  EXPECT_EQ(mistyped.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(mistyped.status().message(), ::testing::HasSubstr("is not a 'Vector'"));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(port->TryReceive().ok()) << i;
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_TRUE(CensusIsClean());
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -141,6 +142,9 @@ class RefStores {
   std::vector<Store> stores_;
   std::vector<std::function<void()>> moved_;
 };
+
+template <typename T>
+class Port;
 
 class Channel : public std::enable_shared_from_this<Channel> {
  public:
@@ -326,6 +330,10 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // named by root `name`. ALREADY_EXISTS if a root of that name exists.
   absl::StatusOr<PortInfo> CreatePort(const std::string& name, uint32_t capacity);
   absl::StatusOr<std::vector<PortInfo>> ListPorts();
+  // The port `name`, to send and receive T messages (structd/client/port.h).
+  // NOT_FOUND if there is none.
+  template <typename T>
+  absl::StatusOr<Port<T>> OpenPort(const std::string& name);
 
   // ---- Behavior tables (this process only) ----
   // Binds `table` to the type `token` for this process, replacing an
@@ -375,6 +383,8 @@ class Channel : public std::enable_shared_from_this<Channel> {
   friend class internal::Connection;
   template <typename T>
   friend class Owned;
+  template <typename T>
+  friend class Port;
 
   Channel(std::shared_ptr<internal::Connection> connection, std::string name,
           std::string id, std::string capability);
@@ -421,6 +431,24 @@ class Channel : public std::enable_shared_from_this<Channel> {
   }
   // View's other cases: resolved and checked against `type`, then cached.
   absl::StatusOr<shm::InstancePtr> ViewSlow(uint32_t slot, Ref ref, const TypeInfo& type);
+  // Ports (port.h). The port root `name` names (NOT_FOUND otherwise).
+  absl::StatusOr<Ref> FindPort(const std::string& name);
+  // Moves a reference this session owns into the port (queued operations
+  // applied first, so the daemon's counts include them).
+  absl::Status SendToPortNow(const std::string& name, Ref ref);
+  // The oldest message of the port, into this session's ownership;
+  // sleeps on the port's publish counter (instance `port`) until one
+  // comes or `timeout` ends (NOT_FOUND for a timeout <= 0 and nothing
+  // there, DEADLINE_EXCEEDED after a wait).
+  absl::StatusOr<Ref> ReceiveFromPortWaiting(const std::string& name, Ref port,
+                                             std::chrono::nanoseconds timeout);
+  // An Owned of a reference this session owns (a message just received,
+  // or a send given back).
+  template <typename T>
+  Owned<T> Adopt(Ref ref) {
+    absl::StatusOr<T> view = View<T>(ref);
+    return view.ok() ? Owned<T>(shared_from_this(), *view, /*sole=*/false) : Owned<T>();
+  }
   // Wraps `views` as Owneds (RetainBatch's end, after RetainRefs).
   template <typename T>
   std::vector<Owned<T>> OwnAll(const std::vector<T>& views, bool sole) {

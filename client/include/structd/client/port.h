@@ -1,0 +1,95 @@
+#ifndef STRUCTD_CLIENT_PORT_H_
+#define STRUCTD_CLIENT_PORT_H_
+
+// Port<T>: a bounded queue of references in a channel's arena, the
+// postMessage of structd (doc/ports.md). Send moves an Owned<T> into the
+// port; Receive moves the oldest message out as an Owned<T> of this
+// session's. Many senders and many receivers, in any processes of the
+// channel; each message is received once.
+//
+// Today every Send and Receive is one call to the daemon (which moves the
+// reference between this session's ledger and the port); a Receive that
+// finds the port empty sleeps on the port's publish counter (a futex in
+// the arena), not in a loop. The shared-memory moves of
+// doc/design/ports.md will replace the calls without changing this API.
+//
+// Thread safety: a Port may be used from any number of threads.
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "structd/client/channel.h"
+
+namespace structd::client {
+
+template <typename T>
+class Port {
+ public:
+  const std::string& name() const { return name_; }
+  Ref ref() const { return ref_; }
+
+  // Moves `message` into the port: OK and `message` is empty (the port
+  // owns the reference until someone receives it). RESOURCE_EXHAUSTED
+  // when the port is full, and any other error: `message` still holds
+  // its reference.
+  absl::Status Send(Owned<T>& message) {
+    if (!message) return absl::InvalidArgumentError("send: the Owned is empty");
+    const Ref ref = message.Disown();
+    absl::Status s = channel_->SendToPortNow(name_, ref);
+    if (!s.ok()) message = channel_->Adopt<T>(ref);
+    return s;
+  }
+  absl::Status Send(Owned<T>&& message) { return Send(message); }
+
+  // The oldest message, now owned by this session. NOT_FOUND if the port
+  // has none. A message of another type than T is released (it was this
+  // session's) and FAILED_PRECONDITION returned.
+  absl::StatusOr<Owned<T>> TryReceive() { return Receive(std::chrono::nanoseconds::zero()); }
+  // TryReceive that waits up to `timeout` for a message (asleep on the
+  // port's publish counter): DEADLINE_EXCEEDED when none came.
+  absl::StatusOr<Owned<T>> Receive(std::chrono::nanoseconds timeout) {
+    absl::StatusOr<Ref> ref = channel_->ReceiveFromPortWaiting(name_, ref_, timeout);
+    if (!ref.ok()) return ref.status();
+    absl::StatusOr<T> view = channel_->View<T>(*ref);
+    if (!view.ok()) {
+      (void)channel_->Release(std::vector<Ref>{*ref});
+      return absl::FailedPreconditionError(absl::StrCat(
+          "port '", name_, "': the message ", ref->ToString(), " is not a '", std::string(T::kKey),
+          "' (", view.status().message(), "); it was released"));
+    }
+    return channel_->Adopt<T>(*ref);
+  }
+
+  // The port's counters now.
+  absl::StatusOr<PortInfo> Info() {
+    absl::StatusOr<std::vector<PortInfo>> all = channel_->ListPorts();
+    if (!all.ok()) return all.status();
+    for (const PortInfo& p : *all) {
+      if (p.name == name_) return p;
+    }
+    return absl::NotFoundError(absl::StrCat("port '", name_, "' is gone"));
+  }
+
+ private:
+  friend class Channel;
+  Port(std::shared_ptr<Channel> channel, std::string name, Ref ref)
+      : channel_(std::move(channel)), name_(std::move(name)), ref_(ref) {}
+
+  std::shared_ptr<Channel> channel_;
+  std::string name_;
+  Ref ref_;  // the port instance (its root's target when opened)
+};
+
+template <typename T>
+absl::StatusOr<Port<T>> Channel::OpenPort(const std::string& name) {
+  absl::StatusOr<Ref> ref = FindPort(name);
+  if (!ref.ok()) return ref.status();
+  return Port<T>(shared_from_this(), name, *ref);
+}
+
+}  // namespace structd::client
+
+#endif  // STRUCTD_CLIENT_PORT_H_
