@@ -50,5 +50,15 @@ TEST(ExamplesTest, GraphHandoffWalksTheWholeTreeFromOneRef) {
   EXPECT_THAT(output, HasSubstr("walked 20000 nodes, sum 199990000"));
 }
 
+TEST(ExamplesTest, JobQueueLosesNoJobWhenAWorkerIsKilledMidJob) {
+  DaemonProcess daemon;
+  auto [output, code] = RunExample(daemon, {STRUCTD_EXAMPLE_JOB_QUEUE, "40"});
+  EXPECT_EQ(code, 0) << output;
+  EXPECT_THAT(output, HasSubstr("killed the careful worker"));
+  EXPECT_THAT(output, HasSubstr("job 1 was taken by pid"));
+  EXPECT_THAT(output, HasSubstr("40 of 40 jobs done and correct; 1 sent again"));
+  EXPECT_THAT(output, HasSubstr("[quick pid"));
+}
+
 }  // namespace
 }  // namespace structd::testing
