@@ -3,6 +3,8 @@
 // a Receive that finds nothing sleeps on the port's publish counter.
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <string>
 #include <optional>
 #include <thread>
 
@@ -54,36 +56,90 @@ absl::StatusOr<Ref> Channel::FindPort(const std::string& name) {
       name_));
 }
 
-absl::Status Channel::SendToPortNow(const std::string& name, Ref ref) {
+namespace {
+
+// The port's ring in this process's mapping, for its wake-up words; none
+// for a port whose memory a member damaged (then a wait polls).
+std::optional<shm::PortRing> RingOf(const shm::Arena& arena, Ref port) {
+  absl::StatusOr<shm::InstancePtr> inst = arena.Resolve(port);
+  if (!inst.ok()) return std::nullopt;
+  absl::StatusOr<shm::PortRing> ring =
+      shm::PortRing::Attach(inst->payload(), inst->capacity() - shm::kInstanceHeaderSize);
+  if (!ring.ok()) return std::nullopt;
+  return *ring;
+}
+
+// Calls `attempt` (true: done; false: not yet) until it is done or fails,
+// or `timeout` passes: then `not_yet` for a timeout <= 0, else
+// `timed_out`. Between tries it sleeps on the ring's publish counter
+// (waiting for a message) or its count of emptied cells (`for_room`: for
+// room), counted among the waiters so that the daemon's move makes the
+// wake-up call. A process killed asleep leaves the count up: movers then
+// make one needless call each, nothing worse.
+absl::Status RetryAsleep(std::optional<shm::PortRing>& ring, bool for_room,
+                         std::chrono::nanoseconds timeout,
+                         const std::function<absl::StatusOr<bool>()>& attempt,
+                         const absl::Status& not_yet, const absl::Status& timed_out) {
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    // Read before the attempt: a move after it changes the word.
+    uint32_t* word = !ring ? nullptr : for_room ? ring->freed_word() : ring->published_word();
+    const uint32_t seen =
+        word == nullptr ? 0 : std::atomic_ref<uint32_t>(*word).load(std::memory_order_acquire);
+    absl::StatusOr<bool> done = attempt();
+    if (!done.ok()) return done.status();
+    if (*done) return absl::OkStatus();
+    if (timeout <= std::chrono::nanoseconds::zero()) return not_yet;
+    const auto waited = std::chrono::steady_clock::now() - start;
+    if (waited >= timeout) return timed_out;
+    const std::chrono::nanoseconds left = timeout - waited;
+    if (word == nullptr) {
+      std::this_thread::sleep_for(std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(1)));
+      continue;
+    }
+    for_room ? ring->AddRoomWatcher() : ring->AddPublishWatcher();
+    (void)shm::WaitWhileEquals(word, seen, left);
+    for_room ? ring->RemoveRoomWatcher() : ring->RemovePublishWatcher();
+  }
+}
+
+std::string Millis(std::chrono::nanoseconds t) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(t).count());
+}
+
+}  // namespace
+
+absl::Status Channel::SendToPortWaiting(const std::string& name, Ref port, Ref ref,
+                                        std::chrono::nanoseconds timeout) {
   // The daemon's counts must include every queued retain before a move.
   if (absl::Status s = Flush(); !s.ok()) return s;
-  v1::SendToPortRequest request;
-  request.set_channel(id_);
-  request.set_name(name);
-  request.add_refs(ref.bits());
-  v1::SendToPortResponse response;
-  return connection_->Call(connection_->instances(), &v1::Instances::Stub::SendToPort, request,
-                           &response);
+  std::optional<shm::PortRing> ring = RingOf(arena(), port);
+  auto attempt = [&]() -> absl::StatusOr<bool> {
+    v1::SendToPortRequest request;
+    request.set_channel(id_);
+    request.set_name(name);
+    request.add_refs(ref.bits());
+    v1::SendToPortResponse response;
+    absl::Status s = connection_->Call(connection_->instances(),
+                                       &v1::Instances::Stub::SendToPort, request, &response);
+    if (absl::IsResourceExhausted(s)) return false;  // full
+    if (!s.ok()) return s;
+    return true;
+  };
+  return RetryAsleep(
+      ring, /*for_room=*/true, timeout, attempt,
+      absl::ResourceExhaustedError(absl::StrFormat(
+          "port '%s' is full; receive from it, or send with a timeout to wait for room", name)),
+      absl::DeadlineExceededError(absl::StrFormat(
+          "port '%s' stayed full for %s ms; its receivers are not keeping up", name,
+          Millis(timeout))));
 }
 
 absl::StatusOr<Ref> Channel::ReceiveFromPortWaiting(const std::string& name, Ref port,
                                                     std::chrono::nanoseconds timeout) {
-  const auto start = std::chrono::steady_clock::now();
-  // The ring in this process's mapping, for its publish counter. A port
-  // whose memory a member damaged is polled instead (every millisecond).
-  std::optional<shm::PortRing> ring;
-  if (absl::StatusOr<shm::InstancePtr> inst = arena().Resolve(port); inst.ok()) {
-    absl::StatusOr<shm::PortRing> attached =
-        shm::PortRing::Attach(inst->payload(), inst->capacity() - shm::kInstanceHeaderSize);
-    if (attached.ok()) ring = *attached;
-  }
-  auto published = [&] {
-    return ring ? std::atomic_ref<uint32_t>(*ring->published_word()).load(std::memory_order_acquire)
-                : 0u;
-  };
-  for (;;) {
-    // Read before looking: a message published after the look changes it.
-    const uint32_t seen = published();
+  std::optional<shm::PortRing> ring = RingOf(arena(), port);
+  Ref got;
+  auto attempt = [&]() -> absl::StatusOr<bool> {
     v1::ReceiveFromPortRequest request;
     request.set_channel(id_);
     request.set_name(name);
@@ -95,28 +151,17 @@ absl::StatusOr<Ref> Channel::ReceiveFromPortWaiting(const std::string& name, Ref
         !s.ok()) {
       return s;
     }
-    if (response.refs_size() > 0) return Ref::FromBits(response.refs(0));
-    if (timeout <= std::chrono::nanoseconds::zero()) {
-      return absl::NotFoundError(absl::StrFormat("port '%s' has no message", name));
-    }
-    const auto waited = std::chrono::steady_clock::now() - start;
-    if (waited >= timeout) {
-      return absl::DeadlineExceededError(absl::StrFormat(
-          "no message arrived in port '%s' within %d ms", name,
-          std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()));
-    }
-    const std::chrono::nanoseconds left = timeout - waited;
-    if (!ring) {
-      std::this_thread::sleep_for(std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(1)));
-      continue;
-    }
-    // Counted among the waiters, so that a sender makes the wake-up call
-    // (a process killed here leaves the count up: senders then make one
-    // needless call each, nothing worse).
-    ring->AddPublishWatcher();
-    (void)shm::WaitWhileEquals(ring->published_word(), seen, left);
-    ring->RemovePublishWatcher();
-  }
+    if (response.refs_size() == 0) return false;
+    got = Ref::FromBits(response.refs(0));
+    return true;
+  };
+  absl::Status s = RetryAsleep(
+      ring, /*for_room=*/false, timeout, attempt,
+      absl::NotFoundError(absl::StrFormat("port '%s' has no message", name)),
+      absl::DeadlineExceededError(absl::StrFormat("no message arrived in port '%s' within %s ms",
+                                                  name, Millis(timeout))));
+  if (!s.ok()) return s;
+  return got;
 }
 
 }  // namespace structd::client

@@ -168,6 +168,14 @@ void PortRing::RemovePublishWatcher() {
   A(header_->receivers_waiting).fetch_sub(1, std::memory_order_seq_cst);
 }
 
+void PortRing::AddRoomWatcher() {
+  A(header_->senders_waiting).fetch_add(1, std::memory_order_seq_cst);
+}
+
+void PortRing::RemoveRoomWatcher() {
+  A(header_->senders_waiting).fetch_sub(1, std::memory_order_seq_cst);
+}
+
 void PortRing::WakeReceivers() {
   // Dekker with the sleeper (Receive): it counts itself, then looks at
   // `published`; we change `published`, then look at the count. Both

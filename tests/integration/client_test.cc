@@ -867,7 +867,25 @@ TEST_F(ClientTest, APortMovesOwnedsAndWakesABlockedReceiver) {
   auto info = port->Info();
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->depth, 4u);
-  EXPECT_EQ(info->sent, 5u);
+  EXPECT_EQ(info->sent, 5u);  // the job and four
+
+  // A send with a timeout waits for room: a receive makes it.
+  std::thread taker([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(port->TryReceive().ok());
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(port->Send(*extra, std::chrono::seconds(10)).ok());
+  const auto waited_for_room = std::chrono::steady_clock::now() - t0;
+  taker.join();
+  EXPECT_FALSE(*extra);
+  EXPECT_GE(waited_for_room, std::chrono::milliseconds(90)) << "the send did not wait";
+  EXPECT_LT(waited_for_room, std::chrono::seconds(5)) << "the receive did not wake the sender";
+  auto late = c().Allocate<Counter>();
+  ASSERT_TRUE(late.ok());
+  EXPECT_EQ(port->Send(*late, std::chrono::milliseconds(30)).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(*late);
 
   // A receiver of another type gets an error; the message is released.
   auto wrong = c().OpenPort<Vector>("jobs");
@@ -876,6 +894,7 @@ TEST_F(ClientTest, APortMovesOwnedsAndWakesABlockedReceiver) {
   EXPECT_EQ(mistyped.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(mistyped.status().message(), ::testing::HasSubstr("is not a 'Vector'"));
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(port->TryReceive().ok()) << i;
+  EXPECT_EQ(port->TryReceive().status().code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(c().Flush().ok());
   EXPECT_TRUE(CensusIsClean());
 }

@@ -434,8 +434,11 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // Ports (port.h). The port root `name` names (NOT_FOUND otherwise).
   absl::StatusOr<Ref> FindPort(const std::string& name);
   // Moves a reference this session owns into the port (queued operations
-  // applied first, so the daemon's counts include them).
-  absl::Status SendToPortNow(const std::string& name, Ref ref);
+  // applied first, so the daemon's counts include them); while the port
+  // is full, sleeps on its count of emptied cells until `timeout`
+  // (RESOURCE_EXHAUSTED for a timeout <= 0, DEADLINE_EXCEEDED after).
+  absl::Status SendToPortWaiting(const std::string& name, Ref port, Ref ref,
+                                 std::chrono::nanoseconds timeout);
   // The oldest message of the port, into this session's ownership;
   // sleeps on the port's publish counter (instance `port`) until one
   // comes or `timeout` ends (NOT_FOUND for a timeout <= 0 and nothing

@@ -9,8 +9,9 @@
 //
 // Today every Send and Receive is one call to the daemon (which moves the
 // reference between this session's ledger and the port); a Receive that
-// finds the port empty sleeps on the port's publish counter (a futex in
-// the arena), not in a loop. The shared-memory moves of
+// finds the port empty sleeps on the port's publish counter, and a Send
+// with a timeout that finds it full on its count of emptied cells (futexes
+// in the arena), not in a loop. The shared-memory moves of
 // doc/design/ports.md will replace the calls without changing this API.
 //
 // Thread safety: a Port may be used from any number of threads.
@@ -35,14 +36,18 @@ class Port {
   // owns the reference until someone receives it). RESOURCE_EXHAUSTED
   // when the port is full, and any other error: `message` still holds
   // its reference.
-  absl::Status Send(Owned<T>& message) {
+  absl::Status Send(Owned<T>& message) { return Send(message, std::chrono::nanoseconds::zero()); }
+  absl::Status Send(Owned<T>&& message) { return Send(message); }
+  // Send that waits up to `timeout` for room (asleep on the port's count
+  // of emptied cells): DEADLINE_EXCEEDED if the port stayed full, and
+  // `message` still holds its reference.
+  absl::Status Send(Owned<T>& message, std::chrono::nanoseconds timeout) {
     if (!message) return absl::InvalidArgumentError("send: the Owned is empty");
     const Ref ref = message.Disown();
-    absl::Status s = channel_->SendToPortNow(name_, ref);
+    absl::Status s = channel_->SendToPortWaiting(name_, ref_, ref, timeout);
     if (!s.ok()) message = channel_->Adopt<T>(ref);
     return s;
   }
-  absl::Status Send(Owned<T>&& message) { return Send(message); }
 
   // The oldest message, now owned by this session. NOT_FOUND if the port
   // has none. A message of another type than T is released (it was this

@@ -182,6 +182,12 @@ class PortRing {
   uint32_t* published_word() const { return &header_->published; }
   void AddPublishWatcher();
   void RemovePublishWatcher();
+  // The same for room: the word every emptied cell changes, and the count
+  // its wakers look at (a sender waiting for room outside Send: the
+  // client library's sends through the daemon).
+  uint32_t* freed_word() const { return &header_->freed; }
+  void AddRoomWatcher();
+  void RemoveRoomWatcher();
 
   // --- For whoever repairs after a death (the daemon) -------------------
 
