@@ -58,20 +58,9 @@ absl::StatusOr<Ref> Channel::FindPort(const std::string& name) {
 
 namespace {
 
-// The port's ring in this process's mapping, for its wake-up words; none
-// for a port whose memory a member damaged (then a wait polls).
-std::optional<shm::PortRing> RingOf(const shm::Arena& arena, Ref port) {
-  absl::StatusOr<shm::InstancePtr> inst = arena.Resolve(port);
-  if (!inst.ok()) return std::nullopt;
-  absl::StatusOr<shm::PortRing> ring =
-      shm::PortRing::Attach(inst->payload(), inst->capacity() - shm::kInstanceHeaderSize);
-  if (!ring.ok()) return std::nullopt;
-  return *ring;
-}
-
 // Calls `attempt` (true: done; false: not yet) until it is done or fails,
 // or `timeout` passes: then `not_yet` for a timeout <= 0, else
-// `timed_out`. Between tries it sleeps on the ring's publish counter
+// `timed_out`. Without a ring (a damaged port) it polls every millisecond. Between tries it sleeps on the ring's publish counter
 // (waiting for a message) or its count of emptied cells (`for_room`: for
 // room), counted among the waiters so that the daemon's move makes the
 // wake-up call. A process killed asleep leaves the count up: movers then
@@ -109,11 +98,20 @@ std::string Millis(std::chrono::nanoseconds t) {
 
 }  // namespace
 
+std::optional<shm::PortRing> Channel::PortRingOf(Ref port) const {
+  absl::StatusOr<shm::InstancePtr> inst = arena().Resolve(port);
+  if (!inst.ok()) return std::nullopt;
+  absl::StatusOr<shm::PortRing> ring =
+      shm::PortRing::Attach(inst->payload(), inst->capacity() - shm::kInstanceHeaderSize);
+  if (!ring.ok()) return std::nullopt;
+  return *ring;
+}
+
 absl::Status Channel::SendToPortWaiting(const std::string& name, Ref port, Ref ref,
                                         std::chrono::nanoseconds timeout) {
   // The daemon's counts must include every queued retain before a move.
   if (absl::Status s = Flush(); !s.ok()) return s;
-  std::optional<shm::PortRing> ring = RingOf(arena(), port);
+  std::optional<shm::PortRing> ring = PortRingOf(port);
   auto attempt = [&]() -> absl::StatusOr<bool> {
     v1::SendToPortRequest request;
     request.set_channel(id_);
@@ -137,7 +135,7 @@ absl::Status Channel::SendToPortWaiting(const std::string& name, Ref port, Ref r
 
 absl::StatusOr<Ref> Channel::ReceiveFromPortWaiting(const std::string& name, Ref port,
                                                     std::chrono::nanoseconds timeout) {
-  std::optional<shm::PortRing> ring = RingOf(arena(), port);
+  std::optional<shm::PortRing> ring = PortRingOf(port);
   Ref got;
   auto attempt = [&]() -> absl::StatusOr<bool> {
     v1::ReceiveFromPortRequest request;

@@ -2,6 +2,7 @@
 // library, and so do worker processes (structd_test_client) started with
 // fork+exec.
 
+#include <poll.h>
 #include <signal.h>
 
 #include <chrono>
@@ -886,6 +887,30 @@ TEST_F(ClientTest, APortMovesOwnedsAndWakesABlockedReceiver) {
   EXPECT_EQ(port->Send(*late, std::chrono::milliseconds(30)).code(),
             absl::StatusCode::kDeadlineExceeded);
   EXPECT_TRUE(*late);
+
+  // The event-loop hook: a FieldWatch's descriptor becomes readable when a
+  // message arrives (poll here stands for epoll).
+  {
+    auto drained = port->TryReceive();  // make room
+    ASSERT_TRUE(drained.ok());
+    auto watch = shm::FieldWatch::Create();
+    ASSERT_TRUE(watch.ok());
+    auto arrivals = port->WatchArrivals();
+    ASSERT_TRUE(arrivals.ok()) << arrivals.status();
+    ASSERT_TRUE(arrivals->Arm(**watch).ok());
+    pollfd pfd{(*watch)->fd(), POLLIN, 0};
+    EXPECT_EQ(poll(&pfd, 1, 50), 0) << "readable before any message";
+    std::thread sender([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      auto m = c().Allocate<Counter>();
+      ASSERT_TRUE(m.ok());
+      EXPECT_TRUE(port->Send(*m).ok());
+    });
+    EXPECT_EQ(poll(&pfd, 1, 5000), 1) << "the send did not make the descriptor readable";
+    sender.join();
+    EXPECT_EQ((*watch)->TakeFired().size(), 1u);
+  }
+  EXPECT_EQ(port->Info()->receivers_waiting, 0u) << "the watcher uncounted itself";
 
   // A receiver of another type gets an error; the message is released.
   auto wrong = c().OpenPort<Vector>("jobs");

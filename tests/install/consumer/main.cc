@@ -5,6 +5,7 @@
 
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "structd/client/port.h"  // and the shm headers it needs (field_watch.h, port_ring.h)
 
 #define POINT_FIELDS(F) F(x, f64) F(y, f64) F(label, string(8))
 STRUCTD_STRUCT(Point, POINT_FIELDS);

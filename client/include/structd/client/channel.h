@@ -10,6 +10,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -30,6 +31,7 @@
 #include "structd/client/struct.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/layout.h"
+#include "structd/shm/port_ring.h"
 #include "structd/shm/type_token.h"
 
 namespace structd::client {
@@ -445,6 +447,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // there, DEADLINE_EXCEEDED after a wait).
   absl::StatusOr<Ref> ReceiveFromPortWaiting(const std::string& name, Ref port,
                                              std::chrono::nanoseconds timeout);
+  // The ring of port instance `port` in this process's mapping, for its
+  // wake-up words; none if it does not resolve or a member damaged it.
+  std::optional<shm::PortRing> PortRingOf(Ref port) const;
   // An Owned of a reference this session owns (a message just received,
   // or a send given back).
   template <typename T>

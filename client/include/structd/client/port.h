@@ -18,11 +18,14 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/status/statusor.h"
 #include "structd/client/channel.h"
+#include "structd/shm/field_watch.h"
+#include "structd/shm/port_ring.h"
 
 namespace structd::client {
 
@@ -66,6 +69,39 @@ class Port {
           "' (", view.status().message(), "); it was released"));
     }
     return channel_->Adopt<T>(*ref);
+  }
+
+  // The event-loop hook (doc/ports.md): while the returned object lives,
+  // Arm(watch) makes `watch`'s descriptor readable once a message may have
+  // arrived since the call (one-shot, as any FieldWatch watch). Drain with
+  // TryReceive until NOT_FOUND, then Arm again. No thread per port: one
+  // FieldWatch serves up to 127 ports (and fields). While it lives, every
+  // send to the port makes one FUTEX_WAKE call (the wakers must know
+  // someone sleeps). NOT_FOUND if the port is not mapped here.
+  class Arrivals {
+   public:
+    Arrivals(Arrivals&& other) noexcept : ring_(std::exchange(other.ring_, std::nullopt)) {}
+    Arrivals& operator=(Arrivals&&) = delete;
+    ~Arrivals() {
+      if (ring_) ring_->RemovePublishWatcher();
+    }
+    absl::StatusOr<uint64_t> Arm(shm::FieldWatch& watch) {
+      shm::Scalar<uint32_t> published(ring_->published_word());
+      return watch.Watch(published, published.load());
+    }
+
+   private:
+    friend class Port;
+    explicit Arrivals(shm::PortRing ring) : ring_(ring) { ring_->AddPublishWatcher(); }
+    std::optional<shm::PortRing> ring_;
+  };
+  absl::StatusOr<Arrivals> WatchArrivals() {
+    std::optional<shm::PortRing> ring = channel_->PortRingOf(ref_);
+    if (!ring) {
+      return absl::NotFoundError(absl::StrCat("port '", name_,
+                                              "' is not mapped in this process (or damaged)"));
+    }
+    return Arrivals(*ring);
   }
 
   // The port's counters now.
