@@ -40,6 +40,7 @@
 #include "structd/client/admin.h"
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "structd/client/port.h"
 #include "tests/bench/bench_daemon.h"
 #include "tests/bench/bench_report.h"
 #include "testing/daemon_process.h"
@@ -421,6 +422,42 @@ void BM_Handoff_Protobuf(benchmark::State& state) {
 }
 BENCHMARK(BM_Handoff_Protobuf)->Arg(16)->Arg(64 << 10)->Arg(1 << 20);
 
+// The same 16-byte hand-over, there and back, through two Port<Small>s
+// ("ping", "pong"): today each Send and Receive is a call to the daemon
+// (doc/ports.md), so this measures that path; the ring's own costs are in
+// shm_bench (BM_HandOverRoundTrip_PortRing*).
+void BM_Handoff_Port(benchmark::State& state) {
+  client::Channel& ch = g->ch();
+  for (const char* name : {"ping", "pong"}) {
+    absl::Status s = ch.CreatePort(name, 64).status();
+    if (!s.ok() && !absl::IsAlreadyExists(s)) return state.SkipWithError("create port");
+  }
+  auto ping = ch.OpenPort<Small>("ping");
+  auto pong = ch.OpenPort<Small>("pong");
+  if (!ping.ok() || !pong.ok()) return state.SkipWithError("open ports");
+  testing::SpawnedProcess child(std::vector<std::string>{
+      g_self, "porter", g->daemon->socket(), "bench", g->created.member_capability});
+  if (child.ReadLine(std::chrono::seconds(10)) != "ready") {
+    return state.SkipWithError("porter child did not start");
+  }
+  auto message = ch.Allocate<Small>();
+  if (!message.ok()) return state.SkipWithError("allocate");
+  (*message)->value().store(42);
+  for (auto _ : state) {
+    auto back = ping->Send(*message).ok() ? pong->Receive(std::chrono::seconds(10))
+                                          : absl::StatusOr<client::Owned<Small>>(
+                                                absl::InternalError("send"));
+    if (!back.ok() || (*back)->value().load() != 42) {
+      return state.SkipWithError("port hand-over failed");
+    }
+    *message = std::move(*back);
+  }
+  (*message)->value().store(0);  // the porter's "stop"
+  (void)ping->Send(*message);
+  child.Wait();
+}
+BENCHMARK(BM_Handoff_Port)->UseRealTime();
+
 // ---------------------------------------------------------------------------
 // Control RPCs vs a bare unary call (the health check) on the same socket.
 
@@ -525,6 +562,8 @@ constexpr Pair kPairs[] = {
      "BM_Handoff_Protobuf/1048576", "protobuf over a socket", 0, true},
     {"handoff flatness: 1 MiB vs 16 B (structd)", "BM_Handoff_Structd/1048576",
      "BM_Handoff_Structd/16", "structd 16 B", 1.5, true},
+    {"handoff 16 B round trip: Port<T> (daemon calls today) vs a ref over a socket",
+     "BM_Handoff_Port", "BM_Handoff_Structd/16", "ref over a Unix socket", 0, true},
     {"RegisterType vs empty unary", "BM_Rpc_RegisterType", "BM_Rpc_EmptyUnary", "empty unary",
      1.5, true},
     {"DescribeType vs empty unary", "BM_Rpc_DescribeType", "BM_Rpc_EmptyUnary", "empty unary",
@@ -598,6 +637,28 @@ int HandoffChild(char** argv) {
       value = graph.nodes_size() > 0 ? graph.nodes(0).value() : 0;
     }
     if (!WriteAll(fd, &value, 8)) return 0;
+  }
+}
+
+// BM_Handoff_Port's other side: receives from "ping" and sends back to
+// "pong" until a message with value 0.
+int PorterChild(char** argv) {
+  client::ClientOptions o;
+  o.socket = argv[2];
+  auto c = client::Client::Connect(o);
+  if (!c.ok()) return 3;
+  auto ch = (*c)->Join(argv[3], argv[4]);
+  if (!ch.ok()) return 3;
+  auto ping = (*ch)->OpenPort<Small>("ping");
+  auto pong = (*ch)->OpenPort<Small>("pong");
+  if (!ping.ok() || !pong.ok()) return 3;
+  std::printf("ready\n");
+  std::fflush(stdout);
+  while (true) {
+    auto got = ping->Receive(std::chrono::seconds(30));
+    if (!got.ok()) return 4;
+    if ((*got)->value().load() == 0) return 0;
+    if (!pong->Send(*got).ok()) return 4;
   }
 }
 
@@ -755,6 +816,7 @@ int main(int argc, char** argv) {
     if (mode == "contend-structd" && argc == 6) return ContendStructd(argv);
     if (mode == "contend-raw" && argc == 3) return ContendRaw(argv);
     if (mode == "handoff" && argc == 6) return HandoffChild(argv);
+    if (mode == "porter" && argc == 5) return PorterChild(argv);
     if (mode == "scale" && argc == 7) return ScaleChild(argv);
   }
   bool scale = argc >= 2 && std::string(argv[1]) == "--scale";
