@@ -80,6 +80,10 @@ void StopPortMoveAfterStepForTesting(int step) {
 }
 }  // namespace internal
 
+bool PortRing::ValidCapacity(uint32_t capacity) {
+  return capacity >= 2 && capacity <= kMaxPortCapacity && std::has_single_bit(capacity);
+}
+
 size_t PortRing::BytesFor(uint32_t capacity) {
   return sizeof(PortRingHeader) + size_t{capacity} * 2 * sizeof(uint64_t);
 }
@@ -107,7 +111,7 @@ std::string PortRing::PortTypeKey(uint32_t capacity) {
 }
 
 absl::Status PortRing::Format(void* mem, size_t bytes, uint32_t capacity) {
-  if (capacity < 2 || capacity > kMaxPortCapacity || !std::has_single_bit(capacity)) {
+  if (!ValidCapacity(capacity)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "port capacity %u: must be a power of two from 2 to %u", capacity, kMaxPortCapacity));
   }
@@ -131,8 +135,7 @@ absl::StatusOr<PortRing> PortRing::Attach(void* mem, size_t bytes) {
     return absl::DataLossError(absl::StrFormat("%u bytes cannot hold a port", bytes));
   }
   const uint32_t capacity = A(header->capacity).load(std::memory_order_relaxed);
-  if (capacity < 2 || capacity > kMaxPortCapacity || !std::has_single_bit(capacity) ||
-      BytesFor(capacity) > bytes) {
+  if (!ValidCapacity(capacity) || BytesFor(capacity) > bytes) {
     return absl::DataLossError(absl::StrFormat(
         "the port's capacity word says %u, which is not a power of two that fits its %u "
         "bytes: a member overwrote the port",
@@ -499,8 +502,8 @@ uint32_t PortRing::HelpCursors() {
   return moved;
 }
 
-PortRing::Repair PortRing::RepairLane(uint32_t lane_id, uint64_t lane_op, uint64_t* slot) {
-  (void)lane_op;  // the cell's mark says which move it was
+PortRing::Repair PortRing::RepairLane(uint32_t lane_id, uint64_t* slot) {
+  // The cell's mark says which move it was (a send or a receive).
   const uint64_t capacity = uint64_t{mask_} + 1;
   uint32_t index = 0;
   uint64_t seq = 0;

@@ -310,7 +310,7 @@ TEST(PortRingTest, ASendRepairedWithoutItsReferenceLeavesAHoleThatReceiversSkip)
   internal::StopPortMoveAfterStepForTesting(2);  // claimed, nothing written
   EXPECT_EQ(port.Send(0, 42).code(), absl::StatusCode::kAborted);
   ASSERT_TRUE(port.Send(1, 43).ok());
-  EXPECT_EQ(port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, nullptr),
+  EXPECT_EQ(port.ring->RepairLane(port.Mover(0).lane_id, nullptr),
             PortRing::Repair::kSendCompleted);
   EXPECT_EQ(port.Receive(2), 43u) << "the hole is skipped";
   EXPECT_EQ(port.Receive(2), 0u);
@@ -324,7 +324,7 @@ TEST(PortRingTest, ATwoStepReceiveIsPutBackIfTheReceiverDiesBetweenTheSteps) {
   ASSERT_TRUE(taken.ok()) << taken.status();
   EXPECT_EQ(taken->ref, 42u);
   EXPECT_EQ(port.ring->TryReceive(port.Mover(2)).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, nullptr),
+  EXPECT_EQ(port.ring->RepairLane(port.Mover(0).lane_id, nullptr),
             PortRing::Repair::kReceiveRolledBack);
   taken = port.ring->BeginReceive(port.Mover(0));
   ASSERT_TRUE(taken.ok()) << taken.status();
@@ -347,7 +347,7 @@ TEST_P(PortSendCrashTest, TheRepairCompletesTheSendOrFindsItNeverHappened) {
   EXPECT_EQ(port.Send(0, 42).code(), absl::StatusCode::kAborted);
   EXPECT_NE(port.lanes[0].op, 0u) << "the killed move left its lane set";
   const PortRing::Repair repair =
-      port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, &port.slots[0]);
+      port.ring->RepairLane(port.Mover(0).lane_id, &port.slots[0]);
   port.lanes[0].op = 0;
   if (step == 1) {
     EXPECT_EQ(repair, PortRing::Repair::kNothing);
@@ -385,7 +385,7 @@ TEST_P(PortReceiveCrashTest, TheRepairRollsTheReceiveBackUnlessTheSlotHasTheMess
     EXPECT_EQ(port.ring->TryReceive(port.Mover(2)).code(), absl::StatusCode::kNotFound);
   }
   const PortRing::Repair repair =
-      port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, &port.slots[0]);
+      port.ring->RepairLane(port.Mover(0).lane_id, &port.slots[0]);
   if (step <= 2) {
     EXPECT_EQ(repair, step == 1 ? PortRing::Repair::kNothing
                                 : PortRing::Repair::kReceiveRolledBack);
@@ -432,7 +432,7 @@ TEST(PortRingTest, AReceiverKilledAnywhereLeavesEveryMessageInExactlyOnePlace) {
     std::this_thread::sleep_for(std::chrono::microseconds(200 + rng() % 20000));
     kill(child, SIGKILL);
     EXPECT_EQ(ExitCode(child), 128 + SIGKILL);
-    port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, &port.slots[0]);
+    port.ring->RepairLane(port.Mover(0).lane_id, &port.slots[0]);
     std::vector<int> places(kMessages + 1, 0);
     for (uint64_t i = 0; i < kMessages; ++i) places[i + 1] += consumed[i].load();
     const uint64_t in_slot = port.slots[0];
@@ -469,7 +469,7 @@ TEST(PortRingTest, ASenderKilledAnywhereLeavesEveryMessageInExactlyOnePlace) {
     std::this_thread::sleep_for(std::chrono::microseconds(200 + rng() % 20000));
     kill(child, SIGKILL);
     EXPECT_EQ(ExitCode(child), 128 + SIGKILL);
-    port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, &port.slots[0]);
+    port.ring->RepairLane(port.Mover(0).lane_id, &port.slots[0]);
     const uint64_t last = std::min(next.load(), kMessages);
     std::vector<int> places(kMessages + 2, 0);
     if (port.slots[0] != 0) ++places[port.slots[0]];
@@ -511,7 +511,7 @@ TEST(PortRingTest, ScribbledPortMemoryMakesCallsFailNeverHangOrStrayOutside) {
       port.slots[2] = 0;
       (void)port.ring->Receive(port.Mover(2), PortWait{1ms, 10});
     }
-    (void)port.ring->RepairLane(port.Mover(0).lane_id, port.lanes[0].op, &port.slots[0]);
+    (void)port.ring->RepairLane(port.Mover(0).lane_id, &port.slots[0]);
     (void)port.ring->HelpCursors();
     (void)port.ring->stats();
     uint64_t messages = 0;

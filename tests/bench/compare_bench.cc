@@ -30,6 +30,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -577,13 +578,26 @@ constexpr Pair kPairs[] = {
 // ---------------------------------------------------------------------------
 // Child processes.
 
-int ContendStructd(char** argv) {
+// A child's session: argv is MODE SOCKET CHANNEL CAPABILITY [...]. The
+// client outlives the channel it joined (declared first).
+struct ChildSession {
+  std::unique_ptr<client::Client> client;
+  std::shared_ptr<client::Channel> channel;
+  client::Channel* operator->() const { return channel.get(); }
+};
+std::optional<ChildSession> JoinFromArgs(char** argv) {
   client::ClientOptions o;
   o.socket = argv[2];
   auto c = client::Client::Connect(o);
-  if (!c.ok()) return 3;
+  if (!c.ok()) return std::nullopt;
   auto ch = (*c)->Join(argv[3], argv[4]);
-  if (!ch.ok()) return 3;
+  if (!ch.ok()) return std::nullopt;
+  return ChildSession{std::move(*c), std::move(*ch)};
+}
+
+int ContendStructd(char** argv) {
+  std::optional<ChildSession> ch = JoinFromArgs(argv);
+  if (!ch) return 3;
   auto r = (*ch)->View<Record>(*Ref::Parse(argv[5]));
   if (!r.ok()) return 4;
   auto counter = r->counter();
@@ -603,12 +617,8 @@ int ContendRaw(char** argv) {
 }
 
 int HandoffChild(char** argv) {
-  client::ClientOptions o;
-  o.socket = argv[2];
-  auto c = client::Client::Connect(o);
-  if (!c.ok()) return 3;
-  auto ch = (*c)->Join(argv[3], argv[4]);
-  if (!ch.ok()) return 3;
+  std::optional<ChildSession> ch = JoinFromArgs(argv);
+  if (!ch) return 3;
   const int fd = std::atoi(argv[5]);
   std::printf("ready\n");
   std::fflush(stdout);
@@ -643,12 +653,8 @@ int HandoffChild(char** argv) {
 // BM_Handoff_Port's other side: receives from "ping" and sends back to
 // "pong" until a message with value 0.
 int PorterChild(char** argv) {
-  client::ClientOptions o;
-  o.socket = argv[2];
-  auto c = client::Client::Connect(o);
-  if (!c.ok()) return 3;
-  auto ch = (*c)->Join(argv[3], argv[4]);
-  if (!ch.ok()) return 3;
+  std::optional<ChildSession> ch = JoinFromArgs(argv);
+  if (!ch) return 3;
   auto ping = (*ch)->OpenPort<Small>("ping");
   auto pong = (*ch)->OpenPort<Small>("pong");
   if (!ping.ok() || !pong.ok()) return 3;
@@ -665,12 +671,8 @@ int PorterChild(char** argv) {
 // Does `ops` rounds of load + store + fetch_add on its own Record; prints
 // "cpu_ns_per_op WALL_NS_PER_OP".
 int ScaleChild(char** argv) {
-  client::ClientOptions o;
-  o.socket = argv[2];
-  auto c = client::Client::Connect(o);
-  if (!c.ok()) return 3;
-  auto ch = (*c)->Join(argv[3], argv[4]);
-  if (!ch.ok()) return 3;
+  std::optional<ChildSession> ch = JoinFromArgs(argv);
+  if (!ch) return 3;
   auto mine = (*ch)->Allocate<Record>();
   if (!mine.ok()) return 4;
   long ops = std::atol(argv[5]);

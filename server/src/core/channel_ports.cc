@@ -15,11 +15,12 @@ namespace structd::server {
 namespace {
 
 // The capacity a registered port type was made for, or 0 if `type` is not
-// a port type.
+// a port type (its key is PortTypeKey of its "seq" array's length).
 uint32_t PortCapacityOf(const RegisteredType& type) {
-  if (!type.key.starts_with("structd.port/")) return 0;
   std::optional<size_t> seq = type.layout.FindField("seq");
-  return seq ? type.layout.fields()[*seq].spec.count : 0;
+  if (!seq) return 0;
+  const uint32_t capacity = type.layout.fields()[*seq].spec.count;
+  return type.key == shm::PortRing::PortTypeKey(capacity) ? capacity : 0;
 }
 
 }  // namespace
@@ -78,7 +79,7 @@ absl::StatusOr<Channel::PortHandle> Channel::SessionPortLocked(const std::string
 absl::StatusOr<Channel::PortInfo> Channel::CreatePort(const std::string& name,
                                                       uint32_t capacity) {
   if (absl::Status s = ValidateRootName(name); !s.ok()) return s;
-  if (capacity < 2 || capacity > shm::kMaxPortCapacity || (capacity & (capacity - 1)) != 0) {
+  if (!shm::PortRing::ValidCapacity(capacity)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "port '%s': capacity %u; give a power of two from 2 to %u", name, capacity,
         shm::kMaxPortCapacity));
@@ -184,7 +185,7 @@ absl::StatusOr<std::vector<shm::Ref>> Channel::ReceiveFromPort(const std::string
       continue;
     }
     if (absl::Status s = ledger->Add(r); !s.ok()) {
-      handle->ring.RepairLane(0, daemon_lane_.op, nullptr);  // put it back
+      handle->ring.RepairLane(0, nullptr);  // put it back
       daemon_lane_ = {};
       if (received.empty()) return s;
       break;
@@ -236,7 +237,7 @@ uint64_t Channel::RepairDaemonPortMovesLocked() {
     // in flight is marked with it (one move at a time, but a scribbler
     // may have copied the mark: at most a lap of them).
     for (uint32_t i = 0; i < ring->capacity(); ++i) {
-      if (ring->RepairLane(0, 0, nullptr) == shm::PortRing::Repair::kNothing) break;
+      if (ring->RepairLane(0, nullptr) == shm::PortRing::Repair::kNothing) break;
       ++repaired;
     }
   }

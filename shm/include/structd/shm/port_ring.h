@@ -113,6 +113,8 @@ struct PortWait {
 
 class PortRing {
  public:
+  // A capacity a ring may have: a power of two from 2 to kMaxPortCapacity.
+  static bool ValidCapacity(uint32_t capacity);
   // The bytes a ring of `capacity` cells takes.
   static size_t BytesFor(uint32_t capacity);
   // The ring as the fields of a built-in type (the daemon registers it
@@ -200,10 +202,12 @@ class PortRing {
   };
   // Finishes or undoes the move of a lane whose process is gone: finds the
   // cell carrying `lane_id` (if any), and completes a send or rolls back a
-  // receive as doc/design/ports.md says, from `lane.op` (read once) and the
-  // slot. Wakes the ring's sleepers if it changed anything.
+  // receive as doc/design/ports.md says, from the cell's mark and `slot`
+  // (the slot the lane's `op` names; null for a mover without one, the
+  // daemon: a send is then completed with what the cell holds, a receive
+  // put back). Wakes the ring's sleepers whatever it found.
   // REQUIRES: the lane's process has exited (nothing moves under it).
-  Repair RepairLane(uint32_t lane_id, uint64_t lane_op, uint64_t* slot);
+  Repair RepairLane(uint32_t lane_id, uint64_t* slot);
   // Moves head and tail past cells already emptied or claimed (a mover
   // killed between its cell and its cursor). Returns how many it moved.
   uint32_t HelpCursors();
