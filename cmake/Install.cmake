@@ -29,6 +29,7 @@ install(FILES
   shm/include/structd/shm/field_wait.h
   shm/include/structd/shm/field_watch.h
   shm/include/structd/shm/port_ring.h
+  shm/include/structd/shm/session_record.h
   shm/include/structd/shm/snapshot_fields.h
   shm/include/structd/shm/format.h
   shm/include/structd/shm/inspection.h

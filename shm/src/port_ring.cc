@@ -48,10 +48,32 @@ FutexDeadline DeadlineAfter(std::chrono::nanoseconds timeout) {
   return now + timeout;
 }
 
-void SetLane(const MoveContext& ctx, MoveKind kind) {
+// Writes the lane; false if the census gate is closed (the lane is then
+// idle again). Sequentially consistent, against the daemon's CloseGate
+// then look at the lanes: either the daemon sees the lane busy and waits
+// for it, or the mover sees the gate and backs out.
+bool SetLane(const MoveContext& ctx, MoveKind kind) {
   A(ctx.lane->port).store(ctx.port, std::memory_order_relaxed);
   A(ctx.lane->op).store((uint64_t{static_cast<uint8_t>(kind)} << 56) | ctx.slot_index,
-                        std::memory_order_release);
+                        std::memory_order_seq_cst);
+  if (ctx.gate == nullptr || A(*ctx.gate).load(std::memory_order_seq_cst) == 0) return true;
+  A(ctx.lane->op).store(0, std::memory_order_release);
+  return false;
+}
+
+// Sleeps until the census gate is open or `deadline`; false on timeout.
+bool WaitGateOpen(uint32_t* gate, FutexDeadline deadline) {
+  while (A(*gate).load(std::memory_order_seq_cst) != 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    internal::FutexWait(gate, 1, deadline);
+  }
+  return true;
+}
+
+absl::Status GateStuck() {
+  return absl::UnavailableError(
+      "the daemon is counting the channel's references (a census) and did not finish within "
+      "the wait; try again");
 }
 
 // Ends a move: `ctx`'s lane idle again, `result` returned.
@@ -201,7 +223,7 @@ void PortRing::WakeSenders() {
 PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
   const uint64_t ref = A(*ctx.slot).load(std::memory_order_relaxed);
   const uint64_t capacity = uint64_t{mask_} + 1;
-  SetLane(ctx, MoveKind::kSend);
+  if (!SetLane(ctx, MoveKind::kSend)) return Attempt::kGated;
   if (StopHere(1)) return Attempt::kAborted;
   uint64_t p = 0;
   CellWords cell{};
@@ -258,7 +280,7 @@ PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
 
 PortRing::Attempt PortRing::TakeOldest(const MoveContext& ctx, uint64_t* position) {
   const uint64_t capacity = uint64_t{mask_} + 1;
-  SetLane(ctx, MoveKind::kReceive);
+  if (!SetLane(ctx, MoveKind::kReceive)) return Attempt::kGated;
   if (StopHere(1)) return Attempt::kAborted;
   for (int retry = 0;; ++retry) {
     std::optional<uint64_t> at = CursorFor(header_->head, retry);
@@ -315,7 +337,9 @@ PortRing::Attempt PortRing::ReceiveOnce(const MoveContext& ctx) {
     // Into the slot, then out of the cell: a repair after a kill between
     // the two finds the slot filled and completes the receive.
     const uint64_t ref = A(*Cell(p).ref).load(std::memory_order_relaxed);
-    A(*ctx.slot).store(ref, std::memory_order_relaxed);
+    // Release: the slot's mark, reset by the client before this receive,
+    // is seen reset by whoever sees the reference (the daemon's Release).
+    A(*ctx.slot).store(ref, std::memory_order_release);
     if (StopHere(3)) return Attempt::kAborted;
     if (!EmptyTaken(p)) return Attempt::kAborted;
     if (ref != 0) return Done(ctx, Attempt::kDone);
@@ -333,6 +357,8 @@ absl::StatusOr<PortRing::Taken> PortRing::BeginReceive(const MoveContext& ctx) {
       case Attempt::kBusy:
       case Attempt::kFull:
         return absl::NotFoundError("the port has no message ready");
+      case Attempt::kGated:
+        return GateStuck();
       case Attempt::kAborted:
         return absl::AbortedError("stopped inside the move for a test");
       case Attempt::kDamaged:
@@ -369,7 +395,14 @@ absl::Status PortRing::TrySend(const MoveContext& ctx) {
   if (A(*ctx.slot).load(std::memory_order_relaxed) == 0) {
     return absl::InvalidArgumentError("send: the slot holds no reference");
   }
-  switch (SendOnce(ctx)) {
+  Attempt attempt = SendOnce(ctx);
+  if (attempt == Attempt::kGated) {
+    if (!WaitGateOpen(ctx.gate, DeadlineAfter(kGateWait))) return GateStuck();
+    attempt = SendOnce(ctx);
+  }
+  switch (attempt) {
+    case Attempt::kGated:
+      return GateStuck();
     case Attempt::kDone:
       return absl::OkStatus();
     case Attempt::kFull:
@@ -391,7 +424,14 @@ absl::Status PortRing::TryReceive(const MoveContext& ctx) {
   if (A(*ctx.slot).load(std::memory_order_relaxed) != 0) {
     return absl::InvalidArgumentError("receive: the slot is not free");
   }
-  switch (ReceiveOnce(ctx)) {
+  Attempt attempt = ReceiveOnce(ctx);
+  if (attempt == Attempt::kGated) {
+    if (!WaitGateOpen(ctx.gate, DeadlineAfter(kGateWait))) return GateStuck();
+    attempt = ReceiveOnce(ctx);
+  }
+  switch (attempt) {
+    case Attempt::kGated:
+      return GateStuck();
     case Attempt::kDone:
       return absl::OkStatus();
     case Attempt::kEmpty:
@@ -451,6 +491,9 @@ absl::Status PortRing::Waiting(bool sending, const MoveContext& ctx, PortWait wa
         return Aborted();
       case Attempt::kDamaged:
         return Damaged(sending ? "send" : "receive");
+      case Attempt::kGated:
+        if (!WaitGateOpen(ctx.gate, deadline)) return GateStuck();
+        continue;
       default:
         break;
     }

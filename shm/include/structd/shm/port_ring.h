@@ -102,6 +102,11 @@ struct MoveContext {
   uint64_t* slot = nullptr;
   uint32_t slot_index = 0;
   uint64_t port = 0;  // recorded in the lane
+  // The census gate of the lane's session record (null: none, the
+  // daemon's own moves). A move writes its lane, then looks at the gate;
+  // if it is set, it backs out (the lane idle again, nothing moved) and
+  // waits for the gate to open: the daemon is counting references.
+  uint32_t* gate = nullptr;
 };
 
 // How a blocking call waits: first `spin` looks (a pause between each),
@@ -134,10 +139,15 @@ class PortRing {
   static absl::StatusOr<PortRing> Attach(void* mem, size_t bytes);
 
   uint32_t capacity() const { return mask_ + 1; }
+  // How long a Try call waits for a closed census gate (a census takes
+  // milliseconds; it waits at most this long for a stopped mover).
+  static constexpr std::chrono::seconds kGateWait{2};
 
   // Moves the reference in *ctx.slot into the ring. ResourceExhausted when
   // the ring is full (the slot is left as it was), InvalidArgument for an
-  // empty slot, DataLoss if the ring's state is damaged.
+  // empty slot, DataLoss if the ring's state is damaged. A closed gate is
+  // waited out for up to kGateWait, then Unavailable (nothing moved); the
+  // blocking calls wait for it within their timeout.
   absl::Status TrySend(const MoveContext& ctx);
   // TrySend that waits for room as `wait` says: DeadlineExceeded when the
   // ring is still full after the timeout.
@@ -240,7 +250,8 @@ class PortRing {
   uint64_t LoadRef(uint32_t index) const;
   // One attempt, no wait. kBusy: the next cell is being taken by another
   // receiver (it frees the cell soon). kAborted: stopped for a test.
-  enum class Attempt { kDone, kFull, kEmpty, kBusy, kDamaged, kAborted };
+  // kGated: the census gate was closed, the lane backed out.
+  enum class Attempt { kDone, kFull, kEmpty, kBusy, kDamaged, kAborted, kGated };
   Attempt SendOnce(const MoveContext& ctx);
   Attempt ReceiveOnce(const MoveContext& ctx);
   // ReceiveOnce's halves: marks the oldest full cell taken by ctx's lane
