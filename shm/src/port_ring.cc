@@ -545,21 +545,28 @@ uint32_t PortRing::HelpCursors() {
   return moved;
 }
 
+std::optional<uint32_t> PortRing::CellMarkedBy(uint32_t lane_id, uint64_t* seq) const {
+  for (uint32_t i = 0; i <= mask_; ++i) {
+    *seq = LoadSeq(i);
+    if (*seq == (kCellClaimed | lane_id) || *seq == (kCellTaking | lane_id)) return i;
+  }
+  return std::nullopt;
+}
+
+uint64_t PortRing::RefInFlight(uint32_t lane_id) const {
+  uint64_t seq = 0;
+  const std::optional<uint32_t> marked = CellMarkedBy(lane_id, &seq);
+  return marked ? LoadRef(*marked) : 0;
+}
+
 PortRing::Repair PortRing::RepairLane(uint32_t lane_id, uint64_t* slot) {
   // The cell's mark says which move it was (a send or a receive).
   const uint64_t capacity = uint64_t{mask_} + 1;
-  uint32_t index = 0;
   uint64_t seq = 0;
-  bool found = false;
-  for (uint32_t i = 0; i <= mask_ && !found; ++i) {
-    seq = LoadSeq(i);
-    if (seq == (kCellClaimed | lane_id) || seq == (kCellTaking | lane_id)) {
-      index = i;
-      found = true;
-    }
-  }
+  const std::optional<uint32_t> marked = CellMarkedBy(lane_id, &seq);
   Repair result = Repair::kNothing;
-  if (found) {
+  if (marked) {
+    const uint32_t index = *marked;
     // Cursors past what others finished, so that the cell's position is
     // the one in [head, head + capacity) with its index.
     HelpCursors();

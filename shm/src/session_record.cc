@@ -70,9 +70,9 @@ absl::StatusOr<SessionRecord> SessionRecord::Attach(void* mem, size_t bytes) {
                        reinterpret_cast<uint32_t*>(base + kMarksOffset));
 }
 
-void SessionRecord::CloseGate() { A(header_->gate).store(1, std::memory_order_seq_cst); }
+void SessionRecord::CloseGate() const { A(header_->gate).store(1, std::memory_order_seq_cst); }
 
-void SessionRecord::OpenGate() {
+void SessionRecord::OpenGate() const {
   A(header_->gate).store(0, std::memory_order_seq_cst);
   internal::FutexWake(&header_->gate, INT_MAX);
 }

@@ -1,5 +1,7 @@
 #include "core/census.h"
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 #include "structd/shm/field.h"
 #include "structd/shm/walk.h"
@@ -8,7 +10,8 @@ namespace structd::server {
 
 Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
                   const std::map<std::string, shm::Ref>& roots,
-                  const std::map<std::string, std::unique_ptr<Ledger>>& ledgers) {
+                  const std::map<std::string, std::unique_ptr<Ledger>>& ledgers,
+                  const std::vector<HeldRecord>& records) {
   Census c;
   auto live = [&](shm::Ref r) { return arena.Resolve(r).ok(); };
   for (const auto& [name, ref] : roots) {
@@ -27,6 +30,20 @@ Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
         c.from_ledgers[Census::Block(e.ref)] += e.count;
       } else {
         c.dangling_entries.push_back({session, e.ref});
+      }
+    }
+  }
+  for (const HeldRecord& r : records) {
+    ++c.expected[Census::Block(r.ref)];
+    for (uint32_t i = 0; i < shm::kRecordSlots; ++i) {
+      const shm::Ref value = shm::Ref::FromBits(
+          std::atomic_ref<uint64_t>(*r.view.slot(i)).load(std::memory_order_acquire));
+      if (value.is_null()) continue;
+      // A slot names a block, as a ledger entry does.
+      if (arena.ResolveCurrent(value).ok()) {
+        ++c.expected[Census::Block(value)];
+      } else {
+        c.dangling_slots.push_back({r.session, r.view, i, value});
       }
     }
   }

@@ -3,7 +3,8 @@
 
 // The census of a channel's references: one count, from everything that
 // can hold a reference (roots, ledger entries, ref fields of live
-// instances, the array<ref,N> of built-in types: a port's messages), of
+// instances, the array<ref,N> of built-in types: a port's messages,
+// session records and their slots), of
 // how many references to each live instance exist. The
 // consistency check (Channel::Check) reports from it; recovery
 // (Channel::Reconcile) repairs from it. It only reads: members may write
@@ -19,6 +20,7 @@
 #include "core/type_registry.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/ref.h"
+#include "structd/shm/session_record.h"
 
 namespace structd::server {
 
@@ -45,6 +47,13 @@ struct Census {
     shm::Ref target;      // what it names
   };
   std::vector<FieldRef> dangling_fields;
+  struct SlotRef {
+    std::string session;
+    shm::SessionRecord record;
+    uint32_t slot = 0;
+    shm::Ref value;  // what it names
+  };
+  std::vector<SlotRef> dangling_slots;
   // Instances whose fields cannot be read (unknown type index, a layout
   // bigger than the block), and what the walk itself found damaged.
   struct Problem {
@@ -65,9 +74,20 @@ struct Census {
   }
 };
 
+// A session's record (shm/session_record.h) as the census reads it: the
+// session holds one reference to the record itself, and one to what each
+// of its slots names (by block, as ledger entries).
+struct HeldRecord {
+  std::string session;  // the session, or "" for an ended one (Channel::Leave)
+  shm::Ref ref;
+  uint32_t tag = 0;
+  shm::SessionRecord view;
+};
+
 Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
                   const std::map<std::string, shm::Ref>& roots,
-                  const std::map<std::string, std::unique_ptr<Ledger>>& ledgers);
+                  const std::map<std::string, std::unique_ptr<Ledger>>& ledgers,
+                  const std::vector<HeldRecord>& records);
 
 }  // namespace structd::server
 

@@ -270,8 +270,14 @@ bool SessionProcess::Exited() const {
 
 uint64_t Channel::ReapClaims() {
   base::MutexLock lock(&mu_);
-  if (left_claims_.empty() || !UsableLocked().ok()) return 0;
+  if ((left_claims_.empty() && left_records_.empty()) || !UsableLocked().ok()) return 0;
   uint64_t freed = 0;
+  std::vector<LeftRecord> records = std::move(left_records_);
+  left_records_.clear();
+  for (const LeftRecord& left : records) {
+    // Still moving: EndRecordLocked keeps it again.
+    freed += EndRecordLocked(left.record, left.process);
+  }
   shm::Allocator::TypeLookup types = TypesLocked();
   std::vector<LeftClaim> waiting;
   for (const LeftClaim& c : left_claims_) {
@@ -334,6 +340,18 @@ uint64_t Channel::Leave(const std::string& session_id, const SessionProcess& pro
         }
         ++released;
       }
+    }
+  }
+  if (UsableLocked().ok() && !it->second->record().is_null()) {
+    const shm::Ref record = it->second->record();
+    if (absl::StatusOr<shm::SessionRecord> view = RecordViewLocked(record); view.ok()) {
+      released += EndRecordLocked(HeldRecord{session_id, record, it->second->record_tag(), *view},
+                                  process);
+    } else {
+      spdlog::warn("channel '{}': the record {} of session {} is gone ({}): what its slots "
+                   "held is left to the census",
+                   name_, record.ToString(), session_id.substr(0, 8),
+                   std::string(view.status().message()));
     }
   }
   it->second->Unlink();

@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "structd/base/mutex.h"
 #include "absl/status/statusor.h"
+#include "core/census.h"
 #include "core/descriptor_store.h"
 #include "core/ledger.h"
 #include "core/meta_store.h"
@@ -332,6 +333,17 @@ class Channel {
   // a member damaged is listed with capacity 0).
   std::vector<PortInfo> ListPorts() const;
 
+  // Session records (shm/session_record.h; doc/ports.md, "Moves in
+  // shared memory"; core/channel_records.cc): the words in the arena
+  // through which a session's client moves references without calling
+  // the daemon. One per session, allocated by the first OpenRecord
+  // (idempotent), released with the session (Leave).
+  struct RecordInfo {
+    shm::Ref ref;
+    uint32_t tag = 0;
+  };
+  absl::StatusOr<RecordInfo> OpenRecord(const std::string& session_id);
+
   // Marks the channel dropped: no new joins. Returns true if no session is
   // joined any more, i.e. the caller may Destroy() it now.
   bool MarkDropped();
@@ -448,6 +460,56 @@ class Channel {
   // Lane id 0 is the daemon's; clients' lanes are never 0.
   shm::MoveContext DaemonMoveLocked(uint64_t* slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   shm::MoveLane daemon_lane_ ABSL_GUARDED_BY(mu_) = {};
+
+  // Every record held now: the ledgers' (sessions) and the ended
+  // sessions' kept for their processes (left_records_). A record that does
+  // not resolve as one (a member freed or overwrote it) is left out, with
+  // a warning.
+  std::vector<HeldRecord> RecordsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<shm::SessionRecord> RecordViewLocked(shm::Ref ref) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The census with every record's gate closed (doc/ports.md, "The
+  // census"): no client move runs while it counts. `in_flight`: blocks
+  // named by lanes still busy after a bounded wait (a stopped mover), which
+  // Reconcile neither lowers nor frees and Check does not report.
+  struct GatedCensus {
+    Census census;
+    std::set<uint64_t> in_flight;
+  };
+  GatedCensus TakeGatedCensusLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The end of a record: its lanes' moves finished or undone, its slots
+  // released, the record released; returns the references released. If a
+  // lane is busy and `process` has not exited, kept in left_records_ for
+  // ReapClaims instead (0).
+  uint64_t EndRecordLocked(const HeldRecord& record, const SessionProcess& process)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Release's share of a session's references held in its record: which
+  // refs of `refs` a slot the client marked given up holds (each slot
+  // once). Plans only; TakeMarkedSlotsLocked applies.
+  struct SlotTake {
+    uint32_t slot = 0;
+    size_t index = 0;  // in `refs`
+    shm::Ref ref;
+  };
+  std::vector<SlotTake> PlanMarkedSlotsLocked(const Ledger& ledger,
+                                              const std::vector<shm::Ref>& refs) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies a plan: each slot cleared if it still holds its ref (a slot
+  // whose ref changed was scribbled: that ref is not released). Returns
+  // the refs taken.
+  std::vector<shm::Ref> TakeMarkedSlotsLocked(const Ledger& ledger,
+                                              const std::vector<SlotTake>& plan)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records of ended sessions with a move in flight, kept until their
+  // process has exited (ReapClaims ends them).
+  struct LeftRecord {
+    HeldRecord record;
+    SessionProcess process;
+  };
+  std::vector<LeftRecord> left_records_ ABSL_GUARDED_BY(mu_);
+  // The next record's tag (tags are never reused while the daemon runs;
+  // after a restart, the highest restored one + 1).
+  uint32_t next_record_tag_ ABSL_GUARDED_BY(mu_) = 1;
 
   // Applies a store intent left by a daemon that died inside StoreRefs.
   void ReplayIntentLocked(const StoreIntent& intent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -118,20 +118,28 @@ absl::StatusOr<uint64_t> Channel::ReleaseLocked(const std::string& session_id,
                           absl::StrCat("refs[", i, "]: ", r.status().message()));
     }
   }
+  // A reference the client gave up from a slot of its record (a dropped
+  // Owned it had received through a port) is taken from that slot; the
+  // rest from the ledger.
+  const std::vector<SlotTake> from_slots = PlanMarkedSlotsLocked(**ledger, refs);
+  std::vector<bool> in_slot(refs.size(), false);
+  for (const SlotTake& t : from_slots) in_slot[t.index] = true;
   std::vector<shm::Ref> taken;
   for (size_t i = 0; i < refs.size(); ++i) {
+    if (in_slot[i]) continue;
     if (!(*ledger)->Remove(refs[i])) {
       for (shm::Ref r : taken) LogIfFailed((*ledger)->Add(r), "undoing a release");
       return absl::FailedPreconditionError(absl::StrFormat(
           "refs[%d] %s: this session does not own that reference (release "
-          "only refs you allocated or retained, once per reference)",
+          "only refs you allocated, retained or received, once per reference)",
           i, refs[i].ToString()));
     }
     taken.push_back(refs[i]);
   }
+  for (shm::Ref r : TakeMarkedSlotsLocked(**ledger, from_slots)) taken.push_back(r);
   uint64_t freed = 0;
   shm::Allocator::TypeLookup types = TypesLocked();
-  for (shm::Ref r : refs) {
+  for (shm::Ref r : taken) {
     // The ledger no longer holds it: a failure here (a refcount already
     // zero: a scribbled header) is logged, and the census repairs it.
     absl::StatusOr<shm::ReleaseResult> rr = allocator_->Release(r, types);

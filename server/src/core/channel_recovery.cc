@@ -163,6 +163,7 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
       c->damaged_ledgers_.push_back(session);
       continue;
     }
+    c->next_record_tag_ = std::max(c->next_record_tag_, (*ledger)->record_tag() + 1);
     c->ledgers_[session] = std::move(*ledger);
   }
   // A StoreRefs the previous daemon did not finish: complete it.
@@ -186,7 +187,8 @@ Channel::RepairReport Channel::Reconcile() {
   // Before the census: a message the previous daemon was moving is then
   // in one place (doc/ports.md, "Crash points").
   report.port_moves_repaired = RepairDaemonPortMovesLocked();
-  const Census census = TakeCensus(*arena_, registry_, roots_, ledgers_);
+  const GatedCensus gated = TakeGatedCensusLocked();
+  const Census& census = gated.census;
   for (const Census::Problem& p : census.problems) {
     spdlog::warn("channel '{}': recovery: {} {}", name_, p.ref ? p.ref.ToString() : "", p.what);
   }
@@ -211,6 +213,15 @@ Channel::RepairReport Channel::Reconcile() {
       ++report.dangling_dropped;
     }
   }
+  for (const Census::SlotRef& slot : census.dangling_slots) {
+    // The client may have moved the slot on since: cleared only if it
+    // still names what the census saw.
+    uint64_t expected = slot.value.bits();
+    if (std::atomic_ref<uint64_t>(*slot.record.slot(slot.slot))
+            .compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
+      ++report.dangling_dropped;
+    }
+  }
   // Every refcount to what exists; what nothing refers to is freed (its
   // fields' references, counted above, are released in turn). With a
   // damaged ledger, refcounts are only ever raised (what it held stays
@@ -223,6 +234,9 @@ Channel::RepairReport Channel::Reconcile() {
     if (!inst.ok()) continue;  // changed under us
     uint64_t want = std::min<uint64_t>(census.Expected(ref), UINT32_MAX);
     uint32_t have = inst->header().refcount.load();
+    // Named by a move a stopped client has in flight: in its slot and its
+    // cell at once (counted twice), so left as it is.
+    if (gated.in_flight.count(Census::Block(ref)) != 0) continue;
     if (want == 0) {
       if (frozen) {
         ++report.kept_counted;

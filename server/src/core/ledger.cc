@@ -65,11 +65,12 @@ void Store(uint64_t& word, uint64_t value) {
 // Lives at offset 0 of the file; `capacity` slots follow.
 struct Ledger::Header {
   uint64_t magic;
-  uint64_t session_tag;  // which session this ledger belongs to
+  uint64_t session_tag;  // the tag of the session's record (0: none yet)
   uint64_t capacity;     // power of two
   uint64_t used;         // slots holding a ref
   uint64_t tombstones;
-  uint64_t reserved[3];
+  uint64_t record;       // the session's record (ref bits; 0: none yet)
+  uint64_t reserved[2];
 };
 
 
@@ -112,6 +113,17 @@ Ledger::Slot* Ledger::slots() const {
 uint64_t Ledger::size() const { return refs_; }
 uint64_t Ledger::session_tag() const { return session_tag_; }
 
+void Ledger::SetRecord(shm::Ref record, uint32_t tag) {
+  // The tag first: a daemon killed between the two stores leaves a tag
+  // without a record, which names nothing (the record is then an instance
+  // nothing references, freed by the census).
+  auto* h = reinterpret_cast<Header*>(map_);
+  Store(h->session_tag, tag);
+  Store(h->record, record.bits());
+  session_tag_ = tag;
+  record_ = record.bits();
+}
+
 void Ledger::PublishCounters() {
   auto* h = reinterpret_cast<Header*>(map_);
   h->used = used_;
@@ -122,7 +134,7 @@ void Ledger::PublishCounters() {
 // renamed over `path`: a crash leaves the old file or the new one, never a
 // mix.
 absl::StatusOr<Ledger::Table> Ledger::WriteTable(
-    const std::string& path, uint64_t session_tag, uint64_t capacity,
+    const std::string& path, uint64_t session_tag, uint64_t record, uint64_t capacity,
     const std::vector<LedgerEntry>& entries) {
   std::string tmp = path + ".new";
   unlink(tmp.c_str());  // a leftover of a writer that died; never followed
@@ -142,6 +154,7 @@ absl::StatusOr<Ledger::Table> Ledger::WriteTable(
   auto* h = static_cast<Header*>(p);
   h->magic = kLedgerMagic;
   h->session_tag = session_tag;
+  h->record = record;
   h->capacity = capacity;
   h->used = 0;
   h->tombstones = 0;
@@ -172,7 +185,7 @@ absl::StatusOr<Ledger::Table> Ledger::WriteTable(
 absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Create(const std::string& path,
                                                        uint64_t session_tag,
                                                        shm::DamageFlag* damage) {
-  absl::StatusOr<Table> t = WriteTable(path, session_tag, kInitialCapacity, {});
+  absl::StatusOr<Table> t = WriteTable(path, session_tag, 0, kInitialCapacity, {});
   if (!t.ok()) return t.status();
   auto ledger = std::unique_ptr<Ledger>(new Ledger(path, *t, session_tag, 0, 0, 0));
   ledger->damage_ = damage;
@@ -268,7 +281,7 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
     close(fd);
     uint64_t capacity = kInitialCapacity;
     while ((entries.size() + 1) * 2 > capacity) capacity *= 2;
-    absl::StatusOr<Table> t = WriteTable(path, tag, capacity, entries);
+    absl::StatusOr<Table> t = WriteTable(path, tag, 0, capacity, entries);
     if (!t.ok()) return t.status();
     // Entries of one block were merged: count what the table holds.
     auto ledger = std::unique_ptr<Ledger>(new Ledger(path, *t, tag, 0, 0, 0));
@@ -304,6 +317,7 @@ absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
   if (!ok) return damaged();
   auto ledger = std::unique_ptr<Ledger>(new Ledger(
       path, Table{fd, static_cast<uint8_t*>(p), bytes}, h->session_tag, used, tomb, refs));
+  ledger->record_ = h->record;
   ledger->damage_ = damage;
   ledger->guard_ = std::move(guard);
   ledger->PublishCounters();
@@ -323,7 +337,7 @@ absl::Status Ledger::Rehash(uint64_t min_capacity) {
   uint64_t new_capacity = min_capacity;
   while ((entries.size() + 1) * 2 > new_capacity) new_capacity *= 2;
   absl::StatusOr<Table> t =
-      WriteTable(path_, session_tag_, new_capacity, entries);
+      WriteTable(path_, session_tag_, record_, new_capacity, entries);
   if (!t.ok()) return t.status();
   guard_ = shm::GuardedMapping();
   munmap(map_, map_bytes_);

@@ -81,6 +81,12 @@ class Ledger {
   // Owned references, multiplicity included.
   uint64_t size() const;
   uint64_t session_tag() const;
+  // The session's record in the arena (shm/session_record.h) and its tag,
+  // kept here because only the daemon writes this file (a member cannot
+  // make the daemon treat another instance as a record). Null ref: none.
+  void SetRecord(shm::Ref record, uint32_t tag);
+  shm::Ref record() const { return shm::Ref::FromBits(record_); }
+  uint32_t record_tag() const { return static_cast<uint32_t>(session_tag_); }
   const std::string& path() const { return path_; }
   // Deletes the file. The object must not be used afterwards.
   void Unlink();
@@ -90,7 +96,7 @@ class Ledger {
   struct Slot;
   struct Table;
   static absl::StatusOr<Table> WriteTable(const std::string& path,
-                                          uint64_t session_tag,
+                                          uint64_t session_tag, uint64_t record,
                                           uint64_t capacity,
                                           const std::vector<LedgerEntry>& entries);
   Ledger(std::string path, const Table& table, uint64_t session_tag,
@@ -110,6 +116,7 @@ class Ledger {
   uint64_t map_bytes_;
   uint64_t capacity_;  // slots; a power of two, from the mapping's size
   uint64_t session_tag_;
+  uint64_t record_ = 0;
   uint64_t used_;        // slots holding a ref
   uint64_t tombstones_;  // slots whose ref was removed
   uint64_t refs_;        // owned references (sum of counts)

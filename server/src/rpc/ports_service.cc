@@ -1,5 +1,6 @@
-// Instances.CreatePort, SendToPort, ReceiveFromPort, ListPorts: the gRPC
-// face of ports (core/channel_ports.cc decides).
+// Instances.CreatePort, SendToPort, ReceiveFromPort, ListPorts and
+// OpenSessionRecord: the gRPC face of ports and of the records clients move
+// messages through (core/channel_ports.cc, core/channel_records.cc decide).
 #include "absl/strings/str_format.h"
 #include "rpc/services.h"
 
@@ -71,6 +72,21 @@ grpc::Status InstancesService::ListPorts(grpc::ServerContext* context,
   return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
                          [&](const CallerChannel& c) {
     for (const Channel::PortInfo& p : c.channel->ListPorts()) PortInfoToProto(p, response->add_ports());
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status InstancesService::OpenSessionRecord(grpc::ServerContext* context,
+                                                 const v1::OpenSessionRecordRequest* request,
+                                                 v1::OpenSessionRecordResponse* response) {
+  return OnJoinedChannel(*context, *core_, *peers_, request->channel(),
+                         [&](const CallerChannel& c) -> absl::Status {
+    absl::StatusOr<Channel::RecordInfo> record = c.channel->OpenRecord(c.session);
+    if (!record.ok()) return record.status();
+    response->set_record(record->ref.bits());
+    response->set_tag(record->tag);
+    response->set_lanes(shm::kRecordLanes);
+    response->set_slots(shm::kRecordSlots);
     return absl::OkStatus();
   });
 }

@@ -145,6 +145,9 @@ class InstancesService final : public v1::Instances::Service {
   grpc::Status ListPorts(grpc::ServerContext* context,
                          const v1::ListPortsRequest* request,
                          v1::ListPortsResponse* response) override;
+  grpc::Status OpenSessionRecord(grpc::ServerContext* context,
+                                 const v1::OpenSessionRecordRequest* request,
+                                 v1::OpenSessionRecordResponse* response) override;
 
  private:
   Core* core_;

@@ -29,6 +29,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -218,6 +219,10 @@ class PortRing {
   // put back). Wakes the ring's sleepers whatever it found.
   // REQUIRES: the lane's process has exited (nothing moves under it).
   Repair RepairLane(uint32_t lane_id, uint64_t* slot);
+  // The reference in the cell that lane `lane_id` is filling or emptying
+  // now (0 if none): what the census must not free while that lane is
+  // busy (its mover alive but not done).
+  uint64_t RefInFlight(uint32_t lane_id) const;
   // Moves head and tail past cells already emptied or claimed (a mover
   // killed between its cell and its cursor). Returns how many it moved.
   uint32_t HelpCursors();
@@ -247,6 +252,8 @@ class PortRing {
     return {&seqs_[i], &refs_[i]};
   }
   uint64_t LoadSeq(uint32_t index) const;
+  // The index of the cell whose mark is lane `lane_id`'s, its seq in *seq.
+  std::optional<uint32_t> CellMarkedBy(uint32_t lane_id, uint64_t* seq) const;
   uint64_t LoadRef(uint32_t index) const;
   // One attempt, no wait. kBusy: the next cell is being taken by another
   // receiver (it frees the cell soon). kAborted: stopped for a test.

@@ -81,8 +81,8 @@ class SessionRecord {
   // For the daemon's census: sets the gate (sequentially consistent: a
   // mover that wrote its lane before sees it, or the daemon sees the lane)
   // or clears it and wakes the movers waiting on it.
-  void CloseGate();
-  void OpenGate();
+  void CloseGate() const;
+  void OpenGate() const;
   // True while lane `i` has a move in flight (a sequentially consistent
   // load, after CloseGate).
   bool LaneBusy(uint32_t i) const;
