@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "client/src/connection.h"
+#include "client/src/move_record.h"
 #include "client/src/deferred_refs.h"
 #include "client/src/spare_instances.h"
 #include "client/src/convert.h"
@@ -96,8 +97,10 @@ void Channel::RememberFastType(uint32_t slot, const TypeInfo& type) {
 
 void Channel::ResetFastTypesLocked() {
   for (auto& slot : fast_types_) slot.store(nullptr, std::memory_order_release);
-  // Spares of the arena that is replaced are gone with it.
+  // Spares of the arena that is replaced are gone with it, and so is the
+  // session's record (Moves() opens the new arena's).
   if (spares_) spares_->Forget();
+  moves_.store(nullptr, std::memory_order_release);
 }
 
 absl::StatusOr<std::shared_ptr<Channel>> Channel::Join(

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_format.h"
 #include "client/src/connection.h"
+#include "client/src/move_record.h"
 #include "client/src/convert.h"
 #include "structd/client/channel.h"
 #include "structd/shm/field_wait.h"
@@ -160,6 +161,101 @@ absl::StatusOr<Ref> Channel::ReceiveFromPortWaiting(const std::string& name, Ref
                                                   name, Millis(timeout))));
   if (!s.ok()) return s;
   return got;
+}
+
+internal::MoveRecord* Channel::Moves() {
+  if (internal::MoveRecord* r = moves_.load(std::memory_order_acquire)) return r;
+  base::MutexLock open_lock(&open_moves_mu_);
+  if (internal::MoveRecord* r = moves_.load(std::memory_order_acquire)) return r;
+  if (std::chrono::steady_clock::now() < no_record_before_) return nullptr;
+  uint64_t incarnation = 0;
+  {
+    base::MutexLock lock(&mu_);
+    incarnation = arenas_mapped_;
+  }
+  v1::OpenSessionRecordRequest request;
+  request.set_channel(id_);
+  v1::OpenSessionRecordResponse response;
+  absl::Status s = connection_->Call(connection_->instances(),
+                                     &v1::Instances::Stub::OpenSessionRecord, request, &response);
+  absl::StatusOr<shm::SessionRecord> view = absl::UnavailableError("not opened");
+  const Ref ref = Ref::FromBits(response.record());
+  if (s.ok()) {
+    absl::StatusOr<shm::InstancePtr> inst = arena().Resolve(ref);
+    view = inst.ok() ? shm::SessionRecord::Attach(inst->payload(),
+                                                  inst->capacity() - shm::kInstanceHeaderSize)
+                     : absl::StatusOr<shm::SessionRecord>(inst.status());
+  }
+  base::MutexLock lock(&mu_);
+  if (!s.ok() || !view.ok() || arenas_mapped_ != incarnation) {
+    // Calls until then (an older daemon, a full arena, a re-join racing).
+    no_record_before_ = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    return nullptr;
+  }
+  move_records_.push_back(std::make_unique<internal::MoveRecord>(
+      *view, ref, response.tag(), static_cast<uint32_t>(incarnation % 65534 + 1)));
+  moves_.store(move_records_.back().get(), std::memory_order_release);
+  return move_records_.back().get();
+}
+
+std::optional<absl::Status> Channel::SendFromSlot(Ref port, uint32_t slot, shm::PortWait wait) {
+  internal::MoveRecord* moves = Moves();
+  if (moves == nullptr || internal::SlotIncarnation(slot) != moves->incarnation()) {
+    return std::nullopt;
+  }
+  std::optional<shm::PortRing> ring = PortRingOf(port);
+  if (!ring) return std::nullopt;
+  const uint32_t index = internal::SlotIndex(slot);
+  absl::Status s;
+  {
+    internal::MoveRecord::Lane lane(*moves);
+    s = ring->Send(lane.Context(index, port), wait);
+  }
+  if (s.ok()) moves->ReturnSlot(index);  // the port took its reference
+  return s;
+}
+
+std::optional<absl::StatusOr<Channel::SlotMessage>> Channel::ReceiveIntoSlot(Ref port,
+                                                                            shm::PortWait wait) {
+  internal::MoveRecord* moves = Moves();
+  if (moves == nullptr) return std::nullopt;
+  std::optional<shm::PortRing> ring = PortRingOf(port);
+  if (!ring) return std::nullopt;
+  std::optional<uint32_t> index = moves->TakeFreeSlot();
+  if (!index) {
+    // Every slot is used or given up: the queued releases clear the
+    // given-up ones.
+    (void)Flush();
+    index = moves->TakeFreeSlot();
+    if (!index) return std::nullopt;
+  }
+  absl::Status s;
+  {
+    internal::MoveRecord::Lane lane(*moves);
+    s = ring->Receive(lane.Context(*index, port), wait);
+  }
+  if (!s.ok()) {
+    moves->ReturnSlot(*index);
+    return absl::StatusOr<SlotMessage>(s);
+  }
+  return absl::StatusOr<SlotMessage>(SlotMessage{
+      Ref::FromBits(moves->SlotValue(*index)), internal::SlotCode(moves->incarnation(), *index)});
+}
+
+void Channel::DropSlot(uint32_t slot, Ref ref) {
+  internal::MoveRecord* moves = moves_.load(std::memory_order_acquire);
+  if (moves == nullptr || internal::SlotIncarnation(slot) != moves->incarnation()) {
+    // A slot of a replaced arena: released by the daemon with that arena
+    // (its ref bits may name something else in the new one).
+    return;
+  }
+  moves->GiveUp(internal::SlotIndex(slot));
+  DeferRelease(ref);
+}
+
+void Channel::MoveSlotToLedger(uint32_t slot, Ref ref) {
+  (void)DeferRetain(ref);
+  DropSlot(slot, ref);
 }
 
 }  // namespace structd::client

@@ -924,5 +924,71 @@ TEST_F(ClientTest, APortMovesOwnedsAndWakesABlockedReceiver) {
   EXPECT_TRUE(CensusIsClean());
 }
 
+TEST_F(ClientTest, ReceivedMessagesMoveOnThroughPortsWhileTheDaemonIsStopped) {
+  // A message received is held in a slot of the session's record and sent
+  // on from there in shared memory: with the daemon stopped (SIGSTOP),
+  // two sessions hand messages back and forth, and nothing waits on it.
+  std::unique_ptr<Client> other = ConnectTo(daemon_);
+  ASSERT_NE(other, nullptr);
+  auto theirs = other->Join("c", created_.member_capability);
+  ASSERT_TRUE(theirs.ok()) << theirs.status();
+  ASSERT_TRUE(c().CreatePort("ping", 8).ok());
+  ASSERT_TRUE(c().CreatePort("pong", 8).ok());
+  auto ping = c().OpenPort<Counter>("ping");
+  auto pong = c().OpenPort<Counter>("pong");
+  auto ping_there = (*theirs)->OpenPort<Counter>("ping");
+  auto pong_there = (*theirs)->OpenPort<Counter>("pong");
+  ASSERT_TRUE(ping.ok() && pong.ok() && ping_there.ok() && pong_there.ok());
+  constexpr int kMessages = 4;
+  for (int i = 0; i < kMessages; ++i) {
+    auto m = c().Allocate<Counter>();
+    ASSERT_TRUE(m.ok());
+    (*m)->hits().store(100 + i);
+    ASSERT_TRUE(ping->Send(*m).ok());  // allocated: held in the ledger, sent by a call
+  }
+  // Into the other session's slots (the record is opened here, by a call).
+  std::vector<Owned<Counter>> held;
+  for (int i = 0; i < kMessages; ++i) {
+    auto m = ping_there->Receive(std::chrono::seconds(5));
+    ASSERT_TRUE(m.ok()) << m.status();
+    held.push_back(std::move(*m));
+  }
+  ASSERT_TRUE(pong->TryReceive().status().code() == absl::StatusCode::kNotFound);  // opens ours
+  ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  struct Continue {
+    pid_t pid;
+    ~Continue() { kill(pid, SIGCONT); }  // also when an assertion returns early
+  } resume{daemon_.pid()};
+  uint64_t sum = 0;
+  for (int round = 0; round < 50; ++round) {
+    for (auto& m : held) ASSERT_TRUE(pong_there->Send(m, std::chrono::seconds(2)).ok());
+    held.clear();
+    for (int i = 0; i < kMessages; ++i) {
+      auto back = pong->Receive(std::chrono::seconds(2));
+      ASSERT_TRUE(back.ok()) << back.status();
+      (*back)->hits().fetch_add(1);
+      ASSERT_TRUE(ping->Send(*back, std::chrono::seconds(2)).ok()) << "round " << round;
+      EXPECT_FALSE(*back);
+    }
+    for (int i = 0; i < kMessages; ++i) {
+      auto m = ping_there->Receive(std::chrono::seconds(2));
+      ASSERT_TRUE(m.ok()) << m.status();
+      if (round == 49) sum += (*m)->hits().load();
+      held.push_back(std::move(*m));
+    }
+  }
+  ASSERT_EQ(kill(daemon_.pid(), SIGCONT), 0);
+  EXPECT_EQ(sum, 100u + 101 + 102 + 103 + kMessages * 50);
+  // Dropped from the slots: released through the daemon, and nothing is
+  // left over.
+  held.clear();
+  ASSERT_TRUE((*theirs)->Flush().ok());
+  EXPECT_TRUE(CensusIsClean());
+  auto info = ping->Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->depth, 0u);
+  EXPECT_EQ(info->sent, kMessages * 51u);
+}
+
 }  // namespace
 }  // namespace structd::testing

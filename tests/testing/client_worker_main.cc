@@ -48,6 +48,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -55,6 +56,7 @@
 
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
+#include "structd/client/port.h"
 #include "structd/v1/instances.grpc.pb.h"
 #include "testing/client_types.h"
 #include "testing/grpc_client.h"
@@ -248,18 +250,35 @@ int main(int argc, char** argv) {
     }
     std::vector<Owned<Node>> mine;
     std::string my_root = "w" + std::to_string(getpid());
+    // Port "q" (when the test made it): a thread of raw calls, and this
+    // loop's own sends and receives through Port<Node>, in shared memory
+    // for what it received (held in its record's slots).
+    std::optional<structd::client::Port<Node>> q;
     if (auto ports = c.ListPorts(); ports.ok() && !ports->empty()) {
       auto node = c.Use<Node>();
       if (!node.ok()) return Fail(node.status());
       std::thread(PortChaos, std::string(argv[2]), std::string(argv[3]), std::string(argv[4]),
                   node->token.ToHex(), rng())
           .detach();
+      auto opened = c.OpenPort<Node>("q");
+      if (opened.ok()) q.emplace(std::move(*opened));
     }
     std::printf("ready\n");
     std::fflush(stdout);
     auto pick = [&] { return rng() % mine.size(); };
     while (true) {
       Anchor& anchor = anchors[rng() % anchors.size()];
+      if (q && rng() % 10 == 0) {
+        for (int n = 1 + static_cast<int>(rng() % 4); n > 0; --n) {
+          auto got = q->TryReceive();
+          if (got.ok()) mine.push_back(std::move(*got));
+        }
+        for (int n = static_cast<int>(rng() % 4); n > 0 && !mine.empty(); --n) {
+          const size_t i = pick();
+          if (q->Send(mine[i]).ok()) mine.erase(mine.begin() + static_cast<long>(i));
+        }
+        continue;
+      }
       switch (rng() % 9) {
         case 0: {
           if (rng() % 2 == 0) {  // from the stock, one by one

@@ -39,6 +39,7 @@ namespace structd::client {
 namespace internal {
 class Connection;
 class DeferredRefs;
+class MoveRecord;
 class SpareInstances;
 
 // A small number per C++ struct type that Channel::View<T> has seen, for
@@ -115,6 +116,7 @@ class RefStores {
     // lost still moved it): the Owned's own, out of any clone group, and
     // never recycled in place.
     value.Unshare();
+    value.LeaveSlot();
     value.sole_ = false;
     Add(field.owner(), field.field_index(), value.ref(), true);
     moved_.push_back([&value] { (void)value.Disown(); });
@@ -451,12 +453,35 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // wake-up words; none if it does not resolve or a member damaged it.
   std::optional<shm::PortRing> PortRingOf(Ref port) const;
   // An Owned of a reference this session owns (a message just received,
-  // or a send given back).
+  // or a send given back), in its ledger or in slot `slot` of its record.
   template <typename T>
-  Owned<T> Adopt(Ref ref) {
+  Owned<T> Adopt(Ref ref, uint32_t slot = internal::kNoSlot) {
     absl::StatusOr<T> view = View<T>(ref);
-    return view.ok() ? Owned<T>(shared_from_this(), *view, /*sole=*/false) : Owned<T>();
+    return view.ok() ? Owned<T>(shared_from_this(), *view, /*sole=*/false, slot) : Owned<T>();
   }
+  // Moves in shared memory (port.cc, client/src/move_record.h): the
+  // session's record, opened on first use (one OpenSessionRecord call);
+  // null if the daemon gives none (then ports fall back to calls).
+  internal::MoveRecord* Moves();
+  // Sends the reference in slot `slot` (an Owned's slot code) into port
+  // instance `port`, waiting as `wait` says. Nothing if it cannot be done
+  // here (no record, a slot of an arena since replaced, the port not
+  // mapped): the caller calls the daemon instead.
+  std::optional<absl::Status> SendFromSlot(Ref port, uint32_t slot, shm::PortWait wait);
+  // The oldest message of port instance `port`, received into a free slot
+  // of the record, waiting as `wait` says. Nothing if it cannot be done
+  // here (as above, or every slot in use): the caller calls the daemon.
+  struct SlotMessage {
+    Ref ref;
+    uint32_t slot = internal::kNoSlot;  // its slot code
+  };
+  std::optional<absl::StatusOr<SlotMessage>> ReceiveIntoSlot(Ref port, shm::PortWait wait);
+  // The drop of the reference in slot `slot`: the slot marked given up,
+  // then its release queued (the daemon takes it from the slot).
+  void DropSlot(uint32_t slot, Ref ref);
+  // Moves the reference in slot `slot` to the session's ledger: a queued
+  // retain, then DropSlot (retains are applied before releases).
+  void MoveSlotToLedger(uint32_t slot, Ref ref);
   // Wraps `views` as Owneds (RetainBatch's end, after RetainRefs).
   template <typename T>
   std::vector<Owned<T>> OwnAll(const std::vector<T>& views, bool sole) {
@@ -519,6 +544,15 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // Allocate<T>'s stocks. Destroyed (its thread stopped, its spares given
   // back) first thing in ~Channel, while everything it calls lives.
   std::unique_ptr<internal::SpareInstances> spares_;
+  // The session's record for moves in shared memory (Moves()): read
+  // without mu_, replaced under it when the arena is; records of replaced
+  // arenas are kept (an Owned may still name their slots: DropSlot then
+  // sees an old incarnation and leaves them).
+  std::atomic<internal::MoveRecord*> moves_{nullptr};
+  std::vector<std::unique_ptr<internal::MoveRecord>> move_records_ ABSL_GUARDED_BY(mu_);
+  base::Mutex open_moves_mu_;  // one OpenSessionRecord at a time
+  // After a failed OpenSessionRecord, ports use calls until then.
+  std::chrono::steady_clock::time_point no_record_before_ ABSL_GUARDED_BY(open_moves_mu_);
   // Last: destroyed first, applying what is queued while the rest lives.
   std::unique_ptr<internal::DeferredRefs> deferred_;
 };
@@ -533,7 +567,7 @@ absl::StatusOr<Owned<T>> Owned<T>::Clone() const {
   // group outlives the increment.
   internal::SharedOwned* group = shared_.load(std::memory_order_acquire);
   if (group == nullptr) {
-    auto* made = new internal::SharedOwned(channel_, sole_);  // counts this and the clone
+    auto* made = new internal::SharedOwned(channel_, sole_, slot_);  // counts this and the clone
     if (shared_.compare_exchange_strong(group, made, std::memory_order_acq_rel,
                                         std::memory_order_acquire)) {
       return Owned<T>(made, view_);
@@ -551,21 +585,24 @@ void Owned<T>::Reset() {
     // acq_rel: the last one out sees every other member's writes to the
     // group (Unshare's `sole`) and may delete it.
     if (group->owneds.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      DropReference(*group->channel, group->sole.load(std::memory_order_relaxed));
+      DropReference(*group->channel, group->sole.load(std::memory_order_relaxed), group->slot);
       delete group;
     }
   } else if (channel_ && view_) {
-    DropReference(*channel_, sole_);
+    DropReference(*channel_, sole_, slot_);
   }
   shared_.store(nullptr, std::memory_order_relaxed);
   channel_.reset();
   view_ = T();
   sole_ = false;
+  slot_ = internal::kNoSlot;
 }
 
 template <typename T>
-void Owned<T>::DropReference(Channel& channel, bool sole) const {
-  if (sole) {
+void Owned<T>::DropReference(Channel& channel, bool sole, uint32_t slot) const {
+  if (slot != internal::kNoSlot) {
+    channel.DropSlot(slot, view_.ref());
+  } else if (sole) {
     channel.DropSole(internal::SlotOf(view_), view_);
   } else {
     channel.DeferRelease(view_.ref());
@@ -582,6 +619,7 @@ void Owned<T>::Unshare() {
     // and this is a non-const call on the only one): the group's
     // reference becomes this Owned's.
     sole_ = group->sole.load(std::memory_order_relaxed);
+    slot_ = group->slot;
     delete group;
   } else {
     // Others keep the group's reference: this Owned takes one of its own,
@@ -594,13 +632,21 @@ void Owned<T>::Unshare() {
     (void)channel->DeferRetain(view_.ref());
     if (group->owneds.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       // The others left meanwhile: give back the group's reference.
-      channel->DeferRelease(view_.ref());
+      DropReference(*channel, /*sole=*/false, group->slot);
       delete group;
     }
     sole_ = false;
+    slot_ = internal::kNoSlot;  // the retain's reference is in the ledger
   }
   shared_.store(nullptr, std::memory_order_relaxed);
   channel_ = std::move(channel);
+}
+
+template <typename T>
+void Owned<T>::LeaveSlot() {
+  if (slot_ == internal::kNoSlot || !channel_) return;
+  channel_->MoveSlotToLedger(slot_, view_.ref());
+  slot_ = internal::kNoSlot;
 }
 
 }  // namespace structd::client

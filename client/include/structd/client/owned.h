@@ -12,13 +12,21 @@ namespace structd::client {
 
 class Channel;
 
+template <typename T>
+class Port;
+
 namespace internal {
+// An Owned whose reference the session holds in its ledger, not in a slot
+// of its session record (client/src/move_record.h).
+inline constexpr uint32_t kNoSlot = UINT32_MAX;
+
 // The Owneds of one reference that Clone() made in this process, and the
 // one reference of the session they share (doc/lifecycle.md, "Clone").
 // Heap memory of this process, never in shared memory. Deleted by the
 // Owned that leaves it last.
 struct SharedOwned {
-  SharedOwned(std::shared_ptr<Channel> c, bool sole) : channel(std::move(c)), sole(sole) {}
+  SharedOwned(std::shared_ptr<Channel> c, bool sole, uint32_t slot)
+      : channel(std::move(c)), sole(sole), slot(slot) {}
   // Owneds of the group alive now. Starts at 2 (the original and its
   // first clone).
   std::atomic<uint64_t> owneds{2};
@@ -26,6 +34,9 @@ struct SharedOwned {
   // The reference came from an allocation and nothing was moved out of
   // the group since (see Owned::Unshare): the last Owned may recycle it.
   std::atomic<bool> sole;
+  // Where the session holds the group's reference: its ledger (kNoSlot)
+  // or a slot of its record (a message received through a port).
+  const uint32_t slot;
 };
 }  // namespace internal
 
@@ -50,7 +61,8 @@ class Owned {
       : channel_(std::move(other.channel_)),
         view_(std::exchange(other.view_, T())),
         shared_(other.shared_.load(std::memory_order_relaxed)),
-        sole_(other.sole_) {
+        sole_(other.sole_),
+        slot_(std::exchange(other.slot_, internal::kNoSlot)) {
     // Plain load and store, not an exchange: a move races nothing (moving
     // an Owned another thread is cloning is a bug of the caller's).
     other.shared_.store(nullptr, std::memory_order_relaxed);
@@ -63,6 +75,7 @@ class Owned {
       view_ = std::exchange(other.view_, T());
       shared_.store(other.shared_.load(std::memory_order_relaxed), std::memory_order_relaxed);
       sole_ = other.sole_;
+      slot_ = std::exchange(other.slot_, internal::kNoSlot);
       other.shared_.store(nullptr, std::memory_order_relaxed);
       other.sole_ = false;
     }
@@ -88,6 +101,7 @@ class Owned {
   // The ref is this Owned's own, whatever clones of it do afterwards.
   Ref Disown() {
     Unshare();
+    LeaveSlot();
     channel_.reset();
     sole_ = false;
     return std::exchange(view_, T()).ref();
@@ -96,10 +110,13 @@ class Owned {
  private:
   friend class Channel;
   friend class RefStores;
+  friend class Port<T>;
   // `sole`: the reference came from an allocation, so this is the only
   // Owned of it in the process (other processes may have references).
-  Owned(std::shared_ptr<Channel> channel, T view, bool sole = false)
-      : channel_(std::move(channel)), view_(view), sole_(sole) {}
+  // `slot`: the session holds it in that slot of its record.
+  Owned(std::shared_ptr<Channel> channel, T view, bool sole = false,
+        uint32_t slot = internal::kNoSlot)
+      : channel_(std::move(channel)), view_(view), sole_(sole), slot_(slot) {}
   // A clone: a member of `group`, which already counts it.
   Owned(internal::SharedOwned* group, T view) : view_(view), shared_(group) {}
 
@@ -109,10 +126,24 @@ class Owned {
   // management (Disown, a Store with move). Afterwards channel_ is set
   // and shared_ null. A no-op for an Owned that was never cloned.
   void Unshare();
-  // Drops the session's reference this Owned (or its group) held: recycled
-  // in place if `sole` (it came from an allocation, nothing else holds
-  // it), else queued for release.
-  void DropReference(Channel& channel, bool sole) const;
+  // After Unshare: if the reference is held in a slot of the session's
+  // record, moves it to the session's ledger (a queued retain, then the
+  // slot given up), where the calls that take a session's reference
+  // (Release, a Store with move, SendToPort) find it.
+  void LeaveSlot();
+  // Drops the session's reference this Owned (or its group) held: from
+  // its slot if it has one (`slot`), else recycled in place if `sole` (it
+  // came from an allocation, nothing else holds it), else queued for
+  // release.
+  void DropReference(Channel& channel, bool sole, uint32_t slot) const;
+  // Empties this Owned without dropping its reference (a port took it from
+  // its slot). REQUIRES: no clone group.
+  void Forget() {
+    channel_.reset();
+    view_ = T();
+    sole_ = false;
+    slot_ = internal::kNoSlot;
+  }
   // The channel, for an Owned that was never cloned (the original of a
   // group keeps its copy; clones have none: the group holds it).
   std::shared_ptr<Channel> channel_;
@@ -124,6 +155,9 @@ class Owned {
   // Without a group: the reference came from an allocation (see the
   // constructor). With one, the group's `sole` says it instead.
   bool sole_ = false;
+  // Without a group: where the session holds the reference (kNoSlot: its
+  // ledger). With one, the group's `slot` says it instead.
+  uint32_t slot_ = internal::kNoSlot;
 };
 
 }  // namespace structd::client

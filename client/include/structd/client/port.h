@@ -7,12 +7,16 @@
 // session's. Many senders and many receivers, in any processes of the
 // channel; each message is received once.
 //
-// Today every Send and Receive is one call to the daemon (which moves the
-// reference between this session's ledger and the port); a Receive that
-// finds the port empty sleeps on the port's publish counter, and a Send
-// with a timeout that finds it full on its count of emptied cells (futexes
-// in the arena), not in a loop. The shared-memory moves of
-// doc/design/ports.md will replace the calls without changing this API.
+// Send and Receive move the reference in shared memory, between a slot of
+// this session's record and the port's ring (doc/ports.md, "Moves in
+// shared memory"): no call to the daemon per message. A Receive that
+// finds the port empty sleeps on its publish counter (a futex in the
+// arena), a Send that finds it full on its count of emptied cells; both
+// may spin first. What is received is held in a slot of the record, and
+// sent on from there; an Owned whose reference the session holds in its
+// ledger instead (allocated, retained, or cloned and shared) is sent by
+// one call to the daemon, as is everything when the daemon gives no
+// record (an older daemon) or every slot is in use.
 //
 // Thread safety: a Port may be used from any number of threads.
 
@@ -41,11 +45,20 @@ class Port {
   // its reference.
   absl::Status Send(Owned<T>& message) { return Send(message, std::chrono::nanoseconds::zero()); }
   absl::Status Send(Owned<T>&& message) { return Send(message); }
-  // Send that waits up to `timeout` for room (asleep on the port's count
-  // of emptied cells): DEADLINE_EXCEEDED if the port stayed full, and
-  // `message` still holds its reference.
-  absl::Status Send(Owned<T>& message, std::chrono::nanoseconds timeout) {
+  // Send that waits up to `timeout` for room (first `spin` looks, then
+  // asleep on the port's count of emptied cells): DEADLINE_EXCEEDED if the
+  // port stayed full, and `message` still holds its reference.
+  absl::Status Send(Owned<T>& message, std::chrono::nanoseconds timeout, uint32_t spin = 0) {
     if (!message) return absl::InvalidArgumentError("send: the Owned is empty");
+    if (message.slot_ != internal::kNoSlot &&
+        message.shared_.load(std::memory_order_relaxed) == nullptr) {
+      std::optional<absl::Status> local =
+          channel_->SendFromSlot(ref_, message.slot_, shm::PortWait{timeout, spin});
+      if (local) {
+        if (local->ok()) message.Forget();
+        return Named(*local);
+      }
+    }
     const Ref ref = message.Disown();
     absl::Status s = channel_->SendToPortWaiting(name_, ref_, ref, timeout);
     if (!s.ok()) message = channel_->Adopt<T>(ref);
@@ -56,19 +69,19 @@ class Port {
   // has none. A message of another type than T is released (it was this
   // session's) and FAILED_PRECONDITION returned.
   absl::StatusOr<Owned<T>> TryReceive() { return Receive(std::chrono::nanoseconds::zero()); }
-  // TryReceive that waits up to `timeout` for a message (asleep on the
-  // port's publish counter): DEADLINE_EXCEEDED when none came.
-  absl::StatusOr<Owned<T>> Receive(std::chrono::nanoseconds timeout) {
+  // TryReceive that waits up to `timeout` for a message: first `spin`
+  // looks (for the lowest latency, at the cost of a core meanwhile), then
+  // asleep on the port's publish counter. DEADLINE_EXCEEDED when none came.
+  absl::StatusOr<Owned<T>> Receive(std::chrono::nanoseconds timeout, uint32_t spin = 0) {
+    std::optional<absl::StatusOr<Channel::SlotMessage>> local =
+        channel_->ReceiveIntoSlot(ref_, shm::PortWait{timeout, spin});
+    if (local) {
+      if (!local->ok()) return Named(local->status());
+      return Own((*local)->ref, (*local)->slot);
+    }
     absl::StatusOr<Ref> ref = channel_->ReceiveFromPortWaiting(name_, ref_, timeout);
     if (!ref.ok()) return ref.status();
-    absl::StatusOr<T> view = channel_->View<T>(*ref);
-    if (!view.ok()) {
-      (void)channel_->Release(std::vector<Ref>{*ref});
-      return absl::FailedPreconditionError(absl::StrCat(
-          "port '", name_, "': the message ", ref->ToString(), " is not a '", std::string(T::kKey),
-          "' (", view.status().message(), "); it was released"));
-    }
-    return channel_->Adopt<T>(*ref);
+    return Own(*ref, internal::kNoSlot);
   }
 
   // The event-loop hook (doc/ports.md): while the returned object lives,
@@ -104,7 +117,7 @@ class Port {
     return Arrivals(*ring);
   }
 
-  // The port's counters now.
+  // The port's counters now (one call to the daemon).
   absl::StatusOr<PortInfo> Info() {
     absl::StatusOr<std::vector<PortInfo>> all = channel_->ListPorts();
     if (!all.ok()) return all.status();
@@ -118,6 +131,26 @@ class Port {
   friend class Channel;
   Port(std::shared_ptr<Channel> channel, std::string name, Ref ref)
       : channel_(std::move(channel)), name_(std::move(name)), ref_(ref) {}
+
+  absl::Status Named(const absl::Status& s) const {
+    if (s.ok()) return s;
+    return absl::Status(s.code(), absl::StrCat("port '", name_, "': ", s.message()));
+  }
+  // A received reference as an Owned<T>; one of another type is dropped.
+  absl::StatusOr<Owned<T>> Own(Ref ref, uint32_t slot) {
+    absl::StatusOr<T> view = channel_->View<T>(ref);
+    if (!view.ok()) {
+      if (slot != internal::kNoSlot) {
+        channel_->DropSlot(slot, ref);
+      } else {
+        (void)channel_->Release(std::vector<Ref>{ref});
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "port '", name_, "': the message ", ref.ToString(), " is not a '", std::string(T::kKey),
+          "' (", view.status().message(), "); it was released"));
+    }
+    return Owned<T>(channel_, *view, /*sole=*/false, slot);
+  }
 
   std::shared_ptr<Channel> channel_;
   std::string name_;
