@@ -26,12 +26,24 @@ Channel::Channel(std::shared_ptr<internal::Connection> connection, std::string n
       id_(std::move(id)),
       capability_(std::move(capability)),
       spares_(std::make_unique<internal::SpareInstances>(
-          [this](shm::TypeToken token, uint32_t count) {
-            return AllocateInstances(token, count);
+          [this](shm::TypeToken token, uint32_t count)
+              -> absl::StatusOr<std::vector<internal::SpareInstances::Spare>> {
+            // Into slots of the session's record when it has room: an
+            // Owned of a spare may then be sent through a port without
+            // a call.
+            std::vector<uint32_t> held_in;
+            absl::StatusOr<std::vector<shm::InstancePtr>> made =
+                AllocateInstances(token, count, &held_in);
+            if (!made.ok()) return made.status();
+            std::vector<internal::SpareInstances::Spare> spares;
+            spares.reserve(made->size());
+            for (size_t i = 0; i < made->size(); ++i) spares.push_back({(*made)[i], held_in[i]});
+            return spares;
           },
           // Spares were never in an Owned, so no queued operation names
           // them: no flush first.
-          [this](const std::vector<Ref>& refs) { return ReleaseNow(refs); })),
+          [this](const std::vector<Ref>& refs) { return ReleaseNow(refs); },
+          /*background=*/true, [this](uint32_t slot) { GiveUpSlot(slot); })),
       deferred_(std::make_unique<internal::DeferredRefs>(
           [this](const std::vector<Ref>& refs) { return ApplyDeferred(true, refs); },
           [this](const std::vector<Ref>& refs) { return ApplyDeferred(false, refs); },
@@ -252,17 +264,33 @@ absl::StatusOr<std::shared_ptr<const TypeInfo>> Channel::UseType(std::string_vie
 }
 
 absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateInstances(
-    shm::TypeToken token, uint32_t count) {
+    shm::TypeToken token, uint32_t count, std::vector<uint32_t>* held_in) {
   v1::AllocateBatchRequest request;
   request.set_channel(id_);
   request.set_token(token.ToHex());
   request.set_count(count);
+  // Only once the process uses ports (OpenPort opened the record): a
+  // program without ports gets no record.
+  internal::MoveRecord* moves =
+      held_in != nullptr ? moves_.load(std::memory_order_acquire) : nullptr;
+  const std::vector<uint32_t> slots =
+      moves != nullptr ? moves->TakeFreeSlots(count) : std::vector<uint32_t>();
+  for (uint32_t slot : slots) request.add_into_slots(slot);
   v1::AllocateBatchResponse response;
   if (absl::Status s = connection_->Call(connection_->instances(),
                                          &v1::Instances::Stub::AllocateBatch, request,
                                          &response);
       !s.ok()) {
+    // A reply lost may still have filled them: free again once they read 0.
+    if (moves != nullptr) moves->ReturnSlotsWhenEmpty(slots);
     return s;
+  }
+  const size_t first_held = held_in != nullptr ? held_in->size() : 0;
+  if (held_in != nullptr) {
+    for (int i = 0; i < response.refs_size(); ++i) {
+      held_in->push_back(slots.empty() ? internal::kNoSlot
+                                       : internal::SlotCode(moves->incarnation(), slots[i]));
+    }
   }
   std::vector<shm::InstancePtr> out;
   out.reserve(response.refs_size());
@@ -272,6 +300,12 @@ absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateInstances(
     if (!p.ok()) {
       std::vector<Ref> refs;
       for (uint64_t b : response.refs()) refs.push_back(Ref::FromBits(b));
+      if (held_in != nullptr) {
+        for (size_t i = first_held; i < held_in->size(); ++i) {
+          if ((*held_in)[i] != internal::kNoSlot) GiveUpSlot((*held_in)[i]);
+        }
+        held_in->resize(first_held);
+      }
       (void)Release(refs);
       return absl::Status(p.status().code(),
                           absl::StrCat("resolving a fresh allocation: ", p.status().message()));
@@ -285,31 +319,44 @@ size_t Channel::SpareCount() { return spares_->size(); }
 
 size_t Channel::ReleaseSpares() { return spares_->ReleaseAll(); }
 
-bool Channel::TakeSpare(uint32_t slot, shm::InstancePtr* out) {
+bool Channel::TakeSpare(uint32_t slot, shm::InstancePtr* out, uint32_t* held_in) {
   // A lost session's spares were released with its ledger.
-  return connection_->session_ok() && spares_->TryTakeOne(slot, out);
+  return connection_->session_ok() && spares_->TryTakeOne(slot, out, held_in);
 }
 
-void Channel::DropSole(uint32_t slot, const StructView& view) {
+void Channel::DropSole(uint32_t slot, const StructView& view, uint32_t held_in) {
   if (slot < internal::kFastTypeSlots && connection_->session_ok() && !connection_->closed()) {
     // The FastType record names the arena the instance must be in to go
     // into the stock: resolving through it also checks the view is of
     // that arena (an older one stays mapped) and of the stock's type.
     if (const FastType* f = fast_types_[slot].load(std::memory_order_acquire)) {
       shm::InstancePtr p;
-      if (f->arena.TryResolveTyped(view.ref(), f->block, &p) && p.block() == view.block_ &&
-          spares_->TryRecycle(slot, f->arena_number, p)) {
+      uint64_t* slot_word = nullptr;
+      if (held_in != internal::kNoSlot) {
+        internal::MoveRecord* moves = moves_.load(std::memory_order_acquire);
+        if (moves != nullptr && internal::SlotIncarnation(held_in) == moves->incarnation()) {
+          slot_word = moves->SlotWord(internal::SlotIndex(held_in));
+        }
+      }
+      if ((held_in == internal::kNoSlot || slot_word != nullptr) &&
+          f->arena.TryResolveTyped(view.ref(), f->block, &p) && p.block() == view.block_ &&
+          spares_->TryRecycle(slot, f->arena_number, p, held_in, slot_word)) {
         return;
       }
     }
   }
-  DeferRelease(view.ref());
+  if (held_in != internal::kNoSlot) {
+    DropSlot(held_in, view.ref());
+  } else {
+    DeferRelease(view.ref());
+  }
 }
 
-absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateFor(uint32_t slot,
-                                                                   const TypeInfo& type,
-                                                                   uint32_t count) {
-  if (slot >= internal::SpareInstances::kSlots) return AllocateInstances(type.token, count);
+absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateFor(
+    uint32_t slot, const TypeInfo& type, uint32_t count, std::vector<uint32_t>* held_in) {
+  if (slot >= internal::SpareInstances::kSlots) {
+    return AllocateInstances(type.token, count, held_in);
+  }
   if (!connection_->session_ok()) return connection_->session_status();
   // DropSole resolves through the FastType record: make sure there is one.
   RememberFastType(slot, type);
@@ -326,7 +373,7 @@ absl::StatusOr<std::vector<shm::InstancePtr>> Channel::AllocateFor(uint32_t slot
   }
   std::vector<shm::InstancePtr> out;
   out.reserve(count);
-  if (absl::Status s = spares_->Take(slot, stocked, count, out); !s.ok()) return s;
+  if (absl::Status s = spares_->Take(slot, stocked, count, out, held_in); !s.ok()) return s;
   return out;
 }
 
@@ -374,12 +421,14 @@ absl::StatusOr<std::vector<Owned<DynamicView>>> Channel::AllocateBatch(
   absl::StatusOr<std::shared_ptr<const TypeInfo>> info =
       UseType(type.key(), type.layout(), /*offsets=*/{});
   if (!info.ok()) return info.status();
-  absl::StatusOr<std::vector<shm::InstancePtr>> made = AllocateFor(type.slot(), **info, count);
+  std::vector<uint32_t> held_in;
+  absl::StatusOr<std::vector<shm::InstancePtr>> made =
+      AllocateFor(type.slot(), **info, count, &held_in);
   if (!made.ok()) return made.status();
   std::vector<DynamicView> views;
   views.reserve(made->size());
   for (const shm::InstancePtr& p : *made) views.emplace_back(p, &type);
-  return OwnAll(views, /*sole=*/true);
+  return OwnAll(views, /*sole=*/true, &held_in);
 }
 
 absl::StatusOr<DynamicView> Channel::View(const DynamicStruct& type, Ref ref) {

@@ -75,6 +75,19 @@ std::optional<uint32_t> MoveRecord::TakeFreeSlot() {
   return i;
 }
 
+std::vector<uint32_t> MoveRecord::TakeFreeSlots(uint32_t count) {
+  base::MutexLock lock(&mu_);
+  if (free_.size() < count + kKeptForReceives) return {};
+  std::vector<uint32_t> out(free_.end() - count, free_.end());
+  free_.resize(free_.size() - count);
+  return out;
+}
+
+void MoveRecord::ReturnSlotsWhenEmpty(const std::vector<uint32_t>& indexes) {
+  base::MutexLock lock(&mu_);
+  given_up_.insert(given_up_.end(), indexes.begin(), indexes.end());
+}
+
 void MoveRecord::ReturnSlot(uint32_t index) {
   base::MutexLock lock(&mu_);
   free_.push_back(index);

@@ -65,15 +65,24 @@ class MoveRecord {
   // A free slot (its word 0), or none if every slot is used or given up
   // and not yet cleared by the daemon (flush, then try again).
   std::optional<uint32_t> TakeFreeSlot();
+  // `count` free slots for an allocation into the record, or none if that
+  // would leave fewer than kKeptForReceives free (received messages need
+  // slots more: allocations fall back to the ledger).
+  std::vector<uint32_t> TakeFreeSlots(uint32_t count);
+  static constexpr size_t kKeptForReceives = 256;
   // A slot whose word is 0 again (a send took its reference, a receive
   // found nothing).
   void ReturnSlot(uint32_t index);
+  // Slots an allocation may or may not have filled (its reply was lost):
+  // free again once they read 0.
+  void ReturnSlotsWhenEmpty(const std::vector<uint32_t>& indexes);
   // Marks slot `index` given up: its reference's queued release takes it
   // from there (the caller queues it after this). REQUIRES: the slot holds
   // a reference of an Owned that is going away.
   void GiveUp(uint32_t index);
-  // The reference slot `index` holds now.
+  // The reference slot `index` holds now, and its word.
   uint64_t SlotValue(uint32_t index) const;
+  uint64_t* SlotWord(uint32_t index) const { return record_.slot(index); }
   size_t free_slots();
 
  private:

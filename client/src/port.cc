@@ -242,15 +242,17 @@ std::optional<absl::StatusOr<Channel::SlotMessage>> Channel::ReceiveIntoSlot(Ref
       Ref::FromBits(moves->SlotValue(*index)), internal::SlotCode(moves->incarnation(), *index)});
 }
 
-void Channel::DropSlot(uint32_t slot, Ref ref) {
+bool Channel::GiveUpSlot(uint32_t slot) {
   internal::MoveRecord* moves = moves_.load(std::memory_order_acquire);
-  if (moves == nullptr || internal::SlotIncarnation(slot) != moves->incarnation()) {
-    // A slot of a replaced arena: released by the daemon with that arena
-    // (its ref bits may name something else in the new one).
-    return;
-  }
+  if (moves == nullptr || internal::SlotIncarnation(slot) != moves->incarnation()) return false;
   moves->GiveUp(internal::SlotIndex(slot));
-  DeferRelease(ref);
+  return true;
+}
+
+void Channel::DropSlot(uint32_t slot, Ref ref) {
+  // A slot of a replaced arena was released by the daemon with that arena
+  // (its ref bits may name something else in the new one): nothing to do.
+  if (GiveUpSlot(slot)) DeferRelease(ref);
 }
 
 void Channel::MoveSlotToLedger(uint32_t slot, Ref ref) {

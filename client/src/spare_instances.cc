@@ -1,6 +1,7 @@
 #include "client/src/spare_instances.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <optional>
 #include <utility>
@@ -9,8 +10,12 @@
 
 namespace structd::client::internal {
 
-SpareInstances::SpareInstances(AllocateFn allocate, ReleaseFn release, bool background)
-    : allocate_(std::move(allocate)), release_(std::move(release)), background_(background) {}
+SpareInstances::SpareInstances(AllocateFn allocate, ReleaseFn release, bool background,
+                               GiveUpSlotFn give_up_slot)
+    : allocate_(std::move(allocate)),
+      release_(std::move(release)),
+      give_up_slot_(std::move(give_up_slot)),
+      background_(background) {}
 
 SpareInstances::~SpareInstances() {
   {
@@ -39,17 +44,16 @@ uint32_t SpareInstances::MaxTarget(uint64_t block_bytes) {
   return static_cast<uint32_t>(std::clamp<uint64_t>(by_bytes, 1, kMaxTarget));
 }
 
-bool SpareInstances::PopOne(Stock& stock, shm::InstancePtr* out,
-                            std::vector<shm::Ref>& doubtful) {
+bool SpareInstances::PopOne(Stock& stock, Spare* out, std::vector<Spare>& doubtful) {
   while (!stock.spares.empty()) {
-    const shm::InstancePtr p = stock.spares.back();
+    const Spare spare = stock.spares.back();
     stock.spares.pop_back();
-    switch (Check(p, stock.type.type_index)) {
+    switch (Check(spare.p, stock.type.type_index)) {
       case SpareState::kSpare:
-        *out = p;
+        *out = spare;
         return true;
       case SpareState::kDoubtful:
-        doubtful.push_back(p.ref());
+        doubtful.push_back(spare);
         break;
       case SpareState::kGone:
         break;
@@ -58,9 +62,9 @@ bool SpareInstances::PopOne(Stock& stock, shm::InstancePtr* out,
   return false;
 }
 
-bool SpareInstances::SetUp(Stock& stock, const Type& type, std::vector<shm::Ref>& unwanted) {
+bool SpareInstances::SetUp(Stock& stock, const Type& type, std::vector<Spare>& unwanted) {
   if (stock.type == type) return false;
-  for (const shm::InstancePtr& p : stock.spares) unwanted.push_back(p.ref());
+  unwanted.insert(unwanted.end(), stock.spares.begin(), stock.spares.end());
   stock.spares.clear();
   stock.type = type;
   stock.target = std::min(kFirstTarget, MaxTarget(type.block_bytes()));
@@ -68,15 +72,20 @@ bool SpareInstances::SetUp(Stock& stock, const Type& type, std::vector<shm::Ref>
   return true;
 }
 
-bool SpareInstances::TryTakeOne(uint32_t slot, shm::InstancePtr* out) {
+bool SpareInstances::TryTakeOne(uint32_t slot, shm::InstancePtr* out, uint32_t* held_in) {
   if (slot >= kSlots) return false;
   Stock& stock = stocks_[slot];
-  std::vector<shm::Ref> doubtful;
+  std::vector<Spare> doubtful;
+  Spare spare{shm::InstancePtr()};
   bool taken, low = false;
   {
     base::MutexLock lock(&stock.mu);
-    taken = PopOne(stock, out, doubtful);
+    taken = PopOne(stock, &spare, doubtful);
     if (taken) low = stock.spares.size() < stock.target / 2 && !stock.refill_asked;
+  }
+  if (taken) {
+    *out = spare.p;
+    if (held_in != nullptr) *held_in = spare.slot;
   }
   GiveBack(doubtful);
   if (low) MaybeAskRefill(slot);
@@ -84,9 +93,21 @@ bool SpareInstances::TryTakeOne(uint32_t slot, shm::InstancePtr* out) {
 }
 
 absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t count,
-                                  std::vector<shm::InstancePtr>& out) {
+                                  std::vector<shm::InstancePtr>& out_ptrs,
+                                  std::vector<uint32_t>* held_in) {
+  std::vector<Spare> out;
+  absl::Status s = TakeSpares(slot, type, count, out);
+  for (const Spare& spare : out) {
+    out_ptrs.push_back(spare.p);
+    if (held_in != nullptr) held_in->push_back(spare.slot);
+  }
+  return s;
+}
+
+absl::Status SpareInstances::TakeSpares(uint32_t slot, const Type& type, uint32_t count,
+                                        std::vector<Spare>& out) {
   Stock& stock = stocks_[slot];
-  std::vector<shm::Ref> unwanted, doubtful;
+  std::vector<Spare> unwanted, doubtful;
   const size_t already = out.size();
   uint32_t extra = 0;
   uint64_t epoch = 0;
@@ -97,7 +118,7 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
     const bool fresh = SetUp(stock, type, unwanted) || stock.dormant;
     stock.dormant = false;
     if (stock.spares.size() >= count) {
-      for (shm::InstancePtr p; count > 0 && PopOne(stock, &p, doubtful); --count) {
+      for (Spare p{shm::InstancePtr()}; count > 0 && PopOne(stock, &p, doubtful); --count) {
         out.push_back(p);
       }
     }
@@ -119,7 +140,7 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
     MaybeAskRefill(slot);
     return absl::OkStatus();
   }
-  absl::StatusOr<std::vector<shm::InstancePtr>> made = allocate_(type.token, count + extra);
+  absl::StatusOr<std::vector<Spare>> made = allocate_(type.token, count + extra);
   if (absl::IsResourceExhausted(made.status())) {
     // Maybe only because of spares: give them all back, ask for `count`.
     (void)ReleaseAll();
@@ -128,7 +149,7 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
   }
   if (!made.ok()) {
     // All or none: what came from the stock goes back to it.
-    std::vector<shm::InstancePtr> taken(out.begin() + static_cast<long>(already), out.end());
+    std::vector<Spare> taken(out.begin() + static_cast<long>(already), out.end());
     out.resize(already);
     Stash(slot, epoch, forgets, taken, unwanted);
     GiveBack(unwanted);
@@ -141,7 +162,8 @@ absl::Status SpareInstances::Take(uint32_t slot, const Type& type, uint32_t coun
   return absl::OkStatus();
 }
 
-bool SpareInstances::TryRecycle(uint32_t slot, uint64_t arena, const shm::InstancePtr& instance) {
+bool SpareInstances::TryRecycle(uint32_t slot, uint64_t arena, const shm::InstancePtr& instance,
+                                uint32_t held_in, uint64_t* slot_word) {
   if (slot >= kSlots) return false;
   Stock& stock = stocks_[slot];
   base::MutexLock lock(&stock.mu);
@@ -155,13 +177,17 @@ bool SpareInstances::TryRecycle(uint32_t slot, uint64_t arena, const shm::Instan
   std::optional<shm::InstancePtr> next =
       shm::RecycleSoleInstance(instance, stock.type.type_index, stock.type.payload_bytes);
   if (!next) return false;
-  stock.spares.push_back(*next);
+  // The slot names the instance now there before anyone can take it (and
+  // send the slot's reference): a stale generation would be sent.
+  if (slot_word != nullptr) {
+    std::atomic_ref<uint64_t>(*slot_word).store(next->ref().bits(), std::memory_order_release);
+  }
+  stock.spares.push_back(Spare{*next, held_in});
   return true;
 }
 
 void SpareInstances::Stash(uint32_t slot, uint64_t epoch, uint64_t forgets,
-                           std::vector<shm::InstancePtr>& made,
-                           std::vector<shm::Ref>& unwanted) {
+                           std::vector<Spare>& made, std::vector<Spare>& unwanted) {
   if (made.empty()) return;
   Stock& stock = stocks_[slot];
   base::MutexLock lock(&stock.mu);
@@ -175,24 +201,30 @@ void SpareInstances::Stash(uint32_t slot, uint64_t epoch, uint64_t forgets,
   if (stock.epoch == epoch) {
     stock.spares.insert(stock.spares.end(), made.begin(), made.end());
   } else {
-    for (const shm::InstancePtr& p : made) unwanted.push_back(p.ref());
+    unwanted.insert(unwanted.end(), made.begin(), made.end());
   }
   made.clear();
 }
 
-void SpareInstances::GiveBack(std::vector<shm::Ref>& refs) {
-  if (refs.empty()) return;
-  // Best effort: a reference not given back stays in the session's ledger
-  // and is released at the session's end.
+void SpareInstances::GiveBack(std::vector<Spare>& spares) {
+  if (spares.empty()) return;
+  // Best effort: a reference not given back stays the session's (in its
+  // ledger or slot) and is released at the session's end.
+  std::vector<shm::Ref> refs;
+  refs.reserve(spares.size());
+  for (const Spare& spare : spares) {
+    if (spare.slot != kNoSlot && give_up_slot_) give_up_slot_(spare.slot);
+    refs.push_back(spare.p.ref());
+  }
   (void)release_(refs);
-  refs.clear();
+  spares.clear();
 }
 
 size_t SpareInstances::ReleaseAll() {
-  std::vector<shm::Ref> refs;
+  std::vector<Spare> refs;
   for (Stock& stock : stocks_) {
     base::MutexLock lock(&stock.mu);
-    for (const shm::InstancePtr& p : stock.spares) refs.push_back(p.ref());
+    refs.insert(refs.end(), stock.spares.begin(), stock.spares.end());
     stock.spares.clear();
     stock.target = std::min(kFirstTarget, MaxTarget(stock.type.block_bytes()));
     stock.dormant = true;
@@ -261,8 +293,8 @@ void SpareInstances::Refill(uint32_t slot) {
                : 0;
   }
   if (token.is_zero() || need == 0) return;
-  absl::StatusOr<std::vector<shm::InstancePtr>> made = allocate_(token, need);
-  std::vector<shm::Ref> unwanted;
+  absl::StatusOr<std::vector<Spare>> made = allocate_(token, need);
+  std::vector<Spare> unwanted;
   if (made.ok()) {
     Stash(slot, epoch, forgets, *made, unwanted);
   } else {

@@ -5,8 +5,9 @@
 // takes one from this process's memory instead of calling the daemon.
 //
 // A spare is an ordinary reference the session owns: the daemon allocated
-// it (zero-filled, refcount 1) and listed it in the session's ledger like
-// any other allocation; it is simply not handed to the program yet. So
+// it (zero-filled, refcount 1) and listed it in the session's ledger, or
+// wrote it into a slot of the session's record, like any other
+// allocation; it is simply not handed to the program yet. So
 // spares need no protocol and no shared structure of their own, and they
 // are exact after any crash: a process that dies holding spares has them
 // released with the rest of its ledger at its session's end, and a daemon
@@ -34,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "structd/base/mutex.h"
+#include "structd/client/owned.h"
 #include "structd/shm/arena.h"
 #include "structd/shm/format.h"
 #include "structd/shm/ref.h"
@@ -58,13 +60,25 @@ class SpareInstances {
     friend bool operator==(const Type&, const Type&) = default;
   };
 
+  // A spare, and where the session holds it: a slot of its record (an
+  // Owned of it may be sent through a port without a call), or its ledger
+  // (kNoSlot).
+  struct Spare {
+    Spare() = default;
+    Spare(shm::InstancePtr p, uint32_t slot = kNoSlot) : p(p), slot(slot) {}  // NOLINT
+    shm::InstancePtr p;
+    uint32_t slot = kNoSlot;
+  };
   // Allocates `count` zero-filled instances of `token` owned by the session
   // (all or none): one AllocateBatch call.
-  using AllocateFn = std::function<absl::StatusOr<std::vector<shm::InstancePtr>>(
-      shm::TypeToken token, uint32_t count)>;
+  using AllocateFn =
+      std::function<absl::StatusOr<std::vector<Spare>>(shm::TypeToken token, uint32_t count)>;
   // Gives back references the session owns (spares no longer wanted): one
   // Release call per max_refs_per_call, on the calling thread.
   using ReleaseFn = std::function<absl::Status(const std::vector<shm::Ref>& refs)>;
+  // Marks the slot of a spare about to be given back (before ReleaseFn):
+  // the release then takes it from there.
+  using GiveUpSlotFn = std::function<void(uint32_t slot)>;
 
   static constexpr uint32_t kSlots = 64;  // the first 64 C++ types allocated
   static constexpr uint32_t kFirstTarget = 16;
@@ -75,7 +89,8 @@ class SpareInstances {
   static constexpr std::chrono::milliseconds kRefillBackoff{100};
 
   // `background` false: stocks are filled only by takes (tests).
-  SpareInstances(AllocateFn allocate, ReleaseFn release, bool background = true);
+  SpareInstances(AllocateFn allocate, ReleaseFn release, bool background = true,
+                 GiveUpSlotFn give_up_slot = nullptr);
   // Stops the background thread, then gives back every spare (best effort:
   // what cannot be given back is released at the session's end).
   ~SpareInstances();
@@ -84,14 +99,15 @@ class SpareInstances {
 
   // One spare from the stock of `slot`, if it has one (a Take set the slot
   // up before): the stock's lock and a pop, no call.
-  bool TryTakeOne(uint32_t slot, shm::InstancePtr* out);
+  // `*held_in`: where the session holds it.
+  bool TryTakeOne(uint32_t slot, shm::InstancePtr* out, uint32_t* held_in = nullptr);
   // `count` instances of `type` into `out`, all or none: from the stock of `slot` if it holds enough, else
   // by one allocation of `count` plus a new stock. On RESOURCE_EXHAUSTED
   // every spare of every type is given back and `count` alone is tried
   // once more, so spares never make an allocation fail that would have
   // succeeded without them. REQUIRES: slot < kSlots.
   absl::Status Take(uint32_t slot, const Type& type, uint32_t count,
-                    std::vector<shm::InstancePtr>& out);
+                    std::vector<shm::InstancePtr>& out, std::vector<uint32_t>* held_in = nullptr);
   // The drop of the last reference to `instance`, held by this process
   // alone (an Owned that came from Allocate and was never cloned), of the
   // stock's type in `arena`: recycles it in place into the stock
@@ -99,7 +115,11 @@ class SpareInstances {
   // nothing changed (another reference exists, the type cannot be
   // recycled, the stock is full or of another arena): the caller then
   // releases it the ordinary way. No call, no system call.
-  bool TryRecycle(uint32_t slot, uint64_t arena, const shm::InstancePtr& instance);
+  // `held_in`: where the session holds it; a slot of the record (its word
+  // at `slot_word`) is made to name the recycled instance before it is
+  // stocked.
+  bool TryRecycle(uint32_t slot, uint64_t arena, const shm::InstancePtr& instance,
+                  uint32_t held_in = kNoSlot, uint64_t* slot_word = nullptr);
   // Gives back every spare; returns how many there were. Stocks stay empty
   // (no background refill) until the next Take.
   size_t ReleaseAll();
@@ -112,7 +132,7 @@ class SpareInstances {
  private:
   struct Stock {
     base::Mutex mu;
-    std::vector<shm::InstancePtr> spares ABSL_GUARDED_BY(mu);
+    std::vector<Spare> spares ABSL_GUARDED_BY(mu);
     Type type ABSL_GUARDED_BY(mu);  // token zero: not set up
     uint32_t target ABSL_GUARDED_BY(mu) = kFirstTarget;
     // Bumped by Forget and by a change of type: an allocation begun before
@@ -136,26 +156,31 @@ class SpareInstances {
   // Takes the last spare of `stock` that Check finds still spare into
   // `*out`; false if none is left. Doubtful ones on the way go into
   // `doubtful` (to be given back), gone ones are dropped.
-  static bool PopOne(Stock& stock, shm::InstancePtr* out, std::vector<shm::Ref>& doubtful)
+  static bool PopOne(Stock& stock, Spare* out, std::vector<Spare>& doubtful)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
   // Sets `stock` up for `type` (giving back spares of another type into
   // `unwanted`); false if it was set up for it already.
-  static bool SetUp(Stock& stock, const Type& type, std::vector<shm::Ref>& unwanted)
+  static bool SetUp(Stock& stock, const Type& type, std::vector<Spare>& unwanted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(stock.mu);
   // Asks the background thread to refill `slot` if its stock is below half
   // its target. Call without the stock's lock.
   void MaybeAskRefill(uint32_t slot);
+  // Take, keeping each spare's slot.
+  absl::Status TakeSpares(uint32_t slot, const Type& type, uint32_t count,
+                          std::vector<Spare>& out);
   // Adds `made` to the stock of `slot` if it is still at `epoch`; what it
   // does not take goes into `unwanted`, unless Forget ran since `forgets`
   // was read (then it is dropped).
-  void Stash(uint32_t slot, uint64_t epoch, uint64_t forgets,
-             std::vector<shm::InstancePtr>& made, std::vector<shm::Ref>& unwanted);
-  void GiveBack(std::vector<shm::Ref>& refs);
+  void Stash(uint32_t slot, uint64_t epoch, uint64_t forgets, std::vector<Spare>& made,
+             std::vector<Spare>& unwanted);
+  // Gives `spares` back (slots marked given up first) and empties it.
+  void GiveBack(std::vector<Spare>& spares);
   void Refill(uint32_t slot);
   void Run();
 
   const AllocateFn allocate_;
   const ReleaseFn release_;
+  const GiveUpSlotFn give_up_slot_;
   const bool background_;
   std::array<Stock, kSlots> stocks_;
   std::atomic<uint64_t> forgets_{0};  // Forget calls so far

@@ -65,7 +65,12 @@ class FakeDaemon {
     return absl::OkStatus();
   }
   SpareInstances::AllocateFn allocate() {
-    return [this](shm::TypeToken t, uint32_t n) { return Allocate(t, n); };
+    return [this](shm::TypeToken t,
+                  uint32_t n) -> absl::StatusOr<std::vector<SpareInstances::Spare>> {
+      absl::StatusOr<std::vector<shm::InstancePtr>> made = Allocate(t, n);
+      if (!made.ok()) return made.status();
+      return std::vector<SpareInstances::Spare>(made->begin(), made->end());
+    };
   }
   SpareInstances::ReleaseFn release() {
     return [this](const std::vector<shm::Ref>& refs) { return Release(refs); };

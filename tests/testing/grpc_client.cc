@@ -110,7 +110,9 @@ uint64_t GrpcClient::LiveInstances(const std::string& name) {
   grpc::ClientContext ctx;
   if (!admin_->ListChannels(&ctx, {}, &resp).ok()) return ~uint64_t{0};
   for (const auto& ch : resp.channels()) {
-    if (ch.name() == name) return ch.live_instances();
+    // The program's instances: without the session records the client
+    // library opens for itself (one per session that moved references).
+    if (ch.name() == name) return ch.live_instances() - ch.session_records();
   }
   return ~uint64_t{0};
 }

@@ -27,7 +27,7 @@ Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
       // in place since the entry was written (shm/local_recycle.h).
       if (arena.ResolveCurrent(e.ref).ok()) {
         c.expected[Census::Block(e.ref)] += e.count;
-        c.from_ledgers[Census::Block(e.ref)] += e.count;
+        c.from_sessions[Census::Block(e.ref)] += e.count;
       } else {
         c.dangling_entries.push_back({session, e.ref});
       }
@@ -42,6 +42,7 @@ Census TakeCensus(const shm::Arena& arena, const TypeRegistry& registry,
       // A slot names a block, as a ledger entry does.
       if (arena.ResolveCurrent(value).ok()) {
         ++c.expected[Census::Block(value)];
+        ++c.from_sessions[Census::Block(value)];
       } else {
         c.dangling_slots.push_back({r.session, r.view, i, value});
       }

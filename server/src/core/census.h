@@ -62,11 +62,12 @@ struct Census {
   };
   std::vector<Problem> problems;
 
-  // The part of `expected` that ledger entries make up.
-  std::map<uint64_t, uint64_t> from_ledgers;
-  uint64_t FromLedgers(shm::Ref ref) const {
-    auto it = from_ledgers.find(Block(ref));
-    return it == from_ledgers.end() ? 0 : it->second;
+  // The part of `expected` that sessions hold: ledger entries and slots
+  // of records (both name blocks a session may recycle in place).
+  std::map<uint64_t, uint64_t> from_sessions;
+  uint64_t FromSessions(shm::Ref ref) const {
+    auto it = from_sessions.find(Block(ref));
+    return it == from_sessions.end() ? 0 : it->second;
   }
   uint64_t Expected(shm::Ref ref) const {
     auto it = expected.find(Block(ref));

@@ -309,37 +309,8 @@ uint64_t Channel::Leave(const std::string& session_id, const SessionProcess& pro
   if (it == ledgers_.end()) return 0;
   uint64_t released = 0;
   if (UsableLocked().ok()) {
-    shm::Allocator::TypeLookup types = TypesLocked();
     for (const LedgerEntry& e : it->second->Entries()) {
-      // The entry names a block; the session may have recycled the
-      // instance there in place (shm/local_recycle.h), and may have died
-      // doing it, between its claim (refcount 0) and its publication
-      // (refcount 1): either way the instance there now is the one it
-      // owned. A ref that no longer resolves was damaged by a member:
-      // logged.
-      absl::StatusOr<shm::InstancePtr> current = arena_->ResolveCurrent(e.ref);
-      if (current.ok() && current->header().refcount.load(std::memory_order_acquire) == 0) {
-        if (!process.Exited()) {
-          spdlog::info("channel '{}': session {} ended while its process was recycling {} "
-                       "in place: freed once the process has exited",
-                       name_, session_id.substr(0, 8), current->ref().ToString());
-          left_claims_.push_back({current->ref(), process});
-          continue;
-        }
-        absl::Status s = allocator_->FinishCondemned(current->ref(), types).status();
-        LogIfFailed(s, "freeing what an ended session was recycling");
-        if (s.ok()) ++released;
-        continue;
-      }
-      for (uint64_t n = 0; n < e.count; ++n) {
-        absl::Status s = current.ok() ? allocator_->Release(current->ref(), types).status()
-                                      : current.status();
-        if (!s.ok()) {
-          LogIfFailed(s, "releasing what an ended session held");
-          break;
-        }
-        ++released;
-      }
+      released += ReleaseEndedHoldingLocked(e.ref, e.count, session_id, process);
     }
   }
   if (UsableLocked().ok() && !it->second->record().is_null()) {
@@ -361,6 +332,41 @@ uint64_t Channel::Leave(const std::string& session_id, const SessionProcess& pro
 }
 
 
+uint64_t Channel::ReleaseEndedHoldingLocked(shm::Ref ref, uint64_t count,
+                                            const std::string& session,
+                                            const SessionProcess& process) {
+  // The holding names a block; the session may have recycled the instance
+  // there in place (shm/local_recycle.h), and may have died doing it,
+  // between its claim (refcount 0) and its publication (refcount 1):
+  // either way the instance there now is the one it owned. A ref that no
+  // longer resolves was damaged by a member: logged.
+  absl::StatusOr<shm::InstancePtr> current = arena_->ResolveCurrent(ref);
+  const shm::Allocator::TypeLookup types = TypesLocked();
+  if (current.ok() && current->header().refcount.load(std::memory_order_acquire) == 0) {
+    if (!process.Exited()) {
+      spdlog::info("channel '{}': session {} ended while its process was recycling {} "
+                   "in place: freed once the process has exited",
+                   name_, session.substr(0, 8), current->ref().ToString());
+      left_claims_.push_back({current->ref(), process});
+      return 0;
+    }
+    absl::Status s = allocator_->FinishCondemned(current->ref(), types).status();
+    LogIfFailed(s, "freeing what an ended session was recycling");
+    return s.ok() ? 1 : 0;
+  }
+  uint64_t released = 0;
+  for (uint64_t n = 0; n < count; ++n) {
+    absl::Status s = current.ok() ? allocator_->Release(current->ref(), types).status()
+                                  : current.status();
+    if (!s.ok()) {
+      LogIfFailed(s, "releasing what an ended session held");
+      break;
+    }
+    ++released;
+  }
+  return released;
+}
+
 bool Channel::HasSession(const std::string& session_id) const {
   base::MutexLock lock(&mu_);
   return ledgers_.count(session_id) != 0;
@@ -374,7 +380,18 @@ size_t Channel::session_count() const {
 uint64_t Channel::RefsHeld(const std::string& session_id) const {
   base::MutexLock lock(&mu_);
   auto it = ledgers_.find(session_id);
-  return it == ledgers_.end() ? 0 : it->second->size();
+  if (it == ledgers_.end()) return 0;
+  uint64_t held = it->second->size();
+  // And what its record's slots hold (received messages, spares).
+  if (!it->second->record().is_null() && UsableLocked().ok()) {
+    if (absl::StatusOr<shm::SessionRecord> view = RecordViewLocked(it->second->record());
+        view.ok()) {
+      for (uint32_t i = 0; i < shm::kRecordSlots; ++i) {
+        if (std::atomic_ref<uint64_t>(*view->slot(i)).load(std::memory_order_relaxed) != 0) ++held;
+      }
+    }
+  }
+  return held;
 }
 
 ArenaSummary Channel::arena_summary() const {
@@ -621,6 +638,9 @@ ChannelStats Channel::Stats() const {
         live.instances = it->second.instances;
         live.bytes = it->second.bytes;
       }
+    }
+    if (t->key == shm::SessionRecord::TypeKey()) {
+      s.session_records = static_cast<uint32_t>(live.instances);
     }
     s.by_type.push_back(std::move(live));
   }

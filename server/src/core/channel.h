@@ -68,6 +68,7 @@ struct ChannelStats {
   uint32_t types = 0;
   uint32_t roots = 0;
   uint32_t sessions = 0;
+  uint32_t session_records = 0;  // live: of sessions, and of ended ones kept
   bool sealed = false;
   bool dropped = false;
   shm::AllocatorStats alloc;
@@ -254,10 +255,13 @@ class Channel {
   std::vector<RegisteredType> ListTypes(bool* sealed) const;
   absl::Status Seal();
 
-  // Allocates `count` instances owned by `session_id` (all or nothing).
+  // Allocates `count` instances owned by `session_id` (all or nothing):
+  // in its ledger, or, with `into_slots` (count distinct indexes of free
+  // slots of its record), in those slots.
   absl::StatusOr<std::vector<shm::Ref>> Allocate(const std::string& session_id,
                                                  shm::TypeToken token,
-                                                 uint32_t count);
+                                                 uint32_t count,
+                                                 const std::vector<uint32_t>& into_slots = {});
   absl::Status Retain(const std::string& session_id,
                       const std::vector<shm::Ref>& refs);
   // Returns instances freed (transitively).
@@ -398,7 +402,8 @@ class Channel {
   absl::Status UsableLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The bodies of the public calls of the same names, under mu_.
   absl::StatusOr<std::vector<shm::Ref>> AllocateLocked(
-    const std::string& session_id, shm::TypeToken token, uint32_t count)
+    const std::string& session_id, shm::TypeToken token, uint32_t count,
+      const std::vector<uint32_t>& into_slots = {})
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RetainLocked(const std::string& session_id,
                              const std::vector<shm::Ref>& refs)
@@ -482,6 +487,14 @@ class Channel {
   // lane is busy and `process` has not exited, kept in left_records_ for
   // ReapClaims instead (0).
   uint64_t EndRecordLocked(const HeldRecord& record, const SessionProcess& process)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Releases `count` references an ended session held to the block `ref`
+  // names (a ledger entry or a slot), whatever instance is there now; a
+  // block its process left claimed for a recycle in place (refcount 0) is
+  // freed once `process` has exited (left_claims_ until then). Returns how
+  // many references that released.
+  uint64_t ReleaseEndedHoldingLocked(shm::Ref ref, uint64_t count, const std::string& session,
+                                     const SessionProcess& process)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Release's share of a session's references held in its record: which
   // refs of `refs` a slot the client marked given up holds (each slot

@@ -3,7 +3,10 @@
 // or, if the daemon dies midway, repairable to one outcome.
 #include "core/channel.h"
 
+#include <atomic>
 #include <map>
+#include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -13,18 +16,49 @@
 namespace structd::server {
 
 absl::StatusOr<std::vector<shm::Ref>> Channel::Allocate(
-    const std::string& session_id, shm::TypeToken token, uint32_t count) {
+    const std::string& session_id, shm::TypeToken token, uint32_t count,
+    const std::vector<uint32_t>& into_slots) {
   base::MutexLock lock(&mu_);
-  return GuardLocked(AllocateLocked(session_id, token, count));
+  return GuardLocked(AllocateLocked(session_id, token, count, into_slots));
 }
 
 absl::StatusOr<std::vector<shm::Ref>> Channel::AllocateLocked(
-    const std::string& session_id, shm::TypeToken token, uint32_t count) {
+    const std::string& session_id, shm::TypeToken token, uint32_t count,
+    const std::vector<uint32_t>& into_slots) {
   if (absl::Status s = UsableLocked(); !s.ok()) return s;
   absl::StatusOr<Ledger*> ledger = LedgerLocked(session_id);
   if (!ledger.ok()) return ledger.status();
   absl::StatusOr<const RegisteredType*> type = registry_.Find(token);
   if (!type.ok()) return type.status();
+  // Slots to write, checked before anything is allocated.
+  std::optional<shm::SessionRecord> record;
+  if (!into_slots.empty()) {
+    if (into_slots.size() != count) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "into_slots: %d slots for %d instances (give one slot per instance, or none)",
+          into_slots.size(), count));
+    }
+    absl::StatusOr<shm::SessionRecord> view =
+        (*ledger)->record().is_null()
+            ? absl::FailedPreconditionError(
+                  "into_slots: the session has no record (call OpenSessionRecord first)")
+            : RecordViewLocked((*ledger)->record());
+    if (!view.ok()) return view.status();
+    std::set<uint32_t> seen;
+    for (uint32_t slot : into_slots) {
+      if (slot >= shm::kRecordSlots || !seen.insert(slot).second) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "into_slots: slot %u is %s (a record has slots 0 to %u; name each once)", slot,
+            slot >= shm::kRecordSlots ? "out of range" : "repeated", shm::kRecordSlots - 1));
+      }
+      if (std::atomic_ref<uint64_t>(*view->slot(slot)).load(std::memory_order_acquire) != 0) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "into_slots: slot %u of the session's record holds a reference (name free slots)",
+            slot));
+      }
+    }
+    record = *view;
+  }
   std::vector<shm::Ref> refs;
   uint32_t extents_before = arena_->extent_count();
   absl::Status s = allocator_->AllocateBatch((*type)->type_index,
@@ -38,6 +72,15 @@ absl::StatusOr<std::vector<shm::Ref>> Channel::AllocateLocked(
     spdlog::warn("channel '{}': allocation of {} failed: {}", name_, count,
                  std::string(s.message()));
     return s;
+  }
+  if (record) {
+    // One store each: a daemon killed before a slot's store leaves that
+    // instance unreferenced, and the census frees it.
+    for (size_t i = 0; i < refs.size(); ++i) {
+      std::atomic_ref<uint64_t>(*record->slot(into_slots[i]))
+          .store(refs[i].bits(), std::memory_order_release);
+    }
+    return refs;
   }
   if (absl::Status ls = (*ledger)->AddAll(refs); !ls.ok()) {
     shm::Allocator::TypeLookup types = TypesLocked();

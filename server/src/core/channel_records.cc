@@ -185,18 +185,16 @@ uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess
     A(lane->op).store(0, std::memory_order_release);
   }
   uint64_t released = 0;
-  const shm::Allocator::TypeLookup types = TypesLocked();
-  auto release = [&](shm::Ref ref) {
-    // A slot names a block (as a ledger entry does).
-    absl::StatusOr<shm::InstancePtr> current = arena_->ResolveCurrent(ref);
-    absl::Status s = current.ok() ? allocator_->Release(current->ref(), types).status()
-                                  : current.status();
-    if (s.ok()) ++released;
-    return s;
-  };
   for (uint32_t i = 0; i < shm::kRecordSlots; ++i) {
     const uint64_t held = A(*view.slot(i)).exchange(0, std::memory_order_acq_rel);
-    if (held != 0 && !release(shm::Ref::FromBits(held)).ok()) ++bad_slots;
+    if (held == 0) continue;
+    // A slot names a block, as a ledger entry does (a spare of the stock
+    // the process recycled in place: shm/local_recycle.h).
+    if (!arena_->ResolveCurrent(shm::Ref::FromBits(held)).ok()) {
+      ++bad_slots;
+      continue;
+    }
+    released += ReleaseEndedHoldingLocked(shm::Ref::FromBits(held), 1, record.session, process);
   }
   if (bad_lanes + bad_slots != 0) {
     spdlog::warn("channel '{}': the record {} of an ended session had {} lane(s) naming no "
@@ -204,8 +202,9 @@ uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess
                  "the census of the next start",
                  name_, record.ref.ToString(), bad_lanes, bad_slots);
   }
-  LogIfFailed(release(record.ref), "releasing an ended session's record");
-  return released;
+  absl::StatusOr<shm::ReleaseResult> freed = allocator_->Release(record.ref, TypesLocked());
+  LogIfFailed(freed.status(), "releasing an ended session's record");
+  return released + (freed.ok() ? 1 : 0);
 }
 
 std::vector<Channel::SlotTake> Channel::PlanMarkedSlotsLocked(

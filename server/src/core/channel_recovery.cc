@@ -246,7 +246,7 @@ Channel::RepairReport Channel::Reconcile() {
       continue;
     }
     if (have == want || (frozen && have > want)) continue;
-    if (have == 0 && want == 1 && census.FromLedgers(ref) == 1) {
+    if (have == 0 && want == 1 && census.FromSessions(ref) == 1) {
       // Honest operations never leave a stored refcount below the
       // references that exist but in one state: the one session that
       // references it claimed it to recycle it in place

@@ -72,6 +72,7 @@ grpc::Status AdminService::ListChannels(grpc::ServerContext* context,
     out->set_roots(st.roots);
     out->set_sessions(st.sessions);
     out->set_live_instances(st.alloc.live_instances);
+    out->set_session_records(st.session_records);
     out->set_arena_bytes(st.alloc.extent_bytes);
     out->set_sealed(st.sealed);
     out->set_dropped(st.dropped);

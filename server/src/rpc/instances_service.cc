@@ -46,8 +46,10 @@ grpc::Status InstancesService::AllocateBatch(
                          [&](const CallerChannel& c) -> absl::Status {
     absl::StatusOr<shm::TypeToken> token = ParseToken(request->token());
     if (!token.ok()) return token.status();
+    const std::vector<uint32_t> into_slots(request->into_slots().begin(),
+                                           request->into_slots().end());
     absl::StatusOr<std::vector<shm::Ref>> refs =
-        c.channel->Allocate(c.session, *token, request->count());
+        c.channel->Allocate(c.session, *token, request->count(), into_slots);
     if (!refs.ok()) return refs.status();
     response->mutable_refs()->Reserve(static_cast<int>(refs->size()));
     for (shm::Ref r : *refs) response->add_refs(r.bits());

@@ -196,8 +196,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   template <typename T>
   absl::StatusOr<Owned<T>> Allocate() {
     shm::InstancePtr spare;
-    if (TakeSpare(internal::FastTypeSlot<T>(), &spare)) {
-      return Owned<T>(shared_from_this(), T(spare), /*sole=*/true);
+    uint32_t held_in = internal::kNoSlot;
+    if (TakeSpare(internal::FastTypeSlot<T>(), &spare, &held_in)) {
+      return Owned<T>(shared_from_this(), T(spare), /*sole=*/true, held_in);
     }
     absl::StatusOr<std::vector<Owned<T>>> one = AllocateBatch<T>(1);
     if (!one.ok()) return one.status();
@@ -209,10 +210,11 @@ class Channel : public std::enable_shared_from_this<Channel> {
   absl::StatusOr<std::vector<Owned<T>>> AllocateBatch(uint32_t count) {
     absl::StatusOr<std::shared_ptr<const TypeInfo>> type = UseShared<T>();
     if (!type.ok()) return type.status();
+    std::vector<uint32_t> held_in;
     absl::StatusOr<std::vector<shm::InstancePtr>> made =
-        AllocateFor(internal::FastTypeSlot<T>(), **type, count);
+        AllocateFor(internal::FastTypeSlot<T>(), **type, count, &held_in);
     if (!made.ok()) return made.status();
-    return OwnAll(std::vector<T>(made->begin(), made->end()), /*sole=*/true);
+    return OwnAll(std::vector<T>(made->begin(), made->end()), /*sole=*/true, &held_in);
   }
   // Instances this process holds in stock for Allocate (owned by its
   // session, not handed out yet), over all types.
@@ -335,7 +337,12 @@ class Channel : public std::enable_shared_from_this<Channel> {
   absl::StatusOr<PortInfo> CreatePort(const std::string& name, uint32_t capacity);
   absl::StatusOr<std::vector<PortInfo>> ListPorts();
   // The port `name`, to send and receive T messages (structd/client/port.h).
-  // NOT_FOUND if there is none.
+  // NOT_FOUND if there is none. The first OpenPort of a Channel opens its
+  // session's record in the arena (one more instance of the channel, of
+  // the built-in type "structd.session/1024"), through which messages then
+  // move without calls; from then on the stocks of Allocate are refilled
+  // into its slots, so that what this process allocates is sent without a
+  // call too.
   template <typename T>
   absl::StatusOr<Port<T>> OpenPort(const std::string& name);
 
@@ -412,20 +419,23 @@ class Channel : public std::enable_shared_from_this<Channel> {
   absl::StatusOr<std::shared_ptr<const TypeInfo>> UseType(std::string_view key,
                                    const absl::StatusOr<shm::Layout>& local,
                                    std::span<const uint32_t> offsets);
-  absl::StatusOr<std::vector<shm::InstancePtr>> AllocateInstances(shm::TypeToken token,
-                                                                  uint32_t count);
+  // With `held_in`: into free slots of the session's record when it has
+  // enough (each instance's slot code, or kNoSlot, pushed there).
+  absl::StatusOr<std::vector<shm::InstancePtr>> AllocateInstances(
+      shm::TypeToken token, uint32_t count, std::vector<uint32_t>* held_in = nullptr);
   // Allocate<T>'s common case: one spare of the type in `slot`, if the
   // session is alive and the stock has one.
-  bool TakeSpare(uint32_t slot, shm::InstancePtr* out);
+  bool TakeSpare(uint32_t slot, shm::InstancePtr* out, uint32_t* held_in);
   // The drop of a sole Owned (see Owned::sole_) of the type in `slot`:
   // recycled in place into the stock if no other reference exists, else
   // queued for release.
-  void DropSole(uint32_t slot, const StructView& view);
+  void DropSole(uint32_t slot, const StructView& view, uint32_t held_in);
   // `count` instances of `type`: through the stock of `slot` if there is
   // one for it, else AllocateInstances.
   absl::StatusOr<std::vector<shm::InstancePtr>> AllocateFor(uint32_t slot,
                                                             const TypeInfo& type,
-                                                            uint32_t count);
+                                                            uint32_t count,
+                                                            std::vector<uint32_t>* held_in);
   absl::StatusOr<shm::InstancePtr> ResolveAs(Ref ref, const TypeInfo& type) const;
   // View's common case: T's cached record in `slot` resolves `ref`.
   bool TryViewFast(uint32_t slot, Ref ref, shm::InstancePtr* out) const {
@@ -479,15 +489,23 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // The drop of the reference in slot `slot`: the slot marked given up,
   // then its release queued (the daemon takes it from the slot).
   void DropSlot(uint32_t slot, Ref ref);
+  // Marks slot `slot` given up (a release of its reference follows); false
+  // for a slot of a replaced arena (the daemon released it with that).
+  bool GiveUpSlot(uint32_t slot);
   // Moves the reference in slot `slot` to the session's ledger: a queued
   // retain, then DropSlot (retains are applied before releases).
   void MoveSlotToLedger(uint32_t slot, Ref ref);
   // Wraps `views` as Owneds (RetainBatch's end, after RetainRefs).
   template <typename T>
-  std::vector<Owned<T>> OwnAll(const std::vector<T>& views, bool sole) {
+  std::vector<Owned<T>> OwnAll(const std::vector<T>& views, bool sole,
+                               const std::vector<uint32_t>* held_in = nullptr) {
     std::vector<Owned<T>> out;
     out.reserve(views.size());
-    for (const T& v : views) out.push_back(Owned<T>(shared_from_this(), v, sole));
+    for (size_t i = 0; i < views.size(); ++i) {
+      const uint32_t slot =
+          held_in != nullptr && i < held_in->size() ? (*held_in)[i] : internal::kNoSlot;
+      out.push_back(Owned<T>(shared_from_this(), views[i], sole, slot));
+    }
     return out;
   }
   // View<T>'s per-type record: the arena and what T's blocks look like
@@ -600,10 +618,12 @@ void Owned<T>::Reset() {
 
 template <typename T>
 void Owned<T>::DropReference(Channel& channel, bool sole, uint32_t slot) const {
-  if (slot != internal::kNoSlot) {
+  if (sole) {
+    // Recycled in place into the stock (a slot keeps the reference), or
+    // dropped from its slot or the ledger.
+    channel.DropSole(internal::SlotOf(view_), view_, slot);
+  } else if (slot != internal::kNoSlot) {
     channel.DropSlot(slot, view_.ref());
-  } else if (sole) {
-    channel.DropSole(internal::SlotOf(view_), view_);
   } else {
     channel.DeferRelease(view_.ref());
   }

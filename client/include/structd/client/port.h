@@ -161,6 +161,9 @@ template <typename T>
 absl::StatusOr<Port<T>> Channel::OpenPort(const std::string& name) {
   absl::StatusOr<Ref> ref = FindPort(name);
   if (!ref.ok()) return ref.status();
+  // The session's record, so that moves (and the stock's refills, into
+  // its slots from now on) need no call. Without one, ports use calls.
+  (void)Moves();
   return Port<T>(shared_from_this(), name, *ref);
 }
 
