@@ -953,7 +953,11 @@ TEST_F(ClientTest, ReceivedMessagesMoveOnThroughPortsWhileTheDaemonIsStopped) {
     ASSERT_TRUE(m.ok()) << m.status();
     held.push_back(std::move(*m));
   }
-  ASSERT_TRUE(pong->TryReceive().status().code() == absl::StatusCode::kNotFound);  // opens ours
+  ASSERT_TRUE(pong->TryReceive().status().code() == absl::StatusCode::kNotFound);
+  // The stock refilled into the record's slots (one call, before the stop).
+  c().ReleaseSpares();
+  ASSERT_TRUE(c().AllocateBatch<Counter>(1).ok());
+  ASSERT_GE(c().SpareCount(), static_cast<size_t>(kMessages));
   ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
   struct Continue {
     pid_t pid;
@@ -977,17 +981,40 @@ TEST_F(ClientTest, ReceivedMessagesMoveOnThroughPortsWhileTheDaemonIsStopped) {
       held.push_back(std::move(*m));
     }
   }
+  // A producer's allocations, once it has opened a port, are held in its
+  // record's slots too: allocated (from the stock) and sent with the
+  // daemon still stopped.
+  std::vector<Owned<Counter>> fresh;
+  for (int i = 0; i < kMessages; ++i) {
+    auto m = c().Allocate<Counter>();
+    ASSERT_TRUE(m.ok()) << m.status();
+    fresh.push_back(std::move(*m));
+  }
+  for (auto& m : fresh) {
+    m->hits().store(7);
+    ASSERT_TRUE(pong->Send(m, std::chrono::seconds(2)).ok());
+  }
+  for (int i = 0; i < kMessages; ++i) {
+    auto m = pong_there->Receive(std::chrono::seconds(2));
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ((*m)->hits().load(), 7u);
+  }
   ASSERT_EQ(kill(daemon_.pid(), SIGCONT), 0);
   EXPECT_EQ(sum, 100u + 101 + 102 + 103 + kMessages * 50);
   // Dropped from the slots: released through the daemon, and nothing is
   // left over.
   held.clear();
   ASSERT_TRUE((*theirs)->Flush().ok());
+  ASSERT_TRUE(c().Flush().ok());
   EXPECT_TRUE(CensusIsClean());
   auto info = ping->Info();
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->depth, 0u);
   EXPECT_EQ(info->sent, kMessages * 51u);
+  // Allocated and dropped at once: recycled in place, its slot kept.
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(c().Allocate<Counter>().ok());
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_TRUE(CensusIsClean());
 }
 
 }  // namespace
