@@ -157,7 +157,7 @@ CheckReport Channel::Check() const {
     uint32_t refcount = inst->header().refcount.load();
     uint64_t want = census.Expected(ref);
     // A move a stopped client has in flight may be counted twice or not
-    // at all (doc/ports.md, "The census"): not a problem of the channel.
+    // at all (doc/arena-format.md, "Session records"): not a problem of the channel.
     if (gated.in_flight.count(Census::Block(ref)) != 0) continue;
     if (refcount != want) {
       report.problems.push_back(

@@ -13,10 +13,12 @@
 // finds the port empty sleeps on its publish counter (a futex in the
 // arena), a Send that finds it full on its count of emptied cells; both
 // may spin first. What is received is held in a slot of the record, and
-// sent on from there; an Owned whose reference the session holds in its
-// ledger instead (allocated, retained, or cloned and shared) is sent by
-// one call to the daemon, as is everything when the daemon gives no
-// record (an older daemon) or every slot is in use.
+// sent on from there, as is what Allocate takes from a stock refilled
+// into the record's slots (once this process has opened a port). An
+// Owned whose reference the session holds in its ledger instead
+// (retained, allocated before a port was opened, or with clones alive)
+// is sent by one call to the daemon, as is everything when the daemon
+// gives no record (an older daemon) or every slot is in use.
 //
 // Thread safety: a Port may be used from any number of threads.
 
