@@ -391,16 +391,19 @@ absl::Status Damaged(std::string_view what) {
 
 }  // namespace
 
+PortRing::Attempt PortRing::OnceThroughTheGate(bool sending, const MoveContext& ctx) {
+  const Attempt attempt = sending ? SendOnce(ctx) : ReceiveOnce(ctx);
+  if (attempt != Attempt::kGated || !WaitGateOpen(ctx.gate, DeadlineAfter(kGateWait))) {
+    return attempt;
+  }
+  return sending ? SendOnce(ctx) : ReceiveOnce(ctx);
+}
+
 absl::Status PortRing::TrySend(const MoveContext& ctx) {
   if (A(*ctx.slot).load(std::memory_order_relaxed) == 0) {
     return absl::InvalidArgumentError("send: the slot holds no reference");
   }
-  Attempt attempt = SendOnce(ctx);
-  if (attempt == Attempt::kGated) {
-    if (!WaitGateOpen(ctx.gate, DeadlineAfter(kGateWait))) return GateStuck();
-    attempt = SendOnce(ctx);
-  }
-  switch (attempt) {
+  switch (OnceThroughTheGate(/*sending=*/true, ctx)) {
     case Attempt::kGated:
       return GateStuck();
     case Attempt::kDone:
@@ -424,12 +427,7 @@ absl::Status PortRing::TryReceive(const MoveContext& ctx) {
   if (A(*ctx.slot).load(std::memory_order_relaxed) != 0) {
     return absl::InvalidArgumentError("receive: the slot is not free");
   }
-  Attempt attempt = ReceiveOnce(ctx);
-  if (attempt == Attempt::kGated) {
-    if (!WaitGateOpen(ctx.gate, DeadlineAfter(kGateWait))) return GateStuck();
-    attempt = ReceiveOnce(ctx);
-  }
-  switch (attempt) {
+  switch (OnceThroughTheGate(/*sending=*/false, ctx)) {
     case Attempt::kGated:
       return GateStuck();
     case Attempt::kDone:

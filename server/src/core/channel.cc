@@ -455,6 +455,29 @@ absl::StatusOr<TypeRegistry::RegisterResult> Channel::RegisterLocked(
   return r;
 }
 
+absl::StatusOr<shm::Ref> Channel::AllocateBuiltinLocked(
+    const std::string& key, std::vector<shm::FieldSpec> fields, const std::string& what,
+    absl::FunctionRef<absl::Status(void* payload, size_t bytes)> format) {
+  absl::StatusOr<TypeRegistry::RegisterResult> type =
+      RegisterLocked(key, std::move(fields), TypeRegistry::Origin::kBuiltin);
+  if (!type.ok()) return type.status();
+  std::vector<shm::Ref> refs;
+  if (absl::Status s = allocator_->AllocateBatch(type.value().type->type_index,
+                                                 type.value().type->layout, 1, refs);
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+  }
+  absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(refs.front());
+  absl::Status formatted =
+      inst.ok() ? format(inst->payload(), type.value().type->layout.size()) : inst.status();
+  if (!formatted.ok()) {
+    LogIfFailed(allocator_->Release(refs.front(), TypesLocked()).status(),
+                absl::StrCat("dropping a ", what, " that could not be formatted"));
+    return formatted;
+  }
+  return refs.front();
+}
+
 absl::StatusOr<RegisteredType> Channel::DescribeType(
     shm::TypeToken token) const {
   base::MutexLock lock(&mu_);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "structd/base/mutex.h"
 #include "absl/status/statusor.h"
 #include "core/census.h"
@@ -441,6 +442,14 @@ class Channel {
   absl::StatusOr<TypeRegistry::RegisterResult> RegisterLocked(
       const std::string& key, std::vector<shm::FieldSpec> fields, TypeRegistry::Origin origin)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One instance of the built-in type `key` (registered first if need
+  // be), its payload made by `format(payload, bytes)`: the allocation's
+  // reference, which the caller keeps or drops. An instance `format`
+  // refuses is released. `what` names it in errors ("port 'jobs'").
+  absl::StatusOr<shm::Ref> AllocateBuiltinLocked(
+      const std::string& key, std::vector<shm::FieldSpec> fields, const std::string& what,
+      absl::FunctionRef<absl::Status(void* payload, size_t bytes)> format)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The port root `name` names, attached (NotFound, FailedPrecondition if
   // the root names something else, DataLoss if the port's memory was
   // damaged), with the ring's memory checked against its registered type.
@@ -473,8 +482,8 @@ class Channel {
   std::vector<HeldRecord> RecordsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<shm::SessionRecord> RecordViewLocked(shm::Ref ref) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The census with every record's gate closed (doc/ports.md, "The
-  // census"): no client move runs while it counts. `in_flight`: blocks
+  // The census with every record's gate closed (doc/arena-format.md,
+  // "Session records"): no client move runs while it counts. `in_flight`: blocks
   // named by lanes still busy after a bounded wait (a stopped mover), which
   // Reconcile neither lowers nor frees and Check does not report.
   struct GatedCensus {

@@ -91,31 +91,22 @@ absl::StatusOr<Channel::PortInfo> Channel::CreatePort(const std::string& name,
         "port '", name, "': channel '", name_,
         "' already has a root of that name (ports and roots share names; pick another)"));
   }
-  absl::StatusOr<TypeRegistry::RegisterResult> type = RegisterLocked(
+  absl::StatusOr<shm::Ref> ref = AllocateBuiltinLocked(
       shm::PortRing::PortTypeKey(capacity), shm::PortRing::LayoutFields(capacity),
-      TypeRegistry::Origin::kBuiltin);
-  if (!type.ok()) return type.status();
-  std::vector<shm::Ref> refs;
-  if (absl::Status s = allocator_->AllocateBatch(type.value().type->type_index,
-                                                 type.value().type->layout, 1, refs);
-      !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("port '", name, "': ", s.message()));
-  }
-  const shm::Ref ref = refs.front();
-  absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(ref);
-  absl::Status formatted =
-      inst.ok() ? shm::PortRing::Format(inst->payload(), type.value().type->layout.size(), capacity)
-                : inst.status();
+      absl::StrCat("port '", name, "'"), [&](void* payload, size_t bytes) {
+        return shm::PortRing::Format(payload, bytes, capacity);
+      });
+  if (!ref.ok()) return ref.status();
   // The root takes a reference of its own; the allocation's is dropped
   // either way (freeing the port if the root could not be set). A daemon
   // killed in between leaves an instance the census frees or a root.
-  absl::StatusOr<shm::Ref> rooted =
-      formatted.ok() ? SetRootLocked(name, ref) : absl::StatusOr<shm::Ref>(formatted);
-  LogIfFailed(allocator_->Release(ref, TypesLocked()).status(), "dropping a new port's allocation");
+  absl::StatusOr<shm::Ref> rooted = SetRootLocked(name, *ref);
+  LogIfFailed(allocator_->Release(*ref, TypesLocked()).status(),
+              "dropping a new port's allocation");
   if (!rooted.ok()) return rooted.status();
   spdlog::info("channel '{}': port '{}' created ({} messages, {})", name_, name, capacity,
-               ref.ToString());
-  return PortInfo{name, ref, capacity};
+               ref->ToString());
+  return PortInfo{name, *ref, capacity};
 }
 
 absl::StatusOr<uint32_t> Channel::SendToPort(const std::string& session_id,

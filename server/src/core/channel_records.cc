@@ -58,31 +58,17 @@ absl::StatusOr<Channel::RecordInfo> Channel::OpenRecord(const std::string& sessi
         "lane ids can tell apart; restart the daemon (tags start again after the live ones)",
         name_, shm::kMaxRecordTag));
   }
-  absl::StatusOr<TypeRegistry::RegisterResult> type =
-      RegisterLocked(shm::SessionRecord::TypeKey(), shm::SessionRecord::LayoutFields(),
-                     TypeRegistry::Origin::kBuiltin);
-  if (!type.ok()) return type.status();
-  std::vector<shm::Ref> refs;
-  if (absl::Status s = allocator_->AllocateBatch(type.value().type->type_index,
-                                                 type.value().type->layout, 1, refs);
-      !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("session record: ", s.message()));
-  }
-  const uint32_t tag = next_record_tag_++;
-  absl::StatusOr<shm::InstancePtr> inst = arena_->Resolve(refs.front());
-  absl::Status formatted =
-      inst.ok() ? shm::SessionRecord::Format(inst->payload(), type.value().type->layout.size(), tag)
-                : inst.status();
-  if (!formatted.ok()) {
-    LogIfFailed(allocator_->Release(refs.front(), TypesLocked()).status(),
-                "dropping a record that could not be formatted");
-    return formatted;
-  }
+  const uint32_t tag = next_record_tag_;
+  absl::StatusOr<shm::Ref> ref = AllocateBuiltinLocked(
+      shm::SessionRecord::TypeKey(), shm::SessionRecord::LayoutFields(), "session record",
+      [&](void* payload, size_t bytes) { return shm::SessionRecord::Format(payload, bytes, tag); });
+  if (!ref.ok()) return ref.status();
+  ++next_record_tag_;
   // The allocation's reference becomes the session's hold on its record.
   // A daemon killed before this store leaves an instance nothing counts:
   // the census frees it.
-  (*ledger)->SetRecord(refs.front(), tag);
-  return RecordInfo{refs.front(), tag};
+  (*ledger)->SetRecord(*ref, tag);
+  return RecordInfo{*ref, tag};
 }
 
 std::vector<HeldRecord> Channel::RecordsLocked() const {

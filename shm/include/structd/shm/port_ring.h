@@ -261,6 +261,9 @@ class PortRing {
   enum class Attempt { kDone, kFull, kEmpty, kBusy, kDamaged, kAborted, kGated };
   Attempt SendOnce(const MoveContext& ctx);
   Attempt ReceiveOnce(const MoveContext& ctx);
+  // SendOnce or ReceiveOnce for a Try call: a closed census gate is
+  // waited out (up to kGateWait) and the attempt made once more.
+  Attempt OnceThroughTheGate(bool sending, const MoveContext& ctx);
   // ReceiveOnce's halves: marks the oldest full cell taken by ctx's lane
   // (kDone, its position in *position; else the lane is cleared), and
   // empties a taken cell and moves `head` past it (false if a test stopped
