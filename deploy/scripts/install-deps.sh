@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-yaml python3-dev pybind11-dev
   redis-server libhiredis-dev liblmdb-dev
+  iceoryx libiceoryx-posh-dev
 )
 # The clang build (STRUCTD_CLANG=1 deploy/scripts/test.sh) checks the lock
 # annotations; only then is clang needed.

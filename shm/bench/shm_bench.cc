@@ -805,16 +805,11 @@ constexpr Pair kPairs[] = {
 }  // namespace structd::shm
 
 int main(int argc, char** argv) {
-  using structd::bench::CollectingReporter;
   using structd::shm::Fixture;
 
   structd::bench::Args args = structd::bench::SmokeArgs(argc, argv);
-  const benchmark::ConsoleReporter::OutputOptions console_options =
-      structd::bench::ConsoleOptions(args.count, args.argv.data());
-  benchmark::Initialize(&args.count, args.argv.data());
-  if (benchmark::ReportUnrecognizedArguments(args.count, args.argv.data())) {
-    return 1;
-  }
+  const auto options = structd::bench::InitializeBenchmarks(args);
+  if (!options) return 1;
 
   // Declared before the fixture is used and destroyed after the run, so the
   // temp directory goes away on every normal exit path.
@@ -826,20 +821,9 @@ int main(int argc, char** argv) {
   }
   structd::shm::g_fixture = fixture.get();
 
-  CollectingReporter reporter(console_options);
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  structd::bench::PrintRatios(reporter, structd::shm::kPairs);
-
+  const int rc = structd::bench::RunBenchmarks("shm_bench", *options, structd::shm::kPairs);
   structd::shm::g_fixture = nullptr;
   structd::shm::RestoreDefaultHandlers();
   fixture.reset();
-
-  if (!reporter.errors().empty()) {
-    for (const std::string& e : reporter.errors()) {
-      std::fprintf(stderr, "shm_bench: error: %s\n", e.c_str());
-    }
-    return 1;
-  }
-  return 0;
+  return rc;
 }

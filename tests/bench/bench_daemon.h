@@ -2,9 +2,11 @@
 #define STRUCTD_TESTS_BENCH_BENCH_DAEMON_H_
 
 // A structd started for a benchmark program (temp socket and state dir,
-// stopped at the end), this process connected, and one channel created.
+// stopped at the end), this process connected, and one channel created;
+// and the session of a benchmark's child process in that channel.
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -34,6 +36,23 @@ struct BenchDaemon {
     return absl::OkStatus();
   }
 };
+
+// A child's session: argv is MODE SOCKET CHANNEL CAPABILITY [...]. The
+// client outlives the channel it joined (declared first).
+struct ChildSession {
+  std::unique_ptr<client::Client> client;
+  std::shared_ptr<client::Channel> channel;
+  client::Channel* operator->() const { return channel.get(); }
+};
+inline std::optional<ChildSession> JoinFromArgs(char** argv) {
+  client::ClientOptions o;
+  o.socket = argv[2];
+  auto c = client::Client::Connect(o);
+  if (!c.ok()) return std::nullopt;
+  auto ch = (*c)->Join(argv[3], argv[4]);
+  if (!ch.ok()) return std::nullopt;
+  return ChildSession{std::move(*c), std::move(*ch)};
+}
 
 }  // namespace structd::bench
 

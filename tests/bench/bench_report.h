@@ -12,6 +12,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -177,6 +178,33 @@ inline Args SmokeArgs(int argc, char** argv) {
   a.count = static_cast<int>(a.argv.size());
   a.argv.push_back(nullptr);
   return a;
+}
+
+// benchmark::Initialize on `args`, the console options read first (it
+// strips the flags it knows). None if an argument is not the library's:
+// it has said which.
+inline std::optional<benchmark::ConsoleReporter::OutputOptions> InitializeBenchmarks(Args& args) {
+  const auto options = ConsoleOptions(args.count, args.argv.data());
+  benchmark::Initialize(&args.count, args.argv.data());
+  if (benchmark::ReportUnrecognizedArguments(args.count, args.argv.data())) return std::nullopt;
+  return options;
+}
+
+// Runs every registered benchmark, prints the ratio table of `pairs`, then
+// the program's own lines (`extra`), then any benchmark's error on stderr
+// under `program`'s name. The exit code: 0, or 1 if a benchmark failed.
+inline int RunBenchmarks(const char* program, benchmark::ConsoleReporter::OutputOptions options,
+                         std::span<const Pair> pairs,
+                         const std::function<void(const CollectingReporter&)>& extra = {}) {
+  CollectingReporter reporter(options);
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  PrintRatios(reporter, pairs);
+  if (extra) extra(reporter);
+  for (const std::string& e : reporter.errors()) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.c_str());
+  }
+  return reporter.errors().empty() ? 0 : 1;
 }
 
 }  // namespace structd::bench

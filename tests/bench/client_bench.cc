@@ -581,23 +581,16 @@ int main(int argc, char** argv) {
     return HandoverConsumer(argv);
   }
   Args args = SmokeArgs(argc, argv);
-  const auto console_options = ConsoleOptions(args.count, args.argv.data());
-  benchmark::Initialize(&args.count, args.argv.data());
-  if (benchmark::ReportUnrecognizedArguments(args.count, args.argv.data())) return 1;
+  const auto options = InitializeBenchmarks(args);
+  if (!options) return 1;
   auto fixture = std::make_unique<Fixture>();
   if (absl::Status s = SetUp(*fixture); !s.ok()) {
     std::fprintf(stderr, "client_bench: setup failed: %s\n", s.ToString().c_str());
     return 1;
   }
   g = fixture.get();
-  CollectingReporter reporter(console_options);
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  PrintRatios(reporter, kPairs);
+  const int rc = RunBenchmarks("client_bench", *options, kPairs);
   g = nullptr;
   fixture.reset();
-  for (const std::string& e : reporter.errors()) {
-    std::fprintf(stderr, "client_bench: error: %s\n", e.c_str());
-  }
-  return reporter.errors().empty() ? 0 : 1;
+  return rc;
 }

@@ -41,8 +41,8 @@
 #include "structd/client/admin.h"
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
-#include "structd/client/port.h"
 #include "tests/bench/bench_daemon.h"
+#include "tests/bench/bench_io.h"
 #include "tests/bench/bench_report.h"
 #include "testing/daemon_process.h"
 #include "testing/grpc_client.h"
@@ -318,27 +318,6 @@ struct Handoff {
   }
 };
 
-bool WriteAll(int fd, const void* p, size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = write(fd, c, n);
-    if (w <= 0) return false;
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-bool ReadAll(int fd, void* p, size_t n) {
-  char* c = static_cast<char*>(p);
-  while (n > 0) {
-    ssize_t r = read(fd, c, n);
-    if (r <= 0) return false;
-    c += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
-
 std::unique_ptr<Handoff> StartHandoffChild() {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return nullptr;
@@ -422,42 +401,6 @@ void BM_Handoff_Protobuf(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
 }
 BENCHMARK(BM_Handoff_Protobuf)->Arg(16)->Arg(64 << 10)->Arg(1 << 20);
-
-// The same 16-byte hand-over, there and back, through two Port<Small>s
-// ("ping", "pong"): today each Send and Receive is a call to the daemon
-// (doc/ports.md), so this measures that path; the ring's own costs are in
-// shm_bench (BM_HandOverRoundTrip_PortRing*).
-void BM_Handoff_Port(benchmark::State& state) {
-  client::Channel& ch = g->ch();
-  for (const char* name : {"ping", "pong"}) {
-    absl::Status s = ch.CreatePort(name, 64).status();
-    if (!s.ok() && !absl::IsAlreadyExists(s)) return state.SkipWithError("create port");
-  }
-  auto ping = ch.OpenPort<Small>("ping");
-  auto pong = ch.OpenPort<Small>("pong");
-  if (!ping.ok() || !pong.ok()) return state.SkipWithError("open ports");
-  testing::SpawnedProcess child(std::vector<std::string>{
-      g_self, "porter", g->daemon->socket(), "bench", g->created.member_capability});
-  if (child.ReadLine(std::chrono::seconds(10)) != "ready") {
-    return state.SkipWithError("porter child did not start");
-  }
-  auto message = ch.Allocate<Small>();
-  if (!message.ok()) return state.SkipWithError("allocate");
-  (*message)->value().store(42);
-  for (auto _ : state) {
-    auto back = ping->Send(*message).ok() ? pong->Receive(std::chrono::seconds(10))
-                                          : absl::StatusOr<client::Owned<Small>>(
-                                                absl::InternalError("send"));
-    if (!back.ok() || (*back)->value().load() != 42) {
-      return state.SkipWithError("port hand-over failed");
-    }
-    *message = std::move(*back);
-  }
-  (*message)->value().store(0);  // the porter's "stop"
-  (void)ping->Send(*message);
-  child.Wait();
-}
-BENCHMARK(BM_Handoff_Port)->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // Control RPCs vs a bare unary call (the health check) on the same socket.
@@ -563,8 +506,6 @@ constexpr Pair kPairs[] = {
      "BM_Handoff_Protobuf/1048576", "protobuf over a socket", 0, true},
     {"handoff flatness: 1 MiB vs 16 B (structd)", "BM_Handoff_Structd/1048576",
      "BM_Handoff_Structd/16", "structd 16 B", 1.5, true},
-    {"handoff 16 B round trip: Port<T> (daemon calls today) vs a ref over a socket",
-     "BM_Handoff_Port", "BM_Handoff_Structd/16", "ref over a Unix socket", 0, true},
     {"RegisterType vs empty unary", "BM_Rpc_RegisterType", "BM_Rpc_EmptyUnary", "empty unary",
      1.5, true},
     {"DescribeType vs empty unary", "BM_Rpc_DescribeType", "BM_Rpc_EmptyUnary", "empty unary",
@@ -577,23 +518,6 @@ constexpr Pair kPairs[] = {
 
 // ---------------------------------------------------------------------------
 // Child processes.
-
-// A child's session: argv is MODE SOCKET CHANNEL CAPABILITY [...]. The
-// client outlives the channel it joined (declared first).
-struct ChildSession {
-  std::unique_ptr<client::Client> client;
-  std::shared_ptr<client::Channel> channel;
-  client::Channel* operator->() const { return channel.get(); }
-};
-std::optional<ChildSession> JoinFromArgs(char** argv) {
-  client::ClientOptions o;
-  o.socket = argv[2];
-  auto c = client::Client::Connect(o);
-  if (!c.ok()) return std::nullopt;
-  auto ch = (*c)->Join(argv[3], argv[4]);
-  if (!ch.ok()) return std::nullopt;
-  return ChildSession{std::move(*c), std::move(*ch)};
-}
 
 int ContendStructd(char** argv) {
   std::optional<ChildSession> ch = JoinFromArgs(argv);
@@ -647,24 +571,6 @@ int HandoffChild(char** argv) {
       value = graph.nodes_size() > 0 ? graph.nodes(0).value() : 0;
     }
     if (!WriteAll(fd, &value, 8)) return 0;
-  }
-}
-
-// BM_Handoff_Port's other side: receives from "ping" and sends back to
-// "pong" until a message with value 0.
-int PorterChild(char** argv) {
-  std::optional<ChildSession> ch = JoinFromArgs(argv);
-  if (!ch) return 3;
-  auto ping = (*ch)->OpenPort<Small>("ping");
-  auto pong = (*ch)->OpenPort<Small>("pong");
-  if (!ping.ok() || !pong.ok()) return 3;
-  std::printf("ready\n");
-  std::fflush(stdout);
-  while (true) {
-    auto got = ping->Receive(std::chrono::seconds(30));
-    if (!got.ok()) return 4;
-    if ((*got)->value().load() == 0) return 0;
-    if (!pong->Send(*got).ok()) return 4;
   }
 }
 
@@ -818,15 +724,14 @@ int main(int argc, char** argv) {
     if (mode == "contend-structd" && argc == 6) return ContendStructd(argv);
     if (mode == "contend-raw" && argc == 3) return ContendRaw(argv);
     if (mode == "handoff" && argc == 6) return HandoffChild(argv);
-    if (mode == "porter" && argc == 5) return PorterChild(argv);
     if (mode == "scale" && argc == 7) return ScaleChild(argv);
   }
   bool scale = argc >= 2 && std::string(argv[1]) == "--scale";
   Args args = SmokeArgs(scale ? 1 : argc, argv);
-  const auto console_options = ConsoleOptions(args.count, args.argv.data());
+  std::optional<benchmark::ConsoleReporter::OutputOptions> options;
   if (!scale) {
-    benchmark::Initialize(&args.count, args.argv.data());
-    if (benchmark::ReportUnrecognizedArguments(args.count, args.argv.data())) return 1;
+    options = InitializeBenchmarks(args);
+    if (!options) return 1;
   }
   signal(SIGPIPE, SIG_IGN);
   auto fixture = std::make_unique<Fixture>();
@@ -841,19 +746,13 @@ int main(int argc, char** argv) {
     int clients = argc > 3 ? std::atoi(argv[3]) : 16;
     rc = Scale(instances, clients);
   } else {
-    CollectingReporter reporter(console_options);
-    benchmark::RunSpecifiedBenchmarks(&reporter);
-    benchmark::Shutdown();
-    PrintRatios(reporter, kPairs);
-    if (auto batch = reporter.NsPerOp("BM_Rpc_Allocate1000", true)) {
-      std::printf("batch allocation: %.0f ns per instance in calls of 1000 (target: well under "
-                  "1000 ns) %s\n",
-                  *batch / 1000, *batch / 1000 < 1000 ? "OK" : "MISS");
-    }
-    for (const std::string& e : reporter.errors()) {
-      std::fprintf(stderr, "compare_bench: error: %s\n", e.c_str());
-    }
-    rc = reporter.errors().empty() ? 0 : 1;
+    rc = RunBenchmarks("compare_bench", *options, kPairs, [](const CollectingReporter& r) {
+      if (auto batch = r.NsPerOp("BM_Rpc_Allocate1000", true)) {
+        std::printf("batch allocation: %.0f ns per instance in calls of 1000 (target: well "
+                    "under 1000 ns) %s\n",
+                    *batch / 1000, *batch / 1000 < 1000 ? "OK" : "MISS");
+      }
+    });
   }
   g = nullptr;
   fixture.reset();

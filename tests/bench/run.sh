@@ -23,7 +23,7 @@ echo "== machine"
 model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 echo "$model, $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 
-for prog in shm/shm_bench tests/bench/client_bench tests/bench/compare_bench; do
+for prog in shm/shm_bench tests/bench/client_bench tests/bench/compare_bench tests/bench/port_bench; do
   name=$(basename "$prog")
   echo "== $name (medians of $reps repetitions)"
   "$build/$prog" "${flags[@]}" | tee "$out/$name.txt" | grep -E '_median|^BM_' || true
@@ -33,7 +33,7 @@ echo "== compare_bench --scale"
 
 echo
 echo "================ summary: structd / baseline ================"
-for name in shm_bench client_bench compare_bench; do
+for name in shm_bench client_bench compare_bench port_bench; do
   echo "-- $name"
   sed -n '/^structd \/ baseline/,$p' "$out/$name.txt" | tail -n +2
 done
