@@ -924,6 +924,60 @@ TEST_F(ClientTest, APortMovesOwnedsAndWakesABlockedReceiver) {
   EXPECT_TRUE(CensusIsClean());
 }
 
+// Issue 18: senders and receivers in processes of their own, through a
+// port small enough that senders wait for room and receivers for
+// messages; the moves are the client library's (slots of each session's
+// record). Every message is received exactly once (count, sum and sum of
+// squares of distinct values), and once the processes are gone nothing is
+// left over.
+TEST_F(ClientTest, ManySenderAndReceiverProcessesGetEveryMessageThroughAPortExactlyOnce) {
+  constexpr uint64_t kSenders = 3, kReceivers = 2, kPerSender = 4000;
+  ASSERT_TRUE(c().CreatePort("q", 8).ok());
+  std::vector<std::unique_ptr<SpawnedProcess>> senders, receivers;
+  uint64_t want_sum = 0, want_sumsq = 0;
+  for (uint64_t s = 0; s < kSenders; ++s) {
+    const uint64_t first = 1 + s * kPerSender;
+    for (uint64_t v = first; v < first + kPerSender; ++v) {
+      want_sum += v;
+      want_sumsq += v * v;
+    }
+    senders.push_back(
+        Worker("port-send", {"q", std::to_string(kPerSender), std::to_string(first)}));
+  }
+  for (uint64_t r = 0; r < kReceivers; ++r) receivers.push_back(Worker("port-receive", {"q"}));
+  for (auto& w : senders) {
+    EXPECT_EQ(w->ReadLine(std::chrono::seconds(120)), "done");
+    EXPECT_EQ(w->Wait(), 0);
+  }
+  auto q = c().OpenPort<Counter>("q");
+  ASSERT_TRUE(q.ok()) << q.status();
+  for (uint64_t r = 0; r < kReceivers; ++r) {
+    auto stop = c().Allocate<Counter>();  // hits 0
+    ASSERT_TRUE(stop.ok());
+    ASSERT_TRUE(q->Send(*stop, std::chrono::seconds(30)).ok());
+  }
+  uint64_t count = 0, sum = 0, sumsq = 0;
+  for (auto& w : receivers) {
+    const std::string line = w->ReadLine(std::chrono::seconds(120));
+    unsigned long long n = 0, s = 0, sq = 0;
+    ASSERT_EQ(std::sscanf(line.c_str(), "received %llu %llu %llu", &n, &s, &sq), 3) << line;
+    EXPECT_GT(n, 0u) << "a receiver got nothing: the port did not spread the work";
+    count += n;
+    sum += s;
+    sumsq += sq;
+    EXPECT_EQ(w->Wait(), 0);
+  }
+  EXPECT_EQ(count, kSenders * kPerSender) << "messages lost or received twice";
+  EXPECT_EQ(sum, want_sum);
+  EXPECT_EQ(sumsq, want_sumsq);
+  EXPECT_EQ(q->Info()->depth, 0u);
+  ASSERT_TRUE(c().Flush().ok());
+  c().ReleaseSpares();
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(AwaitLive(admin, "c", 1), 1u) << "more than the port is left (sessions' leftovers)";
+  EXPECT_TRUE(CensusIsClean());
+}
+
 TEST_F(ClientTest, ReceivedMessagesMoveOnThroughPortsWhileTheDaemonIsStopped) {
   // A message received is held in a slot of the session's record and sent
   // on from there in shared memory: with the daemon stopped (SIGSTOP),

@@ -38,6 +38,12 @@
 //                       after 30 s)
 //   await ROOT SEEN     prints "waiting", waits (30 s at most) until Counter
 //                       ROOT's hits is no longer SEEN, prints "changed V"
+//   port-send PORT N FIRST  allocates N Counters with hits FIRST..FIRST+N-1
+//                       and sends each to Port<Counter> PORT (waiting up to
+//                       30 s for room); prints "done"
+//   port-receive PORT   receives from PORT until a message with hits 0,
+//                       dropping each; prints "received COUNT SUM SUMSQ"
+//                       (of the hits, mod 2^64)
 //
 // Exit codes: 0 ok, 2 usage, 3 connect/join failed, 4 a call failed.
 #include <unistd.h>
@@ -481,6 +487,38 @@ int main(int argc, char** argv) {
     auto more = c.Allocate<Counter>();
     std::printf("call %s\n", absl::StatusCodeToString(more.status().code()).c_str());
     mine->Disown();
+    return 0;
+  }
+  if (mode == "port-send" && argc == 8) {
+    auto port = c.OpenPort<Counter>(argv[5]);
+    if (!port.ok()) return Fail(port.status());
+    const uint64_t n = std::strtoull(argv[6], nullptr, 10);
+    const uint64_t first = std::strtoull(argv[7], nullptr, 10);
+    for (uint64_t i = 0; i < n; ++i) {
+      auto m = c.Allocate<Counter>();
+      if (!m.ok()) return Fail(m.status());
+      (*m)->hits().store(first + i);
+      if (absl::Status s = port->Send(*m, std::chrono::seconds(30)); !s.ok()) return Fail(s);
+    }
+    std::printf("done\n");
+    return 0;
+  }
+  if (mode == "port-receive" && argc == 6) {
+    auto port = c.OpenPort<Counter>(argv[5]);
+    if (!port.ok()) return Fail(port.status());
+    uint64_t count = 0, sum = 0, sumsq = 0;
+    for (;;) {
+      auto m = port->Receive(std::chrono::seconds(30));
+      if (!m.ok()) return Fail(m.status());
+      const uint64_t hits = (*m)->hits().load();
+      if (hits == 0) break;
+      ++count;
+      sum += hits;
+      sumsq += hits * hits;
+    }
+    if (absl::Status s = c.Flush(); !s.ok()) return Fail(s);
+    std::printf("received %llu %llu %llu\n", static_cast<unsigned long long>(count),
+                static_cast<unsigned long long>(sum), static_cast<unsigned long long>(sumsq));
     return 0;
   }
   std::fprintf(stderr, "unknown mode or wrong arguments: %s\n", mode.c_str());
