@@ -255,7 +255,9 @@ PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
     // value read before `head` may still have been p - capacity's.
     seq = A(*cell.seq).load(std::memory_order_acquire);
     if (seq == p) continue;
-    if (Marked(seq) || seq == p + 1 || seq == p + capacity) {
+    // Claimed, full or emptied for p, or already in a later lap (this
+    // sender was preempted while the ring went round): p was sent into.
+    if (Marked(seq) || seq == p + 1 || seq >= p + capacity) {
       A(header_->tail).compare_exchange_strong(p, p + 1, std::memory_order_acq_rel);
       continue;
     }
@@ -298,7 +300,10 @@ PortRing::Attempt PortRing::TakeOldest(const MoveContext& ctx, uint64_t* positio
       }
       continue;
     }
-    if (seq == p + capacity) {  // emptied; `head` lags: help it on
+    if (!Marked(seq) && seq >= p + capacity) {
+      // Emptied, and maybe filled again for a later lap already (senders
+      // claim a free cell without looking at `head`), while the receiver
+      // that emptied it has not moved `head` yet: help it on.
       A(header_->head).compare_exchange_strong(p, p + 1, std::memory_order_acq_rel);
       continue;
     }
@@ -524,7 +529,10 @@ uint32_t PortRing::HelpCursors() {
   uint32_t moved = 0;
   for (uint64_t i = 0; i <= capacity; ++i) {
     uint64_t head = A(header_->head).load(std::memory_order_acquire);
-    if (head > kMaxPortPosition || LoadSeq(head & mask_) != head + capacity) break;
+    if (head > kMaxPortPosition) break;
+    // Emptied (maybe filled again for a later lap: see TakeOldest).
+    const uint64_t seq = LoadSeq(head & mask_);
+    if (Marked(seq) || seq < head + capacity) break;
     if (A(header_->head).compare_exchange_strong(head, head + 1, std::memory_order_acq_rel)) {
       ++moved;
     }
