@@ -206,6 +206,10 @@ TEST(PortRingTest, EveryMessageOfManySendersIsReceivedExactlyOnceByManyReceivers
   TestPort port(8, kSenders + kReceivers);
   std::atomic<uint64_t>* received = &port.extra[0];
   std::atomic<uint64_t>* seen = &port.extra[1];  // kTotal counters
+  // Senders that have stopped, for whatever reason: receivers stop once
+  // all have and the port stays empty, so a failed sender fails the test
+  // instead of hanging it.
+  std::atomic<uint64_t>* senders_ended = &port.extra[kTotal + 1];
   std::vector<pid_t> pids;
   for (uint32_t s = 0; s < kSenders; ++s) {
     pids.push_back(Spawn([&, s] {
@@ -214,18 +218,23 @@ TEST(PortRingTest, EveryMessageOfManySendersIsReceivedExactlyOnceByManyReceivers
         absl::Status st = port.ring->Send(port.Mover(s), PortWait{10s, 50});
         if (!st.ok()) {
           ADD_FAILURE() << st;
-          return;
+          break;
         }
       }
+      senders_ended->fetch_add(1);
     }));
   }
   for (uint32_t r = 0; r < kReceivers; ++r) {
     const uint32_t mover = kSenders + r;
     pids.push_back(Spawn([&, mover] {
       while (received->load() < kTotal) {
+        const bool senders_done = senders_ended->load() == kSenders;
         port.slots[mover] = 0;
         absl::Status st = port.ring->Receive(port.Mover(mover), PortWait{20ms, 50});
-        if (st.code() == absl::StatusCode::kDeadlineExceeded) continue;
+        if (st.code() == absl::StatusCode::kDeadlineExceeded) {
+          if (senders_done) break;  // nothing more will come
+          continue;
+        }
         if (!st.ok()) {
           ADD_FAILURE() << st;
           return;
