@@ -94,6 +94,14 @@ std::optional<uint64_t> CursorFor(uint64_t& cursor, int retry) {
 
 bool Marked(uint64_t seq) { return (seq & (kCellClaimed | kCellTaking)) != 0; }
 
+// Whether a cell whose seq reads `seq` is done with position p: its
+// message was taken and the cell emptied, and it may already be free or
+// full for a later lap (a sender claims a free cell without looking at
+// `head`, so the cell can run ahead of a `head` or `tail` that lags).
+bool EmptiedFor(uint64_t seq, uint64_t p, uint64_t capacity) {
+  return !Marked(seq) && seq >= p + capacity;
+}
+
 }  // namespace
 
 namespace internal {
@@ -255,9 +263,9 @@ PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
     // value read before `head` may still have been p - capacity's.
     seq = A(*cell.seq).load(std::memory_order_acquire);
     if (seq == p) continue;
-    // Claimed, full or emptied for p, or already in a later lap (this
+    // Claimed, full or emptied for p (maybe a lap ahead already: this
     // sender was preempted while the ring went round): p was sent into.
-    if (Marked(seq) || seq == p + 1 || seq >= p + capacity) {
+    if (Marked(seq) || seq == p + 1 || EmptiedFor(seq, p, capacity)) {
       A(header_->tail).compare_exchange_strong(p, p + 1, std::memory_order_acq_rel);
       continue;
     }
@@ -300,10 +308,8 @@ PortRing::Attempt PortRing::TakeOldest(const MoveContext& ctx, uint64_t* positio
       }
       continue;
     }
-    if (!Marked(seq) && seq >= p + capacity) {
-      // Emptied, and maybe filled again for a later lap already (senders
-      // claim a free cell without looking at `head`), while the receiver
-      // that emptied it has not moved `head` yet: help it on.
+    if (EmptiedFor(seq, p, capacity)) {
+      // The receiver that emptied it has not moved `head` yet: help it on.
       A(header_->head).compare_exchange_strong(p, p + 1, std::memory_order_acq_rel);
       continue;
     }
@@ -529,10 +535,7 @@ uint32_t PortRing::HelpCursors() {
   uint32_t moved = 0;
   for (uint64_t i = 0; i <= capacity; ++i) {
     uint64_t head = A(header_->head).load(std::memory_order_acquire);
-    if (head > kMaxPortPosition) break;
-    // Emptied (maybe filled again for a later lap: see TakeOldest).
-    const uint64_t seq = LoadSeq(head & mask_);
-    if (Marked(seq) || seq < head + capacity) break;
+    if (head > kMaxPortPosition || !EmptiedFor(LoadSeq(head & mask_), head, capacity)) break;
     if (A(header_->head).compare_exchange_strong(head, head + 1, std::memory_order_acq_rel)) {
       ++moved;
     }
