@@ -28,6 +28,7 @@ install(FILES
   shm/include/structd/shm/field.h
   shm/include/structd/shm/field_wait.h
   shm/include/structd/shm/field_watch.h
+  shm/include/structd/shm/move_lane.h
   shm/include/structd/shm/port_ring.h
   shm/include/structd/shm/session_record.h
   shm/include/structd/shm/snapshot_fields.h

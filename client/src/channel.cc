@@ -451,10 +451,13 @@ absl::StatusOr<std::vector<Owned<DynamicView>>> Channel::RetainBatch(
     if (!view.ok()) return view.status();
     views.push_back(*view);
   }
-  if (absl::Status s = RetainRefs(std::vector<Ref>(refs.begin(), refs.end())); !s.ok()) {
+  std::vector<uint32_t> held_in;
+  if (absl::Status s =
+          RetainViews(type.slot(), std::vector<StructView>(views.begin(), views.end()), &held_in);
+      !s.ok()) {
     return s;
   }
-  return OwnAll(views, /*sole=*/false);
+  return OwnAll(views, /*sole=*/false, &held_in);
 }
 
 absl::Status Channel::CallRefs(bool retain, std::span<const Ref> refs, bool* sent) {

@@ -35,6 +35,11 @@ inline uint32_t SlotCode(uint32_t incarnation, uint32_t index) {
 }
 inline uint32_t SlotIncarnation(uint32_t code) { return code >> 16; }
 inline uint32_t SlotIndex(uint32_t code) { return code & 0xffff; }
+// The incarnation of the record opened while `arenas_mapped` arenas had
+// been mapped (Channel::arenas_mapped_): 1 to 65534.
+inline uint32_t RecordIncarnation(uint64_t arenas_mapped) {
+  return static_cast<uint32_t>(arenas_mapped % 65534 + 1);
+}
 
 class MoveRecord {
  public:

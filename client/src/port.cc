@@ -193,7 +193,7 @@ internal::MoveRecord* Channel::Moves() {
     return nullptr;
   }
   move_records_.push_back(std::make_unique<internal::MoveRecord>(
-      *view, ref, response.tag(), static_cast<uint32_t>(incarnation % 65534 + 1)));
+      *view, ref, response.tag(), internal::RecordIncarnation(incarnation)));
   moves_.store(move_records_.back().get(), std::memory_order_release);
   return move_records_.back().get();
 }

@@ -48,19 +48,6 @@ FutexDeadline DeadlineAfter(std::chrono::nanoseconds timeout) {
   return now + timeout;
 }
 
-// Writes the lane; false if the census gate is closed (the lane is then
-// idle again). Sequentially consistent, against the daemon's CloseGate
-// then look at the lanes: either the daemon sees the lane busy and waits
-// for it, or the mover sees the gate and backs out.
-bool SetLane(const MoveContext& ctx, MoveKind kind) {
-  A(ctx.lane->port).store(ctx.port, std::memory_order_relaxed);
-  A(ctx.lane->op).store((uint64_t{static_cast<uint8_t>(kind)} << 56) | ctx.slot_index,
-                        std::memory_order_seq_cst);
-  if (ctx.gate == nullptr || A(*ctx.gate).load(std::memory_order_seq_cst) == 0) return true;
-  A(ctx.lane->op).store(0, std::memory_order_release);
-  return false;
-}
-
 // Sleeps until the census gate is open or `deadline`; false on timeout.
 bool WaitGateOpen(uint32_t* gate, FutexDeadline deadline) {
   while (A(*gate).load(std::memory_order_seq_cst) != 0) {
@@ -79,7 +66,7 @@ absl::Status GateStuck() {
 // Ends a move: `ctx`'s lane idle again, `result` returned.
 template <typename Result>
 Result Done(const MoveContext& ctx, Result result) {
-  A(ctx.lane->op).store(0, std::memory_order_release);
+  CloseLane(ctx);
   return result;
 }
 
@@ -231,7 +218,7 @@ void PortRing::WakeSenders() {
 PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
   const uint64_t ref = A(*ctx.slot).load(std::memory_order_relaxed);
   const uint64_t capacity = uint64_t{mask_} + 1;
-  if (!SetLane(ctx, MoveKind::kSend)) return Attempt::kGated;
+  if (!OpenLane(ctx, MoveKind::kSend)) return Attempt::kGated;
   if (StopHere(1)) return Attempt::kAborted;
   uint64_t p = 0;
   CellWords cell{};
@@ -290,7 +277,7 @@ PortRing::Attempt PortRing::SendOnce(const MoveContext& ctx) {
 
 PortRing::Attempt PortRing::TakeOldest(const MoveContext& ctx, uint64_t* position) {
   const uint64_t capacity = uint64_t{mask_} + 1;
-  if (!SetLane(ctx, MoveKind::kReceive)) return Attempt::kGated;
+  if (!OpenLane(ctx, MoveKind::kReceive)) return Attempt::kGated;
   if (StopHere(1)) return Attempt::kAborted;
   for (int retry = 0;; ++retry) {
     std::optional<uint64_t> at = CursorFor(header_->head, retry);

@@ -74,6 +74,7 @@ class HonestChurn {
     EXPECT_GT(allocated_, 0u) << when << ": the honest process allocated nothing";
   }
   uint64_t allocated() const { return allocated_.load(); }
+  uint64_t retained() const { return retained_.load(); }
 
  private:
   void Run() {
@@ -93,6 +94,16 @@ class HonestChurn {
       const uint64_t stamp = (uint64_t{0xC0DE} << 40) | ++allocated_;
       (*one)->hits().store(stamp);
       if (rng() % 4 == 0) {
+        if (rng() % 2 == 0) {
+          // Held through a reference of its own retained in shared
+          // memory; the allocation's is dropped (not recycled: held).
+          auto again = c_.Retain<Counter>(one->ref());
+          if (again.ok()) {
+            one->Reset();
+            ++retained_;
+            one = std::move(again);
+          }
+        }
         held_.emplace_back(std::move(*one), stamp);
         if (held_.size() > 256) held_.erase(held_.begin() + static_cast<long>(rng() % 256));
       }  // else dropped here: recycled in place
@@ -103,6 +114,7 @@ class HonestChurn {
   client::Channel& c_;
   std::vector<std::pair<client::Owned<Counter>, uint64_t>> held_;  // the thread's
   std::atomic<uint64_t> allocated_{0};  // read by the test thread too
+  std::atomic<uint64_t> retained_{0};
   std::atomic<bool> stop_{false}, pause_{false}, paused_{false};
   std::thread thread_;
 };
@@ -230,11 +242,13 @@ TEST_F(KillMatrixTest, ClientsKilledAtRandomPointsLeaveAConsistentArena) {
               static_cast<unsigned long long>(ports->front().sent),
               static_cast<unsigned long long>(ports->front().received));
   std::printf("%d rounds, %llu kills of working clients, %llu early kills, %llu locked updates, "
-              "%llu honest allocations\n",
+              "%llu honest allocations, %llu honest retains\n",
               round, static_cast<unsigned long long>(killed_while_ready),
               static_cast<unsigned long long>(killed_early),
               static_cast<unsigned long long>(hits),
-              static_cast<unsigned long long>(honest.allocated()));
+              static_cast<unsigned long long>(honest.allocated()),
+              static_cast<unsigned long long>(honest.retained()));
+  EXPECT_GT(honest.retained(), 0u) << "the honest process retained nothing: untested";
 }
 
 TEST_F(KillMatrixTest, TheDaemonKilledUnderLoadRecoversAConsistentArena) {
@@ -268,8 +282,9 @@ TEST_F(KillMatrixTest, TheDaemonKilledUnderLoadRecoversAConsistentArena) {
     honest.Resume();
     if (HasFailure()) break;
   }
-  std::printf("%d daemon kills, %llu honest allocations\n", kRounds,
-              static_cast<unsigned long long>(honest.allocated()));
+  std::printf("%d daemon kills, %llu honest allocations, %llu honest retains\n", kRounds,
+              static_cast<unsigned long long>(honest.allocated()),
+              static_cast<unsigned long long>(honest.retained()));
 }
 
 }  // namespace

@@ -623,6 +623,96 @@ TEST_F(ClientTest, ProcessesAllocatingAndDroppingOneTypeAtOnceLoseNothing) {
   EXPECT_TRUE(CensusIsClean());
 }
 
+// Retain<T> raises the count in shared memory and keeps the reference in
+// the session record (doc/lifecycle.md, "Retain"): with the daemon
+// stopped, retains and drops go on; the references are ordinary ones.
+TEST_F(ClientTest, RetainNeedsNoDaemonAndItsReferencesAreOrdinaryOnes) {
+  auto made = c().Allocate<Counter>();
+  ASSERT_TRUE(made.ok()) << made.status();
+  (*made)->hits().store(5);
+  const Ref ref = made->ref();
+  auto warm = c().Retain<Counter>(ref);  // opens the session record
+  ASSERT_TRUE(warm.ok()) << warm.status();
+  ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  std::vector<Owned<Counter>> held;
+  for (int i = 0; i < 200; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    auto one = c().Retain<Counter>(ref);
+    ASSERT_TRUE(one.ok()) << i << ": " << one.status();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(500));
+    EXPECT_EQ((*one)->hits().load(), 5u);
+    held.push_back(std::move(*one));
+  }
+  auto batch = c().RetainBatch<Counter>(std::vector<Ref>(10, ref));
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  held.resize(100);  // drops: queued for the daemon
+  ASSERT_EQ(kill(daemon_.pid(), SIGCONT), 0);
+  // One retained reference given back over gRPC, as any other.
+  const Ref disowned = held.back().Disown();
+  held.pop_back();
+  ASSERT_TRUE(c().Release({disowned}).ok());
+  // The first owner goes; the retained references keep the instance.
+  made->Reset();
+  warm->Reset();
+  batch->clear();
+  ASSERT_TRUE(c().Flush().ok());
+  auto still = c().View<Counter>(ref);
+  ASSERT_TRUE(still.ok()) << still.status();
+  EXPECT_EQ(still->hits().load(), 5u);
+  EXPECT_TRUE(CensusIsClean());
+  // A stale or forged ref is refused with the daemon's error, and changes
+  // nothing.
+  held.clear();
+  ASSERT_TRUE(c().Flush().ok());
+  c().ReleaseSpares();
+  EXPECT_EQ(c().Retain<Counter>(ref).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(c().Retain<Counter>(Ref::Make(200, 0x9000, 1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(AwaitLive(admin, "c", 0), 0u);
+  EXPECT_TRUE(CensusIsClean());
+}
+
+// Several processes and threads retaining and dropping references to one
+// instance at once: every count lands, and the instance lives exactly as
+// long as someone holds it.
+TEST_F(ClientTest, ProcessesAndThreadsRetainingOneInstanceAtOnceCountExactly) {
+  auto made = c().Allocate<Counter>();
+  ASSERT_TRUE(made.ok()) << made.status();
+  (*made)->hits().store(777);
+  ASSERT_TRUE(c().SetRoot("shared", made->ref()).ok());
+  const Ref ref = made->ref();
+  made->Reset();
+  std::vector<std::unique_ptr<SpawnedProcess>> workers;
+  for (int i = 0; i < 3; ++i) workers.push_back(Worker("retain-churn", {"shared", "5000"}));
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      std::vector<Owned<Counter>> mine;
+      for (int i = 0; i < 5000; ++i) {
+        auto one = c().Retain<Counter>(ref);
+        if (!one.ok() || (*one)->hits().load() != 777) ++failures;
+        if (one.ok()) mine.push_back(std::move(*one));
+        if (mine.size() > 32) mine.erase(mine.begin() + i % 32);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (auto& w : workers) {
+    EXPECT_EQ(w->ReadLine(std::chrono::seconds(120)), "done");
+    EXPECT_EQ(w->Wait(), 0);
+  }
+  ASSERT_TRUE(c().Flush().ok());
+  c().ReleaseSpares();
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(AwaitLive(admin, "c", 1), 1u) << "the root's instance alone";
+  EXPECT_TRUE(CensusIsClean());
+  ASSERT_TRUE(c().DeleteRoot("shared").ok());
+  EXPECT_EQ(AwaitLive(admin, "c", 0), 0u) << "freed with its last reference";
+}
+
 TEST_F(ClientTest, AKilledProcessesOwnedRefsAreReleasedAndItsMutexReportsOwnerDied) {
   auto guarded = c().Allocate<Guarded>();
   ASSERT_TRUE(guarded.ok()) << guarded.status();

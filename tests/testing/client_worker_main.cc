@@ -24,6 +24,10 @@
 //   churn N             N Allocate<Counter>() one by one, each stamped and
 //                       dropped at random, checked intact when dropped;
 //                       prints "done"
+//   retain-churn ROOT N retains the Counter at root ROOT N times, keeping up
+//                       to 64 of those references and dropping them at
+//                       random (some through a clone), each checked to
+//                       still show the hits it had at start; prints "done"
 //   witness ROOT        adds to Counter ROOT's hits all along; prints "ready",
 //                       then "detached" when the daemon is gone and
 //                       "reattached" once calls work again (exit 0), or
@@ -48,6 +52,8 @@
 // Exit codes: 0 ok, 2 usage, 3 connect/join failed, 4 a call failed.
 #include <unistd.h>
 
+#include <csignal>
+
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -63,6 +69,7 @@
 #include "structd/client/channel.h"
 #include "structd/client/client.h"
 #include "structd/client/port.h"
+#include "structd/shm/local_retain.h"
 #include "structd/v1/instances.grpc.pb.h"
 #include "testing/client_types.h"
 #include "testing/grpc_client.h"
@@ -318,7 +325,22 @@ int main(int argc, char** argv) {
           }
           break;
         case 2:
-          if (!mine.empty()) {
+          if (rng() % 2 == 0) {
+            // A reference of its own to what another process stored (a
+            // retain in shared memory; stale refs are refused).
+            const structd::client::Ref seen = anchor.next().load();
+            if (!seen.is_null() && rng() % 200 == 0) {
+              // Killed inside the retain, right after raising the count or
+              // after filling the slot (shm/local_retain.h).
+              structd::shm::internal::StopRetainAfterStepForTesting(rng() % 2 == 0 ? 2 : 4);
+              (void)c.Retain<Node>(seen);
+              raise(SIGKILL);
+            }
+            if (!seen.is_null()) {
+              auto taken = c.Retain<Node>(seen);
+              if (taken.ok()) mine.push_back(std::move(*taken));
+            }
+          } else if (!mine.empty()) {
             auto copy = mine[pick()].Clone();
             if (copy.ok()) mine.push_back(std::move(*copy));
           }
@@ -411,6 +433,38 @@ int main(int argc, char** argv) {
         size_t k = rng() % mine.size();
         if (mine[k].first->hits().load() != mine[k].second) {
           return Fail(absl::DataLossError("an owned instance changed under its owner"));
+        }
+        mine.erase(mine.begin() + static_cast<long>(k));
+      }
+    }
+    mine.clear();
+    if (auto s = c.Flush(); !s.ok()) return Fail(s);
+    std::printf("done\n");
+    return 0;
+  }
+  if (mode == "retain-churn" && argc == 7) {
+    auto ref = root(argv[5]);
+    if (!ref.ok()) return Fail(ref.status());
+    const long rounds = std::atol(argv[6]);
+    std::mt19937_64 rng(static_cast<uint64_t>(getpid()));
+    auto first = c.Retain<Counter>(*ref);
+    if (!first.ok()) return Fail(first.status());
+    const uint64_t hits = (*first)->hits().load();
+    std::vector<Owned<Counter>> mine;
+    mine.push_back(std::move(*first));
+    for (long i = 0; i < rounds; ++i) {
+      auto one = c.Retain<Counter>(*ref);
+      if (!one.ok()) return Fail(one.status());
+      if (rng() % 4 == 0) {
+        auto twin = one->Clone();
+        if (!twin.ok()) return Fail(twin.status());
+        mine.push_back(std::move(*twin));
+      }
+      mine.push_back(std::move(*one));
+      while (mine.size() > 64 || (!mine.empty() && rng() % 2 == 0)) {
+        const size_t k = rng() % mine.size();
+        if (mine[k]->hits().load() != hits) {
+          return Fail(absl::DataLossError("a retained instance changed under its owner"));
         }
         mine.erase(mine.begin() + static_cast<long>(k));
       }

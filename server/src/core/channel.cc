@@ -272,10 +272,12 @@ uint64_t Channel::ReapClaims() {
   base::MutexLock lock(&mu_);
   if ((left_claims_.empty() && left_records_.empty()) || !UsableLocked().ok()) return 0;
   uint64_t freed = 0;
-  std::vector<LeftRecord> records = std::move(left_records_);
-  left_records_.clear();
-  for (const LeftRecord& left : records) {
-    // Still moving: EndRecordLocked keeps it again.
+  // One at a time, the others staying in left_records_: a recount while
+  // one ends must count what the others' slots hold. Still moving:
+  // EndRecordLocked puts it back at the end.
+  for (size_t n = left_records_.size(); n > 0; --n) {
+    const LeftRecord left = left_records_.front();
+    left_records_.erase(left_records_.begin());
     freed += EndRecordLocked(left.record, left.process);
   }
   shm::Allocator::TypeLookup types = TypesLocked();
@@ -313,11 +315,16 @@ uint64_t Channel::Leave(const std::string& session_id, const SessionProcess& pro
       released += ReleaseEndedHoldingLocked(e.ref, e.count, session_id, process);
     }
   }
-  if (UsableLocked().ok() && !it->second->record().is_null()) {
-    const shm::Ref record = it->second->record();
+  // The ledger goes before the record ends: a recount there must not
+  // count the entries released above.
+  const shm::Ref record = it->second->record();
+  const uint32_t record_tag = it->second->record_tag();
+  it->second->Unlink();
+  ledgers_.erase(it);
+  if (ledgers_.empty()) unused_since_ = std::chrono::steady_clock::now();
+  if (UsableLocked().ok() && !record.is_null()) {
     if (absl::StatusOr<shm::SessionRecord> view = RecordViewLocked(record); view.ok()) {
-      released += EndRecordLocked(HeldRecord{session_id, record, it->second->record_tag(), *view},
-                                  process);
+      released += EndRecordLocked(HeldRecord{session_id, record, record_tag, *view}, process);
     } else {
       spdlog::warn("channel '{}': the record {} of session {} is gone ({}): what its slots "
                    "held is left to the census",
@@ -325,9 +332,6 @@ uint64_t Channel::Leave(const std::string& session_id, const SessionProcess& pro
                    std::string(view.status().message()));
     }
   }
-  it->second->Unlink();
-  ledgers_.erase(it);
-  if (ledgers_.empty()) unused_since_ = std::chrono::steady_clock::now();
   return released;
 }
 

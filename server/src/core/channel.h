@@ -486,15 +486,26 @@ class Channel {
   // "Session records"): no client move runs while it counts. `in_flight`: blocks
   // named by lanes still busy after a bounded wait (a stopped mover), which
   // Reconcile neither lowers nor frees and Check does not report.
+  // The gates stay closed until OpenGatesLocked: a retain (which changes a
+  // count, not only where a reference is) must not run between the count
+  // and a repair that writes refcounts from it.
   struct GatedCensus {
     Census census;
     std::set<uint64_t> in_flight;
+    std::vector<HeldRecord> gated;  // the records whose gates it closed
   };
   GatedCensus TakeGatedCensusLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OpenGatesLocked(const GatedCensus& gated) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reconcile's repair, under the lock the caller holds.
+  RepairReport ReconcileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The end of a record: its lanes' moves finished or undone, its slots
   // released, the record released; returns the references released. If a
   // lane is busy and `process` has not exited, kept in left_records_ for
-  // ReapClaims instead (0).
+  // ReapClaims instead (0). A retain in flight (shm/local_retain.h) may
+  // have raised a count nothing names: the channel is recounted first,
+  // with the record still counted. REQUIRES: the session's ledger is no
+  // longer in ledgers_ (its entries were released: a census must not
+  // count them).
   uint64_t EndRecordLocked(const HeldRecord& record, const SessionProcess& process)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Releases `count` references an ended session held to the block `ref`

@@ -167,6 +167,7 @@ CheckReport Channel::Check() const {
                                          " references exist")});
     }
   }
+  OpenGatesLocked(gated);
   return report;
 }
 

@@ -120,7 +120,10 @@ Channel::GatedCensus Channel::TakeGatedCensusLocked() const {
           A(*r.view.slot(shm::MoveSlotOf(op))).load(std::memory_order_acquire);
       if (in_slot != 0) out.in_flight.insert(Census::Block(shm::Ref::FromBits(in_slot)));
       const shm::Ref port = shm::Ref::FromBits(A(lane->port).load(std::memory_order_acquire));
-      if (absl::StatusOr<shm::InstancePtr> p = arena_->Resolve(port); p.ok()) {
+      if (shm::MoveKindOf(op) == shm::MoveKind::kRetain) {
+        // Its count may be raised with nothing naming it yet.
+        if (!port.is_null()) out.in_flight.insert(Census::Block(port));
+      } else if (absl::StatusOr<shm::InstancePtr> p = arena_->Resolve(port); p.ok()) {
         if (absl::StatusOr<shm::PortRing> ring = RingOfLocked(*p); ring.ok()) {
           const uint64_t cell = ring->RefInFlight(shm::SessionRecord::LaneId(r.tag, i));
           if (cell != 0) out.in_flight.insert(Census::Block(shm::Ref::FromBits(cell)));
@@ -132,11 +135,16 @@ Channel::GatedCensus Channel::TakeGatedCensusLocked() const {
                    kLaneWait.count());
     }
   }
+  // Blocks an ended session's live process may be recycling in place
+  // (refcount 0 while nothing counts them any more): not freed under it.
+  for (const LeftClaim& c : left_claims_) out.in_flight.insert(Census::Block(c.ref));
   out.census = TakeCensus(*arena_, registry_, roots_, ledgers_, records);
-  // Moves change where references are, never how many: the counts stay
-  // right once moves go on, so the gates open before any repair.
-  for (const HeldRecord& r : records) r.view.OpenGate();
+  out.gated = records;
   return out;
+}
+
+void Channel::OpenGatesLocked(const GatedCensus& gated) const {
+  for (const HeldRecord& r : gated.gated) r.view.OpenGate();
 }
 
 uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess& process) {
@@ -155,10 +163,18 @@ uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess
   // is counted and logged once, not per word.
   uint32_t bad_lanes = 0;
   uint32_t bad_slots = 0;
+  uint32_t retains = 0;
   for (uint32_t i = 0; i < shm::kRecordLanes; ++i) {
     shm::MoveLane* lane = view.lane(i);
     const uint64_t op = A(lane->op).load(std::memory_order_acquire);
     if (op == 0) continue;
+    if (shm::MoveKindOf(op) == shm::MoveKind::kRetain) {
+      // A count raised or not, its reference in the slot or not: the
+      // recount below settles it (shm/local_retain.h).
+      ++retains;
+      A(lane->op).store(0, std::memory_order_release);
+      continue;
+    }
     const shm::Ref port = shm::Ref::FromBits(A(lane->port).load(std::memory_order_acquire));
     absl::StatusOr<shm::InstancePtr> p = arena_->Resolve(port);
     absl::StatusOr<shm::PortRing> ring =
@@ -169,6 +185,17 @@ uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess
       ++bad_lanes;
     }
     A(lane->op).store(0, std::memory_order_release);
+  }
+  if (retains != 0) {
+    // Counted as an ended session's record while the census runs, so
+    // that its slots are counted; then released as usual.
+    left_records_.push_back({record, process});
+    const RepairReport repaired = ReconcileLocked();
+    left_records_.pop_back();
+    spdlog::warn("channel '{}': a session ended with {} retain(s) in flight in its record {}: "
+                 "recounted ({} refcount(s) set, {} instance(s) freed)",
+                 name_, retains, record.ref.ToString(), repaired.refcounts_fixed,
+                 repaired.leaked_freed);
   }
   uint64_t released = 0;
   for (uint32_t i = 0; i < shm::kRecordSlots; ++i) {

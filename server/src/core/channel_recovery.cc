@@ -182,6 +182,10 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Restore(
 
 Channel::RepairReport Channel::Reconcile() {
   base::MutexLock lock(&mu_);
+  return ReconcileLocked();
+}
+
+Channel::RepairReport Channel::ReconcileLocked() {
   RepairReport report;
   if (arena_ == nullptr) return report;
   // Before the census: a message the previous daemon was moving is then
@@ -264,6 +268,7 @@ Channel::RepairReport Channel::Reconcile() {
     // Freed by an earlier cascade already: SetRefcount fails to resolve it.
     if (allocator_->SetRefcount(ref, 0, types).ok()) ++report.leaked_freed;
   }
+  OpenGatesLocked(gated);
   return report;
 }
 

@@ -12,6 +12,7 @@
 
 #include "core/core.h"
 #include "core/core_fixture.h"
+#include "structd/shm/local_retain.h"
 #include "structd/shm/port_ring.h"
 #include "structd/shm/session_record.h"
 
@@ -270,6 +271,68 @@ TEST_F(RecordsTest, ACensusLeavesAloneWhatAStoppedClientIsMoving) {
   ch_->Leave(b_, Dead());
   EXPECT_FALSE(IsLive(r));
   EXPECT_TRUE(ch_->ReceiveFromPort(a_, "p", 10)->empty());
+  ExpectCensusClean();
+}
+
+// A client killed inside a retain of an instance another session owns
+// (shm/local_retain.h): after the count was raised (step 2) or after the
+// slot got the reference (step 4). Either way, once its session ends the
+// instance is counted exactly by the other owner, and freed with it.
+class RecordsRetainCrashTest : public RecordsTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(RecordsRetainCrashTest, TheSessionsEndLeavesTheCountExact) {
+  const int step = GetParam();
+  ClientSide b = Client(b_);
+  const shm::Ref r = AllocateOne(a_);
+  shm::InstancePtr instance =
+      ch_->WithArena([&](shm::Arena& arena, const TypeRegistry&) { return *arena.Resolve(r); });
+  shm::internal::StopRetainAfterStepForTesting(step);
+  (void)shm::RetainIntoSlot(b.Move(5, 9), instance);
+  ASSERT_TRUE(b.record->LaneBusy(5));
+  ASSERT_EQ(Refcount(r), 2u);
+  // While the process lives (stopped there), a census leaves it alone.
+  ExpectCensusClean();
+  ch_->Leave(b_, Dead());
+  ASSERT_TRUE(IsLive(r));
+  EXPECT_EQ(Refcount(r), 1u) << "step " << step << ": a's reference alone";
+  ExpectCensusClean();
+  ASSERT_TRUE(ch_->Release(a_, {r}).ok());
+  EXPECT_FALSE(IsLive(r)) << "freed with its last owner";
+  ExpectCensusClean();
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, RecordsRetainCrashTest, ::testing::Values(2, 4));
+
+TEST_F(RecordsTest, ARetainInFlightInARecordKeptForItsLiveProcessIsRecountedWhenItExits) {
+  // Two sessions end with moves in flight; the second's recount must
+  // still count what the first's record (kept: its process lives) holds.
+  ClientSide b = Client(b_);
+  const std::string c_session = Attach("c");
+  ASSERT_TRUE(core_->JoinChannel(c_session, "ch", member_).ok());
+  ClientSide c = Client(c_session);
+  const shm::Ref r = AllocateOne(a_);
+  SendThroughDaemon(r);
+  ASSERT_TRUE(b.ring->TryReceive(b.Move(0, 1)).ok());  // r: in b's slot 1 alone
+  const shm::Ref r2 = AllocateOne(a_);
+  SendThroughDaemon(r2);
+  shm::internal::StopPortMoveAfterStepForTesting(2);  // r2 taken, b's slot 2 not filled
+  EXPECT_EQ(b.ring->TryReceive(b.Move(1, 2)).code(), absl::StatusCode::kAborted);
+  const SessionProcess c_process = Dead();  // before b's: Child() keeps one pid
+  const SessionProcess b_process = Child();
+  ch_->Leave(b_, b_process);
+  const shm::Ref other = AllocateOne(a_);
+  shm::InstancePtr instance =
+      ch_->WithArena([&](shm::Arena& arena, const TypeRegistry&) { return *arena.Resolve(other); });
+  shm::internal::StopRetainAfterStepForTesting(2);
+  (void)shm::RetainIntoSlot(c.Move(0, 3), instance);
+  ch_->Leave(c_session, c_process);
+  EXPECT_EQ(Refcount(other), 1u);
+  ASSERT_TRUE(IsLive(r)) << "b's kept record still names it: the recount must count it";
+  EXPECT_EQ(Refcount(r), 1u);
+  KillChild();
+  ch_->ReapClaims();
+  EXPECT_FALSE(IsLive(r)) << "received by b, released with b's record";
+  EXPECT_THAT(*ch_->ReceiveFromPort(a_, "p", 10), ::testing::ElementsAre(r2));
   ExpectCensusClean();
 }
 

@@ -247,9 +247,12 @@ class Channel : public std::enable_shared_from_this<Channel> {
     if (!one.ok()) return one.status();
     return std::move((*one)[0]);
   }
-  // A reference of this session's own to each of `refs` (all of type T):
-  // one call per 100,000, all or none. How a process takes over instances
-  // another process hands it.
+  // A reference of this session's own to each of `refs` (all of type T),
+  // all or none. How a process takes over instances another process hands
+  // it. No call in the common case: each count is raised in shared memory
+  // and the reference kept in the session record (doc/lifecycle.md,
+  // "Retain"); the rest (no record, no free slot, a stale ref: its error)
+  // in one call per 100,000.
   template <typename T>
   absl::StatusOr<std::vector<Owned<T>>> RetainBatch(std::span<const Ref> refs) {
     std::vector<T> views;
@@ -259,10 +262,14 @@ class Channel : public std::enable_shared_from_this<Channel> {
       if (!view.ok()) return view.status();
       views.push_back(*view);
     }
-    if (absl::Status s = RetainRefs(std::vector<Ref>(refs.begin(), refs.end())); !s.ok()) {
+    std::vector<uint32_t> held_in;
+    if (absl::Status s = RetainViews(internal::FastTypeSlot<T>(),
+                                     std::vector<StructView>(views.begin(), views.end()),
+                                     &held_in);
+        !s.ok()) {
       return s;
     }
-    return OwnAll(views, /*sole=*/false);
+    return OwnAll(views, /*sole=*/false, &held_in);
   }
   // Releases references this session owns (refs of Disown()ed Owneds).
   // Applies the deferred ones first (Flush).
@@ -521,6 +528,17 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // Empties every slot (the arena or the types changed). REQUIRES: mu_.
   void ResetFastTypesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RetainRefs(const std::vector<Ref>& refs);
+  // RetainBatch's references to `views` (of the type in fast-type slot
+  // `type_slot`), all or none: each into a free slot of the record where
+  // it can be (*held_in gets its slot code), the others by RetainRefs
+  // (kNoSlot).
+  absl::Status RetainViews(uint32_t type_slot, const std::vector<StructView>& views,
+                           std::vector<uint32_t>* held_in);
+  // A reference to `view` raised in shared memory into a free slot of the
+  // record (shm/local_retain.h): its slot code, or nothing if it is not
+  // done here (no record or free slot, the census running, a refcount of
+  // 0, the view of another arena); then nothing changed.
+  std::optional<uint32_t> RetainIntoSlot(uint32_t type_slot, const StructView& view);
   // One Retain or Release call with `refs` (at most max_refs_per_call);
   // `*sent` as Connection::Call says.
   absl::Status CallRefs(bool retain, std::span<const Ref> refs, bool* sent = nullptr);

@@ -36,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "structd/shm/layout.h"
+#include "structd/shm/move_lane.h"
 
 namespace structd::shm {
 
@@ -78,37 +79,6 @@ inline constexpr uint64_t kCellTaking = uint64_t{1} << 62;
 // Positions stay below the marks: 2^62 messages is 146 years at 10^9/s.
 inline constexpr uint64_t kMaxPortPosition = (uint64_t{1} << 62) - 1;
 inline constexpr uint32_t kMaxPortCapacity = uint32_t{1} << 20;
-
-// One move in flight (a session record holds a few; doc/design/ports.md).
-// Idle when `op` is 0.
-struct MoveLane {
-  uint64_t op;    // MoveKind in bits 56..63, the slot's index in bits 0..31
-  uint64_t port;  // which port (the port's reference bits)
-  uint64_t spare;
-};
-static_assert(sizeof(MoveLane) == 24);
-
-enum class MoveKind : uint8_t { kIdle = 0, kSend = 1, kReceive = 2 };
-inline MoveKind MoveKindOf(uint64_t op) { return static_cast<MoveKind>(op >> 56); }
-inline uint32_t MoveSlotOf(uint64_t op) { return static_cast<uint32_t>(op); }
-
-// What a move needs from its caller: the lane it runs under, that lane's
-// id (carried by the cell meanwhile; unique among the lanes of the
-// channel, below 2^32), and the slot the reference comes from (a send:
-// it holds the reference, left 0) or goes to (a receive: 0, left holding
-// it).
-struct MoveContext {
-  MoveLane* lane = nullptr;
-  uint32_t lane_id = 0;
-  uint64_t* slot = nullptr;
-  uint32_t slot_index = 0;
-  uint64_t port = 0;  // recorded in the lane
-  // The census gate of the lane's session record (null: none, the
-  // daemon's own moves). A move writes its lane, then looks at the gate;
-  // if it is set, it backs out (the lane idle again, nothing moved) and
-  // waits for the gate to open: the daemon is counting references.
-  uint32_t* gate = nullptr;
-};
 
 // How a blocking call waits: first `spin` looks (a pause between each),
 // then a futex sleep until woken or `timeout`. A timeout <= 0 tries once.
