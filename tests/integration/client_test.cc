@@ -673,6 +673,57 @@ TEST_F(ClientTest, RetainNeedsNoDaemonAndItsReferencesAreOrdinaryOnes) {
   EXPECT_TRUE(CensusIsClean());
 }
 
+// Store, Store with copy and Clear exchange the field in shared memory
+// (doc/lifecycle.md, "Store"): with the daemon stopped they go on; the
+// previous values are released once it runs again, and the field's
+// reference is an ordinary one.
+TEST_F(ClientTest, StoreNeedsNoDaemonAndReleasesWhatTheFieldHeld) {
+  auto holder = c().Allocate<Holder>();
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  auto warm = c().Allocate<Counter>();
+  ASSERT_TRUE(warm.ok());
+  ASSERT_TRUE(c().Retain<Counter>(warm->ref()).ok());  // opens the session record (dropped)
+  std::vector<Owned<Counter>> counters;
+  for (int i = 0; i < 20; ++i) {
+    auto one = c().Allocate<Counter>();
+    ASSERT_TRUE(one.ok()) << one.status();
+    (*one)->hits().store(100 + i);
+    counters.push_back(std::move(*one));
+  }
+  const Ref kept = counters[0].ref();
+  ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  for (int i = 1; i < 20; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    ASSERT_TRUE(c().Store((*holder)->item(), std::move(counters[i])).ok()) << i;
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(500));
+    EXPECT_FALSE(counters[i]) << "moved into the field";
+  }
+  ASSERT_TRUE(c().Store((*holder)->item(), kept).ok());  // with copy: a retain
+  EXPECT_EQ((*holder)->item().load(), kept);
+  ASSERT_EQ(kill(daemon_.pid(), SIGCONT), 0);
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_TRUE(CensusIsClean());
+  // The 19 moved in were released as the next replaced them; the field
+  // holds a reference of its own to `kept`, which outlives its Owned.
+  counters.clear();
+  ASSERT_TRUE(c().Flush().ok());
+  auto seen = c().View<Counter>(kept);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->hits().load(), 100u);
+  ASSERT_TRUE(c().Clear((*holder)->item()).ok());
+  EXPECT_TRUE((*holder)->item().load().is_null());
+  ASSERT_TRUE(c().Flush().ok());
+  EXPECT_EQ(c().View<Counter>(kept).status().code(), absl::StatusCode::kNotFound)
+      << "freed with the field's reference";
+  warm->Reset();
+  holder->Reset();
+  ASSERT_TRUE(c().Flush().ok());
+  c().ReleaseSpares();
+  GrpcClient admin(daemon_.target(), /*attach=*/false);
+  EXPECT_EQ(AwaitLive(admin, "c", 0), 0u);
+  EXPECT_TRUE(CensusIsClean());
+}
+
 // Several processes and threads retaining and dropping references to one
 // instance at once: every count lands, and the instance lives exactly as
 // long as someone holds it.

@@ -70,6 +70,7 @@
 #include "structd/client/client.h"
 #include "structd/client/port.h"
 #include "structd/shm/local_retain.h"
+#include "structd/shm/local_store.h"
 #include "structd/v1/instances.grpc.pb.h"
 #include "testing/client_types.h"
 #include "testing/grpc_client.h"
@@ -346,7 +347,25 @@ int main(int argc, char** argv) {
           }
           break;
         case 3:
-          if (mine.size() >= 2) (void)c.Store(mine[pick()]->next(), mine[pick()].ref());
+          if (mine.size() >= 2) {
+            const size_t holder = pick();
+            const size_t value = pick();
+            if (rng() % 200 == 0) {
+              // Killed inside the store, after the guard, the field's
+              // swap or the slot's (shm/local_store.h).
+              structd::shm::internal::StopStoreAfterStepForTesting(2 + static_cast<int>(rng() % 3));
+              (void)c.Store(mine[holder]->next(), mine[value].ref());
+              raise(SIGKILL);
+            }
+            if (rng() % 2 == 0 && holder != value) {
+              // With move: the Owned's reference goes into the field.
+              if (c.Store(mine[holder]->next(), std::move(mine[value])).ok()) {
+                mine.erase(mine.begin() + static_cast<long>(value));
+              }
+            } else {
+              (void)c.Store(mine[holder]->next(), mine[value].ref());
+            }
+          }
           break;
         case 4: {
           auto guard = anchor.lock().Lock();

@@ -120,9 +120,15 @@ Channel::GatedCensus Channel::TakeGatedCensusLocked() const {
           A(*r.view.slot(shm::MoveSlotOf(op))).load(std::memory_order_acquire);
       if (in_slot != 0) out.in_flight.insert(Census::Block(shm::Ref::FromBits(in_slot)));
       const shm::Ref port = shm::Ref::FromBits(A(lane->port).load(std::memory_order_acquire));
-      if (shm::MoveKindOf(op) == shm::MoveKind::kRetain) {
-        // Its count may be raised with nothing naming it yet.
+      if (shm::ChangesACount(shm::MoveKindOf(op))) {
+        // A retain's instance, or a store's holder: its count may be
+        // raised with nothing naming it yet; a store's old value, named
+        // by the lane alone.
         if (!port.is_null()) out.in_flight.insert(Census::Block(port));
+        const uint64_t spare = A(lane->spare).load(std::memory_order_acquire);
+        if (shm::MoveKindOf(op) == shm::MoveKind::kStore && spare != 0) {
+          out.in_flight.insert(Census::Block(shm::Ref::FromBits(spare)));
+        }
       } else if (absl::StatusOr<shm::InstancePtr> p = arena_->Resolve(port); p.ok()) {
         if (absl::StatusOr<shm::PortRing> ring = RingOfLocked(*p); ring.ok()) {
           const uint64_t cell = ring->RefInFlight(shm::SessionRecord::LaneId(r.tag, i));
@@ -163,15 +169,16 @@ uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess
   // is counted and logged once, not per word.
   uint32_t bad_lanes = 0;
   uint32_t bad_slots = 0;
-  uint32_t retains = 0;
+  uint32_t counting_lanes = 0;
   for (uint32_t i = 0; i < shm::kRecordLanes; ++i) {
     shm::MoveLane* lane = view.lane(i);
     const uint64_t op = A(lane->op).load(std::memory_order_acquire);
     if (op == 0) continue;
-    if (shm::MoveKindOf(op) == shm::MoveKind::kRetain) {
-      // A count raised or not, its reference in the slot or not: the
-      // recount below settles it (shm/local_retain.h).
-      ++retains;
+    if (shm::ChangesACount(shm::MoveKindOf(op))) {
+      // A retain or a store (shm/local_retain.h, local_store.h): a count
+      // raised or not, a reference named twice or not at all: the recount
+      // below settles it.
+      ++counting_lanes;
       A(lane->op).store(0, std::memory_order_release);
       continue;
     }
@@ -186,15 +193,16 @@ uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess
     }
     A(lane->op).store(0, std::memory_order_release);
   }
-  if (retains != 0) {
+  if (counting_lanes != 0) {
     // Counted as an ended session's record while the census runs, so
     // that its slots are counted; then released as usual.
     left_records_.push_back({record, process});
     const RepairReport repaired = ReconcileLocked();
     left_records_.pop_back();
-    spdlog::warn("channel '{}': a session ended with {} retain(s) in flight in its record {}: "
+    spdlog::warn("channel '{}': a session ended with {} retain(s) or store(s) in flight in its "
+                 "record {}: "
                  "recounted ({} refcount(s) set, {} instance(s) freed)",
-                 name_, retains, record.ref.ToString(), repaired.refcounts_fixed,
+                 name_, counting_lanes, record.ref.ToString(), repaired.refcounts_fixed,
                  repaired.leaked_freed);
   }
   uint64_t released = 0;

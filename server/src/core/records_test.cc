@@ -13,6 +13,7 @@
 #include "core/core.h"
 #include "core/core_fixture.h"
 #include "structd/shm/local_retain.h"
+#include "structd/shm/local_store.h"
 #include "structd/shm/port_ring.h"
 #include "structd/shm/session_record.h"
 
@@ -335,6 +336,47 @@ TEST_F(RecordsTest, ARetainInFlightInARecordKeptForItsLiveProcessIsRecountedWhen
   EXPECT_THAT(*ch_->ReceiveFromPort(a_, "p", 10), ::testing::ElementsAre(r2));
   ExpectCensusClean();
 }
+
+// A client killed inside a store from its slot into a field of an
+// instance another session owns (shm/local_store.h): after the guard on
+// the holder (step 2), after the field's exchange (3: the stored ref is
+// named twice, the old one nowhere) or after the slot got the old
+// reference (4). Once its session ends, every count is what names it.
+class RecordsStoreCrashTest : public RecordsTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(RecordsStoreCrashTest, TheSessionsEndLeavesEveryCountExact) {
+  const int step = GetParam();
+  ClientSide b = Client(b_);
+  const shm::Ref holder = AllocateOne(a_);
+  const shm::Ref old = AllocateOne(a_);
+  ASSERT_TRUE(ch_->StoreRefs(a_, {{holder, 1, old, /*move=*/true}}).ok());
+  const shm::Ref r = AllocateOne(a_);
+  SendThroughDaemon(r);
+  ASSERT_TRUE(b.ring->TryReceive(b.Move(0, 3)).ok());  // r: in b's slot 3
+  shm::InstancePtr h =
+      ch_->WithArena([&](shm::Arena& arena, const TypeRegistry&) { return *arena.Resolve(holder); });
+  uint64_t* field = reinterpret_cast<uint64_t*>(h.payload() + 8);
+  shm::internal::StopStoreAfterStepForTesting(step);
+  (void)shm::StoreFromSlot(b.Move(5, 3), h, field, b.record->slot(4));
+  ASSERT_TRUE(b.record->LaneBusy(5));
+  ASSERT_EQ(Refcount(holder), 2u) << "the guard is in";
+  ExpectCensusClean();  // a stopped store is left alone
+  ch_->Leave(b_, Dead());
+  const bool stored = step >= 3;
+  EXPECT_EQ(*field, (stored ? r : old).bits()) << "step " << step;
+  EXPECT_EQ(Refcount(holder), 1u) << "step " << step << ": a's reference alone";
+  EXPECT_TRUE(IsLive(stored ? r : old));
+  EXPECT_EQ(Refcount(stored ? r : old), 1u) << "step " << step << ": the field's";
+  EXPECT_FALSE(IsLive(stored ? old : r)) << "step " << step << ": released with b";
+  ExpectCensusClean();
+  ASSERT_TRUE(ch_->Release(a_, {holder}).ok());
+  EXPECT_FALSE(IsLive(holder));
+  EXPECT_FALSE(IsLive(r));
+  EXPECT_FALSE(IsLive(old));
+  ExpectCensusClean();
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, RecordsStoreCrashTest, ::testing::Values(2, 3, 4));
 
 TEST_F(RecordsTest, ScribbledRecordsSpoilTheirChannelOnlyAndNeverStopTheDaemon) {
   auto other = core_->CreateChannel(a_, "other", 0, 0);

@@ -311,20 +311,57 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // A ref field owns one reference. Store(field, std::move(owned)) moves
   // the Owned's reference into the field; Store(field, ref) adds a new
   // reference. The field's previous value is released.
+  // No call in the common case (doc/lifecycle.md, "Store"): the field is
+  // exchanged in shared memory, the reference moving from (or retained
+  // into) a slot of the session record, and the previous value given up
+  // from that slot; a batch, an Owned held in the ledger, a run-time type,
+  // or the census running make it one call.
   template <typename T, typename U>
   absl::Status Store(RefTo<T> field, Owned<U>&& value) {
+    if constexpr (std::is_same_v<T, U> && !std::is_same_v<T, StructView>) {
+      value.Unshare();
+      if (value && value.channel_.get() == this) {
+        if (value.slot_ != internal::kNoSlot) {
+          if (StoreFromSlot(field.owner(), field.field_.word(), value.slot_)) {
+            value.Forget();
+            return absl::OkStatus();
+          }
+        } else if (std::optional<uint32_t> slot =
+                       RetainIntoSlot(internal::FastTypeSlot<T>(), value.view_)) {
+          // Held in the ledger: the field gets a reference retained into a
+          // slot, and the ledger's is released (queued, off this thread).
+          if (StoreFromSlot(field.owner(), field.field_.word(), *slot)) {
+            DeferRelease(value.ref());
+            value.Forget();
+            return absl::OkStatus();
+          }
+          DropSlot(*slot, value.ref());
+        }
+      }
+    }
     RefStores batch;
     batch.Move(field, value);
     return Store(batch);
   }
   template <typename T>
   absl::Status Store(RefTo<T> field, Ref value) {
+    if constexpr (!std::is_same_v<T, StructView>) {
+      if (absl::StatusOr<T> view = View<T>(value); view.ok()) {
+        if (std::optional<uint32_t> slot = RetainIntoSlot(internal::FastTypeSlot<T>(), *view)) {
+          if (StoreFromSlot(field.owner(), field.field_.word(), *slot)) return absl::OkStatus();
+          DropSlot(*slot, value);  // given back; the call below stores
+        }
+      }
+    }
     RefStores batch;
     batch.Copy(field, value);
     return Store(batch);
   }
   template <typename T>
   absl::Status Clear(RefTo<T> field) {
+    if (StoreFromSlot(field.owner(), field.field_.word(), internal::kNoSlot)) {
+      return absl::OkStatus();
+    }
     RefStores batch;
     batch.Clear(field);
     return Store(batch);
@@ -539,6 +576,13 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // done here (no record or free slot, the census running, a refcount of
   // 0, the view of another arena); then nothing changed.
   std::optional<uint32_t> RetainIntoSlot(uint32_t type_slot, const StructView& view);
+  // Stores the reference in slot `slot` (a slot code; kNoSlot: clears the
+  // field) into the ref field whose word is `field`, of instance `holder`,
+  // in shared memory (shm/local_store.h); the field's previous reference
+  // is given up from that slot. False if not done here (no record or free
+  // slot, the census running, the holder being freed or not in the
+  // record's arena): nothing changed, the slot still holds its reference.
+  bool StoreFromSlot(Ref holder, uint64_t* field, uint32_t slot);
   // One Retain or Release call with `refs` (at most max_refs_per_call);
   // `*sent` as Connection::Call says.
   absl::Status CallRefs(bool retain, std::span<const Ref> refs, bool* sent = nullptr);

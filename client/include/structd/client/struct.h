@@ -80,6 +80,7 @@ class RefTo {
   uint32_t field_index() const { return field_index_; }
 
  private:
+  friend class Channel;  // stores into the word in shared memory
   shm::RefField field_;
   Ref owner_;
   uint32_t field_index_;

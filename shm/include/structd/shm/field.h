@@ -127,6 +127,8 @@ class Scalar {
 class RefField {
  public:
   explicit RefField(void* p) : p_(static_cast<uint64_t*>(p)) {}
+  // The field's word in shared memory.
+  uint64_t* word() const { return p_; }
 
   Ref load(std::memory_order order = std::memory_order_acquire) const {
     return Ref::FromBits(std::atomic_ref<uint64_t>(*p_).load(order));
