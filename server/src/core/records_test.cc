@@ -397,7 +397,15 @@ TEST_F(RecordsTest, ScribbledRecordsSpoilTheirChannelOnlyAndNeverStopTheDaemon) 
     auto* words = reinterpret_cast<uint64_t*>(c.record->lane(0));
     for (int i = 0; i < 64; ++i) {
       const uint64_t v = rng();
-      const uint64_t pick = rng() % 4;
+      const uint64_t pick = rng() % 5;
+      if (pick == 4) {
+        // A retain or store lane (kinds 3 and 4) naming anything: the
+        // session's end recounts the channel.
+        shm::MoveLane* lane = c.record->lane(static_cast<uint32_t>(rng()));
+        lane->op = (uint64_t{3 + rng() % 2} << 56) | (v & 0xffffffff);
+        lane->port = rng() % 2 == 0 ? r.bits() : rng();
+        lane->spare = rng() % 2 == 0 ? c.info.ref.bits() : rng();
+      }
       if (pick == 0) words[rng() % (3 * shm::kRecordLanes)] = v;
       if (pick == 1) *c.record->slot(static_cast<uint32_t>(rng())) = v;
       if (pick == 2) *c.record->mark(static_cast<uint32_t>(rng())) = static_cast<uint32_t>(v);
