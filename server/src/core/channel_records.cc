@@ -199,7 +199,7 @@ uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess
     left_records_.push_back({record, process});
     const RepairReport repaired = ReconcileLocked();
     left_records_.pop_back();
-    spdlog::warn("channel '{}': a session ended with {} retain(s), store(s) or drop(s) in flight in its "
+    spdlog::warn("channel '{}': a session ended with {} retain(s) or store(s) in flight in its "
                  "record {}: "
                  "recounted ({} refcount(s) set, {} instance(s) freed)",
                  name_, counting_lanes, record.ref.ToString(), repaired.refcounts_fixed,
