@@ -83,24 +83,21 @@ bool Channel::DropSlotLocally(uint32_t slot, Ref ref) {
   if (moves == nullptr || internal::SlotIncarnation(slot) != moves->incarnation()) return false;
   const uint32_t index = internal::SlotIndex(slot);
   if (moves->SlotValue(index) != ref.bits()) return false;
-  std::optional<shm::InstancePtr> instance = ResolveInRecordArena(ref, *moves);
-  if (!instance) return false;
+  shm::InstancePtr instance;
+  {
+    base::MutexLock lock(&mu_);
+    if (internal::RecordIncarnation(arenas_mapped_) != moves->incarnation()) return false;
+    absl::StatusOr<shm::InstancePtr> resolved = arena_->Resolve(ref);
+    if (!resolved.ok()) return false;
+    instance = *resolved;
+  }
   bool dropped = false;
   {
     internal::MoveRecord::Lane lane(*moves);
-    dropped = shm::DropFromSlot(lane.Context(index, Ref()), *instance);
+    dropped = shm::DropFromSlot(lane.Context(index, Ref()), instance);
   }
   if (dropped) moves->ReturnSlot(index);
   return dropped;
-}
-
-std::optional<shm::InstancePtr> Channel::ResolveInRecordArena(
-    Ref ref, const internal::MoveRecord& moves) const {
-  base::MutexLock lock(&mu_);
-  if (internal::RecordIncarnation(arenas_mapped_) != moves.incarnation()) return std::nullopt;
-  absl::StatusOr<shm::InstancePtr> resolved = arena_->Resolve(ref);
-  if (!resolved.ok()) return std::nullopt;
-  return *resolved;
 }
 
 }  // namespace structd::client

@@ -21,9 +21,14 @@ bool Channel::StoreFromSlot(Ref holder_ref, uint64_t* field, uint32_t slot) {
   // The holder, resolved in the arena the record is in (a replaced one
   // stays mapped, and its refs mean something else in the new one); the
   // field must be a word of its payload.
-  std::optional<shm::InstancePtr> found = ResolveInRecordArena(holder_ref, *moves);
-  if (!found) return false;
-  const shm::InstancePtr holder = *found;
+  shm::InstancePtr holder;
+  {
+    base::MutexLock lock(&mu_);
+    if (internal::RecordIncarnation(arenas_mapped_) != moves->incarnation()) return false;
+    absl::StatusOr<shm::InstancePtr> resolved = arena_->Resolve(holder_ref);
+    if (!resolved.ok()) return false;
+    holder = *resolved;
+  }
   const auto* word = reinterpret_cast<const uint8_t*>(field);
   if (word < holder.payload() || word + sizeof(uint64_t) > holder.block() + holder.capacity() ||
       (word - holder.block()) % sizeof(uint64_t) != 0) {

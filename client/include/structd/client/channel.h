@@ -587,11 +587,6 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // in shared memory (shm::DropFromSlot): true if done (the slot is free
   // again); false if it is the last reference or cannot be done here.
   bool DropSlotLocally(uint32_t slot, Ref ref);
-  // `ref` resolved in the arena `moves` is in (a replaced arena stays
-  // mapped, and its refs mean something else in the new one); nothing if
-  // it does not resolve there.
-  std::optional<shm::InstancePtr> ResolveInRecordArena(Ref ref,
-                                                       const internal::MoveRecord& moves) const;
   // One Retain or Release call with `refs` (at most max_refs_per_call);
   // `*sent` as Connection::Call says.
   absl::Status CallRefs(bool retain, std::span<const Ref> refs, bool* sent = nullptr);
