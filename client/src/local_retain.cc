@@ -1,8 +1,7 @@
-// Channel: references retained and dropped without a call
-// (shm/local_retain.h; doc/lifecycle.md, "Retain" and "Drop"): the count
-// raised or lowered in shared memory, the reference kept in (or taken
-// from) a slot of the session record; the daemon's calls only where that
-// cannot be done (a drop of the last reference frees: the daemon's).
+// Channel: references retained without a call (shm/local_retain.h;
+// doc/lifecycle.md, "Retain"): the count raised in shared memory, the
+// reference kept in a slot of the session record, the daemon's Retain
+// call only where that cannot be done.
 #include <optional>
 
 #include "client/src/connection.h"
@@ -75,29 +74,6 @@ std::optional<uint32_t> Channel::RetainIntoSlot(uint32_t type_slot, const Struct
   }
   moves->ReturnSlot(*index);
   return std::nullopt;
-}
-
-bool Channel::DropSlotLocally(uint32_t slot, Ref ref) {
-  if (!connection_->session_ok()) return false;
-  internal::MoveRecord* moves = moves_.load(std::memory_order_acquire);
-  if (moves == nullptr || internal::SlotIncarnation(slot) != moves->incarnation()) return false;
-  const uint32_t index = internal::SlotIndex(slot);
-  if (moves->SlotValue(index) != ref.bits()) return false;
-  shm::InstancePtr instance;
-  {
-    base::MutexLock lock(&mu_);
-    if (internal::RecordIncarnation(arenas_mapped_) != moves->incarnation()) return false;
-    absl::StatusOr<shm::InstancePtr> resolved = arena_->Resolve(ref);
-    if (!resolved.ok()) return false;
-    instance = *resolved;
-  }
-  bool dropped = false;
-  {
-    internal::MoveRecord::Lane lane(*moves);
-    dropped = shm::DropFromSlot(lane.Context(index, Ref()), instance);
-  }
-  if (dropped) moves->ReturnSlot(index);
-  return dropped;
 }
 
 }  // namespace structd::client

@@ -250,8 +250,6 @@ bool Channel::GiveUpSlot(uint32_t slot) {
 }
 
 void Channel::DropSlot(uint32_t slot, Ref ref) {
-  // Not the last reference: lowered in place (DropSlotLocally).
-  if (DropSlotLocally(slot, ref)) return;
   // A slot of a replaced arena was released by the daemon with that arena
   // (its ref bits may name something else in the new one): nothing to do.
   if (GiveUpSlot(slot)) DeferRelease(ref);

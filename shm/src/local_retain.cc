@@ -13,23 +13,18 @@ std::atomic_ref<T> A(T& word) {
 }
 
 std::atomic<int> g_stop_after_step{0};
-std::atomic<int> g_stop_drop_after_step{0};
 
-bool StopAt(std::atomic<int>& stop, int step) {
-  if (stop.load(std::memory_order_relaxed) != step) return false;
-  stop.store(0, std::memory_order_relaxed);
+bool StopHere(int step) {
+  if (g_stop_after_step.load(std::memory_order_relaxed) != step) return false;
+  g_stop_after_step.store(0, std::memory_order_relaxed);
   return true;
 }
-bool StopHere(int step) { return StopAt(g_stop_after_step, step); }
 
 }  // namespace
 
 namespace internal {
 void StopRetainAfterStepForTesting(int step) {
   g_stop_after_step.store(step, std::memory_order_relaxed);
-}
-void StopDropAfterStepForTesting(int step) {
-  g_stop_drop_after_step.store(step, std::memory_order_relaxed);
 }
 }  // namespace internal
 
@@ -48,19 +43,6 @@ LocalRetainResult RetainIntoSlot(MoveContext ctx, const InstancePtr& instance) {
   if (StopHere(4)) return {LocalRetain::kRetained, held};
   CloseLane(ctx);
   return {held == ref ? LocalRetain::kRetained : LocalRetain::kOtherInstance, held};
-}
-
-bool DropFromSlot(MoveContext ctx, const InstancePtr& instance) {
-  ctx.port = instance.ref().bits();
-  if (!OpenLane(ctx, MoveKind::kDrop)) return false;
-  if (!internal::LowerCountIfNotLast(instance.header())) {
-    CloseLane(ctx);
-    return false;
-  }
-  if (StopAt(g_stop_drop_after_step, 1)) return true;
-  A(*ctx.slot).store(0, std::memory_order_release);
-  CloseLane(ctx);
-  return true;
 }
 
 }  // namespace structd::shm

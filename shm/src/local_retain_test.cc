@@ -105,32 +105,6 @@ TEST(LocalRetainTest, AStopAfterEachStepLeavesTheLaneNamingTheSlotAndTheRef) {
   }
 }
 
-TEST(LocalRetainTest, ADropLowersACountThatIsNotTheLastAndEmptiesTheSlot) {
-  RecordAndInstance r;
-  r.header().refcount = 3;
-  *r.record->slot(8) = r.ref().bits();
-  EXPECT_TRUE(DropFromSlot(r.Lane(1, 8), r.instance()));
-  EXPECT_EQ(r.header().refcount.load(), 2u);
-  EXPECT_EQ(*r.record->slot(8), 0u);
-  EXPECT_FALSE(r.record->LaneBusy(1));
-  // The last reference is the daemon's to drop (that frees): refused.
-  r.header().refcount = 1;
-  *r.record->slot(8) = r.ref().bits();
-  EXPECT_FALSE(DropFromSlot(r.Lane(1, 8), r.instance()));
-  EXPECT_EQ(r.header().refcount.load(), 1u);
-  EXPECT_EQ(*r.record->slot(8), r.ref().bits());
-  EXPECT_FALSE(r.record->LaneBusy(1));
-  // Killed between the two steps: a busy lane of kind drop naming it.
-  r.header().refcount = 2;
-  internal::StopDropAfterStepForTesting(1);
-  EXPECT_TRUE(DropFromSlot(r.Lane(4, 8), r.instance()));
-  EXPECT_TRUE(r.record->LaneBusy(4));
-  EXPECT_EQ(MoveKindOf(r.record->lane(4)->op), MoveKind::kDrop);
-  EXPECT_EQ(r.record->lane(4)->port, r.ref().bits());
-  EXPECT_EQ(r.header().refcount.load(), 1u);
-  EXPECT_EQ(*r.record->slot(8), r.ref().bits());
-}
-
 TEST(LocalRetainTest, ManyThreadsRetainingAtOnceCountEveryRetain) {
   RecordAndInstance r;
   constexpr int kThreads = 8;

@@ -307,13 +307,6 @@ int main(int argc, char** argv) {
           break;
         }
         case 1:
-          if (!mine.empty() && rng() % 200 == 0) {
-            // Killed inside a drop that lowers a shared count in place,
-            // between the count and the slot (if this drop is one).
-            structd::shm::internal::StopDropAfterStepForTesting(1);
-            mine.erase(mine.begin() + static_cast<long>(pick()));
-            raise(SIGKILL);
-          }
           if (!mine.empty()) mine.erase(mine.begin() + static_cast<long>(pick()));
           // And Counters allocated and dropped at once: recycled in place,
           // some after a clone (the last of the two out recycles), some

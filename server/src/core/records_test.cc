@@ -304,27 +304,6 @@ TEST_P(RecordsRetainCrashTest, TheSessionsEndLeavesTheCountExact) {
 
 INSTANTIATE_TEST_SUITE_P(Steps, RecordsRetainCrashTest, ::testing::Values(2, 4));
 
-TEST_F(RecordsTest, ADropKilledAfterLoweringTheCountLeavesItExact) {
-  // b holds a reference in its slot to what a also holds; b lowers the
-  // count in place (shm::DropFromSlot) and dies before emptying its slot.
-  ClientSide b = Client(b_);
-  const shm::Ref r = AllocateOne(a_);
-  shm::InstancePtr instance =
-      ch_->WithArena([&](shm::Arena& arena, const TypeRegistry&) { return *arena.Resolve(r); });
-  ASSERT_EQ(shm::RetainIntoSlot(b.Move(0, 6), instance).outcome, shm::LocalRetain::kRetained);
-  ASSERT_EQ(Refcount(r), 2u);
-  shm::internal::StopDropAfterStepForTesting(1);
-  ASSERT_TRUE(shm::DropFromSlot(b.Move(1, 6), instance));
-  ASSERT_EQ(Refcount(r), 1u);
-  ExpectCensusClean();  // a stopped drop is left alone
-  ch_->Leave(b_, Dead());
-  ASSERT_TRUE(IsLive(r)) << "a's reference is intact";
-  EXPECT_EQ(Refcount(r), 1u);
-  ExpectCensusClean();
-  ASSERT_TRUE(ch_->Release(a_, {r}).ok());
-  EXPECT_FALSE(IsLive(r));
-}
-
 TEST_F(RecordsTest, ARetainInFlightInARecordKeptForItsLiveProcessIsRecountedWhenItExits) {
   // Two sessions end with moves in flight; the second's recount must
   // still count what the first's record (kept: its process lives) holds.

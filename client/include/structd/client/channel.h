@@ -583,10 +583,6 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // slot, the census running, the holder being freed or not in the
   // record's arena): nothing changed, the slot still holds its reference.
   bool StoreFromSlot(Ref holder, uint64_t* field, uint32_t slot);
-  // Drops the reference `ref` held in slot `slot` by lowering its count
-  // in shared memory (shm::DropFromSlot): true if done (the slot is free
-  // again); false if it is the last reference or cannot be done here.
-  bool DropSlotLocally(uint32_t slot, Ref ref);
   // One Retain or Release call with `refs` (at most max_refs_per_call);
   // `*sent` as Connection::Call says.
   absl::Status CallRefs(bool retain, std::span<const Ref> refs, bool* sent = nullptr);

@@ -51,20 +51,7 @@ struct LocalRetainResult {
 // hold 0, under `ctx.lane` (ctx.port is overwritten with the ref).
 LocalRetainResult RetainIntoSlot(MoveContext ctx, const InstancePtr& instance);
 
-// A drop without the daemon: the reference in `*ctx.slot` (which names
-// `instance`) given up by lowering the refcount in place, n -> n - 1,
-// only from n >= 2, then the slot := 0, under a lane of kind kDrop. False
-// if the reference is the last one (dropping it frees, which is the
-// daemon's), or the gate is closed: nothing changed, and the caller gives
-// the slot up through the daemon. Killed between the two steps, the count
-// is one lower than what names the instance: the recount at the session's
-// end (as for a retain) puts it back before the slot is released.
-bool DropFromSlot(MoveContext ctx, const InstancePtr& instance);
-
 namespace internal {
-// Tests: the next DropFromSlot in this process returns right after
-// lowering the count, its lane left busy. 0: none.
-void StopDropAfterStepForTesting(int step);
 // Tests: the next RetainIntoSlot in this process returns right after its
 // step `step` (2: the count raised; 4: the slot stored), its lane left
 // busy, as a kill there would leave it. 0: none.

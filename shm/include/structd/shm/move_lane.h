@@ -8,7 +8,7 @@
 // which slot of the record it is moving a reference to or from, so that
 // whoever repairs after the member's death (the daemon at the session's
 // end) knows what may be half done: a port move (shm/port_ring.h), a
-// retain or a drop (shm/local_retain.h) or a store (shm/local_store.h). doc/arena-format.md, "Session records".
+// retain (shm/local_retain.h) or a store (shm/local_store.h). doc/arena-format.md, "Session records".
 //
 // Plain shared memory, untrusted (a member may write any bytes into a
 // lane): the daemon checks the kind and resolves what the lane names.
@@ -20,24 +20,17 @@ namespace structd::shm {
 // Idle when `op` is 0.
 struct MoveLane {
   uint64_t op;    // MoveKind in bits 56..63, the slot's index in bits 0..31
-  uint64_t port;  // a send or receive: the port's reference; a retain or a drop: the
-                  // reference retained or dropped; a store: the instance whose field it writes
+  uint64_t port;  // a send or receive: the port's reference; a retain: the reference
+                  // retained; a store: the instance whose field it writes
   uint64_t spare;  // a store: the reference the field held, once known
 };
 static_assert(sizeof(MoveLane) == 24);
 
-enum class MoveKind : uint8_t {
-  kIdle = 0,
-  kSend = 1,
-  kReceive = 2,
-  kRetain = 3,
-  kStore = 4,
-  kDrop = 5,
-};
+enum class MoveKind : uint8_t { kIdle = 0, kSend = 1, kReceive = 2, kRetain = 3, kStore = 4 };
 // Kinds that change a refcount: after a death with one in flight, only a
 // recount of the channel can tell what the count should be.
 inline bool ChangesACount(MoveKind kind) {
-  return kind == MoveKind::kRetain || kind == MoveKind::kStore || kind == MoveKind::kDrop;
+  return kind == MoveKind::kRetain || kind == MoveKind::kStore;
 }
 inline MoveKind MoveKindOf(uint64_t op) { return static_cast<MoveKind>(op >> 56); }
 inline uint32_t MoveSlotOf(uint64_t op) { return static_cast<uint32_t>(op); }
