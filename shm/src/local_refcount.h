@@ -6,6 +6,7 @@
 // a store: the daemon, other members and a sole owner recycling in place
 // (shm/local_recycle.h) change the same word.
 
+#include <atomic>
 #include <cstdint>
 
 #include "structd/shm/arena.h"
@@ -44,6 +45,15 @@ inline bool LowerCountIfNotLast(InstanceHeader& h) {
     }
   }
   return false;
+}
+
+// Tests' stop points (StopRetainAfterStepForTesting and the like): true,
+// once, when `stop` holds `step`; the operation then returns as a kill
+// there would leave it.
+inline bool TakeStop(std::atomic<int>& stop, int step) {
+  if (stop.load(std::memory_order_relaxed) != step) return false;
+  stop.store(0, std::memory_order_relaxed);
+  return true;
 }
 
 // After RaiseCount on `instance`'s header: the instance whose count was

@@ -14,11 +14,7 @@ std::atomic_ref<T> A(T& word) {
 
 std::atomic<int> g_stop_after_step{0};
 
-bool StopHere(int step) {
-  if (g_stop_after_step.load(std::memory_order_relaxed) != step) return false;
-  g_stop_after_step.store(0, std::memory_order_relaxed);
-  return true;
-}
+bool StopHere(int step) { return internal::TakeStop(g_stop_after_step, step); }
 
 }  // namespace
 
