@@ -200,8 +200,7 @@ uint64_t Channel::EndRecordLocked(const HeldRecord& record, const SessionProcess
     const RepairReport repaired = ReconcileLocked();
     left_records_.pop_back();
     spdlog::warn("channel '{}': a session ended with {} retain(s) or store(s) in flight in its "
-                 "record {}: "
-                 "recounted ({} refcount(s) set, {} instance(s) freed)",
+                 "record {}: recounted ({} refcount(s) set, {} instance(s) freed)",
                  name_, counting_lanes, record.ref.ToString(), repaired.refcounts_fixed,
                  repaired.leaked_freed);
   }
